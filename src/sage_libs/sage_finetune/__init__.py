@@ -1,0 +1,72 @@
+"""isage-finetune: fine-tune LLMs with LoRA, QLoRA, DoRA, LoRA+, full fine-tuning and agent SFT.
+
+Importing this package is cheap: torch, transformers and peft load only when a trainer or loader
+is created. Quick start::
+
+    from sage_libs.sage_finetune import TrainingConfig, LoRAConfig, create_trainer, create_loader
+
+    train = create_loader("jsonl").load("data/train.jsonl")
+    trainer = create_trainer("lora", training_config=TrainingConfig(model_name_or_path="...",
+                             output_dir="out"), lora_config=LoRAConfig(r=8))
+    metrics = trainer.train(train)
+    trainer.save_model("out/adapter")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+from .config import ConfigError, DataConfig, LoRAConfig, TrainingConfig
+from .interface import DatasetLoader, FineTuner, TrainingCallback
+from .registry import (
+    FineTuneRegistryError,
+    create_callback,
+    create_loader,
+    create_trainer,
+    register_callback,
+    register_loader,
+    register_trainer,
+    registered_callbacks,
+    registered_loaders,
+    registered_trainers,
+    unregister_callback,
+    unregister_loader,
+    unregister_trainer,
+)
+
+# Heavy classes, imported on first attribute access (PEP 562).
+_LAZY = {
+    "BaseTrainer": "trainers.base",
+    "LoRATrainer": "trainers.lora",
+    "JSONLLoader": "loaders.jsonl",
+    "InstructionLoader": "loaders.instruction",
+    "Conversation": "data.conversation",
+    "Message": "data.conversation",
+}
+
+__all__ = [
+    "__version__",
+    "TrainingConfig", "LoRAConfig", "DataConfig", "ConfigError",
+    "FineTuner", "DatasetLoader", "TrainingCallback",
+    "FineTuneRegistryError",
+    "create_trainer", "create_loader", "create_callback",
+    "register_trainer", "register_loader", "register_callback",
+    "unregister_trainer", "unregister_loader", "unregister_callback",
+    "registered_trainers", "registered_loaders", "registered_callbacks",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,48 @@
+"""Runs :class:`TrainingCallback` hooks from inside the HF Trainer's event loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback
+
+__all__ = ["CallbackBridge"]
+
+
+class CallbackBridge(TrainerCallback):
+    """Translates HF Trainer events into our hook calls, with the isage-finetune trainer as the
+    first argument. A hook's ``on_step_end`` returning True stops training after that step."""
+
+    def __init__(self, owner: Any, callbacks: list[Any]) -> None:
+        self.owner = owner
+        self.callbacks = list(callbacks)
+
+    def _each(self, hook: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return [getattr(cb, hook)(self.owner, *args, **kwargs) for cb in self.callbacks if hasattr(cb, hook)]
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._each("on_train_begin")
+
+    def on_train_end(self, args, state, control, **kw):
+        self._each("on_train_end")
+
+    def on_epoch_begin(self, args, state, control, **kw):
+        self._each("on_epoch_begin", int(state.epoch or 0))
+
+    def on_epoch_end(self, args, state, control, **kw):
+        metrics = next((e for e in reversed(state.log_history) if "loss" in e), None)
+        self._each("on_epoch_end", max(int(round(state.epoch or 0)) - 1, 0), metrics)
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._each("on_step_begin", state.global_step)
+
+    def on_step_end(self, args, state, control, **kw):
+        loss = self.owner._pop_step_loss()
+        if any(result is True for result in self._each("on_step_end", state.global_step, loss)):
+            control.should_training_stop = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        self._each("on_evaluate", dict(metrics or {}))
+
+    def on_save(self, args, state, control, **kw):
+        self._each("on_save", f"{args.output_dir}/checkpoint-{state.global_step}")

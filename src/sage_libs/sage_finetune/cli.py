@@ -1,0 +1,289 @@
+"""``sage-finetune``: the command line.
+
+    sage-finetune train CONFIG.yaml [section.key=value ...]
+    sage-finetune merge --adapter DIR --output DIR [--base MODEL]
+    sage-finetune eval CONFIG.yaml [section.key=value ...]
+    sage-finetune tiny-model DIR [--arch llama|qwen2] [--corpus FILE ...]
+
+A config file has a ``method`` and one section per config dataclass::
+
+    method: lora              # a registered trainer name
+    training: {...}           # TrainingConfig fields
+    lora: {...}               # LoRAConfig fields
+    data: {...}               # DataConfig fields
+
+Overrides use ``section.field=value`` (the value is parsed as YAML, so ``1e-4``, ``true`` and
+``[q_proj, v_proj]`` work); a bare ``field=value`` is accepted when only one section has that field.
+Relative paths are relative to the current directory. Errors in the config or the data exit with
+code 2 and one message; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .config import ConfigError, DataConfig, LoRAConfig, TrainingConfig
+
+__all__ = ["main", "load_run_config", "build_parser"]
+
+SECTIONS = {"training": TrainingConfig, "lora": LoRAConfig, "data": DataConfig}
+TOP_LEVEL = ("method", *SECTIONS)
+
+
+class UsageError(ConfigError):
+    """A command-line mistake."""
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config mapping."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"override {item!r}: expected section.key=value (e.g. training.learning_rate=1e-4)")
+        key, _, text = item.partition("=")
+        value = _parse_value(text)
+        if key == "method":
+            raw["method"] = value
+            continue
+        if "." in key:
+            section, _, name = key.partition(".")
+            if section not in SECTIONS:
+                raise UsageError(f"override {item!r}: unknown section {section!r}"
+                                 + _hint(section, SECTIONS) + f"; sections: {', '.join(SECTIONS)}")
+        else:
+            owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+            if len(owners) != 1:
+                every = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+                what = "is in several sections" if owners else "is not a known option"
+                raise UsageError(f"override {item!r}: {key!r} {what}; write section.key"
+                                 + _hint(key, every))
+            section, name = owners[0], key
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise UsageError(f"config section {section!r} must be a mapping")
+        raw[section][name] = value
+    return raw
+
+
+def _hint(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, Any]:
+    """Read a YAML run config (safely), apply overrides and validate it into dataclasses:
+    ``{"method": str, "training": TrainingConfig, "lora": LoRAConfig|None, "data": DataConfig}``."""
+    import yaml
+
+    raw: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"{path}: no such config file")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise UsageError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{path}: not UTF-8 text") from None
+        if not isinstance(raw, dict):
+            raise UsageError(f"{path}: expected a mapping with method, training, lora, data")
+    where = str(path or "the command line")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise UsageError(f"{where}: unknown top-level key {key!r}" + _hint(str(key), TOP_LEVEL)
+                             + f"; expected {', '.join(TOP_LEVEL)}")
+    raw = apply_overrides(raw, list(overrides))
+    method = raw.get("method", "lora")
+    out: dict[str, Any] = {"method": method}
+    for section, cls in SECTIONS.items():
+        body = raw.get(section)
+        if body is not None and not isinstance(body, dict):
+            raise UsageError(f"{where}: section {section!r} must be a mapping of options")
+        if section == "lora" and body is None:
+            out[section] = None
+            continue
+        try:
+            out[section] = cls.from_dict(body or {}, where=f"{where} [{section}]")
+        except ConfigError as exc:
+            raise ConfigError(f"{where} [{section}]: {exc}") from None
+    return out
+
+
+def _make_trainer(cfg: dict[str, Any]) -> Any:
+    from .registry import create_trainer
+
+    kwargs: dict[str, Any] = {"training_config": cfg["training"], "data_config": cfg["data"]}
+    if cfg["lora"] is not None:
+        kwargs["lora_config"] = cfg["lora"]
+    return create_trainer(cfg["method"], **kwargs)
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    keys = ["eval_loss_before", "eval_loss", "perplexity_before", "perplexity", "train_loss", "train_runtime",
+            "train_tokens_per_second", "global_step", "trainable_parameters"]
+    width = max(len(k) for k in keys)
+    for k in keys:
+        if k in metrics:
+            v = metrics[k]
+            print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    trainer = _make_trainer(cfg)
+    metrics = trainer.train()
+    out = Path(cfg["training"].output_dir)
+    adapter = out / ("adapter" if getattr(trainer, "uses_lora", False) else "model")
+    trainer.save_model(adapter)
+    written = [adapter, out / "metrics.json", out / "trainer_log.jsonl", out / "loss.png", out / "run_config.yaml"]
+    if args.merge:
+        written.append(Path(trainer.merge_and_save(out / "merged")))
+    print("\nTraining finished.")
+    _print_metrics(metrics)
+    print("Wrote:")
+    for path in written:
+        if path.exists():
+            print(f"  {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    trainer = _make_trainer(cfg)
+    if args.adapter:
+        trainer.load_model(args.adapter)
+    data = cfg["data"].eval_file or cfg["data"].train_file
+    if not data:
+        raise UsageError("eval: set data.eval_file (or data.train_file)")
+    metrics = trainer.evaluate(data)
+    _print_metrics(metrics)
+    print(f"  eval_samples  {metrics['eval_samples']}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    import json
+
+    adapter = Path(args.adapter)
+    cfg_file = adapter / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise UsageError(f"--adapter {adapter}: no adapter_config.json there; expected a PEFT adapter directory")
+    base = args.base or json.loads(cfg_file.read_text())["base_model_name_or_path"]
+    cfg = {"method": "lora", "training": TrainingConfig(model_name_or_path=base, output_dir=str(args.output)),
+           "lora": None, "data": DataConfig()}
+    trainer = _make_trainer(cfg)
+    trainer.load_model(adapter)
+    print(trainer.merge_and_save(args.output))
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from .utils.tiny import build_tiny_model
+
+    for c in args.corpus:
+        if not Path(c).is_file():
+            raise UsageError(f"--corpus {c}: no such file")
+    out = build_tiny_model(args.output, arch=args.arch, corpus_files=args.corpus, vocab_size=args.vocab_size,
+                           hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+                           intermediate_size=args.hidden_size * 2, seed=args.seed, pretrain_steps=args.pretrain_steps)
+    print(f"tiny {args.arch} model and tokenizer written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sage-finetune", description="Fine-tune LLMs: LoRA, QLoRA, DoRA, LoRA+, "
+                                     "full fine-tuning, agent SFT.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_commands(sub)
+    return parser
+
+
+def add_commands(sub: Any) -> None:
+    """Add our sub-commands to an argparse sub-parser group (also used by the ``sage`` CLI plugin)."""
+    p = sub.add_parser("train", help="fine-tune from a YAML config")
+    p.add_argument("config", help="YAML run config (method, training, lora, data)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--merge", action="store_true", help="also write a merged model to OUTPUT_DIR/merged")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate loss and perplexity on data.eval_file")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--adapter", help="an adapter (or model) directory to evaluate instead of the base")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
+    p.add_argument("--adapter", required=True, help="adapter directory (written by train)")
+    p.add_argument("--output", required=True, help="where to write the merged model")
+    p.add_argument("--base", help="base model (default: the one recorded in the adapter)")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("tiny-model", help="build a tiny model + tokenizer for tests and demos")
+    p.add_argument("output", help="directory to write")
+    p.add_argument("--arch", default="llama", choices=["llama", "qwen2"])
+    p.add_argument("--corpus", nargs="*", default=[], help="JSON/JSONL/text files to train the tokenizer on")
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="first train it as a plain LM on the corpus for N steps (a small 'base' model)")
+    p.set_defaults(func=cmd_tiny_model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .data.conversation import DataFormatError
+    from .registry import FineTuneRegistryError
+
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except (ConfigError, DataFormatError, FineTuneRegistryError) as exc:
+        if args.debug:
+            raise
+        print(f"sage-finetune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sage-finetune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "datasets", "accelerate", "peft", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

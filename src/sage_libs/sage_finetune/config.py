@@ -1,0 +1,342 @@
+"""Configuration dataclasses: one place for every option, validated when constructed.
+
+Python users build these directly; the CLI maps YAML sections and ``key=value`` overrides onto
+the same classes, so both meet the same rules and the same error messages.
+
+Every field carries a ``help`` string in its metadata (``dataclasses.fields(cls)[i].metadata``)
+and, where it makes sense, ``choices`` or numeric bounds that ``__post_init__`` enforces.
+This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+__all__ = [
+    "ConfigError",
+    "TrainingConfig",
+    "LoRAConfig",
+    "DataConfig",
+    "config_help",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and what is allowed."""
+
+
+def _opt(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = None,
+         choices: tuple | None = None, ge: float | None = None, gt: float | None = None,
+         le: float | None = None, lt: float | None = None):
+    """A dataclass field with a help string and optional validation metadata."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Type checking against the annotations (a small subset of typing: enough for configs).
+# --------------------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true/false"
+    if tp is str:
+        return "a string"
+    if tp is Any:
+        return "any value"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(tp)
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+class _Config:
+    """Validation, dict conversion and did-you-mean for the config dataclasses."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        name = type(self).__name__
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            tp = hints[f.name]
+            # YAML writes 1e-4 as a string under YAML 1.1 rules; accept numeric strings for floats.
+            if isinstance(value, str) and _matches(1.0, tp) and not _matches(value, tp):
+                try:
+                    value = float(value)
+                    setattr(self, f.name, value)
+                except ValueError:
+                    pass
+            if isinstance(value, tuple):
+                value = list(value)
+                setattr(self, f.name, value)
+            if not _matches(value, tp):
+                raise ConfigError(
+                    f"{name}.{f.name}: expected {_type_name(tp)}, got {value!r} "
+                    f"({type(value).__name__})"
+                )
+            meta = f.metadata
+            if meta.get("choices") and value is not None and isinstance(value, str):
+                if value not in meta["choices"]:
+                    raise ConfigError(
+                        f"{name}.{f.name}: {value!r} is not one of {', '.join(map(repr, meta['choices']))}"
+                        + _did_you_mean(value, meta["choices"])
+                    )
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                for key, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                                      ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
+                    bound = meta.get(key)
+                    if bound is not None and not ok(value, bound):
+                        raise ConfigError(f"{name}.{f.name}: must be {word} {bound}, got {value!r}")
+        self._validate()
+
+    def _validate(self) -> None:
+        """Cross-field checks; subclasses override."""
+
+    # ---- conversion -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, *, where: str | None = None):
+        """Build from a mapping; unknown keys raise a ConfigError with a did-you-mean."""
+        data = dict(data or {})
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            key = unknown[0]
+            place = f" in {where}" if where else ""
+            raise ConfigError(
+                f"{cls.__name__}: unknown option {key!r}{place}" + _did_you_mean(key, names)
+                + f". Known options: {', '.join(names)}"
+            )
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a required field is missing
+            missing = [f.name for f in dataclasses.fields(cls)
+                       if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                       and f.name not in data]
+            if missing:
+                place = f" in {where}" if where else ""
+                raise ConfigError(f"{cls.__name__}: missing required option {missing[0]!r}{place}") from None
+            raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Config):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _did_you_mean(word: str, candidates: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def config_help(cls: type) -> list[tuple[str, str, Any]]:
+    """(name, help, default) for every field of a config class; used by ``sage-finetune --help``."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        out.append((f.name, f.metadata.get("help", ""), default))
+    return out
+
+
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
+              "cosine_with_min_lr", "warmup_stable_decay")
+
+
+@dataclass
+class TrainingConfig(_Config):
+    """Hyper-parameters of a run. Field names follow SAGE's ``TrainingConfig`` and HF
+    ``TrainingArguments``, so a config from either maps over unchanged."""
+
+    model_name_or_path: str = _opt(help="Hub id (e.g. 'Qwen/Qwen2.5-7B-Instruct') or a local model directory.")
+    output_dir: str = _opt(help="Where checkpoints, the adapter, metrics.json, trainer_log.jsonl and loss.png go.")
+    num_train_epochs: float = _opt(3, "Passes over the training data (ignored when max_steps > 0).", gt=0)
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps; -1 means use num_train_epochs.", ge=-1)
+    per_device_train_batch_size: int = _opt(4, "Samples per device per forward pass during training.", ge=1)
+    per_device_eval_batch_size: int = _opt(4, "Samples per device per forward pass during evaluation.", ge=1)
+    gradient_accumulation_steps: int = _opt(1, "Forward/backward passes per optimizer step.", ge=1)
+    learning_rate: float = _opt(5e-5, "Peak learning rate (LoRA typically 1e-4 to 2e-4, full fine-tuning 1e-5).", gt=0)
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and norms).", ge=0)
+    warmup_steps: Union[int, float] = _opt(
+        500, "Linear warm-up: an integer number of steps, or a float in [0, 1) as a ratio of all steps.", ge=0)
+    lr_scheduler_type: str = _opt("linear", "Learning-rate schedule after warm-up.", choices=SCHEDULERS)
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm; 0 disables clipping.", ge=0)
+    optim: str = _opt("adamw_torch", "Optimizer name as understood by HF TrainingArguments.optim.")
+    fp16: bool = _opt(False, "Mixed precision with float16 (needs a CUDA GPU).")
+    bf16: bool = _opt(False, "Mixed precision with bfloat16 (CUDA GPU, or a CPU with bf16 support).")
+    model_dtype: str = _opt("auto", "dtype to load the base weights in: auto (the checkpoint's), float32, bfloat16, float16.",
+                            choices=("auto", "float32", "bfloat16", "float16"))
+    max_seq_length: int = _opt(1024, "Samples are truncated to this many tokens (see DataConfig.truncation).", ge=8)
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory (~20-30% slower).")
+    logging_steps: int = _opt(10, "Log loss, learning rate and grad norm every N optimizer steps.", ge=1)
+    eval_strategy: str = _opt("steps", "When to evaluate if an eval dataset is given: no, steps (every eval_steps), epoch.",
+                              choices=("no", "steps", "epoch"))
+    eval_steps: int = _opt(500, "Evaluate every N optimizer steps (eval_strategy=steps).", ge=1)
+    eval_on_start: bool = _opt(False, "Evaluate once before training; reported as eval_loss_before in the metrics.")
+    save_strategy: str = _opt("steps", "When to write checkpoints: no, steps, epoch.", choices=("no", "steps", "epoch"))
+    save_steps: int = _opt(500, "Write a checkpoint every N optimizer steps (save_strategy=steps).", ge=1)
+    save_total_limit: Union[int, None] = _opt(3, "Keep at most this many checkpoints (null keeps all).", ge=1)
+    seed: int = _opt(42, "Random seed for model init, data order and dropout.", ge=0)
+    report_to: list[str] = _opt(help="Experiment trackers for HF integrations: tensorboard, wandb, ... Empty: none.",
+                                default_factory=list)
+    run_name: Union[str, None] = _opt(None, "A name for the run in trackers.")
+    deepspeed: Union[str, dict, None] = _opt(None, "Path to a DeepSpeed JSON config (or the dict); passed to the HF Trainer.")
+    fsdp: Union[str, list[str], None] = _opt(None, "FSDP options, e.g. 'full_shard auto_wrap'; passed to the HF Trainer.")
+    fsdp_config: Union[str, dict, None] = _opt(None, "FSDP config file or dict; passed to the HF Trainer.")
+    dataloader_num_workers: int = _opt(0, "Worker processes for the data loader.", ge=0)
+    resume_from_checkpoint: Union[bool, str, None] = _opt(
+        None, "true: resume from the latest checkpoint in output_dir; a path: resume from it.")
+    trust_remote_code: bool = _opt(False, "Allow model code from the hub repository to run. Off unless you trust it.")
+    attn_implementation: Union[str, None] = _opt(None, "Attention kernel: sdpa, eager, flash_attention_2; null: the model's default.")
+    use_cpu: bool = _opt(False, "Train on the CPU even if a GPU is present.")
+    disable_tqdm: bool = _opt(False, "Hide the progress bar.")
+
+    def _validate(self) -> None:
+        if not self.model_name_or_path:
+            raise ConfigError("TrainingConfig.model_name_or_path: required (a hub id or a local model directory)")
+        if not self.output_dir:
+            raise ConfigError("TrainingConfig.output_dir: required (a directory for the run's outputs)")
+        if self.fp16 and self.bf16:
+            raise ConfigError("TrainingConfig: fp16 and bf16 are both true; choose one")
+        if isinstance(self.warmup_steps, float) and self.warmup_steps >= 1:
+            raise ConfigError("TrainingConfig.warmup_steps: a float is a ratio and must be < 1; "
+                              f"use an integer for a step count, got {self.warmup_steps!r}")
+        bad = [r for r in self.report_to if r not in ("tensorboard", "wandb", "none", "all", "mlflow",
+                                                      "comet_ml", "trackio", "swanlab", "clearml")]
+        if bad:
+            raise ConfigError(f"TrainingConfig.report_to: unknown tracker {bad[0]!r}; "
+                              "expected tensorboard, wandb, mlflow, comet_ml, trackio, swanlab, clearml or none")
+
+
+@dataclass
+class LoRAConfig(_Config):
+    """LoRA adapter settings (mapped onto ``peft.LoraConfig``)."""
+
+    r: int = _opt(8, "Rank of the update matrices.", ge=1)
+    lora_alpha: float = _opt(16, "Scaling numerator: the update is scaled by lora_alpha / r (or / sqrt(r) with rsLoRA).", gt=0)
+    target_modules: Union[list[str], str, None] = _opt(
+        None, "Module names to adapt, 'all-linear', or null for ['q_proj', 'v_proj'].")
+    lora_dropout: float = _opt(0.05, "Dropout on the LoRA input.", ge=0, lt=1)
+    bias: str = _opt("none", "Which biases to train: none, all, lora_only.", choices=("none", "all", "lora_only"))
+    task_type: str = _opt("CAUSAL_LM", "PEFT task type; causal language modelling is what the trainers do.",
+                          choices=("CAUSAL_LM",))
+    use_rslora: bool = _opt(False, "Rank-stabilised LoRA: scale by lora_alpha / sqrt(r).")
+    use_dora: bool = _opt(False, "DoRA: weight-decomposed LoRA (magnitude + direction).")
+    init_lora_weights: Union[bool, str] = _opt(
+        True, "Initialisation: true (B=0), gaussian, pissa, olora.")
+    modules_to_save: Union[list[str], None] = _opt(None, "Extra modules trained in full and saved with the adapter (e.g. lm_head).")
+    layers_to_transform: Union[list[int], None] = _opt(None, "Only adapt these layer indices (null: all layers).")
+
+    def _validate(self) -> None:
+        if isinstance(self.init_lora_weights, str) and self.init_lora_weights not in (
+                "gaussian", "pissa", "olora", "eva", "loftq") and not self.init_lora_weights.startswith("pissa_niter_"):
+            raise ConfigError(f"LoRAConfig.init_lora_weights: {self.init_lora_weights!r} is not one of "
+                              "true, false, 'gaussian', 'pissa', 'pissa_niter_N', 'olora'")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            # a single module name is allowed by PEFT as a regex; we keep that but make lists explicit
+            self.target_modules = [self.target_modules]
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ConfigError("LoRAConfig.target_modules: empty list; give module names, 'all-linear' or null")
+
+    @property
+    def resolved_target_modules(self) -> Union[list[str], str]:
+        return self.target_modules if self.target_modules is not None else ["q_proj", "v_proj"]
+
+
+DATA_FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text")
+
+
+@dataclass
+class DataConfig(_Config):
+    """Where the data comes from and how it becomes tokens with labels."""
+
+    train_file: Union[str, list[str], None] = _opt(
+        None, "Training data: a .jsonl/.json/.parquet file, a saved dataset dir or a hub id; or a list of them "
+              "(each may use its own format; they are concatenated after tokenization).")
+    eval_file: Union[str, list[str], None] = _opt(None, "Evaluation data (same forms as train_file).")
+    loader: str = _opt("auto", "Loader name (jsonl, instruction, parquet, huggingface, ...); auto: by file extension.")
+    format: str = _opt("auto", "Record format; auto detects it per record.", choices=DATA_FORMATS)
+    split: str = _opt("train", "Split to read for hub or saved datasets.")
+    eval_split_ratio: float = _opt(0.0, "Hold out this fraction of the training data for evaluation when eval_file is empty.",
+                                   ge=0, lt=1)
+    max_samples: Union[int, None] = _opt(None, "Use at most this many training records (for quick runs).", ge=1)
+    system_prompt: Union[str, None] = _opt(None, "System message added to conversations that have none.")
+    chat_template: Union[str, None] = _opt(
+        None, "Jinja chat template (or a path to one) overriding the tokenizer's; null: the tokenizer's, "
+              "or the built-in fallback when it has none.")
+    train_on_prompt: bool = _opt(False, "Train on every token, prompts included (default: assistant replies only).")
+    mask_history: bool = _opt(False, "Train only on the last assistant reply of each conversation.")
+    on_error: str = _opt("raise", "Bad records: raise (stop with the file:line) or skip (drop and count them).",
+                         choices=("raise", "skip"))
+
+    def _validate(self) -> None:
+        if self.train_on_prompt and self.mask_history:
+            raise ConfigError("DataConfig: train_on_prompt and mask_history contradict each other; choose one")

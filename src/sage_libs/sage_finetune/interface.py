@@ -1,0 +1,84 @@
+"""The abstract interfaces a trainer, a loader and a callback implement.
+
+They mirror SAGE's ``sage.libs.finetune`` interface (same method names and signatures), so a class
+written against one works against the other. Standard library only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Iterator
+
+__all__ = ["FineTuner", "DatasetLoader", "TrainingCallback"]
+
+
+class FineTuner(ABC):
+    """A fine-tuning method: trains a model, evaluates, saves and generates."""
+
+    @abstractmethod
+    def train(self, train_dataset: Any, eval_dataset: Any = None, config: Any = None) -> dict[str, Any]:
+        """Train and return metrics (train_loss, eval_loss, perplexity, runtime, tokens/s...)."""
+
+    @abstractmethod
+    def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
+        """Return eval_loss and perplexity on ``eval_dataset``."""
+
+    @abstractmethod
+    def save_model(self, output_dir: str) -> None:
+        """Write the trained weights (an adapter for PEFT methods) to ``output_dir``."""
+
+    @abstractmethod
+    def load_model(self, model_path: str) -> None:
+        """Load weights written by :meth:`save_model`."""
+
+    @abstractmethod
+    def generate(self, prompt: Any, **kwargs: Any) -> str:
+        """Generate a reply to ``prompt`` (a string or a list of chat messages)."""
+
+
+class DatasetLoader(ABC):
+    """Reads records from a source and turns them into tokenized training examples."""
+
+    @abstractmethod
+    def load(self, data_path: str, **kwargs: Any) -> Any:
+        """Read all records of ``data_path``."""
+
+    @abstractmethod
+    def preprocess(self, dataset: Any, tokenizer: Any, **kwargs: Any) -> Any:
+        """Turn records into tokenized examples (input_ids and labels)."""
+
+    @abstractmethod
+    def stream(self, data_path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Yield records one at a time in constant memory."""
+
+
+class TrainingCallback(ABC):  # noqa: B024 - every hook is optional by design
+    """Hooks into a run. Override the ones you need; all default to doing nothing.
+
+    ``trainer`` is the isage-finetune trainer (``trainer.model``, ``trainer.tokenizer``...).
+    Returning True from :meth:`on_step_end` stops training after that step.
+    """
+
+    def on_train_begin(self, trainer: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_train_end(self, trainer: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_epoch_begin(self, trainer: Any, epoch: int, **kwargs: Any) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        pass
+
+    def on_step_begin(self, trainer: Any, step: int, **kwargs: Any) -> None:
+        pass
+
+    def on_step_end(self, trainer: Any, step: int, loss: float | None = None, **kwargs: Any) -> bool | None:
+        return None
+
+    def on_evaluate(self, trainer: Any, metrics: dict[str, Any], **kwargs: Any) -> None:
+        pass
+
+    def on_save(self, trainer: Any, output_dir: str, **kwargs: Any) -> None:
+        pass

@@ -1,0 +1,168 @@
+"""Shared loader machinery: line-numbered records and the preprocess step."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..data.conversation import DataFormatError
+from ..interface import DatasetLoader
+
+__all__ = ["RecordList", "FileLoader", "iter_jsonl", "DataFileError"]
+
+logger = logging.getLogger(__name__)
+
+
+class DataFileError(DataFormatError):
+    """A data file cannot be read (missing, empty, not UTF-8, malformed JSON)."""
+
+
+class RecordList(list):
+    """A list of raw records that remembers where each came from (``source:line``)."""
+
+    def __init__(self, records: list | None = None, *, source: str | None = None,
+                 line_numbers: list[int] | None = None, skipped: int = 0) -> None:
+        super().__init__(records or [])
+        self.source = source
+        self.line_numbers = line_numbers
+        self.skipped = skipped
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DataFileError(f"{p}: no such file")
+    if p.is_dir():
+        raise DataFileError(f"{p}: is a directory; expected a data file")
+    if p.stat().st_size == 0:
+        raise DataFileError(f"{p}: the file is empty")
+    return p
+
+
+def iter_jsonl(path: str | os.PathLike, *, on_error: str = "raise",
+               skipped: list[int] | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, record)`` for each non-blank line, in constant memory.
+
+    Errors name the file and line: malformed JSON, bytes that are not UTF-8, a line that is not
+    a JSON object. With ``on_error='skip'`` bad lines are dropped and their line numbers appended
+    to ``skipped``.
+    """
+    p = _check_file(path)
+    seen = False
+    with p.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataFileError(f"{p}:{number}: bytes that are not UTF-8 at column {exc.start + 1}; "
+                                        "save the file as UTF-8") from None
+                try:
+                    record = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise DataFileError(f"{p}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(record, dict):
+                    raise DataFileError(f"{p}:{number}: expected a JSON object per line, got {type(record).__name__}")
+            except DataFileError:
+                if on_error == "raise":
+                    raise
+                if skipped is not None:
+                    skipped.append(number)
+                continue
+            seen = True
+            yield number, record
+    if not seen and on_error == "raise":
+        raise DataFileError(f"{p}: the file has no records (only blank lines)")
+
+
+def _read_json_array(p: Path) -> list[tuple[int, Any]]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{p}: bytes that are not UTF-8 at offset {exc.start}; save the file as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DataFileError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not data:
+        raise DataFileError(f"{p}: expected a JSON array of records")
+    # a JSON array has no per-record line numbers; use 1-based record indices instead
+    return [(i + 1, rec) for i, rec in enumerate(data)]
+
+
+class FileLoader(DatasetLoader):
+    """Reads local JSON Lines (or JSON array) files and tokenizes them.
+
+    Args:
+        format: the record format (see :mod:`..data.formats`); ``auto`` detects it.
+        on_error: ``raise`` stops at the first bad record with its file:line; ``skip`` drops and
+            counts bad records.
+    """
+
+    default_format = "auto"
+
+    def __init__(self, format: str | None = None, on_error: str = "raise", **options: Any) -> None:
+        self.format = format or self.default_format
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
+        self.options = options
+        self.last_stats: Any = None
+
+    # -- reading --------------------------------------------------------------------------------
+    def _iter(self, data_path: str | os.PathLike, skipped: list[int] | None = None) -> Iterator[tuple[int, Any]]:
+        p = Path(data_path)
+        if p.suffix == ".json":
+            yield from _read_json_array(_check_file(p))
+        else:
+            yield from iter_jsonl(p, on_error=self.on_error, skipped=skipped)
+
+    def load(self, data_path: str | os.PathLike, max_samples: int | None = None, **kwargs: Any) -> RecordList:
+        """All records of the file, as a :class:`RecordList` that remembers their line numbers."""
+        skipped: list[int] = []
+        records, lines = [], []
+        for number, record in self._iter(data_path, skipped):
+            self._check_record(record, f"{data_path}:{number}")
+            records.append(record)
+            lines.append(number)
+            if max_samples is not None and len(records) >= max_samples:
+                break
+        if skipped:
+            logger.warning("%s: skipped %d malformed lines (first: line %d)", data_path, len(skipped), skipped[0])
+        return RecordList(records, source=str(data_path), line_numbers=lines, skipped=len(skipped))
+
+    def stream(self, data_path: str | os.PathLike, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Yield records one by one without holding the file in memory."""
+        for number, record in self._iter(data_path):
+            self._check_record(record, f"{data_path}:{number}")
+            yield record
+
+    def _check_record(self, record: Any, where: str) -> None:
+        """Loader-specific early checks (subclasses)."""
+
+    # -- tokenizing -----------------------------------------------------------------------------
+    def preprocess(self, dataset: Any, tokenizer: Any, formatting_func: Callable | None = None, *,
+                   max_seq_length: int | None = None, train_on_prompt: bool = False, mask_history: bool = False,
+                   chat_template: str | None = None, system_prompt: str | None = None, **kwargs: Any) -> Any:
+        """Records -> a ``datasets.Dataset`` with ``input_ids``, ``labels`` (-100 where not
+        trained) and ``length``. Statistics are kept in ``self.last_stats``."""
+        from datasets import Dataset
+
+        from ..data.pipeline import tokenize_records
+
+        columns, stats = tokenize_records(
+            dataset, tokenizer, fmt=self.format, max_seq_length=max_seq_length, train_on_prompt=train_on_prompt,
+            mask_history=mask_history, chat_template=chat_template, system_prompt=system_prompt,
+            formatting_func=formatting_func, on_error=self.on_error)
+        self.last_stats = stats
+        if not columns["input_ids"]:
+            raise DataFormatError(
+                f"{getattr(dataset, 'source', None) or 'dataset'}: no trainable examples after preprocessing "
+                f"({stats.records} records, {stats.skipped_invalid} invalid, "
+                f"{stats.dropped_no_trained_tokens} with no trained token left after truncation)")
+        return Dataset.from_dict(columns)

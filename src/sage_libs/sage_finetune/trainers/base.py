@@ -1,0 +1,487 @@
+"""The one trainer base: it owns the run; variants change small hooks only.
+
+    load_tokenizer()      -> tokenizer        (rarely overridden)
+    load_base_model()     -> model            (QLoRA: quantized loading)
+    apply_adapter(model)  -> model            (LoRA/DoRA/...: PEFT; full: unfreeze)
+    create_optimizer(m)   -> optimizer|None   (LoRA+: per-matrix learning rates)
+
+Everything else (data preparation, the HF Trainer, evaluation, outputs, saving) lives here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import ConfigError, DataConfig, LoRAConfig, TrainingConfig
+from ..interface import FineTuner
+from ..utils.io import atomic_dir, atomic_write_json, atomic_write_text
+
+__all__ = ["BaseTrainer", "coerce_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def coerce_config(cls: type, value: Any, name: str) -> Any:
+    """Accept our dataclass, a dict, or another config object with the same field names (e.g.
+    SAGE's ``TrainingConfig``)."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls.from_dict(value, where=name)
+    if dataclasses.is_dataclass(value):
+        return cls.from_dict(dataclasses.asdict(value), where=name)
+    if hasattr(value, "to_dict"):
+        return cls.from_dict(value.to_dict(), where=name)
+    raise ConfigError(f"{name}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class BaseTrainer(FineTuner):
+    """Supervised fine-tuning on the HF Trainer. Subclasses set :attr:`method` and override hooks.
+
+    Args:
+        training_config: :class:`TrainingConfig` (or a dict / SAGE TrainingConfig).
+        lora_config: :class:`LoRAConfig` for adapter methods.
+        data_config: :class:`DataConfig`: formats, masking, chat template.
+        callbacks: :class:`TrainingCallback` objects (or HF ``TrainerCallback`` objects).
+        formatting_func: record -> text, list of messages, or a record in a known format.
+    """
+
+    method = "base"
+    uses_lora = False
+
+    def __init__(self, training_config: Any = None, lora_config: Any = None, data_config: Any = None,
+                 callbacks: list[Any] | None = None, formatting_func: Callable | None = None,
+                 **options: Any) -> None:
+        if training_config is None:
+            raise ConfigError(f"create_trainer({self.method!r}): training_config is required "
+                              "(TrainingConfig(model_name_or_path=..., output_dir=...))")
+        self.training_config: TrainingConfig = coerce_config(TrainingConfig, training_config, "training_config")
+        self.lora_config: LoRAConfig | None = coerce_config(LoRAConfig, lora_config, "lora_config")
+        if self.uses_lora and self.lora_config is None:
+            self.lora_config = LoRAConfig()
+        self.data_config: DataConfig = coerce_config(DataConfig, data_config, "data_config") or DataConfig()
+        self.callbacks = list(callbacks or [])
+        self.formatting_func = formatting_func
+        self.options = options
+        self._check_options()
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.hf_trainer: Any = None
+        self.data_stats: dict[str, Any] = {}
+        self._step_losses: list[float] = []
+
+    def _check_options(self) -> None:
+        """Reject keyword options this trainer does not know (subclasses extend ``known_options``)."""
+        known = self.known_options()
+        unknown = [k for k in self.options if k not in known]
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"create_trainer({self.method!r}): unknown option {unknown[0]!r}{hint}; "
+                              f"known: training_config, lora_config, data_config, callbacks, formatting_func"
+                              + (", " + ", ".join(known) if known else ""))
+
+    @classmethod
+    def known_options(cls) -> list[str]:
+        return []
+
+    # ----------------------------------------------------------------------------------------
+    # Hooks
+    # ----------------------------------------------------------------------------------------
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        tc = self.training_config
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tc.model_name_or_path, trust_remote_code=tc.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"training.model_name_or_path: cannot load a tokenizer from "
+                              f"{tc.model_name_or_path!r}: {exc}") from exc
+        if tokenizer.pad_token is None:
+            # Padding positions are masked by attention_mask and labels=-100, so reusing eos is safe.
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"
+        return tokenizer
+
+    def model_load_kwargs(self) -> dict[str, Any]:
+        import torch
+
+        tc = self.training_config
+        kwargs: dict[str, Any] = {"trust_remote_code": tc.trust_remote_code}
+        kwargs["dtype"] = "auto" if tc.model_dtype == "auto" else getattr(torch, tc.model_dtype)
+        if tc.attn_implementation:
+            kwargs["attn_implementation"] = tc.attn_implementation
+        return kwargs
+
+    def load_base_model(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        tc = self.training_config
+        try:
+            model = AutoModelForCausalLM.from_pretrained(tc.model_name_or_path, **self.model_load_kwargs())
+        except OSError as exc:
+            raise ConfigError(f"training.model_name_or_path: cannot load a model from "
+                              f"{tc.model_name_or_path!r}: {exc}") from exc
+        model.config.use_cache = False  # the KV cache is useless in training and breaks packed position_ids
+        return model
+
+    def apply_adapter(self, model: Any) -> Any:
+        """Decide which parameters train. The base trains all of them."""
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def create_optimizer(self, model: Any) -> Any:
+        """Return an optimizer, or None to let the HF Trainer build AdamW from the config."""
+        return None
+
+    # ----------------------------------------------------------------------------------------
+    # Model life cycle
+    # ----------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load tokenizer and model and apply the adapter (once)."""
+        if self.model is not None:
+            return
+        import torch
+
+        torch.manual_seed(self.training_config.seed)
+        if self.tokenizer is None:
+            self.tokenizer = self.load_tokenizer()
+        model = self.load_base_model()
+        if self.training_config.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+        self.model = self.apply_adapter(model)
+
+    def trainable_parameters(self) -> dict[str, Any]:
+        self.setup()
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    # ----------------------------------------------------------------------------------------
+    # Data
+    # ----------------------------------------------------------------------------------------
+    def _loader_for(self, path: str) -> Any:
+        from ..registry import create_loader
+
+        name = self.data_config.loader
+        if name == "auto":
+            suffix = Path(path).suffix
+            name = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(suffix, "huggingface")
+        return create_loader(name, format=self.data_config.format, on_error=self.data_config.on_error)
+
+    def load_records(self, path: str, max_samples: int | None = None) -> Any:
+        return self._loader_for(path).load(path, max_samples=max_samples)
+
+    def _record_sets(self, data: Any, split: str) -> list[Any]:
+        """A path, a list of paths, or in-memory data -> one or more record collections."""
+        max_samples = self.data_config.max_samples if split == "train" else None
+        if isinstance(data, (str, os.PathLike)):
+            return [self.load_records(str(data), max_samples)]
+        if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
+            return [self.load_records(str(d), max_samples) for d in data]
+        if isinstance(data, MultiSource):
+            return list(data)
+        return [data]
+
+    def prepare_dataset(self, data: Any, split: str = "train") -> Any:
+        """Records, a path (or list of paths), or already tokenized data -> a tokenized
+        ``datasets.Dataset`` with ``input_ids``, ``labels`` and ``length``."""
+        from datasets import Dataset, concatenate_datasets
+
+        from ..data.pipeline import PrepareStats, is_tokenized, tokenize_records
+
+        if data is None:
+            return None
+        parts, stats_parts = [], []
+        for records in self._record_sets(data, split):
+            if is_tokenized(records):
+                parts.append(records if isinstance(records, Dataset) else Dataset.from_list([dict(x) for x in records]))
+                continue
+            self.setup()
+            dc = self.data_config
+            chat_template = dc.chat_template
+            if chat_template and os.path.isfile(chat_template):
+                chat_template = Path(chat_template).read_text(encoding="utf-8")
+            columns, stats = tokenize_records(
+                records, self.tokenizer, fmt=dc.format, max_seq_length=self.training_config.max_seq_length,
+                train_on_prompt=dc.train_on_prompt, mask_history=dc.mask_history, chat_template=chat_template,
+                system_prompt=dc.system_prompt, formatting_func=self.formatting_func, on_error=dc.on_error)
+            stats_parts.append(stats)
+            if not columns["input_ids"]:
+                source = getattr(records, "source", None) or f"{split} data"
+                raise ConfigError(f"{source}: no trainable examples ({stats.records} records, "
+                                  f"{stats.skipped_invalid} invalid, {stats.dropped_no_trained_tokens} with every "
+                                  "trained token cut by max_seq_length)")
+            parts.append(Dataset.from_dict(columns))
+        if stats_parts:
+            self.data_stats[split] = PrepareStats.merge(stats_parts).to_dict()
+        return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+    def data_collator(self) -> Any:
+        from ..data.collate import PaddingCollator
+
+        return PaddingCollator(pad_token_id=self.tokenizer.pad_token_id)
+
+    # ----------------------------------------------------------------------------------------
+    # The HF Trainer
+    # ----------------------------------------------------------------------------------------
+    def training_arguments(self, has_eval: bool) -> Any:
+        import torch
+        from transformers import TrainingArguments
+
+        tc = self.training_config
+        if tc.fp16 and not torch.cuda.is_available():
+            raise ConfigError("training.fp16: float16 mixed precision needs a CUDA GPU and none is available; "
+                              "set fp16: false (or bf16: true on a CPU with bfloat16 support)")
+        kwargs: dict[str, Any] = dict(
+            output_dir=tc.output_dir, num_train_epochs=tc.num_train_epochs, max_steps=tc.max_steps,
+            per_device_train_batch_size=tc.per_device_train_batch_size,
+            per_device_eval_batch_size=tc.per_device_eval_batch_size,
+            gradient_accumulation_steps=tc.gradient_accumulation_steps, learning_rate=tc.learning_rate,
+            weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps, lr_scheduler_type=tc.lr_scheduler_type,
+            max_grad_norm=tc.max_grad_norm, optim=tc.optim, fp16=tc.fp16, bf16=tc.bf16,
+            logging_steps=tc.logging_steps, logging_first_step=True,
+            eval_strategy=tc.eval_strategy if has_eval else "no", eval_steps=tc.eval_steps,
+            save_strategy=tc.save_strategy, save_steps=tc.save_steps, save_total_limit=tc.save_total_limit,
+            seed=tc.seed, data_seed=tc.seed, report_to=list(tc.report_to) or "none", run_name=tc.run_name,
+            dataloader_num_workers=tc.dataloader_num_workers, gradient_checkpointing=tc.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
+            use_cpu=tc.use_cpu, disable_tqdm=tc.disable_tqdm, remove_unused_columns=False,
+            include_num_input_tokens_seen="non_padding", label_names=["labels"],
+        )
+        if tc.deepspeed:
+            kwargs["deepspeed"] = tc.deepspeed
+        if tc.fsdp:
+            kwargs["fsdp"] = tc.fsdp
+            if tc.fsdp_config:
+                kwargs["fsdp_config"] = tc.fsdp_config
+        return TrainingArguments(**kwargs)
+
+    def _hf_callbacks(self) -> list[Any]:
+        from transformers import TrainerCallback
+
+        from ..callbacks.bridge import CallbackBridge
+        from ..callbacks.run_log import RunLogCallback
+
+        ours = [cb for cb in self.callbacks if not isinstance(cb, TrainerCallback)]
+        theirs = [cb for cb in self.callbacks if isinstance(cb, TrainerCallback)]
+        out = [RunLogCallback(Path(self.training_config.output_dir) / "trainer_log.jsonl"), *theirs]
+        if ours:
+            out.append(CallbackBridge(self, ours))
+        return out
+
+    def build_hf_trainer(self, train_dataset: Any = None, eval_dataset: Any = None) -> Any:
+        from ._hf import SFTTrainerCore
+
+        self.setup()
+        optimizer = self.create_optimizer(self.model)
+        self.hf_trainer = SFTTrainerCore(
+            owner=self, model=self.model, args=self.training_arguments(eval_dataset is not None),
+            train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=self.data_collator(),
+            processing_class=self.tokenizer, callbacks=self._hf_callbacks(),
+            optimizers=(optimizer, None))
+        return self.hf_trainer
+
+    def _pop_step_loss(self) -> float | None:
+        """Mean loss of the micro-batches of the optimizer step that just ended (for callbacks)."""
+        if not self._step_losses:
+            return None
+        loss = sum(self._step_losses) / len(self._step_losses)
+        self._step_losses.clear()
+        return loss
+
+    # ----------------------------------------------------------------------------------------
+    # Public API
+    # ----------------------------------------------------------------------------------------
+    def train(self, train_dataset: Any = None, eval_dataset: Any = None, config: Any = None) -> dict[str, Any]:
+        """Train on ``train_dataset`` (records, a path, or tokenized data); returns metrics.
+
+        ``config`` optionally replaces the training config for this call (SAGE's signature).
+        """
+        if config is not None:
+            self.training_config = coerce_config(TrainingConfig, config, "config")
+            self.model, self.hf_trainer = None, None
+        tc, dc = self.training_config, self.data_config
+        if train_dataset is None:
+            if not dc.train_file:
+                raise ConfigError("train(): no training data; pass train_dataset or set data.train_file")
+            train_dataset = dc.train_file
+        if eval_dataset is None and dc.eval_file:
+            eval_dataset = dc.eval_file
+        self.setup()
+        if eval_dataset is None and dc.eval_split_ratio > 0:
+            pairs = [_split_records(r, dc.eval_split_ratio, tc.seed) for r in self._record_sets(train_dataset, "train")]
+            train_dataset = MultiSource(tr for tr, _ in pairs)
+            eval_dataset = MultiSource(ev for _, ev in pairs)
+        train_ds = self.prepare_dataset(train_dataset, "train")
+        eval_ds = self.prepare_dataset(eval_dataset, "eval")
+        out = Path(tc.output_dir)
+        if _is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            if not tc.resume_from_checkpoint:  # a fresh run starts a fresh log; a resumed one appends
+                (out / "trainer_log.jsonl").unlink(missing_ok=True)
+            self.write_run_config(out / "run_config.yaml")
+        trainer = self.build_hf_trainer(train_ds, eval_ds)
+        self._warn_about_schedule(len(train_ds))
+        metrics: dict[str, Any] = {"method": self.method}
+        if eval_ds is not None and tc.eval_on_start:
+            before = trainer.evaluate()
+            metrics["eval_loss_before"] = before["eval_loss"]
+            metrics["perplexity_before"] = _perplexity(before["eval_loss"])
+        resume = tc.resume_from_checkpoint
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume if resume else None)
+        runtime = time.perf_counter() - start
+        tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+        metrics.update(
+            train_loss=result.training_loss, train_runtime=round(runtime, 3), global_step=result.global_step,
+            epoch=trainer.state.epoch, train_samples=len(train_ds), train_tokens=tokens,
+            train_tokens_per_second=round(tokens / runtime, 2) if runtime > 0 else None,
+            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+        )
+        if eval_ds is not None:
+            ev = trainer.evaluate()
+            metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]),
+                           eval_samples=len(eval_ds))
+        metrics["data"] = self.data_stats
+        if _is_main_process():
+            self.write_outputs(metrics)
+        return metrics
+
+    def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
+        """``eval_loss`` (mean over trained tokens) and ``perplexity`` on ``eval_dataset``."""
+        eval_ds = self.prepare_dataset(eval_dataset, "eval")
+        if self.hf_trainer is None:
+            self.build_hf_trainer(None, eval_ds)
+        ev = self.hf_trainer.evaluate(eval_dataset=eval_ds)
+        return {"eval_loss": ev["eval_loss"], "perplexity": _perplexity(ev["eval_loss"]),
+                "eval_samples": len(eval_ds), "eval_runtime": ev.get("eval_runtime")}
+
+    def save_model(self, output_dir: str | os.PathLike) -> str:
+        """Write the model (an adapter for PEFT methods) and tokenizer atomically, in safetensors."""
+        self.setup()
+        with atomic_dir(output_dir) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+        return str(output_dir)
+
+    def merge_and_save(self, output_dir: str | os.PathLike) -> str:
+        """Save a standalone model with the adapter merged in (the full model for ``full``)."""
+        return self.save_model(output_dir)
+
+    def load_model(self, model_path: str | os.PathLike) -> None:
+        """Load a model directory written by :meth:`save_model` or :meth:`merge_and_save`."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(model_path)
+        if not path.is_dir():
+            raise ConfigError(f"load_model: {path} is not a directory")
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.training_config.trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(path, **self.model_load_kwargs())
+        self.hf_trainer = None
+
+    def generate(self, prompt: Any, *, max_new_tokens: int = 64, chat: bool = True, **kwargs: Any) -> str:
+        """Greedy (by default) generation. A string prompt is wrapped as one user message and
+        rendered with the same chat template as training unless ``chat=False``."""
+        import torch
+
+        from ..data.render import FALLBACK_CHAT_TEMPLATE
+
+        self.setup()
+        tok = self.tokenizer
+        if chat:
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            template = self.data_config.chat_template or tok.chat_template or FALLBACK_CHAT_TEMPLATE
+            text = tok.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                           add_generation_prompt=True)
+            ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        else:
+            ids = tok(prompt, return_tensors="pt")["input_ids"]
+        model = self.model
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("pad_token_id", tok.pad_token_id)
+        kwargs.setdefault("eos_token_id", tok.eos_token_id)
+        try:
+            with torch.no_grad():
+                out = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                                     max_new_tokens=max_new_tokens, use_cache=True, **kwargs)
+        finally:
+            model.train(was_training)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    # ----------------------------------------------------------------------------------------
+    # Outputs
+    # ----------------------------------------------------------------------------------------
+    def resolved_config(self) -> dict[str, Any]:
+        from .._version import __version__
+
+        out: dict[str, Any] = {"method": self.method, "version": __version__,
+                               "training": self.training_config.to_dict(), "data": self.data_config.to_dict()}
+        if self.lora_config is not None:
+            out["lora"] = self.lora_config.to_dict()
+        return out
+
+    def write_run_config(self, path: Path) -> None:
+        import yaml
+
+        atomic_write_text(path, yaml.safe_dump(self.resolved_config(), sort_keys=False))
+
+    def write_outputs(self, metrics: dict[str, Any]) -> None:
+        from ..callbacks.run_log import read_log
+        from ..utils.plotting import plot_loss
+
+        out = Path(self.training_config.output_dir)
+        atomic_write_json(out / "metrics.json", metrics)
+        plot_loss(read_log(out / "trainer_log.jsonl"), out / "loss.png",
+                  title=f"{self.method}: {Path(self.training_config.model_name_or_path).name}")
+
+    def _warn_about_schedule(self, n_samples: int) -> None:
+        tc = self.training_config
+        per_step = tc.per_device_train_batch_size * tc.gradient_accumulation_steps
+        steps = tc.max_steps if tc.max_steps > 0 else math.ceil(math.ceil(n_samples / per_step) * tc.num_train_epochs)
+        if isinstance(tc.warmup_steps, int) and tc.warmup_steps >= steps:
+            logger.warning("warmup_steps=%d >= the %d optimizer steps of this run: the learning rate never "
+                           "reaches its peak; use fewer steps or a ratio such as 0.03", tc.warmup_steps, steps)
+
+
+class MultiSource(list):
+    """Several record collections (one per file) that are tokenized separately, then joined."""
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def _split_records(records: Any, ratio: float, seed: int) -> tuple[Any, Any]:
+    import random
+
+    from ..loaders.base import RecordList
+
+    n = len(records)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(n * ratio)))
+    ev, tr = sorted(order[:n_eval]), sorted(order[n_eval:])
+    source = getattr(records, "source", None)
+    lines = getattr(records, "line_numbers", None)
+
+    def take(idx: list[int]) -> RecordList:
+        return RecordList([records[i] for i in idx], source=source,
+                          line_numbers=[lines[i] for i in idx] if lines else None)
+
+    return take(tr), take(ev)
+

@@ -1,0 +1,105 @@
+"""``lora``: low-rank adapters through PEFT on a frozen base model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..utils.io import atomic_dir
+from .base import BaseTrainer
+
+__all__ = ["LoRATrainer", "linear_module_names", "check_target_modules"]
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """The distinct last-name parts of the model's linear layers (what target_modules matches),
+    excluding the output head."""
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf != "lm_head":
+                names.add(leaf)
+    return sorted(names)
+
+
+def check_target_modules(model: Any, target_modules: Any) -> None:
+    """Fail before training when a target module name matches nothing in the model."""
+    if target_modules == "all-linear" or not isinstance(target_modules, list):
+        return
+    module_names = [name for name, _ in model.named_modules()]
+    for target in target_modules:
+        if not any(n == target or n.endswith("." + target) for n in module_names):
+            raise ConfigError(
+                f"lora.target_modules: {target!r} matches no module of this model; its linear layers are "
+                f"{', '.join(linear_module_names(model))} (or use 'all-linear')")
+
+
+class LoRATrainer(BaseTrainer):
+    """LoRA fine-tuning: the base stays frozen, only the adapter (and ``modules_to_save``) train."""
+
+    method = "lora"
+    uses_lora = True
+
+    def peft_config(self) -> Any:
+        from peft import LoraConfig
+
+        lc = self.lora_config
+        return LoraConfig(
+            r=lc.r, lora_alpha=lc.lora_alpha, target_modules=lc.resolved_target_modules,
+            lora_dropout=lc.lora_dropout, bias=lc.bias, task_type=lc.task_type, use_rslora=lc.use_rslora,
+            use_dora=lc.use_dora, init_lora_weights=lc.init_lora_weights, modules_to_save=lc.modules_to_save,
+            layers_to_transform=lc.layers_to_transform)
+
+    def apply_adapter(self, model: Any) -> Any:
+        from peft import get_peft_model
+
+        check_target_modules(model, self.lora_config.resolved_target_modules)
+        return get_peft_model(model, self.peft_config())
+
+    def merge_and_save(self, output_dir: str | os.PathLike) -> str:
+        """Merge the adapter into a freshly loaded full-precision copy of the base and save it.
+
+        The live (possibly quantized) training model is left untouched, so training or
+        generation can go on after this call.
+        """
+        from peft import PeftModel
+
+        self.setup()
+        base = self.load_merge_base()
+        with tempfile.TemporaryDirectory(prefix="sage-ft-adapter-") as adapter_dir:
+            self.model.save_pretrained(adapter_dir, safe_serialization=True)
+            merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        with atomic_dir(output_dir) as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+        return str(output_dir)
+
+    def load_merge_base(self) -> Any:
+        """The unquantized base to merge into (QLoRA overrides nothing here: this already loads it
+        in the checkpoint's own precision)."""
+        from transformers import AutoModelForCausalLM
+
+        tc = self.training_config
+        return AutoModelForCausalLM.from_pretrained(tc.model_name_or_path, **BaseTrainer.model_load_kwargs(self))
+
+    def load_model(self, model_path: str | os.PathLike) -> None:
+        """Load an adapter directory onto the base model (or a full model directory)."""
+        path = Path(model_path)
+        if not (path / "adapter_config.json").exists():
+            return super().load_model(path)
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        if (path / "tokenizer_config.json").exists():
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+        elif self.tokenizer is None:
+            self.tokenizer = self.load_tokenizer()
+        base = self.load_base_model()
+        self.model = PeftModel.from_pretrained(base, path, is_trainable=True)
+        self.hf_trainer = None

@@ -1,0 +1,43 @@
+"""The loss picture: train and eval loss against the optimizer step."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["plot_loss"]
+
+
+def plot_loss(log: Iterable[dict[str, Any]], path: str | os.PathLike, title: str | None = None) -> Path | None:
+    """Draw ``loss`` and ``eval_loss`` entries of a trainer log into a PNG. Returns the path, or
+    None when the log has no loss to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = list(log)
+    train = [(e["step"], e["loss"]) for e in log if "loss" in e and "step" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e and "step" in e]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#1f77b4", linewidth=1.5)
+    if evals:
+        ax.plot(*zip(*evals), label="eval loss", color="#d62728", marker="o", linewidth=1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
