@@ -32,22 +32,23 @@ __all__ = ["IGNORE_INDEX", "FALLBACK_CHAT_TEMPLATE", "ChatRenderer", "RenderResu
 
 IGNORE_INDEX = -100
 
-# Used when the tokenizer has no chat template. Plain-text role headers; the end of each assistant
-# turn is the tokenizer's eos token, so the model learns to stop.
+# Used when the tokenizer has no chat template. Plain-text role headers, each ending in a newline
+# (not a space: a trailing space would merge with the reply's first word and blur the boundary);
+# the end of each assistant turn is the tokenizer's eos token, so the model learns to stop.
 FALLBACK_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{{ 'System: ' + message['content'] + '\n\n' }}"
-    "{%- elif message['role'] == 'user' -%}{{ 'User: ' + message['content'] + '\n\n' }}"
-    "{%- elif message['role'] == 'tool' -%}{{ 'Tool: ' + message['content'] + '\n\n' }}"
+    "{%- if message['role'] == 'system' -%}{{ 'System:\n' + message['content'] + '\n\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ 'User:\n' + message['content'] + '\n\n' }}"
+    "{%- elif message['role'] == 'tool' -%}{{ 'Tool:\n' + message['content'] + '\n\n' }}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "{{ 'Assistant: ' + message['content'] }}"
+    "{{ 'Assistant:\n' + message['content'] }}"
     "{%- if message.get('tool_calls') -%}{%- for call in message['tool_calls'] -%}"
     "{{ '\n<tool_call>' + (call['function'] | tojson) + '</tool_call>' }}"
     "{%- endfor -%}{%- endif -%}"
     "{{ eos_token + '\n\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'Assistant: ' }}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:\n' }}{%- endif -%}"
 )
 
 

@@ -58,7 +58,7 @@ def iter_jsonl(path: str | os.PathLike, *, on_error: str = "raise",
                 continue
             try:
                 try:
-                    text = raw.decode("utf-8")
+                    text = raw.decode("utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as exc:
                     raise DataFileError(f"{p}:{number}: bytes that are not UTF-8 at column {exc.start + 1}; "
                                         "save the file as UTF-8") from None

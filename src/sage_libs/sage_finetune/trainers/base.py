@@ -41,6 +41,9 @@ def coerce_config(cls: type, value: Any, name: str) -> Any:
     raise ConfigError(f"{name}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
 
 
+_BASE_OPTIONS = ("training_config", "lora_config", "data_config", "callbacks", "formatting_func")
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -87,10 +90,10 @@ class BaseTrainer(FineTuner):
         if unknown:
             import difflib
 
-            close = difflib.get_close_matches(unknown[0], known, n=1)
+            close = difflib.get_close_matches(unknown[0], [*_BASE_OPTIONS, *known], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"create_trainer({self.method!r}): unknown option {unknown[0]!r}{hint}; "
-                              f"known: training_config, lora_config, data_config, callbacks, formatting_func"
+                              f"known: {', '.join(_BASE_OPTIONS)}"
                               + (", " + ", ".join(known) if known else ""))
 
     @classmethod
@@ -150,15 +153,18 @@ class BaseTrainer(FineTuner):
     # ----------------------------------------------------------------------------------------
     # Model life cycle
     # ----------------------------------------------------------------------------------------
+    def setup_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = self.load_tokenizer()
+
     def setup(self) -> None:
         """Load tokenizer and model and apply the adapter (once)."""
         if self.model is not None:
             return
         import torch
 
+        self.setup_tokenizer()
         torch.manual_seed(self.training_config.seed)
-        if self.tokenizer is None:
-            self.tokenizer = self.load_tokenizer()
         model = self.load_base_model()
         if self.training_config.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
@@ -208,7 +214,7 @@ class BaseTrainer(FineTuner):
             if is_tokenized(records):
                 parts.append(records if isinstance(records, Dataset) else Dataset.from_list([dict(x) for x in records]))
                 continue
-            self.setup()
+            self.setup_tokenizer()
             dc = self.data_config
             chat_template = dc.chat_template
             if chat_template and os.path.isfile(chat_template):
@@ -255,8 +261,9 @@ class BaseTrainer(FineTuner):
             eval_strategy=tc.eval_strategy if has_eval else "no", eval_steps=tc.eval_steps,
             save_strategy=tc.save_strategy, save_steps=tc.save_steps, save_total_limit=tc.save_total_limit,
             seed=tc.seed, data_seed=tc.seed, report_to=list(tc.report_to) or "none", run_name=tc.run_name,
-            dataloader_num_workers=tc.dataloader_num_workers, gradient_checkpointing=tc.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
+            dataloader_num_workers=tc.dataloader_num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+            activation_checkpointing=tc.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
             use_cpu=tc.use_cpu, disable_tqdm=tc.disable_tqdm, remove_unused_columns=False,
             include_num_input_tokens_seen="non_padding", label_names=["labels"],
         )
@@ -319,13 +326,15 @@ class BaseTrainer(FineTuner):
             train_dataset = dc.train_file
         if eval_dataset is None and dc.eval_file:
             eval_dataset = dc.eval_file
-        self.setup()
+        # Data errors surface before the (possibly slow) model load; only the tokenizer is needed.
+        self.setup_tokenizer()
         if eval_dataset is None and dc.eval_split_ratio > 0:
             pairs = [_split_records(r, dc.eval_split_ratio, tc.seed) for r in self._record_sets(train_dataset, "train")]
             train_dataset = MultiSource(tr for tr, _ in pairs)
             eval_dataset = MultiSource(ev for _, ev in pairs)
         train_ds = self.prepare_dataset(train_dataset, "train")
         eval_ds = self.prepare_dataset(eval_dataset, "eval")
+        self.setup()
         out = Path(tc.output_dir)
         if _is_main_process():
             out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""Trainers: one base (:mod:`.base`) and one small module per method."""

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny model and tokenizer built locally (no hub), and test markers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_DATA = REPO / "examples" / "data"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-training", action="store_true", help="run longer training tests")
+    parser.addoption("--run-slow", action="store_true", help="run slow tests")
+    parser.addoption("--gpu", action="store_true", help="run tests that need a CUDA GPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_ok = False
+    if config.getoption("--gpu"):
+        import torch
+
+        gpu_ok = torch.cuda.is_available()
+    for item in items:
+        if "training" in item.keywords and not config.getoption("--run-training"):
+            item.add_marker(pytest.mark.skip(reason="long training run: pass --run-training"))
+        if "slow" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(pytest.mark.skip(reason="slow: pass --run-slow"))
+        if "gpu" in item.keywords and not gpu_ok:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU and --gpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with a BPE tokenizer (ChatML template with generation tags), saved with
+    save_pretrained and loaded by the code under test with from_pretrained."""
+    from sage_libs.sage_finetune.utils.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    return build_tiny_model(out, corpus_files=sorted(EXAMPLE_DATA.glob("*.jsonl")), vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def chat_records():
+    from sage_libs.sage_finetune.loaders.jsonl import JSONLLoader
+
+    return JSONLLoader().load(EXAMPLE_DATA / "chat_train.jsonl")

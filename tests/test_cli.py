@@ -1,0 +1,94 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sage_libs.sage_finetune.cli import load_run_config, main
+
+EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+
+
+def write_config(tmp_path, model_dir, **sections):
+    cfg = {
+        "method": "lora",
+        "training": {"model_name_or_path": str(model_dir), "output_dir": str(tmp_path / "out"), "max_steps": 4,
+                     "per_device_train_batch_size": 4, "learning_rate": 5e-3, "warmup_steps": 0,
+                     "logging_steps": 1, "eval_steps": 2, "disable_tqdm": True},
+        "lora": {"r": 4, "target_modules": "all-linear"},
+        "data": {"train_file": str(EXAMPLE_DATA / "alpaca_train.jsonl"),
+                 "eval_file": str(EXAMPLE_DATA / "alpaca_eval.jsonl"), "max_samples": 32},
+    }
+    for key, value in sections.items():
+        cfg[key].update(value)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_writes_everything(tmp_path, tiny_model_dir, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = write_config(tmp_path, tiny_model_dir)
+    assert main(["train", str(cfg), "training.learning_rate=1e-2", "seed=7"]) == 0
+    out = tmp_path / "out"
+    for name in ("metrics.json", "trainer_log.jsonl", "loss.png", "run_config.yaml", "adapter/adapter_config.json"):
+        assert (out / name).exists(), name
+    resolved = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert resolved["training"]["learning_rate"] == 1e-2 and resolved["training"]["seed"] == 7
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and "eval_loss" in metrics
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out / "adapter")
+    printed = capsys.readouterr().out
+    assert "eval_loss" in printed and str(out / "loss.png") in printed
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.learning_rat=1", "unknown option 'learning_rat'"),
+    ("trainig.seed=1", "unknown section 'trainig' (did you mean 'training'?)"),
+    ("learning_rate", "expected section.key=value"),
+    ("training.per_device_train_batch_size=0", "per_device_train_batch_size: must be >= 1, got 0"),
+    ("method=lorra", "unknown trainer 'lorra' (did you mean 'lora'?)"),
+    ("lora.target_modules=[qproj]", "'qproj' matches no module"),
+])
+def test_bad_overrides_exit_2_with_one_message(tmp_path, tiny_model_dir, capsys, override, message):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    assert main(["train", str(cfg), override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_top_level_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: lora\ntrain:\n  seed: 1\n")
+    with pytest.raises(ValueError, match=r"unknown top-level key 'train' \(did you mean 'training'\?\)"):
+        load_run_config(str(cfg))
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: lora\ntraining:\n  seed: [1\n")
+    with pytest.raises(ValueError, match=r"c.yaml:\d+: invalid YAML"):
+        load_run_config(str(cfg))
+
+
+def test_bad_data_file_reported_before_output(tmp_path, tiny_model_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": \n')
+    cfg = write_config(tmp_path, tiny_model_dir, data={"train_file": str(bad), "eval_file": None})
+    assert main(["train", str(cfg)]) == 2
+    assert f"{bad}:2: malformed JSON" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_dir(tmp_path, capsys):
+    cfg = write_config(tmp_path, tmp_path / "no-model")
+    assert main(["train", str(cfg)]) == 2
+    assert "cannot load a tokenizer from" in capsys.readouterr().err
+
+
+def test_bare_key_override_resolves_section():
+    cfg = load_run_config(None, ["model_name_or_path=m", "output_dir=o", "r=16"])
+    assert cfg["lora"].r == 16 and cfg["training"].output_dir == "o"

@@ -1,0 +1,85 @@
+import pytest
+
+from sage_libs.sage_finetune import ConfigError, DataConfig, LoRAConfig, TrainingConfig
+
+
+def tc(**kw):
+    return TrainingConfig(model_name_or_path="m", output_dir="o", **kw)
+
+
+def test_defaults_follow_sage():
+    c = tc()
+    assert (c.num_train_epochs, c.per_device_train_batch_size, c.learning_rate, c.warmup_steps) == (3, 4, 5e-5, 500)
+    assert (c.logging_steps, c.eval_steps, c.save_steps, c.save_total_limit, c.seed) == (10, 500, 500, 3, 42)
+    assert LoRAConfig().resolved_target_modules == ["q_proj", "v_proj"]
+    assert LoRAConfig().to_dict()["lora_alpha"] == 16
+
+
+def test_design_fields_accepted():
+    c = tc(gradient_accumulation_steps=16, warmup_steps=100, lr_scheduler_type="cosine", fp16=True,
+           deepspeed="ds.json", fsdp="full_shard auto_wrap", max_seq_length=2048, gradient_checkpointing=True)
+    assert c.to_dict()["fsdp"] == "full_shard auto_wrap"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"learning_rate": -1.0}, "TrainingConfig.learning_rate: must be > 0, got -1.0"),
+    ({"learning_rate": "fast"}, "TrainingConfig.learning_rate: expected a number, got 'fast' (str)"),
+    ({"per_device_train_batch_size": 0}, "TrainingConfig.per_device_train_batch_size: must be >= 1, got 0"),
+    ({"per_device_train_batch_size": 2.5}, "TrainingConfig.per_device_train_batch_size: expected an integer"),
+    ({"fp16": "yes"}, "TrainingConfig.fp16: expected true/false, got 'yes'"),
+    ({"lr_scheduler_type": "cosin"}, "'cosin' is not one of"),
+    ({"fp16": True, "bf16": True}, "fp16 and bf16 are both true"),
+    ({"warmup_steps": 1.5}, "a float is a ratio and must be < 1"),
+    ({"report_to": ["tensorbord"]}, "unknown tracker 'tensorbord'"),
+])
+def test_training_config_errors(kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        tc(**kwargs)
+    assert message in str(err.value)
+
+
+def test_choice_error_suggests():
+    with pytest.raises(ConfigError, match=r"did you mean 'cosine'\?"):
+        tc(lr_scheduler_type="cosin")
+
+
+def test_numeric_strings_from_yaml_become_floats():
+    assert tc(learning_rate="1e-4").learning_rate == pytest.approx(1e-4)
+
+
+def test_lora_config_errors():
+    with pytest.raises(ConfigError, match=r"LoRAConfig.r: must be >= 1, got 0"):
+        LoRAConfig(r=0)
+    with pytest.raises(ConfigError, match=r"LoRAConfig.lora_dropout: must be < 1"):
+        LoRAConfig(lora_dropout=1.0)
+    with pytest.raises(ConfigError, match=r"LoRAConfig.bias: 'some' is not one of"):
+        LoRAConfig(bias="some")
+    with pytest.raises(ConfigError, match=r"init_lora_weights: 'pisa'"):
+        LoRAConfig(init_lora_weights="pisa")
+    assert LoRAConfig(target_modules="all-linear").resolved_target_modules == "all-linear"
+    assert LoRAConfig(target_modules=("q_proj",)).target_modules == ["q_proj"]
+
+
+def test_from_dict_unknown_key_did_you_mean():
+    with pytest.raises(ConfigError) as err:
+        TrainingConfig.from_dict({"model_name_or_path": "m", "output_dir": "o", "learning_rat": 1e-4})
+    assert "unknown option 'learning_rat'" in str(err.value)
+    assert "did you mean 'learning_rate'?" in str(err.value)
+
+
+def test_from_dict_missing_required():
+    with pytest.raises(ConfigError, match="missing required option 'output_dir'"):
+        TrainingConfig.from_dict({"model_name_or_path": "m"})
+
+
+def test_data_config_contradiction():
+    with pytest.raises(ConfigError, match="train_on_prompt and mask_history"):
+        DataConfig(train_on_prompt=True, mask_history=True)
+
+
+def test_every_field_has_help():
+    import dataclasses
+
+    for cls in (TrainingConfig, LoRAConfig, DataConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
