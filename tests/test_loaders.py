@@ -89,7 +89,7 @@ def test_preprocess_with_formatting_func(tiny_tokenizer):
     trained = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]
     assert tiny_tokenizer.decode(trained) == "4<|im_end|>"
     text_ds = loader.preprocess(records, tiny_tokenizer, formatting_func=lambda r: f"Q: {r['q']} A: {r['a']}")
-    assert text_ds[0]["labels"] == text_ds[0]["input_ids"]
+    assert text_ds[0]["labels"][1:] == text_ds[0]["input_ids"][1:]
 
 
 def test_mixed_formats_rejected(tmp_path, tiny_tokenizer):

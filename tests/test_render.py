@@ -64,7 +64,7 @@ def test_mask_history_trains_last_reply_only(tiny_tokenizer):
 
 def test_train_on_prompt_trains_everything(tiny_tokenizer):
     res = ChatRenderer(tiny_tokenizer, train_on_prompt=True)(to_conversation(MULTI_TURN))
-    assert res.labels == res.input_ids
+    assert res.labels[0] == IGNORE_INDEX and res.labels[1:] == res.input_ids[1:]
 
 
 def test_llama3_style_template(tiny_model_dir):
@@ -107,4 +107,4 @@ def test_inconsistent_template_is_refused(tiny_tokenizer):
 
 def test_plain_text_trains_all_and_appends_eos(tiny_tokenizer):
     res = ChatRenderer(tiny_tokenizer).render_plain("hello world")
-    assert res.labels == res.input_ids and res.input_ids[-1] == tiny_tokenizer.eos_token_id
+    assert res.labels == [IGNORE_INDEX] + res.input_ids[1:] and res.input_ids[-1] == tiny_tokenizer.eos_token_id

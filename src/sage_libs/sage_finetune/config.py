@@ -334,9 +334,15 @@ class DataConfig(_Config):
               "or the built-in fallback when it has none.")
     train_on_prompt: bool = _opt(False, "Train on every token, prompts included (default: assistant replies only).")
     mask_history: bool = _opt(False, "Train only on the last assistant reply of each conversation.")
+    packing: bool = _opt(False, "Pack several samples into rows of training.max_seq_length tokens (best-fit "
+                                "decreasing, per-document position_ids, no attention across samples).")
+    group_by_length: bool = _opt(False, "Unpacked runs: batch samples of similar length together to cut padding.")
     on_error: str = _opt("raise", "Bad records: raise (stop with the file:line) or skip (drop and count them).",
                          choices=("raise", "skip"))
 
     def _validate(self) -> None:
         if self.train_on_prompt and self.mask_history:
             raise ConfigError("DataConfig: train_on_prompt and mask_history contradict each other; choose one")
+        if self.packing and self.group_by_length:
+            raise ConfigError("DataConfig: packing and group_by_length both set; packed rows are already "
+                              "filled to length, choose one")

@@ -17,7 +17,8 @@ How the trained tokens are found, for any chat template:
 Templates with ``{% generation %}`` blocks need nothing special: the same rule gives the same
 mask (tests check both kinds).
 
-Truncation keeps the first ``max_seq_length`` tokens; a sample with no trained token left is
+The first token's label is always -100 (nothing predicts it). Truncation keeps the first
+``max_seq_length`` tokens; a sample with no trained token left is
 dropped (``render`` returns ``None``) and the caller counts it.
 """
 
@@ -125,6 +126,10 @@ class ChatRenderer:
 
     def _finish(self, ids: list[int], labels: list[int]) -> RenderResult | None:
         truncated = False
+        if labels:
+            # Nothing precedes the first token, so it is never a prediction target; marking it
+            # keeps the trained-token count (the loss normaliser) exact, packed or not.
+            labels[0] = IGNORE_INDEX
         if self.max_seq_length is not None and len(ids) > self.max_seq_length:
             ids, labels, truncated = ids[: self.max_seq_length], labels[: self.max_seq_length], True
         if all(lab == IGNORE_INDEX for lab in labels):

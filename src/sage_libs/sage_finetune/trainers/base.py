@@ -232,11 +232,30 @@ class BaseTrainer(FineTuner):
             parts.append(Dataset.from_dict(columns))
         if stats_parts:
             self.data_stats[split] = PrepareStats.merge(stats_parts).to_dict()
-        return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        if split == "train" and self.data_config.packing:
+            dataset = self._pack(dataset)
+        return dataset
+
+    def _pack(self, dataset: Any) -> Any:
+        from datasets import Dataset
+
+        from ..data.packing import pack_columns
+
+        capacity = self.training_config.max_seq_length
+        packed = Dataset.from_dict(pack_columns({"input_ids": dataset["input_ids"], "labels": dataset["labels"]},
+                                                capacity))
+        stats = self.data_stats.setdefault("train", {})
+        stats["packed_rows"] = len(packed)
+        stats["packing_efficiency"] = round(sum(packed["length"]) / (len(packed) * capacity), 4)
+        return packed
 
     def data_collator(self) -> Any:
-        from ..data.collate import PaddingCollator
+        from ..data.collate import PackedCollator, PaddingCollator
 
+        if self.data_config.packing:
+            # also right for the unpacked eval rows: each is one document plus a padding tail
+            return PackedCollator(pad_token_id=self.tokenizer.pad_token_id)
         return PaddingCollator(pad_token_id=self.tokenizer.pad_token_id)
 
     # ----------------------------------------------------------------------------------------
@@ -266,6 +285,8 @@ class BaseTrainer(FineTuner):
             activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
             use_cpu=tc.use_cpu, disable_tqdm=tc.disable_tqdm, remove_unused_columns=False,
             include_num_input_tokens_seen="non_padding", label_names=["labels"],
+            train_sampling_strategy="group_by_length" if self.data_config.group_by_length else "random",
+            length_column_name="length",
         )
         if tc.deepspeed:
             kwargs["deepspeed"] = tc.deepspeed
