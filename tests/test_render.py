@@ -108,3 +108,59 @@ def test_inconsistent_template_is_refused(tiny_tokenizer):
 def test_plain_text_trains_all_and_appends_eos(tiny_tokenizer):
     res = ChatRenderer(tiny_tokenizer).render_plain("hello world")
     assert res.labels == [IGNORE_INDEX] + res.input_ids[1:] and res.input_ids[-1] == tiny_tokenizer.eos_token_id
+
+
+TOOL_CONVERSATION = {
+    "tools": [{"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}],
+    "messages": [
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": "What is 12*7?"},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"type": "function", "function": {"name": "calculator", "arguments": {"expression": "12*7"}}}]},
+        {"role": "tool", "content": "84"},
+        {"role": "assistant", "content": "12*7 = 84."},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "You are welcome."},
+    ],
+}
+
+LLAMA3_TOOL_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}<|start_header_id|>system<|end_header_id|>\n\nTools: {{ tools | tojson }}"
+    "{% if messages[0]['role'] == 'system' %}\n{{ messages[0]['content'] }}{% endif %}<|eot_id|>{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'system' and tools %}"
+    "{% elif m['role'] == 'tool' %}<|start_header_id|>ipython<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+    "{% else %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
+    "{% for c in m.get('tool_calls') or [] %}{{ c['function'] | tojson }}{% endfor %}<|eot_id|>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+CALL_JSON = '{"name": "calculator", "arguments": {"expression": "12*7"}}'
+
+
+def _chatml_without_generation_tags():
+    from sage_libs.sage_finetune.utils.tiny import CHATML_TEMPLATE
+
+    template = CHATML_TEMPLATE.replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "")
+    assert "{%- generation" not in template and "endgeneration" not in template
+    return template
+
+
+@pytest.mark.parametrize("template_name, end", [("chatml-generation", "<|im_end|>"),
+                                                ("chatml-plain", "<|im_end|>"),
+                                                ("llama3", "<|eot_id|>")])
+def test_exact_mask_with_tool_turns(tiny_model_dir, template_name, end):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    template = {"chatml-generation": None, "chatml-plain": _chatml_without_generation_tags(),
+                "llama3": LLAMA3_TOOL_TEMPLATE}[template_name]
+    conv = to_conversation(TOOL_CONVERSATION)
+    res = ChatRenderer(tok, chat_template=template)(conv)
+    call = f"<tool_call>\n{CALL_JSON}\n</tool_call>" if end == "<|im_end|>" else CALL_JSON
+    # the tool call and both answers are trained with their end-of-turn token; the tool result
+    # ("84"), the tool schema, system and user turns are not
+    assert trained_segments(tok, res.input_ids, res.labels) == [
+        call + end, "12*7 = 84." + end, "You are welcome." + end]
+    text = tok.decode(res.input_ids)
+    assert "84" + end in text and '"calculator"' in text.split(end)[0]  # schema rendered, untrained

@@ -42,6 +42,8 @@ _LAZY = {
     "LoRATrainer": "trainers.lora",
     "JSONLLoader": "loaders.jsonl",
     "InstructionLoader": "loaders.instruction",
+    "ParquetLoader": "loaders.parquet",
+    "HFDatasetLoader": "loaders.huggingface",
     "Conversation": "data.conversation",
     "Message": "data.conversation",
 }

@@ -196,6 +196,72 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    """Render the data like training would and show what the model will see."""
+    import json
+
+    from .data.report import build_report, highlight_trained, plot_length_histogram, text_histogram
+    from .registry import create_loader
+
+    source = Path(args.source)
+    if source.suffix in (".yaml", ".yml"):
+        cfg = load_run_config(str(source), args.overrides)
+        data, training = cfg["data"], cfg["training"]
+        files = data.train_file if isinstance(data.train_file, list) else [data.train_file]
+        if not data.train_file:
+            raise UsageError(f"{source}: data.train_file is not set; nothing to inspect")
+        tokenizer_path = args.tokenizer or training.model_name_or_path
+        max_len = args.max_seq_length or training.max_seq_length
+    else:
+        if args.overrides:
+            raise UsageError("overrides apply to a config file; pass --format/--max-seq-length with a data file")
+        if not args.tokenizer:
+            raise UsageError(f"data inspect {source}: pass --tokenizer MODEL_OR_DIR (or give a run config)")
+        data = DataConfig(format=args.format or "auto")
+        files, tokenizer_path, max_len = [str(source)], args.tokenizer, args.max_seq_length or 1024
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load a tokenizer from {tokenizer_path!r}: {exc}") from None
+    chat_template = data.chat_template
+    if chat_template and Path(chat_template).is_file():
+        chat_template = Path(chat_template).read_text(encoding="utf-8")
+    for file in files:
+        name = data.loader if data.loader != "auto" else ("parquet" if str(file).endswith(".parquet") else "jsonl")
+        records = create_loader(name, format=data.format, on_error=data.on_error).load(file)
+        report = build_report(records, tokenizer, fmt=data.format, max_seq_length=max_len,
+                              train_on_prompt=data.train_on_prompt, mask_history=data.mask_history,
+                              chat_template=chat_template, system_prompt=data.system_prompt,
+                              on_error=data.on_error, sample_index=args.sample)
+        summary = report.summary()
+        print(f"== {file}")
+        print(f"records {summary['records']}  examples {summary['examples']}  formats {summary['formats']}")
+        print(f"invalid (skipped) {summary['skipped_invalid'] + getattr(records, 'skipped', 0)}  "
+              f"truncated {summary['truncated']}  dropped (no trained token left) "
+              f"{summary['dropped_no_trained_tokens']}  at max_seq_length {max_len}")
+        print(f"tokens {summary['tokens']}  trained {summary['trained_tokens']}  "
+              f"trained-token ratio {summary['trained_token_ratio']:.3f}")
+        print(f"length min {summary['length_min']}  median {summary['length_median']}  p95 {summary['length_p95']}  "
+              f"p99 {summary['length_p99']}  max {summary['length_max']}")
+        print("token length histogram:")
+        print(text_histogram(report.lengths))
+        if args.png:
+            png = Path(args.png)
+            if len(files) > 1:
+                png = png.with_name(f"{png.stem}-{Path(file).stem}{png.suffix}")
+            print(f"histogram plot: {plot_length_histogram(report.lengths, png, max_len)}")
+        if report.sample is not None:
+            color = sys.stdout.isatty() and not args.no_color
+            legend = "trained tokens highlighted" if color else "trained tokens in [[...]]"
+            print(f"sample {args.sample} ({legend}):")
+            print(highlight_trained(tokenizer, *report.sample, color=color))
+        if args.json:
+            print(json.dumps(summary))
+    return 0
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from .utils.tiny import build_tiny_model
 
@@ -238,6 +304,21 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--output", required=True, help="where to write the merged model")
     p.add_argument("--base", help="base model (default: the one recorded in the adapter)")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("data", help="look at training data the way the model will see it")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data_sub.add_parser("inspect", help="counts, length histogram, truncation, a rendered sample with its "
+                            "trained tokens highlighted")
+    p.add_argument("source", help="a run config (YAML) or a data file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides (with a config)")
+    p.add_argument("--tokenizer", help="model or tokenizer to render with (default: the config's model)")
+    p.add_argument("--format", help="record format for a data file (default: auto)")
+    p.add_argument("--max-seq-length", type=int, help="truncation length (default: the config's, else 1024)")
+    p.add_argument("--sample", type=int, default=0, help="index of the sample to show")
+    p.add_argument("--png", default="data-lengths.png", help="where to write the length histogram ('' skips)")
+    p.add_argument("--no-color", action="store_true", help="mark trained tokens with [[...]] instead of colour")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.set_defaults(func=cmd_data_inspect)
 
     p = sub.add_parser("tiny-model", help="build a tiny model + tokenizer for tests and demos")
     p.add_argument("output", help="directory to write")

@@ -95,6 +95,8 @@ for _name, _target in {
 for _name, _target in {
     "jsonl": "loaders.jsonl:JSONLLoader",
     "instruction": "loaders.instruction:InstructionLoader",
+    "parquet": "loaders.parquet:ParquetLoader",
+    "huggingface": "loaders.huggingface:HFDatasetLoader",
 }.items():
     _loaders.register(_name, f"{_PKG}.{_target}")
 
