@@ -53,6 +53,7 @@ class PrepareStats:
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("formats", "errors")}
         out["formats"] = dict(self.formats)
+        out["first_errors"] = self.errors[:5]
         out["trained_token_ratio"] = round(self.trained_tokens / self.tokens, 4) if self.tokens else 0.0
         return out
 
