@@ -18,7 +18,15 @@ import importlib
 from typing import Any
 
 from ._version import __version__
-from .config import ConfigError, DataConfig, LoRAConfig, TrainingConfig
+from .config import (
+    ConfigError,
+    DataConfig,
+    FreezeConfig,
+    LoRAConfig,
+    LoRAPlusConfig,
+    QuantizationConfig,
+    TrainingConfig,
+)
 from .interface import DatasetLoader, FineTuner, TrainingCallback
 from .registry import (
     FineTuneRegistryError,
@@ -40,10 +48,16 @@ from .registry import (
 _LAZY = {
     "BaseTrainer": "trainers.base",
     "LoRATrainer": "trainers.lora",
+    "QLoRATrainer": "trainers.qlora",
+    "DoRATrainer": "trainers.dora",
+    "LoRAPlusTrainer": "trainers.lora_plus",
+    "FullTrainer": "trainers.full",
+    "FreezeTrainer": "trainers.freeze",
     "JSONLLoader": "loaders.jsonl",
     "InstructionLoader": "loaders.instruction",
     "ParquetLoader": "loaders.parquet",
     "HFDatasetLoader": "loaders.huggingface",
+    "TrajectoryLoader": "loaders.trajectory",
     "Conversation": "data.conversation",
     "Message": "data.conversation",
 }
@@ -51,6 +65,7 @@ _LAZY = {
 __all__ = [
     "__version__",
     "TrainingConfig", "LoRAConfig", "DataConfig", "ConfigError",
+    "QuantizationConfig", "LoRAPlusConfig", "FreezeConfig",
     "FineTuner", "DatasetLoader", "TrainingCallback",
     "FineTuneRegistryError",
     "create_trainer", "create_loader", "create_callback",

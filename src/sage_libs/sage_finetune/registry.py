@@ -89,6 +89,11 @@ _callbacks = _Registry("callback", TrainingCallback)
 
 for _name, _target in {
     "lora": "trainers.lora:LoRATrainer",
+    "qlora": "trainers.qlora:QLoRATrainer",
+    "dora": "trainers.dora:DoRATrainer",
+    "lora_plus": "trainers.lora_plus:LoRAPlusTrainer",
+    "full": "trainers.full:FullTrainer",
+    "freeze": "trainers.freeze:FreezeTrainer",
 }.items():
     _trainers.register(_name, f"{_PKG}.{_target}")
 
@@ -97,6 +102,7 @@ for _name, _target in {
     "instruction": "loaders.instruction:InstructionLoader",
     "parquet": "loaders.parquet:ParquetLoader",
     "huggingface": "loaders.huggingface:HFDatasetLoader",
+    "trajectory": "loaders.trajectory:TrajectoryLoader",
 }.items():
     _loaders.register(_name, f"{_PKG}.{_target}")
 

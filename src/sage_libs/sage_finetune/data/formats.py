@@ -7,6 +7,8 @@ Supported formats (``DataConfig.format``), detected per record when ``auto``:
 - ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value"} or {"role", "content"}]}``
 - ``prompt_completion``: ``{"prompt": str, "completion": str}``
 - ``text``: ``{"text": str}`` (no roles: every token is trained, like pre-training)
+- ``trajectory``: ``{"task", "trajectory": [{"thought", "action", "input"}, {"observation"}, ...],
+  "tools"?}`` (agent runs; see :mod:`.trajectory`)
 
 Pure functions, standard library only.
 """
@@ -25,6 +27,7 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
+    "trajectory": ("task", "trajectory"),
     "text": ("text",),
 }
 
@@ -149,10 +152,13 @@ _CONVERTERS = {
 
 
 def to_conversation(record: Any, fmt: str = "auto", *, where: str = "record",
-                    system_prompt: str | None = None) -> Conversation:
+                    system_prompt: str | None = None, agent_format: str = "react",
+                    tools: list[dict[str, Any]] | None = None) -> Conversation:
     """Map one record to a validated :class:`Conversation`.
 
     ``fmt='text'`` records have no conversation; use :func:`record_text` for them.
+    ``agent_format`` (react or tool_calls) and ``tools`` (a dataset-wide schema used when a record
+    has none) apply to trajectory records.
     """
     if fmt == "auto":
         fmt = detect_format(record, where)
@@ -160,13 +166,18 @@ def to_conversation(record: Any, fmt: str = "auto", *, where: str = "record",
         raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if fmt == "text":
         raise DataFormatError(f"{where}: a plain-text record has no conversation")
-    if fmt not in _CONVERTERS:
+    if fmt not in FORMAT_FIELDS:
         raise DataFormatError(f"{where}: unknown format {fmt!r}; expected one of {', '.join(FORMAT_FIELDS)}")
     missing = [f for f in FORMAT_FIELDS[fmt] if f not in record]
     if missing:
         raise DataFormatError(f"{where}: missing field {missing[0]!r} for the {fmt} format "
                               f"(record fields: {', '.join(map(str, record)) or 'none'}; "
                               f"expected: {', '.join(FORMAT_FIELDS[fmt])})")
+    if fmt == "trajectory":
+        from .trajectory import trajectory_to_conversation
+
+        return trajectory_to_conversation(record, where=where, style=agent_format, tools=tools,
+                                          system_prompt=system_prompt)
     conv = _CONVERTERS[fmt](record, where)
     if system_prompt and conv.messages and conv.messages[0].role != "system":
         conv.messages.insert(0, Message("system", system_prompt))

@@ -34,6 +34,7 @@ class PrepareStats:
     skipped_invalid: int = 0
     truncated: int = 0
     dropped_no_trained_tokens: int = 0
+    warnings: int = 0
     tokens: int = 0
     trained_tokens: int = 0
     formats: Counter = field(default_factory=Counter)
@@ -44,7 +45,7 @@ class PrepareStats:
         total = cls()
         for part in parts:
             for name in ("records", "examples", "skipped_invalid", "truncated", "dropped_no_trained_tokens",
-                         "tokens", "trained_tokens"):
+                         "warnings", "tokens", "trained_tokens"):
                 setattr(total, name, getattr(total, name) + getattr(part, name))
             total.formats.update(part.formats)
             total.errors.extend(part.errors)
@@ -80,22 +81,25 @@ def record_location(dataset: Any, index: int) -> str:
 
 
 def _from_formatted(value: Any, where: str, fmt: str, system_prompt: str | None) -> Conversation | str:
-    """What a user's formatting_func returned: text, a list of messages or a record."""
+    """What a user's formatting_func returned: text, a Conversation, a list of messages or a record."""
     if isinstance(value, str):
         return value
+    if isinstance(value, Conversation):
+        return value.validate(where)
     if isinstance(value, list):
         return to_conversation({"messages": value}, "messages", where=where, system_prompt=system_prompt)
     if isinstance(value, dict):
         return to_conversation(value, fmt, where=where, system_prompt=system_prompt)
     raise DataFormatError(f"{where}: formatting_func returned {type(value).__name__}; "
-                          "expected a string, a list of messages or a record dict")
+                          "expected a string, a Conversation, a list of messages or a record dict")
 
 
 def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: str = "auto",
                      max_seq_length: int | None = None, train_on_prompt: bool = False,
                      mask_history: bool = False, chat_template: str | None = None,
                      system_prompt: str | None = None, formatting_func: Callable | None = None,
-                     on_error: str = "raise") -> tuple[dict[str, list], PrepareStats]:
+                     on_error: str = "raise", agent_format: str = "auto",
+                     tools: list[dict[str, Any]] | None = None) -> tuple[dict[str, list], PrepareStats]:
     """Render every record; returns columns ``input_ids``, ``labels``, ``length`` and stats.
 
     A file whose records mix formats is an error (it is almost always two datasets concatenated
@@ -103,6 +107,9 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
     """
     renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length,
                             train_on_prompt=train_on_prompt, mask_history=mask_history)
+    from .trajectory import resolve_agent_format
+
+    style = resolve_agent_format(agent_format, renderer.template)
     stats = PrepareStats()
     columns: dict[str, list] = {"input_ids": [], "labels": [], "length": []}
     first_format: tuple[str, str] | None = None
@@ -123,7 +130,7 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
                         f"{first_format[0]}; one dataset must use one format (split the file, or set "
                         "data.format to force one)")
                 item = record_text(record, where) if record_fmt == "text" else to_conversation(
-                    record, record_fmt, where=where, system_prompt=system_prompt)
+                    record, record_fmt, where=where, system_prompt=system_prompt, agent_format=style, tools=tools)
             result = renderer.render_plain(item) if isinstance(item, str) else renderer(item, where)
         except DataFormatError as exc:
             if on_error == "raise" or isinstance(exc, MixedFormatError):
@@ -133,6 +140,10 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
                 stats.errors.append(str(exc))
             continue
         stats.formats[record_fmt] += 1
+        for warning in getattr(item, "meta", {}).get("warnings", ()):
+            stats.warnings += 1
+            if len(stats.errors) < 20:
+                stats.errors.append(f"warning: {warning}")
         if result is None:
             stats.dropped_no_trained_tokens += 1
             continue

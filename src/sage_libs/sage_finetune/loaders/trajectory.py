@@ -1,0 +1,47 @@
+"""``trajectory``: agent runs, as task/trajectory records or OpenAI tool-calling conversations."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..data.conversation import DataFormatError
+from ..data.formats import detect_format
+from .base import FileLoader
+
+__all__ = ["TrajectoryLoader", "load_tools"]
+
+
+def load_tools(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Tool schemas from a JSON file (a list in OpenAI function format)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataFormatError(f"{p}: no such tools file")
+    try:
+        tools = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{p}: not a JSON tools list ({exc})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise DataFormatError(f"{p}: expected a JSON list of tool schemas")
+    return tools
+
+
+class TrajectoryLoader(FileLoader):
+    """JSONL of trajectories (``{"task", "trajectory", "tools"?}``) or tool-calling conversations
+    (``{"messages", "tools"?}``). ``tools`` (a list) or ``tools_file`` gives a dataset-wide schema
+    for records without their own. Steps are validated when rendered (see
+    :func:`..data.trajectory.trajectory_to_conversation`)."""
+
+    def __init__(self, format: str | None = None, on_error: str = "raise", tools: list | None = None,
+                 tools_file: str | None = None, **options: Any) -> None:
+        if tools is None and tools_file:
+            tools = load_tools(tools_file)
+        super().__init__(format=format, on_error=on_error, tools=tools, **options)
+
+    def _check_record(self, record: Any, where: str) -> None:
+        fmt = detect_format(record, where) if self.format == "auto" else self.format
+        if fmt not in ("trajectory", "messages"):
+            raise DataFormatError(f"{where}: a {fmt} record; the trajectory loader reads task/trajectory records "
+                                  "or messages with tool calls")
