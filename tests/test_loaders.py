@@ -99,3 +99,17 @@ def test_mixed_formats_rejected(tmp_path, tiny_tokenizer):
         loader.preprocess(loader.load(f), tiny_tokenizer)
     assert "m.jsonl:2: this record is in the alpaca format but" in str(err.value)
     assert "m.jsonl:1 is prompt_completion" in str(err.value)
+
+
+def test_skip_counts_bad_lines_and_bad_records_in_run_metrics(tmp_path, tiny_model_dir):
+    from sage_libs.sage_finetune import DataConfig, TrainingConfig, create_trainer
+
+    f = write(tmp_path / "d.jsonl", ['{"prompt": "a", "completion": "b"}', "{oops",
+                                     '{"prompt": "c", "completion": ""}', '{"prompt": "e", "completion": "f"}'])
+    tc = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "o"))
+    trainer = create_trainer("lora", training_config=tc, data_config=DataConfig(on_error="skip"))
+    ds = trainer.prepare_dataset(str(f))
+    assert len(ds) == 2
+    stats = trainer.data_stats["train"]
+    assert stats["skipped_invalid"] == 2 and stats["records"] == 3
+    assert stats["first_errors"] == [f"{f}:3: field 'completion' is empty"]

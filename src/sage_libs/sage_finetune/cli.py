@@ -11,6 +11,9 @@ A config file has a ``method`` and one section per config dataclass::
     training: {...}           # TrainingConfig fields
     lora: {...}               # LoRAConfig fields
     data: {...}               # DataConfig fields
+    quantization: {...}       # QuantizationConfig fields (method qlora only)
+    lora_plus: {...}          # LoRAPlusConfig fields (method lora_plus only)
+    freeze: {...}             # FreezeConfig fields (method freeze only)
 
 Overrides use ``section.field=value`` (the value is parsed as YAML, so ``1e-4``, ``true`` and
 ``[q_proj, v_proj]`` work); a bare ``field=value`` is accepted when only one section has that field.
@@ -29,11 +32,23 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .config import ConfigError, DataConfig, LoRAConfig, TrainingConfig
+from .config import (
+    ConfigError,
+    DataConfig,
+    FreezeConfig,
+    LoRAConfig,
+    LoRAPlusConfig,
+    QuantizationConfig,
+    TrainingConfig,
+)
 
 __all__ = ["main", "load_run_config", "build_parser"]
 
-SECTIONS = {"training": TrainingConfig, "lora": LoRAConfig, "data": DataConfig}
+SECTIONS = {"training": TrainingConfig, "lora": LoRAConfig, "data": DataConfig,
+            "quantization": QuantizationConfig, "lora_plus": LoRAPlusConfig, "freeze": FreezeConfig}
+# Optional sections that only some methods take: section -> the create_trainer keyword it becomes.
+TRAINER_SECTIONS = {"quantization": "quantization_config", "lora_plus": "lora_plus_config",
+                    "freeze": "freeze_config"}
 TOP_LEVEL = ("method", *SECTIONS)
 
 
@@ -88,7 +103,8 @@ def _hint(word: str, options: Any) -> str:
 
 def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, Any]:
     """Read a YAML run config (safely), apply overrides and validate it into dataclasses:
-    ``{"method": str, "training": TrainingConfig, "lora": LoRAConfig|None, "data": DataConfig}``."""
+    ``{"method": str, "training": TrainingConfig, "lora": LoRAConfig|None, "data": DataConfig}`` plus
+    ``quantization``, ``lora_plus`` and ``freeze`` (their config class, or None when absent)."""
     import yaml
 
     raw: Any = {}
@@ -118,7 +134,7 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
         body = raw.get(section)
         if body is not None and not isinstance(body, dict):
             raise UsageError(f"{where}: section {section!r} must be a mapping of options")
-        if section == "lora" and body is None:
+        if (section == "lora" or section in TRAINER_SECTIONS) and body is None:
             out[section] = None
             continue
         try:
@@ -129,12 +145,27 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
 
 
 def _make_trainer(cfg: dict[str, Any]) -> Any:
-    from .registry import create_trainer
+    from .registry import create_trainer, registered_trainers
 
     kwargs: dict[str, Any] = {"training_config": cfg["training"], "data_config": cfg["data"]}
     if cfg["lora"] is not None:
         kwargs["lora_config"] = cfg["lora"]
+    for section, option in TRAINER_SECTIONS.items():
+        if cfg.get(section) is None:
+            continue
+        if option not in _trainer_options(cfg["method"]):
+            users = [m for m in registered_trainers() if option in _trainer_options(m)]
+            raise ConfigError(f"config section {section!r} is not used by method {cfg['method']!r}; "
+                              f"it is for method {' or '.join(users)}")
+        kwargs[option] = cfg[section]
     return create_trainer(cfg["method"], **kwargs)
+
+
+def _trainer_options(method: str) -> list[str]:
+    from .registry import get_trainer_class
+
+    known = getattr(get_trainer_class(method), "known_options", None)
+    return known() if known else []
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:

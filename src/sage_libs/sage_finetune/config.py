@@ -22,6 +22,9 @@ __all__ = [
     "TrainingConfig",
     "LoRAConfig",
     "DataConfig",
+    "QuantizationConfig",
+    "LoRAPlusConfig",
+    "FreezeConfig",
     "config_help",
 ]
 
@@ -236,6 +239,9 @@ class TrainingConfig(_Config):
                             choices=("auto", "float32", "bfloat16", "float16"))
     max_seq_length: int = _opt(1024, "Samples are truncated to this many tokens (see DataConfig.truncation).", ge=8)
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory (~20-30% slower).")
+    neftune_noise_alpha: Union[float, None] = _opt(
+        None, "NEFTune: add uniform noise of scale alpha / sqrt(seq_len * hidden_size) to the input embeddings "
+              "while training (5-15 is typical); null: off.", gt=0)
     logging_steps: int = _opt(10, "Log loss, learning rate and grad norm every N optimizer steps.", ge=1)
     eval_strategy: str = _opt("steps", "When to evaluate if an eval dataset is given: no, steps (every eval_steps), epoch.",
                               choices=("no", "steps", "epoch"))
@@ -297,9 +303,18 @@ class LoRAConfig(_Config):
 
     def _validate(self) -> None:
         if isinstance(self.init_lora_weights, str) and self.init_lora_weights not in (
-                "gaussian", "pissa", "olora", "eva", "loftq") and not self.init_lora_weights.startswith("pissa_niter_"):
+                "gaussian", "pissa", "olora") and not self.init_lora_weights.startswith("pissa_niter_"):
             raise ConfigError(f"LoRAConfig.init_lora_weights: {self.init_lora_weights!r} is not one of "
                               "true, false, 'gaussian', 'pissa', 'pissa_niter_N', 'olora'")
+        if self.mutates_base:
+            # PEFT converts such an adapter to plain LoRA on save (so that it loads onto the original base)
+            # and its conversion keeps only the lora_A/lora_B matrices: anything else would be lost.
+            extra = [name for name, on in (("modules_to_save", bool(self.modules_to_save)),
+                                           ("use_dora", self.use_dora), ("bias", self.bias != "none")) if on]
+            if extra:
+                raise ConfigError(f"LoRAConfig: init_lora_weights={self.init_lora_weights!r} cannot be combined "
+                                  f"with {extra[0]} (the adapter is saved converted to plain LoRA, which keeps "
+                                  "only the lora_A/lora_B matrices)")
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             # a single module name is allowed by PEFT as a regex; we keep that but make lists explicit
             self.target_modules = [self.target_modules]
@@ -309,6 +324,12 @@ class LoRAConfig(_Config):
     @property
     def resolved_target_modules(self) -> Union[list[str], str]:
         return self.target_modules if self.target_modules is not None else ["q_proj", "v_proj"]
+
+    @property
+    def mutates_base(self) -> bool:
+        """PiSSA and OLoRA move part of the base weights into the adapter at initialisation."""
+        init = str(self.init_lora_weights)
+        return init == "olora" or init.startswith("pissa")
 
 
 DATA_FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text")
@@ -334,6 +355,11 @@ class DataConfig(_Config):
               "or the built-in fallback when it has none.")
     train_on_prompt: bool = _opt(False, "Train on every token, prompts included (default: assistant replies only).")
     mask_history: bool = _opt(False, "Train only on the last assistant reply of each conversation.")
+    agent_format: str = _opt("auto", "How trajectories render: react (Thought/Action/Action Input text), tool_calls "
+                                     "(OpenAI tool calls through the chat template), auto (tool_calls when the "
+                                     "template supports them).", choices=("auto", "react", "tool_calls"))
+    tools_file: Union[str, None] = _opt(None, "JSON file with the tool schemas (OpenAI function format) for "
+                                              "trajectories whose records carry no 'tools'.")
     packing: bool = _opt(False, "Pack several samples into rows of training.max_seq_length tokens (best-fit "
                                 "decreasing, per-document position_ids, no attention across samples).")
     group_by_length: bool = _opt(False, "Unpacked runs: batch samples of similar length together to cut padding.")
@@ -346,3 +372,55 @@ class DataConfig(_Config):
         if self.packing and self.group_by_length:
             raise ConfigError("DataConfig: packing and group_by_length both set; packed rows are already "
                               "filled to length, choose one")
+
+
+@dataclass
+class QuantizationConfig(_Config):
+    """bitsandbytes quantization of the frozen base for ``qlora`` (mapped onto
+    ``transformers.BitsAndBytesConfig``). The default is the QLoRA paper's: 4-bit NF4 with double
+    quantization."""
+
+    load_in_4bit: Union[bool, None] = _opt(None, "Quantize the base to 4 bits; null: true unless load_in_8bit is true.")
+    load_in_8bit: bool = _opt(False, "Quantize the base to 8 bits (LLM.int8) instead of 4.")
+    bnb_4bit_compute_dtype: Union[str, None] = _opt(
+        None, "dtype the 4-bit layers compute in; null: bfloat16 on a GPU that supports it, float16 on an older "
+              "GPU, float32 on the CPU.", choices=("float16", "bfloat16", "float32"))
+    bnb_4bit_quant_type: str = _opt("nf4", "4-bit data type: nf4 (NormalFloat, suits normally distributed weights) "
+                                           "or fp4.", choices=("nf4", "fp4"))
+    bnb_4bit_use_double_quant: bool = _opt(True, "Also quantize the quantization constants (~0.4 bit per weight less).")
+
+    def __post_init__(self) -> None:
+        dtype = self.bnb_4bit_compute_dtype
+        if dtype is not None and type(dtype).__name__ == "dtype":  # torch.bfloat16 -> "bfloat16"
+            self.bnb_4bit_compute_dtype = str(dtype).removeprefix("torch.")
+        super().__post_init__()
+
+    def _validate(self) -> None:
+        if self.load_in_4bit is None:
+            self.load_in_4bit = not self.load_in_8bit
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("QuantizationConfig: load_in_4bit and load_in_8bit are both true; choose one")
+        if not (self.load_in_4bit or self.load_in_8bit):
+            raise ConfigError("QuantizationConfig: load_in_4bit and load_in_8bit are both false; qlora needs one "
+                              "of them (method lora trains on an unquantized base)")
+
+
+@dataclass
+class LoRAPlusConfig(_Config):
+    """LoRA+ (Hayou et al. 2024): the B matrices learn ``lora_lr_ratio`` times faster than the A
+    matrices, which use ``training.learning_rate``."""
+
+    lora_lr_ratio: float = _opt(16.0, "Learning rate of the lora_B matrices divided by that of lora_A "
+                                      "(the paper suggests 16; lower training.learning_rate a little).", ge=1)
+    lora_lr_embedding: Union[float, None] = _opt(
+        None, "Learning rate of LoRA matrices on embedding layers; null: 1e-6, as in the LoRA+ reference code.", gt=0)
+
+
+@dataclass
+class FreezeConfig(_Config):
+    """Freeze tuning: train only the last decoder layers of the model in full, the rest stays frozen."""
+
+    trainable_layers: int = _opt(2, "Train every parameter of the last N decoder layers.", ge=1)
+    train_embeddings: bool = _opt(False, "Also train the input embeddings.")
+    train_lm_head: bool = _opt(False, "Also train the output head (lm_head); with tied embeddings this is "
+                                      "the same matrix as the input embeddings.")

@@ -56,7 +56,9 @@ class TrainingCallback(ABC):  # noqa: B024 - every hook is optional by design
     """Hooks into a run. Override the ones you need; all default to doing nothing.
 
     ``trainer`` is the isage-finetune trainer (``trainer.model``, ``trainer.tokenizer``...).
-    Returning True from :meth:`on_step_end` stops training after that step.
+    Returning True from a hook (typically :meth:`on_step_end` or :meth:`on_evaluate`) stops
+    training after the current step. :meth:`on_log` is an addition to SAGE's interface: it
+    receives every logged value (loss, learning_rate, grad_norm, eval metrics...).
     """
 
     def on_train_begin(self, trainer: Any, **kwargs: Any) -> None:
@@ -81,4 +83,7 @@ class TrainingCallback(ABC):  # noqa: B024 - every hook is optional by design
         pass
 
     def on_save(self, trainer: Any, output_dir: str, **kwargs: Any) -> None:
+        pass
+
+    def on_log(self, trainer: Any, logs: dict[str, Any], step: int, **kwargs: Any) -> None:
         pass

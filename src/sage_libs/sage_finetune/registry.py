@@ -89,6 +89,7 @@ _callbacks = _Registry("callback", TrainingCallback)
 
 for _name, _target in {
     "lora": "trainers.lora:LoRATrainer",
+    "agent": "trainers.agent:AgentTrainer",
     "qlora": "trainers.qlora:QLoRATrainer",
     "dora": "trainers.dora:DoRATrainer",
     "lora_plus": "trainers.lora_plus:LoRAPlusTrainer",
@@ -105,6 +106,14 @@ for _name, _target in {
     "trajectory": "loaders.trajectory:TrajectoryLoader",
 }.items():
     _loaders.register(_name, f"{_PKG}.{_target}")
+
+
+for _name, _target in {
+    "tensorboard": "callbacks.tensorboard:TensorBoardCallback",
+    "wandb": "callbacks.wandb:WandbCallback",
+    "early_stop": "callbacks.early_stop:EarlyStopCallback",
+}.items():
+    _callbacks.register(_name, f"{_PKG}.{_target}")
 
 
 def _api(reg: _Registry) -> tuple[Callable, ...]:

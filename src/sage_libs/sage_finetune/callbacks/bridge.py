@@ -11,14 +11,16 @@ __all__ = ["CallbackBridge"]
 
 class CallbackBridge(TrainerCallback):
     """Translates HF Trainer events into our hook calls, with the isage-finetune trainer as the
-    first argument. A hook's ``on_step_end`` returning True stops training after that step."""
+    first argument. A hook returning True stops training after the current step."""
 
     def __init__(self, owner: Any, callbacks: list[Any]) -> None:
         self.owner = owner
         self.callbacks = list(callbacks)
 
-    def _each(self, hook: str, *args: Any, **kwargs: Any) -> list[Any]:
-        return [getattr(cb, hook)(self.owner, *args, **kwargs) for cb in self.callbacks if hasattr(cb, hook)]
+    def _each(self, hook: str, *args: Any, control: Any = None, **kwargs: Any) -> None:
+        results = [getattr(cb, hook)(self.owner, *args, **kwargs) for cb in self.callbacks if hasattr(cb, hook)]
+        if control is not None and any(r is True for r in results):
+            control.should_training_stop = True
 
     def on_train_begin(self, args, state, control, **kw):
         self._each("on_train_begin")
@@ -37,12 +39,14 @@ class CallbackBridge(TrainerCallback):
         self._each("on_step_begin", state.global_step)
 
     def on_step_end(self, args, state, control, **kw):
-        loss = self.owner._pop_step_loss()
-        if any(result is True for result in self._each("on_step_end", state.global_step, loss)):
-            control.should_training_stop = True
+        self._each("on_step_end", state.global_step, self.owner._pop_step_loss(), control=control)
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
-        self._each("on_evaluate", dict(metrics or {}))
+        self._each("on_evaluate", dict(metrics or {}), control=control)
 
     def on_save(self, args, state, control, **kw):
         self._each("on_save", f"{args.output_dir}/checkpoint-{state.global_step}")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs:
+            self._each("on_log", dict(logs), state.global_step, control=control)

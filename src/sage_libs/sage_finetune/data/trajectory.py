@@ -31,6 +31,7 @@ from typing import Any
 from .conversation import Conversation, DataFormatError, Message
 
 __all__ = ["FINISH", "REACT_SYSTEM_PROMPT", "trajectory_to_conversation", "parse_action", "tool_names",
+           "next_action_cases",
            "check_tool_call", "resolve_agent_format"]
 
 FINISH = "finish"
@@ -232,3 +233,20 @@ def _first_json_object(text: str) -> str | None:
             if depth == 0:
                 return text[: i + 1]
     return None
+
+
+def next_action_cases(conv: Conversation) -> list[tuple[list[dict[str, Any]], str, Any]]:
+    """For each assistant turn of a rendered trajectory: (the messages before it, expected action,
+    expected arguments). The evaluation asks the model for each of these next actions."""
+    cases = []
+    messages = conv.to_chat()
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        if m.get("tool_calls"):
+            fn = m["tool_calls"][0]["function"]
+            name, args = fn["name"], fn["arguments"]
+        else:
+            name, args, _ = parse_action(m["content"])
+        cases.append((messages[:i], name, args))
+    return cases

@@ -222,7 +222,9 @@ class BaseTrainer(FineTuner):
             columns, stats = tokenize_records(
                 records, self.tokenizer, fmt=dc.format, max_seq_length=self.training_config.max_seq_length,
                 train_on_prompt=dc.train_on_prompt, mask_history=dc.mask_history, chat_template=chat_template,
-                system_prompt=dc.system_prompt, formatting_func=self.formatting_func, on_error=dc.on_error)
+                system_prompt=dc.system_prompt, formatting_func=self.formatting_func, on_error=dc.on_error,
+                agent_format=dc.agent_format, tools=self.dataset_tools())
+            stats.skipped_invalid += getattr(records, "skipped", 0)  # lines the loader could not parse
             stats_parts.append(stats)
             if not columns["input_ids"]:
                 source = getattr(records, "source", None) or f"{split} data"
@@ -249,6 +251,14 @@ class BaseTrainer(FineTuner):
         stats["packed_rows"] = len(packed)
         stats["packing_efficiency"] = round(sum(packed["length"]) / (len(packed) * capacity), 4)
         return packed
+
+    def dataset_tools(self) -> list[dict[str, Any]] | None:
+        """The dataset-wide tool schemas of ``data.tools_file`` (read once)."""
+        if self.data_config.tools_file and getattr(self, "_tools", None) is None:
+            from ..loaders.trajectory import load_tools
+
+            self._tools = load_tools(self.data_config.tools_file)
+        return getattr(self, "_tools", None)
 
     def data_collator(self) -> Any:
         from ..data.collate import PackedCollator, PaddingCollator
@@ -284,6 +294,7 @@ class BaseTrainer(FineTuner):
             activation_checkpointing=tc.gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
             use_cpu=tc.use_cpu, disable_tqdm=tc.disable_tqdm, remove_unused_columns=False,
+            neftune_noise_alpha=tc.neftune_noise_alpha,
             include_num_input_tokens_seen="non_padding", label_names=["labels"],
             train_sampling_strategy="group_by_length" if self.data_config.group_by_length else "random",
             length_column_name="length",
@@ -347,6 +358,7 @@ class BaseTrainer(FineTuner):
             train_dataset = dc.train_file
         if eval_dataset is None and dc.eval_file:
             eval_dataset = dc.eval_file
+        resume = self.resume_checkpoint()
         # Data errors surface before the (possibly slow) model load; only the tokenizer is needed.
         self.setup_tokenizer()
         if eval_dataset is None and dc.eval_split_ratio > 0:
@@ -369,9 +381,8 @@ class BaseTrainer(FineTuner):
             before = trainer.evaluate()
             metrics["eval_loss_before"] = before["eval_loss"]
             metrics["perplexity_before"] = _perplexity(before["eval_loss"])
-        resume = tc.resume_from_checkpoint
         start = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume if resume else None)
+        result = trainer.train(resume_from_checkpoint=resume)
         runtime = time.perf_counter() - start
         tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
         metrics.update(
@@ -381,13 +392,37 @@ class BaseTrainer(FineTuner):
             trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         )
         if eval_ds is not None:
-            ev = trainer.evaluate()
+            # reuse an evaluation the loop already ran at the final step instead of repeating it
+            last = trainer.state.log_history[-2:-1] or [{}]
+            ev = last[0] if last[0].get("step") == result.global_step and "eval_loss" in last[0] else None
+            ev = ev or trainer.evaluate()
             metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]),
                            eval_samples=len(eval_ds))
         metrics["data"] = self.data_stats
         if _is_main_process():
             self.write_outputs(metrics)
         return metrics
+
+    def resume_checkpoint(self) -> str | None:
+        """The checkpoint directory ``training.resume_from_checkpoint`` names, checked before anything
+        is loaded (the HF Trainer would only fail after data preparation and model loading)."""
+        tc = self.training_config
+        value = tc.resume_from_checkpoint
+        if not value:
+            return None
+        if value is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            last = get_last_checkpoint(tc.output_dir) if os.path.isdir(tc.output_dir) else None
+            if last is None:
+                raise ConfigError(f"training.resume_from_checkpoint: true, but {tc.output_dir} holds no "
+                                  "checkpoint-N folder to resume from; set it to false for a fresh run, or to "
+                                  "the path of a checkpoint")
+            return last
+        if not os.path.isfile(os.path.join(value, "trainer_state.json")):
+            raise ConfigError(f"training.resume_from_checkpoint: {value!r} is not a checkpoint folder (one with "
+                              "trainer_state.json, such as OUTPUT_DIR/checkpoint-500)")
+        return str(value)
 
     def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
         """``eval_loss`` (mean over trained tokens) and ``perplexity`` on ``eval_dataset``."""

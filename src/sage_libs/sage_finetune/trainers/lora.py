@@ -11,7 +11,7 @@ from ..config import ConfigError
 from ..utils.io import atomic_dir
 from .base import BaseTrainer
 
-__all__ = ["LoRATrainer", "linear_module_names", "check_target_modules"]
+__all__ = ["LoRATrainer", "linear_module_names", "check_target_modules", "check_modules_to_save"]
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -40,11 +40,21 @@ def check_target_modules(model: Any, target_modules: Any) -> None:
                 f"{', '.join(linear_module_names(model))} (or use 'all-linear')")
 
 
+def check_modules_to_save(model: Any, modules_to_save: list[str] | None) -> None:
+    """Fail before training when a ``modules_to_save`` name matches nothing (PEFT ignores it silently)."""
+    module_names = [name for name, _ in model.named_modules()]
+    for target in modules_to_save or []:
+        if not any(n == target or n.endswith("." + target) for n in module_names):
+            raise ConfigError(f"lora.modules_to_save: {target!r} matches no module of this model "
+                              "(e.g. lm_head or embed_tokens)")
+
+
 class LoRATrainer(BaseTrainer):
     """LoRA fine-tuning: the base stays frozen, only the adapter (and ``modules_to_save``) train."""
 
     method = "lora"
     uses_lora = True
+    _initial_adapter: Any = None  # PiSSA/OLoRA: the adapter as initialised, for the conversion on save
 
     def peft_config(self) -> Any:
         from peft import LoraConfig
@@ -60,7 +70,30 @@ class LoRATrainer(BaseTrainer):
         from peft import get_peft_model
 
         check_target_modules(model, self.lora_config.resolved_target_modules)
-        return get_peft_model(model, self.peft_config())
+        check_modules_to_save(model, self.lora_config.modules_to_save)
+        model = get_peft_model(model, self.peft_config())
+        if self.lora_config.mutates_base:
+            # PiSSA/OLoRA subtract their initial adapter from the base weights. To save an adapter that
+            # loads onto the ORIGINAL base, PEFT needs the initial adapter (it saves A.B - A0.B0 as a
+            # plain LoRA of rank 2r); keep it in a temporary folder that lives as long as the trainer.
+            self._initial_adapter = tempfile.TemporaryDirectory(prefix="sage-ft-init-")
+            model.save_pretrained(os.path.join(self._initial_adapter.name, "initial"), safe_serialization=True)
+        return model
+
+    def save_adapter(self, output_dir: str | os.PathLike) -> None:
+        """Write the adapter; PiSSA/OLoRA adapters converted so that they apply to the original base."""
+        kwargs: dict[str, Any] = {}
+        if self._initial_adapter is not None:
+            kwargs["path_initial_model_for_weight_conversion"] = os.path.join(self._initial_adapter.name, "initial")
+        self.model.save_pretrained(str(output_dir), safe_serialization=True, **kwargs)
+
+    def save_model(self, output_dir: str | os.PathLike) -> str:
+        """Write the adapter (see :meth:`save_adapter`) and the tokenizer atomically."""
+        self.setup()
+        with atomic_dir(output_dir) as tmp:
+            self.save_adapter(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        return str(output_dir)
 
     def merge_and_save(self, output_dir: str | os.PathLike) -> str:
         """Merge the adapter into a freshly loaded full-precision copy of the base and save it.
@@ -73,7 +106,7 @@ class LoRATrainer(BaseTrainer):
         self.setup()
         base = self.load_merge_base()
         with tempfile.TemporaryDirectory(prefix="sage-ft-adapter-") as adapter_dir:
-            self.model.save_pretrained(adapter_dir, safe_serialization=True)
+            self.save_adapter(adapter_dir)
             merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         with atomic_dir(output_dir) as tmp:
             merged.save_pretrained(tmp, safe_serialization=True)
@@ -103,3 +136,4 @@ class LoRATrainer(BaseTrainer):
         base = self.load_base_model()
         self.model = PeftModel.from_pretrained(base, path, is_trainable=True)
         self.hf_trainer = None
+        self._initial_adapter = None  # a saved adapter is plain LoRA on the original base

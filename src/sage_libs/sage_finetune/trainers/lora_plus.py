@@ -1,0 +1,51 @@
+"""``lora_plus``: LoRA+ (Hayou et al. 2024): the B matrices get a learning rate ``lora_lr_ratio``
+times that of the A matrices. Only the optimizer changes (``peft.optimizers.create_loraplus_optimizer``);
+the HF Trainer still builds the learning-rate schedule, which scales every group alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import LoRAPlusConfig
+from .base import coerce_config
+from .lora import LoRATrainer
+
+__all__ = ["LoRAPlusTrainer"]
+
+
+class LoRAPlusTrainer(LoRATrainer):
+    """LoRA with per-matrix learning rates.
+
+    Args:
+        lora_plus_config: :class:`LoRAPlusConfig` or a dict such as ``{"lora_lr_ratio": 16.0}``.
+    """
+
+    method = "lora_plus"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lora_plus_config: LoRAPlusConfig = coerce_config(
+            LoRAPlusConfig, self.options.get("lora_plus_config"), "lora_plus_config") or LoRAPlusConfig()
+
+    @classmethod
+    def known_options(cls) -> list[str]:
+        return [*super().known_options(), "lora_plus_config"]
+
+    def create_optimizer(self, model: Any) -> Any:
+        """The optimizer named by ``training.optim`` (with its betas/eps), in LoRA+ parameter groups:
+        lora_A at ``learning_rate``, lora_B (and 1-d adapter weights) at ``learning_rate * lora_lr_ratio``."""
+        from peft.optimizers import create_loraplus_optimizer
+        from transformers import Trainer
+
+        tc, lp = self.training_config, self.lora_plus_config
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.training_arguments(False), model)
+        kwargs.pop("lr", None)
+        if lp.lora_lr_embedding is not None:
+            kwargs["loraplus_lr_embedding"] = lp.lora_lr_embedding
+        return create_loraplus_optimizer(model, optimizer_cls, lr=tc.learning_rate, loraplus_lr_ratio=lp.lora_lr_ratio,
+                                         loraplus_weight_decay=tc.weight_decay, **kwargs)
+
+    def resolved_config(self) -> dict[str, Any]:
+        out = super().resolved_config()
+        out["lora_plus"] = self.lora_plus_config.to_dict()
+        return out
