@@ -27,20 +27,24 @@ from .config import (
     QuantizationConfig,
     TrainingConfig,
 )
-from .interface import DatasetLoader, FineTuner, TrainingCallback
+from .interface import DatasetLoader, FineTuner, TrainingCallback, TrainingStrategy
 from .registry import (
     FineTuneRegistryError,
     create_callback,
     create_loader,
+    create_strategy,
     create_trainer,
     register_callback,
     register_loader,
+    register_strategy,
     register_trainer,
     registered_callbacks,
     registered_loaders,
+    registered_strategies,
     registered_trainers,
     unregister_callback,
     unregister_loader,
+    unregister_strategy,
     unregister_trainer,
 )
 
@@ -58,6 +62,7 @@ _LAZY = {
     "ParquetLoader": "loaders.parquet",
     "HFDatasetLoader": "loaders.huggingface",
     "TrajectoryLoader": "loaders.trajectory",
+    "AgentTrainer": "trainers.agent",
     "Conversation": "data.conversation",
     "Message": "data.conversation",
 }
@@ -66,12 +71,12 @@ __all__ = [
     "__version__",
     "TrainingConfig", "LoRAConfig", "DataConfig", "ConfigError",
     "QuantizationConfig", "LoRAPlusConfig", "FreezeConfig",
-    "FineTuner", "DatasetLoader", "TrainingCallback",
+    "FineTuner", "DatasetLoader", "TrainingCallback", "TrainingStrategy",
     "FineTuneRegistryError",
-    "create_trainer", "create_loader", "create_callback",
-    "register_trainer", "register_loader", "register_callback",
-    "unregister_trainer", "unregister_loader", "unregister_callback",
-    "registered_trainers", "registered_loaders", "registered_callbacks",
+    "create_trainer", "create_loader", "create_callback", "create_strategy",
+    "register_trainer", "register_loader", "register_callback", "register_strategy",
+    "unregister_trainer", "unregister_loader", "unregister_callback", "unregister_strategy",
+    "registered_trainers", "registered_loaders", "registered_callbacks", "registered_strategies",
     *_LAZY,
 ]
 
@@ -87,3 +92,9 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+# Join SAGE's factory when SAGE is already loaded (isage_finetune does it when SAGE loads later).
+from ._register import register_with_sage_if_loaded  # noqa: E402
+
+register_with_sage_if_loaded()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Iterator
 
-__all__ = ["FineTuner", "DatasetLoader", "TrainingCallback"]
+__all__ = ["FineTuner", "DatasetLoader", "TrainingCallback", "TrainingStrategy"]
 
 
 class FineTuner(ABC):
@@ -87,3 +87,28 @@ class TrainingCallback(ABC):  # noqa: B024 - every hook is optional by design
 
     def on_log(self, trainer: Any, logs: dict[str, Any], step: int, **kwargs: Any) -> None:
         pass
+
+
+class TrainingStrategy(ABC):
+    """How a model is made trainable (LoRA, DoRA, full...), usable outside our trainers: SAGE
+    components call ``prepare_model`` on a model they own and build the optimizer from
+    ``get_optimizer_grouped_parameters``."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The strategy's registered name."""
+
+    @abstractmethod
+    def prepare_model(self, model: Any, config: Any = None) -> Any:
+        """Return ``model`` ready to train with this strategy (e.g. wrapped with an adapter)."""
+
+    @abstractmethod
+    def get_trainable_parameters(self, model: Any) -> Iterator[Any]:
+        """The parameters that train."""
+
+    def get_optimizer_grouped_parameters(self, model: Any, weight_decay: float = 0.01) -> list[dict[str, Any]]:
+        return [{"params": list(self.get_trainable_parameters(model)), "weight_decay": weight_decay}]
+
+    def merge_and_unload(self, model: Any) -> Any:
+        return model

@@ -9,15 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from .interface import DatasetLoader, FineTuner, TrainingCallback
+from .interface import DatasetLoader, FineTuner, TrainingCallback, TrainingStrategy
 
 __all__ = [
     "FineTuneRegistryError",
-    "register_trainer", "register_loader", "register_callback",
-    "unregister_trainer", "unregister_loader", "unregister_callback",
-    "create_trainer", "create_loader", "create_callback",
-    "registered_trainers", "registered_loaders", "registered_callbacks",
-    "get_trainer_class", "get_loader_class", "get_callback_class",
+    "register_trainer", "register_loader", "register_callback", "register_strategy",
+    "unregister_trainer", "unregister_loader", "unregister_callback", "unregister_strategy",
+    "create_trainer", "create_loader", "create_callback", "create_strategy",
+    "registered_trainers", "registered_loaders", "registered_callbacks", "registered_strategies",
+    "get_trainer_class", "get_loader_class", "get_callback_class", "get_strategy_class",
+    "registered_classes",
 ]
 
 
@@ -86,6 +87,7 @@ class _Registry:
 _trainers = _Registry("trainer", FineTuner)
 _loaders = _Registry("loader", DatasetLoader)
 _callbacks = _Registry("callback", TrainingCallback)
+_strategies = _Registry("strategy", TrainingStrategy)
 
 for _name, _target in {
     "lora": "trainers.lora:LoRATrainer",
@@ -116,6 +118,23 @@ for _name, _target in {
     _callbacks.register(_name, f"{_PKG}.{_target}")
 
 
+for _name, _target in {
+    "lora": "strategies:LoRAStrategy",
+    "dora": "strategies:DoRAStrategy",
+    "rslora": "strategies:RSLoRAStrategy",
+    "pissa": "strategies:PiSSAStrategy",
+    "lora_plus": "strategies:LoRAPlusStrategy",
+    "full": "strategies:FullStrategy",
+}.items():
+    _strategies.register(_name, f"{_PKG}.{_target}")
+
+
+def registered_classes() -> dict[str, dict[str, type]]:
+    """Every registered class by kind (imports them), for registration into SAGE's factory."""
+    return {reg.kind: {name: reg.get(name) for name in reg.names()}
+            for reg in (_trainers, _loaders, _callbacks, _strategies)}
+
+
 def _api(reg: _Registry) -> tuple[Callable, ...]:
     def register(name: str, cls: type, *, overwrite: bool = False) -> None:
         reg.register(name, cls, overwrite=overwrite)
@@ -134,7 +153,8 @@ def _api(reg: _Registry) -> tuple[Callable, ...]:
 
     for fn, verb in ((register, "register_"), (unregister, "unregister_"), (create, "create_"),
                      (registered, "registered_"), (get, "get_")):
-        fn.__name__ = f"{verb}{reg.kind}" + ("s" if verb == "registered_" else "")
+        plural = "strategies" if reg.kind == "strategy" else f"{reg.kind}s"
+        fn.__name__ = f"{verb}{plural}" if verb == "registered_" else f"{verb}{reg.kind}"
         fn.__doc__ = {
             "register_": f"Register a {reg.kind} class under ``name`` (duplicate -> FineTuneRegistryError).",
             "unregister_": f"Remove the {reg.kind} registered under ``name``.",
@@ -148,3 +168,4 @@ def _api(reg: _Registry) -> tuple[Callable, ...]:
 register_trainer, unregister_trainer, create_trainer, registered_trainers, get_trainer_class = _api(_trainers)
 register_loader, unregister_loader, create_loader, registered_loaders, get_loader_class = _api(_loaders)
 register_callback, unregister_callback, create_callback, registered_callbacks, get_callback_class = _api(_callbacks)
+register_strategy, unregister_strategy, create_strategy, registered_strategies, get_strategy_class = _api(_strategies)

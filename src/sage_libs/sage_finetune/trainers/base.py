@@ -35,13 +35,29 @@ def coerce_config(cls: type, value: Any, name: str) -> Any:
     if isinstance(value, dict):
         return cls.from_dict(value, where=name)
     if dataclasses.is_dataclass(value):
-        return cls.from_dict(dataclasses.asdict(value), where=name)
+        return cls.from_dict(_installed_trackers_only(dataclasses.asdict(value)), where=name)
     if hasattr(value, "to_dict"):
-        return cls.from_dict(value.to_dict(), where=name)
+        return cls.from_dict(_installed_trackers_only(dict(value.to_dict())), where=name)
     raise ConfigError(f"{name}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
 
 
 _BASE_OPTIONS = ("training_config", "lora_config", "data_config", "callbacks", "formatting_func")
+
+
+def _installed_trackers_only(fields: dict[str, Any]) -> dict[str, Any]:
+    """SAGE's TrainingConfig defaults to report_to=["tensorboard"]; a SAGE user without the
+    tensorboard package should still train, so trackers that are not installed are dropped
+    (with a warning) for configs coming from another library. Our own config fails loudly."""
+    import importlib.util
+
+    trackers = fields.get("report_to")
+    if isinstance(trackers, list):
+        missing = [t for t in trackers if t in ("tensorboard", "wandb") and importlib.util.find_spec(t) is None]
+        if missing:
+            logger.warning("report_to: %s not installed, not reporting there (pip install 'isage-finetune[%s]')",
+                           ", ".join(missing), missing[0])
+            fields = {**fields, "report_to": [t for t in trackers if t not in missing]}
+    return fields
 
 
 def _is_main_process() -> bool:

@@ -11,7 +11,7 @@ from ..config import ConfigError
 from ..utils.io import atomic_dir
 from .base import BaseTrainer
 
-__all__ = ["LoRATrainer", "linear_module_names", "check_target_modules", "check_modules_to_save"]
+__all__ = ["LoRATrainer", "linear_module_names", "check_target_modules", "check_modules_to_save", "peft_lora_config"]
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -49,6 +49,17 @@ def check_modules_to_save(model: Any, modules_to_save: list[str] | None) -> None
                               "(e.g. lm_head or embed_tokens)")
 
 
+def peft_lora_config(lc: Any) -> Any:
+    """Our :class:`LoRAConfig` as a ``peft.LoraConfig``."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lc.r, lora_alpha=lc.lora_alpha, target_modules=lc.resolved_target_modules,
+        lora_dropout=lc.lora_dropout, bias=lc.bias, task_type=lc.task_type, use_rslora=lc.use_rslora,
+        use_dora=lc.use_dora, init_lora_weights=lc.init_lora_weights, modules_to_save=lc.modules_to_save,
+        layers_to_transform=lc.layers_to_transform)
+
+
 class LoRATrainer(BaseTrainer):
     """LoRA fine-tuning: the base stays frozen, only the adapter (and ``modules_to_save``) train."""
 
@@ -57,14 +68,7 @@ class LoRATrainer(BaseTrainer):
     _initial_adapter: Any = None  # PiSSA/OLoRA: the adapter as initialised, for the conversion on save
 
     def peft_config(self) -> Any:
-        from peft import LoraConfig
-
-        lc = self.lora_config
-        return LoraConfig(
-            r=lc.r, lora_alpha=lc.lora_alpha, target_modules=lc.resolved_target_modules,
-            lora_dropout=lc.lora_dropout, bias=lc.bias, task_type=lc.task_type, use_rslora=lc.use_rslora,
-            use_dora=lc.use_dora, init_lora_weights=lc.init_lora_weights, modules_to_save=lc.modules_to_save,
-            layers_to_transform=lc.layers_to_transform)
+        return peft_lora_config(self.lora_config)
 
     def apply_adapter(self, model: Any) -> Any:
         from peft import get_peft_model
