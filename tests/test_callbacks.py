@@ -195,3 +195,50 @@ def test_callbacks_by_name():
     assert {"tensorboard", "wandb", "early_stop"} <= set(registered_callbacks())
     cb = create_callback("early_stop", patience=5, metric="eval_loss")
     assert cb.patience == 5
+
+
+def _yaml_config(tmp_path, model_dir, callbacks):
+    import yaml
+
+    cfg = {"method": "lora",
+           "training": {"model_name_or_path": str(model_dir), "output_dir": str(tmp_path / "out"), "max_steps": 6,
+                        "per_device_train_batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 0,
+                        "logging_steps": 1, "eval_steps": 1, "save_strategy": "no", "disable_tqdm": True},
+           "lora": {"r": 4},
+           "data": {"train_file": str(EXAMPLE_DATA / "alpaca_train.jsonl"),
+                    "eval_file": str(EXAMPLE_DATA / "alpaca_eval.jsonl"), "max_samples": 16},
+           "callbacks": callbacks}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_callbacks_from_yaml(tiny_model_dir, tmp_path):
+    import yaml
+
+    from sage_libs.sage_finetune.cli import main
+
+    callbacks = [{"name": "early_stop", "patience": 2, "min_delta": 100.0},
+                 {"name": "tensorboard", "log_dir": str(tmp_path / "tb")}]
+    assert main(["train", str(_yaml_config(tmp_path, tiny_model_dir, callbacks))]) == 0
+    out = tmp_path / "out"
+    import json
+
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 3  # early stop after 3 evals
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert yaml.safe_load((out / "run_config.yaml").read_text())["callbacks"] == callbacks
+
+
+@pytest.mark.parametrize("callbacks, message", [
+    (["earlystop"], "callbacks[0]: unknown callback 'earlystop' (did you mean 'early_stop'?)"),
+    ([{"name": "early_stop", "patiance": 2}], "callbacks[0] (early_stop): unknown option 'patiance' "
+                                              "(did you mean 'patience'?)"),
+    ([{"name": "early_stop", "mode": "up"}], "callbacks[0] (early_stop): EarlyStopCallback.mode must be 'min' or 'max'"),
+    ("early_stop", "'callbacks' must be a list"),
+])
+def test_bad_callbacks_in_yaml(tiny_model_dir, tmp_path, capsys, callbacks, message):
+    from sage_libs.sage_finetune.cli import main
+
+    assert main(["train", str(_yaml_config(tmp_path, tiny_model_dir, callbacks))]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

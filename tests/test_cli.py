@@ -86,7 +86,7 @@ def test_bad_data_file_reported_before_output(tmp_path, tiny_model_dir, capsys):
 def test_missing_model_dir(tmp_path, capsys):
     cfg = write_config(tmp_path, tmp_path / "no-model")
     assert main(["train", str(cfg)]) == 2
-    assert "cannot load a tokenizer from" in capsys.readouterr().err
+    assert "no-model: no such directory; expected a local model directory" in capsys.readouterr().err
 
 
 def test_bare_key_override_resolves_section():

@@ -18,7 +18,8 @@ A config file has a ``method`` and one section per config dataclass::
 Overrides use ``section.field=value`` (the value is parsed as YAML, so ``1e-4``, ``true`` and
 ``[q_proj, v_proj]`` work); a bare ``field=value`` is accepted when only one section has that field.
 Relative paths are relative to the current directory. Errors in the config or the data exit with
-code 2 and one message; ``--debug`` shows the traceback.
+code 2 and one message; ``--debug`` shows the traceback. A training that fails (a NaN loss) exits
+with code 1; Ctrl-C saves a checkpoint, prints the command that resumes, and exits with code 130.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 from ._version import __version__
 from .config import (
+    AgentConfig,
     ConfigError,
     DataConfig,
     FreezeConfig,
@@ -45,11 +47,13 @@ from .config import (
 __all__ = ["main", "load_run_config", "build_parser"]
 
 SECTIONS = {"training": TrainingConfig, "lora": LoRAConfig, "data": DataConfig,
-            "quantization": QuantizationConfig, "lora_plus": LoRAPlusConfig, "freeze": FreezeConfig}
+            "quantization": QuantizationConfig, "lora_plus": LoRAPlusConfig, "freeze": FreezeConfig,
+            "agent": AgentConfig}
 # Optional sections that only some methods take: section -> the create_trainer keyword it becomes.
 TRAINER_SECTIONS = {"quantization": "quantization_config", "lora_plus": "lora_plus_config",
-                    "freeze": "freeze_config"}
-TOP_LEVEL = ("method", *SECTIONS)
+                    "freeze": "freeze_config", "agent": "agent_config"}
+# callbacks: a list of registered names, or {name: ..., option: value, ...} mappings
+TOP_LEVEL = ("method", *SECTIONS, "callbacks")
 
 
 class UsageError(ConfigError):
@@ -73,8 +77,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise UsageError(f"override {item!r}: expected section.key=value (e.g. training.learning_rate=1e-4)")
         key, _, text = item.partition("=")
         value = _parse_value(text)
-        if key == "method":
-            raw["method"] = value
+        if key in ("method", "callbacks"):
+            raw[key] = value
             continue
         if "." in key:
             section, _, name = key.partition(".")
@@ -110,6 +114,8 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
     raw: Any = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise UsageError(f"{path}: is a directory; expected a YAML run config file")
         if not p.is_file():
             raise UsageError(f"{path}: no such config file")
         try:
@@ -117,9 +123,17 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise UsageError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+            problem = str(getattr(exc, "problem", None) or exc)
+            if isinstance(exc, yaml.constructor.ConstructorError) and "python/" in problem:
+                # safe_load refuses the tags that build Python objects (and could run code)
+                raise UsageError(f"{where}: YAML tags that create Python objects (!!python/...) are not allowed; "
+                                 "a run config holds plain data only (mappings, lists, strings, numbers, "
+                                 "true/false)") from None
+            raise UsageError(f"{where}: invalid YAML ({problem})") from None
         except UnicodeDecodeError:
             raise UsageError(f"{path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
         if not isinstance(raw, dict):
             raise UsageError(f"{path}: expected a mapping with method, training, lora, data")
     where = str(path or "the command line")
@@ -137,11 +151,66 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
         if (section == "lora" or section in TRAINER_SECTIONS) and body is None:
             out[section] = None
             continue
+        if section == "data" and path is not None and isinstance((body or {}).get("formatting_func"), str):
+            body = {**body, "formatting_func": _formatting_func_beside(body["formatting_func"], Path(path))}
         try:
             out[section] = cls.from_dict(body or {}, where=f"{where} [{section}]")
         except ConfigError as exc:
             raise ConfigError(f"{where} [{section}]: {exc}") from None
+    out["callbacks"] = _callback_specs(raw.get("callbacks"), where)
     return out
+
+
+def _callback_specs(raw: Any, where: str) -> list[dict[str, Any]]:
+    """``callbacks:`` entries as ``{"name": ..., **options}``, names checked against the registry."""
+    from .registry import registered_callbacks
+
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise UsageError(f"{where}: 'callbacks' must be a list of names or {{name: ..., options}} mappings")
+    specs = []
+    for i, item in enumerate(raw):
+        spec = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else None
+        if spec is None or not isinstance(spec.get("name"), str):
+            raise UsageError(f"{where}: callbacks[{i}] must be a name or a mapping with a 'name'")
+        if spec["name"] not in registered_callbacks():
+            raise UsageError(f"{where}: callbacks[{i}]: unknown callback {spec['name']!r}"
+                             + _hint(spec["name"], registered_callbacks())
+                             + f"; registered callbacks: {', '.join(registered_callbacks())}")
+        specs.append(spec)
+    return specs
+
+
+def _make_callbacks(specs: list[dict[str, Any]]) -> list[Any]:
+    import inspect
+
+    from .registry import get_callback_class
+
+    callbacks = []
+    for i, spec in enumerate(specs):
+        cls = get_callback_class(spec["name"])
+        options = {k: v for k, v in spec.items() if k != "name"}
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        unknown = [k for k in options if k not in accepted]
+        if unknown:
+            raise UsageError(f"callbacks[{i}] ({spec['name']}): unknown option {unknown[0]!r}"
+                             + _hint(unknown[0], accepted) + f"; options: {', '.join(accepted)}")
+        try:
+            callbacks.append(cls(**options))
+        except (ValueError, TypeError, ImportError) as exc:
+            raise UsageError(f"callbacks[{i}] ({spec['name']}): {exc}") from None
+    return callbacks
+
+
+def _formatting_func_beside(spec: str, config_file: Path) -> str:
+    """``data.formatting_func: my_format.py:f`` may name a file beside the config: make such a
+    relative path absolute (a file relative to the current directory keeps precedence)."""
+    file, sep, name = spec.rpartition(":")
+    if not sep or not file or os.path.isabs(file) or os.path.isfile(file):
+        return spec
+    beside = config_file.resolve().parent / file
+    return f"{beside}:{name}" if beside.is_file() else spec
 
 
 def _make_trainer(cfg: dict[str, Any]) -> Any:
@@ -150,15 +219,23 @@ def _make_trainer(cfg: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {"training_config": cfg["training"], "data_config": cfg["data"]}
     if cfg["lora"] is not None:
         kwargs["lora_config"] = cfg["lora"]
+    callbacks = _make_callbacks(cfg.get("callbacks") or [])
+    if callbacks:
+        kwargs["callbacks"] = callbacks
+    # method: agent wraps another method; its sections are checked against that one
+    inner = (cfg.get("agent") or AgentConfig()).method if cfg["method"] == "agent" else cfg["method"]
     for section, option in TRAINER_SECTIONS.items():
         if cfg.get(section) is None:
             continue
-        if option not in _trainer_options(cfg["method"]):
+        if option not in _trainer_options(cfg["method"]) and option not in _trainer_options(inner):
             users = [m for m in registered_trainers() if option in _trainer_options(m)]
             raise ConfigError(f"config section {section!r} is not used by method {cfg['method']!r}; "
                               f"it is for method {' or '.join(users)}")
         kwargs[option] = cfg[section]
-    return create_trainer(cfg["method"], **kwargs)
+    trainer = create_trainer(cfg["method"], **kwargs)
+    if cfg.get("callbacks"):
+        trainer.run_config_extra["callbacks"] = cfg["callbacks"]
+    return trainer
 
 
 def _trainer_options(method: str) -> list[str]:
@@ -259,13 +336,18 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     chat_template = data.chat_template
     if chat_template and Path(chat_template).is_file():
         chat_template = Path(chat_template).read_text(encoding="utf-8")
+    formatting_func = None
+    if data.formatting_func:
+        from .utils.user_code import load_function
+
+        formatting_func = load_function(data.formatting_func, "data.formatting_func")
     for file in files:
         name = data.loader if data.loader != "auto" else ("parquet" if str(file).endswith(".parquet") else "jsonl")
         records = create_loader(name, format=data.format, on_error=data.on_error).load(file)
         report = build_report(records, tokenizer, fmt=data.format, max_seq_length=max_len,
                               train_on_prompt=data.train_on_prompt, mask_history=data.mask_history,
                               chat_template=chat_template, system_prompt=data.system_prompt,
-                              on_error=data.on_error, sample_index=args.sample)
+                              on_error=data.on_error, sample_index=args.sample, formatting_func=formatting_func)
         summary = report.summary()
         print(f"== {file}")
         print(f"records {summary['records']}  examples {summary['examples']}  formats {summary['formats']}")
@@ -373,8 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .data.conversation import DataFormatError
     from .registry import FineTuneRegistryError
+    from .trainers.base import TrainingError, TrainingInterrupted
 
     _quiet_libraries()
+    # Exit codes: 2 bad input (nothing was started), 1 training failed (e.g. the loss became NaN) or an
+    # unexpected error, 130 interrupted (Ctrl-C).
     try:
         return args.func(args)
     except (ConfigError, DataFormatError, FineTuneRegistryError) as exc:
@@ -382,9 +467,34 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sage-finetune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(f"sage-finetune {args.command}: {exc}", file=sys.stderr)
+        if args.command == "train":
+            print(f"resume with: {_resume_command(args)}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"sage-finetune {args.command}: interrupted", file=sys.stderr)
         return 130
+    except TrainingError as exc:
+        if args.debug:
+            raise
+        print(f"sage-finetune {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug or an environment problem: one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"sage-finetune {args.command}: error: {type(exc).__name__}: {exc} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that resumes an interrupted ``train``."""
+    import shlex
+
+    overrides = [o for o in args.overrides if o.partition("=")[0] not in ("training.resume_from_checkpoint",
+                                                                         "resume_from_checkpoint")]
+    return shlex.join(["sage-finetune", "train", args.config, *overrides, "training.resume_from_checkpoint=true"])
 
 
 def _quiet_libraries() -> None:

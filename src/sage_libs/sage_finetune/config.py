@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 
 __all__ = [
     "ConfigError",
+    "AgentConfig",
     "TrainingConfig",
     "LoRAConfig",
     "DataConfig",
@@ -261,6 +262,10 @@ class TrainingConfig(_Config):
     resume_from_checkpoint: Union[bool, str, None] = _opt(
         None, "true: resume from the latest checkpoint in output_dir; a path: resume from it.")
     trust_remote_code: bool = _opt(False, "Allow model code from the hub repository to run. Off unless you trust it.")
+    allow_pickle_weights: bool = _opt(
+        False, "Allow loading model or adapter weights stored as pickle (pytorch_model.bin, adapter_model.bin). "
+               "Unpickling a file from an untrusted source can run arbitrary code; by default only safetensors "
+               "weights are loaded. Set true only for checkpoints you trust.")
     attn_implementation: Union[str, None] = _opt(None, "Attention kernel: sdpa, eager, flash_attention_2; null: the model's default.")
     use_cpu: bool = _opt(False, "Train on the CPU even if a GPU is present.")
     disable_tqdm: bool = _opt(False, "Hide the progress bar.")
@@ -365,6 +370,11 @@ class DataConfig(_Config):
     group_by_length: bool = _opt(False, "Unpacked runs: batch samples of similar length together to cut padding.")
     on_error: str = _opt("raise", "Bad records: raise (stop with the file:line) or skip (drop and count them).",
                          choices=("raise", "skip"))
+    formatting_func: Union[str, None] = _opt(
+        None, "A function that turns each record into text, a list of messages or a record of a known format, "
+              "given as FILE.py:FUNCTION (e.g. my_format.py:to_messages). The file is imported from that path "
+              "(relative to the current directory, else to the config file's directory) and its code runs: "
+              "name only files you trust. Installed modules are not imported by name.")
 
     def _validate(self) -> None:
         if self.train_on_prompt and self.mask_history:
@@ -424,3 +434,14 @@ class FreezeConfig(_Config):
     train_embeddings: bool = _opt(False, "Also train the input embeddings.")
     train_lm_head: bool = _opt(False, "Also train the output head (lm_head); with tied embeddings this is "
                                       "the same matrix as the input embeddings.")
+
+
+@dataclass
+class AgentConfig(_Config):
+    """Agent SFT (``method: agent``): which fine-tuning method runs underneath, and the
+    next-action evaluation on held-out trajectories."""
+
+    method: str = _opt("lora", "The fine-tuning method underneath: lora, qlora, dora, lora_plus, full, freeze.")
+    eval_max_new_tokens: int = _opt(96, "Tokens generated per step when evaluating the next action.", ge=1)
+    eval_max_trajectories: Union[int, None] = _opt(None, "Evaluate at most this many held-out trajectories "
+                                                         "(null: all).", ge=1)

@@ -81,25 +81,34 @@ def _declared_tools(conv: Any) -> list[dict[str, Any]] | None:
 
 
 class AgentTrainer(FineTuner):
-    """Agent SFT over trajectories; ``method`` picks the fine-tuning method (default ``lora``).
-
-    Other keyword arguments go to that method's trainer. Extra options:
-    ``agent_eval_max_new_tokens`` (default 96) and ``agent_eval_max_trajectories`` (default: all).
+    """Agent SFT over trajectories; ``method`` (or ``agent_config=AgentConfig(...)``) picks the
+    fine-tuning method (default ``lora``). Other keyword arguments go to that method's trainer.
+    ``agent_eval_max_new_tokens`` and ``agent_eval_max_trajectories`` override the config's.
     """
 
     method = "agent"
 
-    def __init__(self, method: str = "lora", agent_eval_max_new_tokens: int = 96,
-                 agent_eval_max_trajectories: int | None = None, **kwargs: Any) -> None:
-        from ..config import ConfigError
+    def __init__(self, method: str | None = None, agent_config: Any = None,
+                 agent_eval_max_new_tokens: int | None = None, agent_eval_max_trajectories: int | None = None,
+                 **kwargs: Any) -> None:
+        from ..config import AgentConfig, ConfigError
         from ..registry import get_trainer_class
+        from .base import coerce_config
 
-        if method == "agent":
-            raise ConfigError("create_trainer('agent', method=...): method must be a fine-tuning method such as "
-                              "lora, qlora, dora or full")
-        self.inner = get_trainer_class(method)(**kwargs)
-        self.max_new_tokens = agent_eval_max_new_tokens
-        self.max_trajectories = agent_eval_max_trajectories
+        config = coerce_config(AgentConfig, agent_config, "agent_config") or AgentConfig()
+        changes = {k: v for k, v in {"method": method, "eval_max_new_tokens": agent_eval_max_new_tokens,
+                                     "eval_max_trajectories": agent_eval_max_trajectories}.items() if v is not None}
+        self.agent_config = config.replace(**changes) if changes else config
+        if self.agent_config.method == "agent":
+            raise ConfigError("agent.method: must be a fine-tuning method such as lora, qlora, dora or full")
+        self.inner = get_trainer_class(self.agent_config.method)(**kwargs)
+        self.inner.run_config_extra.update(method="agent", agent=self.agent_config.to_dict())
+        self.max_new_tokens = self.agent_config.eval_max_new_tokens
+        self.max_trajectories = self.agent_config.eval_max_trajectories
+
+    @classmethod
+    def known_options(cls) -> list[str]:
+        return ["agent_config", "agent_eval_max_new_tokens", "agent_eval_max_trajectories"]
 
     # the wrapped trainer's state, so users and callbacks can reach trainer.model etc.
     def __getattr__(self, name: str) -> Any:

@@ -10,10 +10,12 @@ Everything else (data preparation, the HF Trainer, evaluation, outputs, saving) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +24,35 @@ from ..config import ConfigError, DataConfig, LoRAConfig, TrainingConfig
 from ..interface import FineTuner
 from ..utils.io import atomic_dir, atomic_write_json, atomic_write_text
 
-__all__ = ["BaseTrainer", "coerce_config"]
+__all__ = ["BaseTrainer", "coerce_config", "TrainingError", "NonFiniteLossError", "TrainingInterrupted"]
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training started but cannot go on (the CLI exits with code 1; bad input before the start is a
+    :class:`ConfigError`, code 2)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss (or a trained weight) became NaN or inf. ``step`` is the optimizer step it happened
+    at; ``checkpoint`` the last good checkpoint on disk, if any (nothing is saved after it)."""
+
+    def __init__(self, message: str, *, step: int | None = None, checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a checkpoint was saved at ``step``. A KeyboardInterrupt, so that
+    code which catches Exception does not swallow the user's interrupt."""
+
+    def __init__(self, message: str, *, step: int, checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def coerce_config(cls: type, value: Any, name: str) -> Any:
@@ -60,6 +88,18 @@ def _installed_trackers_only(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _main_process_first() -> Any:
+    """In a multi-process run (torchrun, accelerate, deepspeed): a context in which the main
+    process goes first and the others wait for it; a no-op in a single process."""
+    import contextlib
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -91,6 +131,14 @@ class BaseTrainer(FineTuner):
         self.data_config: DataConfig = coerce_config(DataConfig, data_config, "data_config") or DataConfig()
         self.callbacks = list(callbacks or [])
         self.formatting_func = formatting_func
+        if self.data_config.formatting_func:
+            # a FILE.py:FUNCTION named in the config; imported now, so a wrong name fails before any work
+            if formatting_func is not None:
+                raise ConfigError("data.formatting_func is set and a formatting_func argument was passed too; "
+                                  "use one of them")
+            from ..utils.user_code import load_function
+
+            self.formatting_func = load_function(self.data_config.formatting_func, "data.formatting_func")
         self.options = options
         self._check_options()
         self.model: Any = None
@@ -98,6 +146,9 @@ class BaseTrainer(FineTuner):
         self.hf_trainer: Any = None
         self.data_stats: dict[str, Any] = {}
         self._step_losses: list[float] = []
+        # more top-level run_config.yaml entries, set by whoever wraps this trainer (the agent
+        # trainer, the CLI's callbacks section) so that the file can reproduce the run
+        self.run_config_extra: dict[str, Any] = {}
 
     def _check_options(self) -> None:
         """Reject keyword options this trainer does not know (subclasses extend ``known_options``)."""
@@ -122,7 +173,10 @@ class BaseTrainer(FineTuner):
     def load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
+        from ..utils.model_files import check_model_dir
+
         tc = self.training_config
+        check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights)
         try:
             tokenizer = AutoTokenizer.from_pretrained(tc.model_name_or_path, trust_remote_code=tc.trust_remote_code)
         except (OSError, ValueError) as exc:
@@ -139,6 +193,8 @@ class BaseTrainer(FineTuner):
 
         tc = self.training_config
         kwargs: dict[str, Any] = {"trust_remote_code": tc.trust_remote_code}
+        # safetensors only, unless pickled weights are explicitly allowed (None: prefer safetensors)
+        kwargs["use_safetensors"] = None if tc.allow_pickle_weights else True
         kwargs["dtype"] = "auto" if tc.model_dtype == "auto" else getattr(torch, tc.model_dtype)
         if tc.attn_implementation:
             kwargs["attn_implementation"] = tc.attn_implementation
@@ -151,8 +207,10 @@ class BaseTrainer(FineTuner):
         try:
             model = AutoModelForCausalLM.from_pretrained(tc.model_name_or_path, **self.model_load_kwargs())
         except OSError as exc:
+            hint = ("; only safetensors weights are loaded unless training.allow_pickle_weights is true"
+                    if "safetensors" in str(exc) and not tc.allow_pickle_weights else "")
             raise ConfigError(f"training.model_name_or_path: cannot load a model from "
-                              f"{tc.model_name_or_path!r}: {exc}") from exc
+                              f"{tc.model_name_or_path!r}: {exc}{hint}") from exc
         model.config.use_cache = False  # the KV cache is useless in training and breaks packed position_ids
         return model
 
@@ -314,6 +372,8 @@ class BaseTrainer(FineTuner):
             include_num_input_tokens_seen="non_padding", label_names=["labels"],
             train_sampling_strategy="group_by_length" if self.data_config.group_by_length else "random",
             length_column_name="length",
+            # the HF Trainer would replace a NaN/inf step loss by the running mean; NonFiniteGuard must see it
+            logging_nan_inf_filter=False,
         )
         if tc.deepspeed:
             kwargs["deepspeed"] = tc.deepspeed
@@ -321,17 +381,23 @@ class BaseTrainer(FineTuner):
             kwargs["fsdp"] = tc.fsdp
             if tc.fsdp_config:
                 kwargs["fsdp_config"] = tc.fsdp_config
-        return TrainingArguments(**kwargs)
+        try:
+            return TrainingArguments(**kwargs)
+        except ValueError as exc:  # HF's own checks of option combinations
+            raise ConfigError(f"training: {exc}") from None
 
     def _hf_callbacks(self) -> list[Any]:
         from transformers import TrainerCallback
 
         from ..callbacks.bridge import CallbackBridge
         from ..callbacks.run_log import RunLogCallback
+        from ..callbacks.safety import InterruptCallback, NonFiniteGuard
 
         ours = [cb for cb in self.callbacks if not isinstance(cb, TrainerCallback)]
         theirs = [cb for cb in self.callbacks if isinstance(cb, TrainerCallback)]
-        out = [RunLogCallback(Path(self.training_config.output_dir) / "trainer_log.jsonl"), *theirs]
+        self._interrupt = InterruptCallback()
+        out = [RunLogCallback(Path(self.training_config.output_dir) / "trainer_log.jsonl"), self._interrupt,
+               NonFiniteGuard(self), *theirs]
         if ours:
             out.append(CallbackBridge(self, ours))
         return out
@@ -374,6 +440,7 @@ class BaseTrainer(FineTuner):
             train_dataset = dc.train_file
         if eval_dataset is None and dc.eval_file:
             eval_dataset = dc.eval_file
+        self.check_inputs(train_dataset, eval_dataset)
         resume = self.resume_checkpoint()
         # Data errors surface before the (possibly slow) model load; only the tokenizer is needed.
         self.setup_tokenizer()
@@ -381,25 +448,47 @@ class BaseTrainer(FineTuner):
             pairs = [_split_records(r, dc.eval_split_ratio, tc.seed) for r in self._record_sets(train_dataset, "train")]
             train_dataset = MultiSource(tr for tr, _ in pairs)
             eval_dataset = MultiSource(ev for _, ev in pairs)
-        train_ds = self.prepare_dataset(train_dataset, "train")
-        eval_ds = self.prepare_dataset(eval_dataset, "eval")
+        with _main_process_first():  # the main process tokenizes (and caches); the others wait, then reuse
+            train_ds = self.prepare_dataset(train_dataset, "train")
+            eval_ds = self.prepare_dataset(eval_dataset, "eval")
         self.setup()
         out = Path(tc.output_dir)
-        if _is_main_process():
-            out.mkdir(parents=True, exist_ok=True)
-            if not tc.resume_from_checkpoint:  # a fresh run starts a fresh log; a resumed one appends
-                (out / "trainer_log.jsonl").unlink(missing_ok=True)
-            self.write_run_config(out / "run_config.yaml")
-        trainer = self.build_hf_trainer(train_ds, eval_ds)
-        self._warn_about_schedule(len(train_ds))
-        metrics: dict[str, Any] = {"method": self.method}
-        if eval_ds is not None and tc.eval_on_start:
-            before = trainer.evaluate()
-            metrics["eval_loss_before"] = before["eval_loss"]
-            metrics["perplexity_before"] = _perplexity(before["eval_loss"])
+        created = _is_main_process() and not out.exists()
+        try:
+            if _is_main_process():
+                out.mkdir(parents=True, exist_ok=True)
+                if not resume:  # a fresh run starts a fresh log; a resumed one appends
+                    (out / "trainer_log.jsonl").unlink(missing_ok=True)
+                else:
+                    _trim_log(out / "trainer_log.jsonl", _checkpoint_step(resume))
+                self.write_run_config(out / "run_config.yaml")
+            trainer = self.build_hf_trainer(train_ds, eval_ds)
+            self._warn_about_schedule(len(train_ds))
+            metrics: dict[str, Any] = {"method": self.method}
+            if eval_ds is not None and tc.eval_on_start:
+                before = trainer.evaluate()
+                metrics["eval_loss_before"] = before["eval_loss"]
+                metrics["perplexity_before"] = _perplexity(before["eval_loss"])
+        except BaseException:
+            # nothing worth keeping was written yet: a run that fails before its first step leaves no
+            # output directory behind (when it did not exist before)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        interrupt = getattr(self, "_interrupt", None)
         start = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume)
+        with interrupt.catch_sigint() if interrupt is not None else contextlib.nullcontext():
+            result = trainer.train(resume_from_checkpoint=resume)
         runtime = time.perf_counter() - start
+        if interrupt is not None and interrupt.stopped_at is not None and \
+                trainer.state.global_step < trainer.state.max_steps:
+            step = trainer.state.global_step
+            checkpoint = out / f"checkpoint-{step}"
+            saved = f"checkpoint saved: {checkpoint}" if checkpoint.is_dir() else "no checkpoint could be saved"
+            raise TrainingInterrupted(
+                f"training interrupted at step {step} of {trainer.state.max_steps}; {saved}. Resume with "
+                f"training.resume_from_checkpoint=true (same output_dir {tc.output_dir})",
+                step=step, checkpoint=str(checkpoint) if checkpoint.is_dir() else None)
         tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
         metrics.update(
             train_loss=result.training_loss, train_runtime=round(runtime, 3), global_step=result.global_step,
@@ -426,19 +515,106 @@ class BaseTrainer(FineTuner):
         value = tc.resume_from_checkpoint
         if not value:
             return None
-        if value is True:
-            from transformers.trainer_utils import get_last_checkpoint
+        from ..utils.checkpoint import checkpoint_problems, last_complete_checkpoint
 
-            last = get_last_checkpoint(tc.output_dir) if os.path.isdir(tc.output_dir) else None
+        # DeepSpeed and FSDP save weights and optimizer state in their own sharded layouts
+        plain = not (tc.deepspeed or tc.fsdp)
+        if value is True:
+            last, skipped = last_complete_checkpoint(tc.output_dir, training_state=plain, weights=plain)
+            for path, problems in skipped:
+                logger.warning("not resuming from %s: %s (a save that was interrupted?); trying an older "
+                               "checkpoint", path, "; ".join(problems))
             if last is None:
+                if skipped:
+                    raise ConfigError(
+                        f"training.resume_from_checkpoint: true, but no checkpoint in {tc.output_dir} is complete ("
+                        + "; ".join(f"{p.name}: {', '.join(probs)}" for p, probs in skipped)
+                        + "); set it to false for a fresh run")
                 raise ConfigError(f"training.resume_from_checkpoint: true, but {tc.output_dir} holds no "
                                   "checkpoint-N folder to resume from; set it to false for a fresh run, or to "
                                   "the path of a checkpoint")
-            return last
-        if not os.path.isfile(os.path.join(value, "trainer_state.json")):
+            return str(last)
+        if not os.path.isfile(os.path.join(value, "trainer_state.json")) and not any(
+                os.path.isfile(os.path.join(value, n)) for n in ("optimizer.pt", "adapter_model.safetensors",
+                                                                  "model.safetensors")):
             raise ConfigError(f"training.resume_from_checkpoint: {value!r} is not a checkpoint folder (one with "
                               "trainer_state.json, such as OUTPUT_DIR/checkpoint-500)")
+        problems = checkpoint_problems(value, training_state=plain, weights=plain)
+        if problems:
+            raise ConfigError(f"training.resume_from_checkpoint: {value} is incomplete ({'; '.join(problems)}), "
+                              "probably written by a run that was killed while saving; resume from an earlier "
+                              "checkpoint, or use true to pick the newest complete one")
         return str(value)
+
+    def check_inputs(self, train_data: Any = None, eval_data: Any = None) -> None:
+        """Everything that can be checked before the data is read and the model is loaded: paths,
+        devices and option combinations. A mistake then costs seconds, not a model load, and the
+        run has written nothing yet."""
+        from ..utils.model_files import check_model_dir, max_positions
+
+        tc, dc = self.training_config, self.data_config
+        _check_output_dir(tc.output_dir)
+        check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights)
+        self._check_precision()
+        limit, rope_scaled = max_positions(tc.model_name_or_path)
+        if limit is not None and not rope_scaled and tc.max_seq_length > limit:
+            what = "packed rows (data.packing)" if dc.packing else "samples"
+            raise ConfigError(
+                f"training.max_seq_length: {tc.max_seq_length} is more than the model's max_position_embeddings "
+                f"({limit}, in {tc.model_name_or_path}/config.json); {what} that long would use positions the model "
+                f"never learned; set max_seq_length to at most {limit}")
+        for option, data in (("data.train_file", train_data), ("data.eval_file", eval_data)):
+            for path in _local_paths(data):
+                _check_data_file(option, path)
+        template = dc.chat_template
+        if template and "{" not in template and not os.path.isfile(template):
+            raise ConfigError(f"data.chat_template: {template}: no such file; expected a Jinja template file or "
+                              "the template text itself")
+        if dc.tools_file and not os.path.isfile(dc.tools_file):
+            raise ConfigError(f"data.tools_file: {dc.tools_file}: no such file; expected a JSON list of tool schemas")
+        if tc.deepspeed:
+            import importlib.util
+
+            if isinstance(tc.deepspeed, str) and not os.path.isfile(tc.deepspeed):
+                raise ConfigError(f"training.deepspeed: {tc.deepspeed}: no such file; expected a DeepSpeed JSON config")
+            if importlib.util.find_spec("deepspeed") is None:
+                raise ConfigError("training.deepspeed is set but the deepspeed package is not installed; "
+                                  "pip install 'isage-finetune[deepspeed]'")
+        from transformers.training_args import OptimizerNames
+
+        optimizers = [o.value for o in OptimizerNames]
+        if tc.optim not in optimizers:
+            import difflib
+
+            close = difflib.get_close_matches(tc.optim, optimizers, n=1)
+            raise ConfigError(f"training.optim: unknown optimizer {tc.optim!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + "; e.g. adamw_torch, adamw_torch_fused, adafactor, sgd, paged_adamw_8bit")
+        # HF's own checks of option combinations, now rather than after the model load
+        self.training_arguments(eval_data is not None or dc.eval_split_ratio > 0)
+
+    def _check_precision(self) -> None:
+        import torch
+
+        tc = self.training_config
+        if tc.fp16 and not torch.cuda.is_available():
+            raise ConfigError("training.fp16: float16 mixed precision needs a CUDA GPU and none is available; "
+                              "set fp16: false (or bf16: true with use_cpu: true on a CPU with bfloat16 support)")
+        if not tc.bf16:
+            return
+        if torch.cuda.is_available() and not tc.use_cpu:
+            if not torch.cuda.is_bf16_supported():
+                raise ConfigError("training.bf16: this GPU has no bfloat16 support (it needs compute capability "
+                                  "8.0 or newer, such as A100, H100, RTX 30xx); use fp16: true instead")
+            return
+        from transformers.utils import is_torch_bf16_available_on_device
+
+        if not is_torch_bf16_available_on_device("cpu"):
+            raise ConfigError("training.bf16: this CPU cannot compute in bfloat16 and no CUDA GPU is available; "
+                              "set bf16: false")
+        if not tc.use_cpu:
+            raise ConfigError("training.bf16: no CUDA GPU is available; bfloat16 mixed precision on the CPU needs "
+                              "training.use_cpu: true (or set bf16: false)")
 
     def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
         """``eval_loss`` (mean over trained tokens) and ``perplexity`` on ``eval_dataset``."""
@@ -450,12 +626,28 @@ class BaseTrainer(FineTuner):
                 "eval_samples": len(eval_ds), "eval_runtime": ev.get("eval_runtime")}
 
     def save_model(self, output_dir: str | os.PathLike) -> str:
-        """Write the model (an adapter for PEFT methods) and tokenizer atomically, in safetensors."""
+        """Write the model (an adapter for PEFT methods) and tokenizer atomically, in safetensors.
+
+        In a multi-process run only the main process writes. Under DeepSpeed ZeRO-3 or FSDP the
+        weights are sharded across processes, so every process must call this: the engine
+        gathers them and its main process writes (in place, not atomically).
+        """
         self.setup()
+        if self.hf_trainer is not None and (self.hf_trainer.is_deepspeed_enabled or self.hf_trainer.is_fsdp_enabled):
+            self.hf_trainer.save_model(str(output_dir))
+            if _is_main_process():
+                self.tokenizer.save_pretrained(str(output_dir))
+            return str(output_dir)
+        if not _is_main_process():
+            return str(output_dir)
         with atomic_dir(output_dir) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.write_weights(tmp)
             self.tokenizer.save_pretrained(tmp)
         return str(output_dir)
+
+    def write_weights(self, output_dir: str | os.PathLike) -> None:
+        """What :meth:`save_model` writes besides the tokenizer (LoRA: the adapter)."""
+        self.model.save_pretrained(str(output_dir), safe_serialization=True)
 
     def merge_and_save(self, output_dir: str | os.PathLike) -> str:
         """Save a standalone model with the adapter merged in (the full model for ``full``)."""
@@ -465,9 +657,12 @@ class BaseTrainer(FineTuner):
         """Load a model directory written by :meth:`save_model` or :meth:`merge_and_save`."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from ..utils.model_files import check_model_dir
+
         path = Path(model_path)
         if not path.is_dir():
             raise ConfigError(f"load_model: {path} is not a directory")
+        check_model_dir(str(path), allow_pickle_weights=self.training_config.allow_pickle_weights, option="load_model")
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.training_config.trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(path, **self.model_load_kwargs())
         self.hf_trainer = None
@@ -514,6 +709,7 @@ class BaseTrainer(FineTuner):
                                "training": self.training_config.to_dict(), "data": self.data_config.to_dict()}
         if self.lora_config is not None:
             out["lora"] = self.lora_config.to_dict()
+        out.update(self.run_config_extra)
         return out
 
     def write_run_config(self, path: Path) -> None:
@@ -541,6 +737,81 @@ class BaseTrainer(FineTuner):
 
 class MultiSource(list):
     """Several record collections (one per file) that are tokenized separately, then joined."""
+
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _local_paths(data: Any) -> list[str]:
+    """The file paths among a train()/evaluate() data argument (records and datasets are skipped)."""
+    if isinstance(data, (str, os.PathLike)):
+        return [os.fspath(data)]
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
+        return [os.fspath(d) for d in data]
+    return []
+
+
+def _check_data_file(option: str, path: str) -> None:
+    """A path with a data-file suffix must be a readable file (other strings may be hub ids or
+    saved-dataset folders, which their loader checks)."""
+    from ..utils.model_files import looks_like_local_path
+
+    p = Path(path)
+    if p.suffix not in _DATA_SUFFIXES:
+        if not p.exists() and looks_like_local_path(path):
+            raise ConfigError(f"{option}: {p}: no such file or directory")
+        return
+    if p.is_dir():
+        raise ConfigError(f"{option}: {p} is a directory; expected a {', '.join(_DATA_SUFFIXES)} file "
+                          "(or a folder written by Dataset.save_to_disk, without a file suffix)")
+    if not p.exists():
+        raise ConfigError(f"{option}: {p}: no such file")
+    if not os.access(p, os.R_OK):
+        raise ConfigError(f"{option}: {p}: not readable (permission denied)")
+
+
+def _check_output_dir(path: str) -> None:
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"training.output_dir: {p} is an existing file; expected a directory (an existing one, "
+                          "or a path to create)")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"training.output_dir: cannot create {p}: {parent} is a file, not a directory")
+            target = p if p.exists() else parent
+            if not os.access(target, os.W_OK | os.X_OK):
+                raise ConfigError(f"training.output_dir: {target} is not writable")
+            return
+
+
+def _checkpoint_step(path: str) -> int | None:
+    import json
+
+    try:
+        return int(json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _trim_log(path: Path, step: int | None) -> None:
+    """A resumed run appends to trainer_log.jsonl; drop the entries the interrupted run logged after
+    the checkpoint it resumes from, which the resumed run logs again."""
+    import json
+
+    if step is None or not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            entry_step = json.loads(line).get("step", 0)
+        except ValueError:
+            continue  # a line cut short by the kill
+        if isinstance(entry_step, int) and entry_step <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _perplexity(loss: float) -> float:

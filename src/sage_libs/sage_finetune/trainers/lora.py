@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..utils.io import atomic_dir
-from .base import BaseTrainer
+from .base import BaseTrainer, _is_main_process
 
 __all__ = ["LoRATrainer", "linear_module_names", "check_target_modules", "check_modules_to_save", "peft_lora_config"]
 
@@ -91,13 +91,8 @@ class LoRATrainer(BaseTrainer):
             kwargs["path_initial_model_for_weight_conversion"] = os.path.join(self._initial_adapter.name, "initial")
         self.model.save_pretrained(str(output_dir), safe_serialization=True, **kwargs)
 
-    def save_model(self, output_dir: str | os.PathLike) -> str:
-        """Write the adapter (see :meth:`save_adapter`) and the tokenizer atomically."""
-        self.setup()
-        with atomic_dir(output_dir) as tmp:
-            self.save_adapter(tmp)
-            self.tokenizer.save_pretrained(tmp)
-        return str(output_dir)
+    def write_weights(self, output_dir: str | os.PathLike) -> None:
+        self.save_adapter(output_dir)
 
     def merge_and_save(self, output_dir: str | os.PathLike) -> str:
         """Merge the adapter into a freshly loaded full-precision copy of the base and save it.
@@ -108,6 +103,8 @@ class LoRATrainer(BaseTrainer):
         from peft import PeftModel
 
         self.setup()
+        if not _is_main_process():
+            return str(output_dir)
         base = self.load_merge_base()
         with tempfile.TemporaryDirectory(prefix="sage-ft-adapter-") as adapter_dir:
             self.save_adapter(adapter_dir)
@@ -133,6 +130,10 @@ class LoRATrainer(BaseTrainer):
         from peft import PeftModel
         from transformers import AutoTokenizer
 
+        from ..utils.model_files import check_adapter_dir
+
+        check_adapter_dir(path, allow_pickle_weights=self.training_config.allow_pickle_weights,
+                          option="load_model")
         if (path / "tokenizer_config.json").exists():
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         elif self.tokenizer is None:

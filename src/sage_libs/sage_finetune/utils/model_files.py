@@ -1,0 +1,106 @@
+"""What a local model directory holds, checked before anything is loaded from it.
+
+``from_pretrained`` fails late and vaguely on a directory that lacks its tokenizer ("Couldn't
+instantiate the backend tokenizer...") and happily unpickles ``pytorch_model.bin``. These checks
+read only file names (and ``config.json``), so they cost nothing and run before the data is
+prepared or the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+
+__all__ = ["TOKENIZER_FILES", "looks_like_local_path", "pickle_weight_files", "check_model_dir",
+           "check_adapter_dir", "max_positions"]
+
+# Any one of these is enough for AutoTokenizer (fast tokenizer, slow sentencepiece/BPE/WordPiece vocab).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True for what can only be a local path (a hub id is ``name`` or ``org/name``)."""
+    if os.path.isabs(name) or name.startswith(("./", "../", "~", ".\\", "..\\")) or name.endswith(("/", "\\")):
+        return True
+    if name.count("/") > 1 or (os.sep != "/" and os.sep in name):
+        return True
+    parent = Path(name).parent
+    return str(parent) not in ("", ".") and parent.is_dir()  # "models/tiny" where ./models exists
+
+
+def pickle_weight_files(names: set[str], prefix: str = "pytorch_model") -> list[str]:
+    """Pickled weight files (``pytorch_model.bin``, its shards and index) among ``names``."""
+    return sorted(n for n in names if n.startswith(prefix) and (n.endswith(".bin") or n.endswith(".bin.index.json")))
+
+
+def _pickle_refusal(option: str, path: Path, file: str) -> ConfigError:
+    return ConfigError(
+        f"{option}: {path} holds its weights only as a pickle file ({file}); unpickling a file from an untrusted "
+        "source can run arbitrary code, so only safetensors weights are loaded by default. Convert the checkpoint "
+        "to safetensors (model.save_pretrained(DIR) writes model.safetensors), or, if you trust where it came "
+        "from, set training.allow_pickle_weights: true")
+
+
+def check_model_dir(name_or_path: str, *, allow_pickle_weights: bool = False,
+                    option: str = "training.model_name_or_path") -> None:
+    """Raise a ConfigError naming what is missing when ``name_or_path`` is a local path that cannot
+    be loaded: no such directory, a file, no config.json, no tokenizer, no weights, or weights only
+    as pickle (unless allowed). A hub id passes untouched (it is checked when it is downloaded)."""
+    p = Path(name_or_path).expanduser()
+    if not p.exists():
+        if looks_like_local_path(name_or_path):
+            raise ConfigError(f"{option}: {name_or_path}: no such directory; expected a local model directory "
+                              "(config.json, *.safetensors and the tokenizer files) or a hub id such as "
+                              "Qwen/Qwen2.5-0.5B-Instruct")
+        return
+    if not p.is_dir():
+        raise ConfigError(f"{option}: {p} is a file; expected a model directory (config.json, *.safetensors and "
+                          "the tokenizer files) or a hub id")
+    names = {f.name for f in p.iterdir()}
+    if "config.json" not in names:
+        if "adapter_config.json" in names:
+            raise ConfigError(f"{option}: {p} is a PEFT adapter, not a model; set it to the adapter's base model "
+                              "and load the adapter with 'sage-finetune eval --adapter' or 'merge --adapter'")
+        raise ConfigError(f"{option}: {p} has no config.json; expected a model directory written by "
+                          "save_pretrained (config.json, *.safetensors and the tokenizer files)")
+    if not names & set(TOKENIZER_FILES):
+        raise ConfigError(f"{option}: {p} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:4])}); save it "
+                          f"there with tokenizer.save_pretrained('{p}'), or copy the tokenizer files of the model "
+                          "it was trained from")
+    safe = [n for n in names if n.endswith(".safetensors") or n.endswith(".safetensors.index.json")]
+    pickled = pickle_weight_files(names)
+    if not safe and pickled and not allow_pickle_weights:
+        raise _pickle_refusal(option, p, pickled[0])
+    if not safe and not pickled:
+        raise ConfigError(f"{option}: {p} has no weights (model.safetensors or model.safetensors.index.json "
+                          "and its shards)")
+
+
+def check_adapter_dir(path: str | os.PathLike, *, allow_pickle_weights: bool = False,
+                      option: str = "--adapter") -> None:
+    """The adapter counterpart: adapter_model.bin only needs the same explicit opt-in."""
+    p = Path(path)
+    names = {f.name for f in p.iterdir()} if p.is_dir() else set()
+    if "adapter_model.safetensors" not in names and "adapter_model.bin" in names and not allow_pickle_weights:
+        raise _pickle_refusal(option, p, "adapter_model.bin")
+
+
+def max_positions(name_or_path: str) -> tuple[int | None, bool]:
+    """``(max_position_embeddings, rope_scaled)`` from a local model's config.json (None when unknown)."""
+    config = Path(name_or_path).expanduser() / "config.json"
+    if not config.is_file():
+        return None, False
+    try:
+        data: Any = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None, False
+    text = data.get("text_config") if isinstance(data.get("text_config"), dict) else data
+    limit = text.get("max_position_embeddings")
+    rope = text.get("rope_scaling") or text.get("rope_parameters") or {}
+    scaled = isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) not in ("default", None)
+    return (limit if isinstance(limit, int) and limit > 0 else None), scaled

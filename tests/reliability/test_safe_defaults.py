@@ -1,0 +1,157 @@
+"""Safe defaults: safetensors in and out, pickled weights only on request, no remote code, YAML as
+plain data, formatting functions only from files the user names."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import yaml
+
+from ._helpers import assert_weights_are_safetensors, write_config
+
+torch = pytest.importorskip("torch")
+
+from sage_libs.sage_finetune import ConfigError, LoRAConfig, TrainingConfig, create_trainer  # noqa: E402
+from sage_libs.sage_finetune.cli import _make_trainer, load_run_config, main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pickle_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its weights as pytorch_model.bin only (what old hub checkpoints look like)."""
+    from safetensors.torch import load_file
+
+    out = tmp_path_factory.mktemp("pickled") / "model"
+    shutil.copytree(tiny_model_dir, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(str(tiny_model_dir / "model.safetensors")), out / "pytorch_model.bin")
+    return out
+
+
+@pytest.fixture
+def from_pretrained_calls(monkeypatch):
+    """Records the keyword arguments of every AutoTokenizer/AutoModelForCausalLM.from_pretrained call."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    calls = []
+    for cls in (AutoTokenizer, AutoModelForCausalLM):
+        real = cls.from_pretrained
+
+        def record(*args, _real=real, _name=cls.__name__, **kwargs):
+            calls.append((_name, kwargs))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", record)
+    return calls
+
+
+def test_loads_safetensors_only_and_no_remote_code_by_default(tiny_model_dir, tmp_path, from_pretrained_calls):
+    trainer = create_trainer("lora", training_config=TrainingConfig(
+        model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "out")), lora_config=LoRAConfig(r=4))
+    trainer.setup()
+    assert {name for name, _ in from_pretrained_calls} == {"AutoTokenizer", "AutoModelForCausalLM"}
+    for name, kwargs in from_pretrained_calls:
+        assert kwargs["trust_remote_code"] is False, name
+    model_kwargs = next(kw for name, kw in from_pretrained_calls if name == "AutoModelForCausalLM")
+    assert model_kwargs["use_safetensors"] is True
+
+
+def test_pickled_weights_need_an_explicit_opt_in(pickle_model_dir, tmp_path, from_pretrained_calls):
+    tc = TrainingConfig(model_name_or_path=str(pickle_model_dir), output_dir=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"holds its weights only as a pickle file \(pytorch_model.bin\); .*"
+                                          r"set training.allow_pickle_weights: true"):
+        create_trainer("lora", training_config=tc, lora_config=LoRAConfig(r=4)).setup()
+    assert not any(name == "AutoModelForCausalLM" for name, _ in from_pretrained_calls)  # refused before loading
+    trainer = create_trainer("lora", training_config=tc.replace(allow_pickle_weights=True), lora_config=LoRAConfig(r=4))
+    trainer.setup()
+    assert trainer.model is not None
+    model_kwargs = [kw for name, kw in from_pretrained_calls if name == "AutoModelForCausalLM"][-1]
+    assert model_kwargs["use_safetensors"] is None  # safetensors would still win where present
+
+
+def test_the_opt_in_is_documented():
+    import dataclasses
+
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainingConfig)}["allow_pickle_weights"]
+    assert "arbitrary code" in help_text
+    assert TrainingConfig(model_name_or_path="m", output_dir="o").allow_pickle_weights is False
+
+
+def test_save_model_writes_safetensors(tiny_model_dir, tmp_path):
+    """Full-model outputs too (the LoRA, merge and checkpoint outputs are checked in test_faults)."""
+    trainer = create_trainer("full", training_config=TrainingConfig(
+        model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "out")))
+    trainer.save_model(tmp_path / "out" / "model")
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+    assert_weights_are_safetensors(tmp_path / "out")
+
+
+def test_yaml_python_tags_are_refused_not_run(tmp_path, capsys):
+    made = tmp_path / "made-by-yaml"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f"method: lora\ntraining:\n  run_name: !!python/object/apply:os.mkdir ['{made}']\n")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:3: YAML tags that create Python objects (!!python/...) are not allowed" in err
+    assert not made.exists()
+    # an override is parsed with safe_load too: the tag stays a plain string
+    cfg = load_run_config(None, ["model_name_or_path=m", "output_dir=o",
+                                 f"training.run_name=!!python/object/apply:os.mkdir ['{made}']"])
+    assert isinstance(cfg["training"].run_name, str) and not made.exists()
+
+
+FORMAT_PY = '''
+def to_messages(record):
+    return [{"role": "user", "content": record["q"]}, {"role": "assistant", "content": record["a"]}]
+'''
+
+
+def test_formatting_func_from_a_file_beside_the_config(tiny_model_dir, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my_format.py").write_text(FORMAT_PY)
+    data = project / "qa.jsonl"
+    data.write_text('{"q": "What is 2 + 2?", "a": "4"}\n{"q": "Capital of France?", "a": "Paris"}\n')
+    cfg = write_config(project, tiny_model_dir,
+                       data={"train_file": str(data), "formatting_func": "my_format.py:to_messages"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the file is found beside the config, not in the current directory
+    run = load_run_config(str(cfg))
+    assert run["data"].formatting_func == f"{project / 'my_format.py'}:to_messages"
+    trainer = _make_trainer(run)
+    assert trainer.formatting_func({"q": "x", "a": "y"})[1] == {"role": "assistant", "content": "y"}
+    dataset = trainer.prepare_dataset(str(data))
+    assert len(dataset) == 2 and trainer.data_stats["train"]["formats"] == {"formatting_func": 2}
+    assert yaml.safe_load(yaml.safe_dump(trainer.resolved_config()))["data"]["formatting_func"].endswith(
+        "my_format.py:to_messages")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("json:loads", "'json:loads' does not name a .py file; give the path of the file that defines the function"),
+    ("os.path:join", "does not name a .py file"),
+    ("my_format.py", "'my_format.py' is not FILE.py:FUNCTION"),
+    ("missing.py:f", "data.formatting_func: missing.py: no such file"),
+])
+def test_formatting_func_never_imports_a_module_by_name(spec, message, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    before = set(sys.modules)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        create_trainer("lora", training_config=TrainingConfig(model_name_or_path="m", output_dir="o"),
+                       data_config={"formatting_func": spec})
+    assert not {m for m in set(sys.modules) - before if m.startswith("_sage_finetune_user")}
+
+
+def test_formatting_func_errors_in_the_file_are_named(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(record):\n    return record[\n")
+    with pytest.raises(ConfigError, match=r"bad.py:\d+: syntax error"):
+        create_trainer("lora", training_config=TrainingConfig(model_name_or_path="m", output_dir="o"),
+                       data_config={"formatting_func": f"{bad}:f"})
+    raising = tmp_path / "raising.py"
+    raising.write_text("raise RuntimeError('no config here')\n")
+    with pytest.raises(ConfigError, match=r"importing .*raising.py raised RuntimeError: no config here"):
+        create_trainer("lora", training_config=TrainingConfig(model_name_or_path="m", output_dir="o"),
+                       data_config={"formatting_func": f"{raising}:f"})
