@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv with the dev, qlora, tensorboard and wandb extras and run the default test suite (CPU, ~minutes on 2 cores).
+# Set up .venv with the dev, qlora, tensorboard, wandb and deepspeed extras and run the default test suite (CPU, ~minutes on 2 cores).
 # Extra pytest arguments pass through, e.g. `bash scripts/test.sh --run-training`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q torch==2.13.0          # the CPU build; must come before the project (see README)
-pip install -q -e ".[dev,qlora,tensorboard,wandb]"
+pip install -q -e ".[dev,qlora,tensorboard,wandb,deepspeed]"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 pip uninstall -q -y isage-common 2>/dev/null || true
 python -m pytest -q "$@"

@@ -84,3 +84,26 @@ def test_deepspeed_zero2_on_cpu(tiny_model_dir, tmp_path):
     log = [json.loads(x) for x in (tmp_path / "ds" / "trainer_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "ds" / "metrics.json").read_text())["global_step"] == 4
+
+
+@pytest.mark.gpu
+def test_fsdp_full_shard_on_gpus(tiny_model_dir, tmp_path):
+    """FSDP through the HF Trainer needs CUDA (it is dropped or refused on CPU)."""
+    import torch
+
+    n = max(1, min(2, torch.cuda.device_count()))
+    cfg = write_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "fsdp"), use_cpu=False,
+                       fsdp="full_shard auto_wrap",
+                       fsdp_config={"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]})
+    text = yaml.safe_load(cfg.read_text())
+    text["method"] = "full"
+    text.pop("lora")
+    cfg.write_text(yaml.safe_dump(text))
+    run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={free_port()}",
+         "-m", "sage_libs.sage_finetune.cli", "train", str(cfg)])
+    from safetensors.torch import load_file
+
+    weights = load_file(next((tmp_path / "fsdp" / "model").glob("*.safetensors")))
+    assert weights and all(torch.isfinite(v).all() for v in weights.values())
+    log = [json.loads(x) for x in (tmp_path / "fsdp" / "trainer_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]

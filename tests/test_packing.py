@@ -139,3 +139,14 @@ def test_lora_training_with_packing(tiny_model_dir, tmp_path):
     # the packed rows were batched with position_ids and no attention mask
     batch = trainer.data_collator()([trainer.hf_trainer.train_dataset[0]])
     assert "attention_mask" not in batch and batch["position_ids"][0].tolist().count(0) > 1
+
+
+def test_group_by_length_reaches_the_sampler(tiny_model_dir, tmp_path):
+    from sage_libs.sage_finetune import DataConfig, TrainingConfig, create_trainer
+
+    tc = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "o"))
+    grouped = create_trainer("lora", training_config=tc, data_config=DataConfig(group_by_length=True))
+    plain = create_trainer("lora", training_config=tc)
+    assert grouped.training_arguments(False).train_sampling_strategy == "group_by_length"
+    assert plain.training_arguments(False).train_sampling_strategy == "random"
+    assert grouped.training_arguments(False).length_column_name == "length"
