@@ -106,11 +106,6 @@ def plot_length_histogram(lengths: list[int], path: str | os.PathLike, max_seq_l
     ax.set_xlabel("tokens per sample (after truncation)")
     ax.set_ylabel("samples")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from ..utils.plotting import save_figure
+
+    return save_figure(fig, path)

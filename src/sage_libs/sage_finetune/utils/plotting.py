@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["plot_loss"]
+__all__ = ["plot_loss", "save_figure"]
 
 
 def plot_loss(log: Iterable[dict[str, Any]], path: str | os.PathLike, title: str | None = None) -> Path | None:
@@ -33,6 +33,13 @@ def plot_loss(log: Iterable[dict[str, Any]], path: str | os.PathLike, title: str
     ax.legend()
     if title:
         ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
