@@ -273,3 +273,14 @@ def test_debug_shows_the_traceback(tmp_path, tiny_model_dir):
 
 def test_there_are_at_least_25_cases():
     assert len(CASES) + 2 >= 25
+
+
+def test_yaml_no_means_the_string_no(tmp_path, tiny_model_dir):
+    """YAML 1.1 reads an unquoted `no` as false; for options whose choices include 'no' that is what
+    the user meant, not a type error."""
+    from sage_libs.sage_finetune.cli import load_run_config
+
+    cfg = write_config(tmp_path, tiny_model_dir)
+    cfg.write_text(cfg.read_text().replace("save_strategy: 'no'", "save_strategy: no"))
+    assert "save_strategy: no\n" in cfg.read_text()
+    assert load_run_config(str(cfg), ["training.eval_strategy=no"])["training"].save_strategy == "no"

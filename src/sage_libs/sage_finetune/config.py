@@ -127,6 +127,10 @@ class _Config:
                     setattr(self, f.name, value)
                 except ValueError:
                     pass
+            # YAML 1.1 also reads an unquoted `no` (or `off`) as false: `save_strategy: no` means "no"
+            if value is False and "no" in (f.metadata.get("choices") or ()) and not _matches(value, tp):
+                value = "no"
+                setattr(self, f.name, value)
             if isinstance(value, tuple):
                 value = list(value)
                 setattr(self, f.name, value)
