@@ -51,6 +51,9 @@ from .registry import (
 # Heavy classes, imported on first attribute access (PEP 562).
 _LAZY = {
     "BaseTrainer": "trainers.base",
+    "TrainingError": "trainers.base",
+    "NonFiniteLossError": "trainers.base",
+    "TrainingInterrupted": "trainers.base",
     "LoRATrainer": "trainers.lora",
     "QLoRATrainer": "trainers.qlora",
     "DoRATrainer": "trainers.dora",
