@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
-from ._helpers import EXAMPLE_DATA, write_config
+from ._helpers import write_config
 
 torch = pytest.importorskip("torch")
 
