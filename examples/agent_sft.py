@@ -1,6 +1,6 @@
 """Agent SFT on the shipped synthetic tool-use dataset: does the tiny model learn to act?
 
-    python examples/agent_sft.py                 # ~10 min on 2 CPU cores
+    python examples/agent_sft.py                 # ~10-12 min on 2 CPU cores
     python examples/agent_sft.py --method lora   # any method: lora, qlora, dora, full
 
 It builds (once) a tiny Llama base model whose tokenizer is trained on the example data, then
@@ -34,14 +34,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="./tiny-agent-model", help="built here if missing")
     parser.add_argument("--method", default="full")
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--epochs", type=float, default=6.0)
     parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--eval-trajectories", type=int, default=60)
+    parser.add_argument("--eval-trajectories", type=int, default=30)
     parser.add_argument("--output-dir", default="./outputs/agent-sft")
     args = parser.parse_args()
 
     model = ensure_model(Path(args.model))
-    lr = args.learning_rate or (1e-3 if args.method in ("full", "freeze") else 3e-3)
+    lr = args.learning_rate or (1.5e-3 if args.method in ("full", "freeze") else 3e-3)
     kwargs = {} if args.method in ("full", "freeze") else {
         "lora_config": LoRAConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules="all-linear")}
     trainer = create_trainer(
