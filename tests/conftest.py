@@ -12,6 +12,8 @@ EXAMPLE_DATA = REPO / "examples" / "data"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the tokenized-data cache of test runs goes to a temporary folder, not the user's ~/.cache
+os.environ.setdefault("SAGE_FINETUNE_CACHE", __import__("tempfile").mkdtemp(prefix="sage-finetune-test-cache-"))
 
 
 def pytest_addoption(parser):

@@ -273,6 +273,13 @@ class TrainingConfig(_Config):
     attn_implementation: Union[str, None] = _opt(None, "Attention kernel: sdpa, eager, flash_attention_2; null: the model's default.")
     use_cpu: bool = _opt(False, "Train on the CPU even if a GPU is present.")
     disable_tqdm: bool = _opt(False, "Hide the progress bar.")
+    selective_logits: bool = _opt(
+        True, "Compute the LM head and the loss only at the positions whose label is trained (same loss and "
+              "gradients, less time and memory); false: the model's own forward with labels (logits everywhere).")
+    malloc_tuning: bool = _opt(
+        True, "Linux/glibc: keep memory freed between training steps in the process (mallopt M_MMAP_MAX=0 and a "
+              "high trim threshold) instead of returning it to the OS and faulting it in again every step; "
+              "false (or SAGE_FINETUNE_MALLOC_TUNING=0) leaves the allocator alone.")
 
     def _validate(self) -> None:
         if not self.model_name_or_path:
@@ -372,6 +379,14 @@ class DataConfig(_Config):
     packing: bool = _opt(False, "Pack several samples into rows of training.max_seq_length tokens (best-fit "
                                 "decreasing, per-document position_ids, no attention across samples).")
     group_by_length: bool = _opt(False, "Unpacked runs: batch samples of similar length together to cut padding.")
+    padding_free: Union[bool, None] = _opt(
+        None, "Concatenate the samples of each batch into one row with per-document position_ids instead of "
+              "padding them: no padding is computed and each sample attends only to itself. null: on when "
+              "training on the CPU or with a flash_attention_* kernel, off otherwise (padded batches).")
+    cache: bool = _opt(True, "Cache tokenized data from files (keyed by file contents, tokenizer, template and every "
+                             "rendering option) and reuse it when the same data is prepared again.")
+    cache_dir: Union[str, None] = _opt(None, "Where the tokenized-data cache lives; null: $SAGE_FINETUNE_CACHE or "
+                                              "~/.cache/isage-finetune.")
     on_error: str = _opt("raise", "Bad records: raise (stop with the file:line) or skip (drop and count them).",
                          choices=("raise", "skip"))
     formatting_func: Union[str, None] = _opt(

@@ -51,12 +51,14 @@ class PackedCollator:
     flatten: bool = False
     pad_to_multiple_of: int | None = None
 
+    emits_position_ids = True  # (not a field) tells the trainer to use per-document attention
+
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         rows = [(list(ex["input_ids"]), list(ex["labels"]), _positions(ex)) for ex in examples]
         if self.flatten:
-            rows = [tuple(sum((r[k] for r in rows), []) for k in range(3))]
+            rows = [tuple([x for r in rows for x in r[k]] for k in range(3))]
         longest = max(len(r[0]) for r in rows)
         if self.pad_to_multiple_of:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of

@@ -24,6 +24,7 @@ import weakref
 from typing import Any
 
 __all__ = ["DOC_ATTENTION", "selective_causal_lm_loss", "supports_selective_logits", "install_doc_attention",
+           "resolve_padding_free",
            "doc_attention_supported", "tune_malloc", "real_token_count"]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ def supports_selective_logits(model: Any) -> bool:
     """True when the model's forward slices its hidden states with ``slice_logits_to_keep``
     (so a boolean ``logits_to_keep`` mask returns ``(n_kept, vocab)`` logits)."""
     base = _base_causal_lm(model)
+    config = getattr(base, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text_config, "output_router_logits", False):
+        return False  # MoE: the model's own loss adds the router's auxiliary loss
     cls = type(base)
     cached = getattr(cls, "_sage_selective_logits", None)
     if cached is None:
@@ -86,17 +91,16 @@ def selective_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_ba
 # ------------------------------------------------------------------------------------------------
 # Per-document attention for padding-free rows
 # ------------------------------------------------------------------------------------------------
-_segments_memo: dict[str, Any] = {"ref": None, "version": None, "key": None, "value": None}
+_segments_memo: tuple[Any, ...] = (None, None, None, None)  # (weakref, version, key, segments): one atomic swap
 
 
 def _doc_segments(position_ids: Any, batch: int, length: int) -> list[list[tuple[int, int]]] | None:
     """``[(start, end), ...]`` per row: a document starts wherever its position is 0. ``None`` when
     the positions do not describe whole documents starting at the row's first token."""
-    memo = _segments_memo
-    ref = memo["ref"]
-    if ref is not None and ref() is position_ids and memo["version"] == position_ids._version \
-            and memo["key"] == (batch, length):
-        return memo["value"]  # every layer of one forward pass sees the same position_ids
+    global _segments_memo
+    ref, version, key, value = _segments_memo
+    if ref is not None and ref() is position_ids and version == position_ids._version and key == (batch, length):
+        return value  # every layer of one forward pass sees the same position_ids
     pos = position_ids.detach()
     if pos.dim() == 1:
         pos = pos.unsqueeze(0)
@@ -111,7 +115,7 @@ def _doc_segments(position_ids: Any, batch: int, length: int) -> list[list[tuple
         rows.append(list(zip(starts, starts[1:] + [length])))
     if len(rows) == 1 and batch > 1:
         rows = rows * batch
-    memo.update(ref=weakref.ref(position_ids), version=position_ids._version, key=(batch, length), value=rows)
+    _segments_memo = (weakref.ref(position_ids), position_ids._version, (batch, length), rows)
     return rows
 
 
@@ -132,12 +136,16 @@ def doc_attention_forward(module: Any, query: Any, key: Any, value: Any, attenti
             gqa = query.shape[1] != key.shape[1]
             sdpa = torch.nn.functional.scaled_dot_product_attention
             rows = []
+            # split (not slicing) so that backward concatenates the gradients instead of adding
+            # each document's into a zero tensor of the whole row
             for b, row in enumerate(segments):
-                outs = [sdpa(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                             dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa) for s, e in row]
-                rows.append(outs[0] if len(outs) == 1 else torch.cat(outs, dim=2))
+                sizes = [e - s for s, e in row]
+                parts = zip(*(t[b:b + 1].split(sizes, dim=2) for t in (query, key, value)))
+                outs = [sdpa(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa).transpose(1, 2)
+                        for q, k, v in parts]  # (1, len, heads, dim): the layout the caller reshapes
+                rows.append(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
             out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
-            return out.transpose(1, 2).contiguous(), None
+            return out.contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, **kwargs)
 
@@ -166,15 +174,23 @@ def _register() -> None:
 def doc_attention_supported(model: Any) -> str | None:
     """``None`` when :data:`DOC_ATTENTION` can replace the model's attention exactly, else why not.
 
-    Only plain causal decoders qualify: sdpa today, attention through transformers'
+    Only plain causal decoders on the CPU qualify: sdpa today, attention through transformers'
     ``AttentionInterface``, every layer full attention (no sliding window, no chunked or
-    bidirectional blocks) and a text-only config (multimodal models overlay masks of their own)."""
+    bidirectional blocks) and a text-only config (multimodal models overlay masks of their own).
+    On GPUs one sdpa call per document would launch many small kernels; flash-attention kernels
+    handle padding-free rows natively there."""
     import torch
 
     base = _base_causal_lm(model)
     config = getattr(base, "config", None)
     if config is None:
         return "no config"
+    try:
+        device = next(base.parameters()).device.type
+    except (StopIteration, AttributeError):
+        device = "cpu"
+    if device != "cpu":
+        return f"the model is on {device} (on GPUs use flash_attention_2, which reads the same position_ids)"
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return f"attention is {getattr(config, '_attn_implementation', None)!r}, not sdpa"
     if config.get_text_config() is not config or getattr(config, "is_encoder_decoder", False):
@@ -197,7 +213,9 @@ def doc_attention_supported(model: Any) -> str | None:
 
 
 def install_doc_attention(model: Any) -> bool:
-    """Switch a supported model to :data:`DOC_ATTENTION`; returns whether it did."""
+    """Switch a supported model to :data:`DOC_ATTENTION`; returns whether it uses it now."""
+    if getattr(_base_causal_lm(model).config, "_attn_implementation", None) == DOC_ATTENTION:
+        return True
     why = doc_attention_supported(model)
     if why is not None:
         logger.info("per-document attention not used: %s", why)
@@ -263,3 +281,25 @@ def tune_malloc() -> bool:
         return False
     _malloc_tuned = ok
     return ok
+
+
+# ------------------------------------------------------------------------------------------------
+# Padding-free batches
+# ------------------------------------------------------------------------------------------------
+def resolve_padding_free(data_config: Any, training_config: Any, model: Any) -> bool:
+    """``data.padding_free`` for this run: an explicit true/false wins; null turns it on when each
+    document's attention stays cheap, i.e. flash-attention kernels (varlen from position_ids) or
+    sdpa on the CPU, where :data:`DOC_ATTENTION` replaces it. Elsewhere sdpa/eager would build a
+    block-diagonal mask over the whole batch, so padded batches stay the default there."""
+    explicit = getattr(data_config, "padding_free", None)
+    if explicit is not None:
+        return bool(explicit)
+    if model is None:
+        return False
+    impl = str(getattr(_base_causal_lm(model).config, "_attn_implementation", "") or "")
+    if impl.startswith("flash_attention") or impl == DOC_ATTENTION:
+        return True
+    import torch
+
+    on_cpu = bool(getattr(training_config, "use_cpu", False)) or not torch.cuda.is_available()
+    return on_cpu and doc_attention_supported(model) is None

@@ -279,7 +279,7 @@ class BaseTrainer(FineTuner):
         ``datasets.Dataset`` with ``input_ids``, ``labels`` and ``length``."""
         from datasets import Dataset, concatenate_datasets
 
-        from ..data.pipeline import PrepareStats, is_tokenized, tokenize_records
+        from ..data.pipeline import PrepareStats, is_tokenized, prepare_records
 
         if data is None:
             return None
@@ -293,19 +293,20 @@ class BaseTrainer(FineTuner):
             chat_template = dc.chat_template
             if chat_template and os.path.isfile(chat_template):
                 chat_template = Path(chat_template).read_text(encoding="utf-8")
-            columns, stats = tokenize_records(
-                records, self.tokenizer, fmt=dc.format, max_seq_length=self.training_config.max_seq_length,
+            dataset, stats = prepare_records(  # through the tokenized-data cache (data.cache, data.cache_dir)
+                records, self.tokenizer, cache=dc.cache, cache_dir=dc.cache_dir,
+                fmt=dc.format, max_seq_length=self.training_config.max_seq_length,
                 train_on_prompt=dc.train_on_prompt, mask_history=dc.mask_history, chat_template=chat_template,
                 system_prompt=dc.system_prompt, formatting_func=self.formatting_func, on_error=dc.on_error,
                 agent_format=dc.agent_format, tools=self.dataset_tools())
             stats.skipped_invalid += getattr(records, "skipped", 0)  # lines the loader could not parse
             stats_parts.append(stats)
-            if not columns["input_ids"]:
+            if len(dataset) == 0:
                 source = getattr(records, "source", None) or f"{split} data"
                 raise ConfigError(f"{source}: no trainable examples ({stats.records} records, "
                                   f"{stats.skipped_invalid} invalid, {stats.dropped_no_trained_tokens} with every "
                                   "trained token cut by max_seq_length)")
-            parts.append(Dataset.from_dict(columns))
+            parts.append(dataset)
         if stats_parts:
             self.data_stats[split] = PrepareStats.merge(stats_parts).to_dict()
         dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
@@ -336,10 +337,12 @@ class BaseTrainer(FineTuner):
 
     def data_collator(self) -> Any:
         from ..data.collate import PackedCollator, PaddingCollator
+        from ._fast import resolve_padding_free
 
-        if self.data_config.packing:
+        flat = resolve_padding_free(self.data_config, self.training_config, self.model)  # data.padding_free
+        if self.data_config.packing or flat:
             # also right for the unpacked eval rows: each is one document plus a padding tail
-            return PackedCollator(pad_token_id=self.tokenizer.pad_token_id)
+            return PackedCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=flat)
         return PaddingCollator(pad_token_id=self.tokenizer.pad_token_id)
 
     # ----------------------------------------------------------------------------------------

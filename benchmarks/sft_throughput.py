@@ -1,0 +1,593 @@
+"""SFT throughput on the CPU: isage-finetune against TRL's SFTTrainer, same model, same data, same run.
+
+    pip install -e .[bench]                                       # adds trl
+    python benchmarks/sft_throughput.py                           # the full benchmark (see README "Performance")
+    python benchmarks/sft_throughput.py --samples 32 --quick      # a few minutes, for development
+    python benchmarks/sft_throughput.py --ablations               # also ours with each optimisation off
+
+Workload (built locally, seeded; nothing is downloaded): a Llama-architecture model from config
+(hidden 512, 8 layers, 8 heads, 4 kv heads, intermediate 1408, untied, fp32, ~32M parameters) and
+a byte-level BPE tokenizer with 8192 tokens trained on the data; synthetic chat records in
+``messages`` form with 1-4 turns and heavy-tailed lengths (median ~150 tokens, p99 ~950, some over
+1024). Training: LoRA r=16, alpha=32, dropout 0 on every linear projection; loss on the assistant
+replies only; max length 1024; batch 8; one epoch over ``--samples`` samples; AdamW, lr 1e-3,
+linear decay, no warm-up, no weight decay; no gradient checkpointing, no mixed precision.
+
+Every variant runs in its own interpreter (so peak RSS is per run) with the same number of torch
+threads; ours and TRL's alternate. Columns:
+
+* prep s: data preparation inside the run (ours: ``prepare_dataset``, cold cache; TRL: building
+  ``SFTTrainer``, which prepares its dataset);
+* train s: wall time from the first to the last training step (a TrainerCallback, same for both);
+* real tok/s: non-padding tokens trained on per second (identical token count for all variants);
+* trained tok/s: tokens whose label is trained (the assistant replies) per second;
+* computed/real: tokens the model ran on (padding included) per real token;
+* peak RSS: the run's maximum resident memory (ru_maxrss);
+* eval loss: mean cross-entropy per trained token on held-out records after training, computed the
+  same way (batch 1, our tokenization) for every variant;
+* MFU: useful FLOPs / train s / the fp32 matmul peak of this machine (measured here, best of
+  several square matmuls). Useful FLOPs per real token: 4 x frozen matmul parameters (forward and
+  input-gradient) + 6 x LoRA parameters, plus causal attention within each document
+  (12 x hidden x L(L+1)/2 per layer); padding and cross-document attention count as waste.
+
+A second table times data preparation of ``--prep-samples`` records (3000): ours cold, ours from the
+cache (a fresh process, same config), and TRL's preparation (``load_dataset`` + ``_prepare_dataset``).
+
+Results are printed and written to benchmarks/results/sft_throughput[_quick].json. The machine's
+load average is recorded: on a shared machine, compare ratios between variants of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+OURS = ("ours_default", "ours_packed")
+TRL = ("trl_padding", "trl_packing", "trl_group_by_length")
+ABLATIONS = ("ours_no_selective_logits", "ours_no_malloc_tuning", "ours_padded", "trl_group_by_length_malloc_env")
+LABELS = {
+    "ours_default": "ours default (padding-free)",
+    "ours_packed": "ours packed",
+    "trl_padding": "TRL padding",
+    "trl_packing": "TRL packing (bfd)",
+    "trl_group_by_length": "TRL group_by_length",
+    "ours_no_selective_logits": "ours default, full logits",
+    "ours_no_malloc_tuning": "ours default, no malloc tuning",
+    "ours_padded": "ours padded batches",
+    "trl_group_by_length_malloc_env": "TRL group_by_length + MALLOC_* env",
+}
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+
+MODEL = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+             intermediate_size=1408, vocab_size=8192)
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+TRAIN = dict(batch_size=8, max_length=1024, learning_rate=1e-3, seed=42)
+
+
+# ------------------------------------------------------------------------------------------------
+# Workload
+# ------------------------------------------------------------------------------------------------
+def _lexicon(n: int = 12000) -> list[str]:
+    rng = random.Random(1234)
+    cons = "b c d f g h j k l m n p r s t v w z ch sh th st tr pl".split()
+    vows = "a e i o u ai ea ou io".split()
+    words: set[str] = set()
+    while len(words) < n:
+        k = rng.choice((1, 2, 2, 3, 3, 4))
+        words.add("".join(rng.choice(cons) + rng.choice(vows) for _ in range(k)) + rng.choice(("", "", "n", "s", "r", "t")))
+    return sorted(words)
+
+
+def make_records(n: int, seed: int) -> list[dict]:
+    """Chat records with 1-4 turns, an optional system prompt and lognormal total lengths
+    (median ~150 tokens, p99 ~950 with the benchmark tokenizer; a few above 1024)."""
+    rng = random.Random(seed)
+    lexicon = _lexicon()
+    cum, total = [], 0.0
+    for i in range(len(lexicon)):  # Zipf-like word frequencies
+        total += 1.0 / (i + 1) ** 1.05
+        cum.append(total)
+
+    def sentence(n_words: int) -> str:
+        words = [lexicon[bisect.bisect_left(cum, rng.random() * total)] for _ in range(n_words)]
+        for i in range(10, len(words), 11):
+            words[i] += rng.choice((",", ".", "?", "!"))
+        return " ".join(words).capitalize() + "."
+
+    records = []
+    for _ in range(n):
+        target_tokens = min(4000.0, rng.lognormvariate(math.log(150), 0.95))
+        turns = rng.choice((1, 1, 2, 2, 3, 4))
+        messages = []
+        if rng.random() < 0.5:
+            messages.append({"role": "system", "content": sentence(rng.randint(4, 12))})
+        words = max(turns * 4, int(target_tokens / 1.75))
+        for _ in range(turns):
+            share = words / turns
+            user = max(2, int(share * rng.uniform(0.2, 0.5)))
+            messages.append({"role": "user", "content": sentence(user)})
+            messages.append({"role": "assistant", "content": sentence(max(2, int(share) - user))})
+        records.append({"messages": messages})
+    return records
+
+
+def build_workload(work: Path, n_train: int, n_eval: int, n_prep: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from sage_libs.sage_finetune.utils.tiny import train_tokenizer
+
+    files = {}
+    for name, n, seed in (("train", n_train, 1), ("eval", n_eval, 2), ("prep", n_prep, 3)):
+        path = work / f"{name}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for record in make_records(n, seed):
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        files[name] = str(path)
+    corpus = [m["content"] for r in make_records(3000, 0) for m in r["messages"]]
+    tokenizer = train_tokenizer(corpus, vocab_size=MODEL["vocab_size"])
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=MODEL["hidden_size"],
+                         intermediate_size=MODEL["intermediate_size"], num_hidden_layers=MODEL["num_hidden_layers"],
+                         num_attention_heads=MODEL["num_attention_heads"],
+                         num_key_value_heads=MODEL["num_key_value_heads"], max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model_dir = work / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return {"model_dir": str(model_dir), **files, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def tokenized(path: str, tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
+    from sage_libs.sage_finetune.data.pipeline import tokenize_records
+    from sage_libs.sage_finetune.loaders.jsonl import JSONLLoader
+
+    cols, _ = tokenize_records(JSONLLoader().load(path), tokenizer, max_seq_length=max_length)
+    return list(zip(cols["input_ids"], cols["labels"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Child processes
+# ------------------------------------------------------------------------------------------------
+def child_peak(threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        reps = max(2, int(2e10 / (2 * n ** 3)))
+        for _ in range(4):
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t))
+    return {"peak_flops": best}
+
+
+class _Counter:
+    """Wraps a collator: counts the tokens of every batch it builds (padding included)."""
+
+    def __init__(self, collator):
+        self.collator, self.tokens = collator, 0
+        self.emits_position_ids = getattr(collator, "emits_position_ids", False)
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        self.tokens += int(batch["input_ids"].numel())
+        return batch
+
+
+def _timer_callback():
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_train_end(self, args, state, control, **kw):
+            self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+            self.loss = next((h["train_loss"] for h in reversed(state.log_history) if "train_loss" in h), None)
+
+    return Timer()
+
+
+def eval_loss(model, examples) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids, labels in examples:
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1].float()
+            target = torch.tensor(labels[1:])
+            total += F.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
+            count += int((target != -100).sum())
+    return total / count
+
+
+def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    timer = _timer_callback()
+    prep = {}
+    if variant.startswith("ours"):
+        import datasets  # noqa: F401 - imported before timing, as in TRL's runs
+        from sage_libs.sage_finetune import DataConfig, TrainingConfig, create_trainer
+        from sage_libs.sage_finetune.data import pipeline  # noqa: F401
+
+        tc = TrainingConfig(model_name_or_path=work["model_dir"], output_dir=str(out_dir / "run"), num_train_epochs=1,
+                            per_device_train_batch_size=TRAIN["batch_size"],
+                            per_device_eval_batch_size=TRAIN["batch_size"], learning_rate=TRAIN["learning_rate"],
+                            warmup_steps=0, weight_decay=0.0, lr_scheduler_type="linear",
+                            max_seq_length=TRAIN["max_length"], logging_steps=1000, eval_strategy="no",
+                            save_strategy="no", disable_tqdm=True, seed=TRAIN["seed"], model_dtype="float32",
+                            use_cpu=True, selective_logits=variant != "ours_no_selective_logits",
+                            malloc_tuning=variant != "ours_no_malloc_tuning")
+        dc = DataConfig(packing=variant == "ours_packed", padding_free=False if variant == "ours_padded" else None,
+                        cache_dir=str(out_dir / "cache"))
+        trainer = create_trainer("lora", training_config=tc, lora_config=dict(LORA), data_config=dc,
+                                 callbacks=[timer])
+        real_prepare, real_collator = trainer.prepare_dataset, trainer.data_collator
+        counter = {}
+
+        def timed_prepare(data, split="train"):
+            t = time.perf_counter()
+            out = real_prepare(data, split)
+            prep[split] = time.perf_counter() - t
+            return out
+
+        def counting_collator():
+            counter["c"] = _Counter(real_collator())
+            return counter["c"]
+
+        trainer.prepare_dataset, trainer.data_collator = timed_prepare, counting_collator
+        trainer.train(work["train"])
+        model, tokenizer = trainer.model, trainer.tokenizer
+        own_real = int(sum(trainer.hf_trainer.train_dataset["length"]))
+        computed = counter["c"].tokens
+        extra = {"doc_attention": getattr(trainer.hf_trainer, "doc_attention", None),
+                 "selective_logits": getattr(trainer.hf_trainer, "selective_logits", None),
+                 "collator": type(trainer.hf_trainer.data_collator.collator).__name__
+                 + ("(flatten)" if getattr(trainer.hf_trainer.data_collator.collator, "flatten", False) else "")}
+    else:
+        import datasets
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trl import SFTConfig, SFTTrainer
+
+        datasets.disable_progress_bars()
+        tokenizer = AutoTokenizer.from_pretrained(work["model_dir"])
+        torch.manual_seed(TRAIN["seed"])
+        model = AutoModelForCausalLM.from_pretrained(work["model_dir"], dtype=torch.float32)
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+        args = SFTConfig(output_dir=str(out_dir / "run"), num_train_epochs=1,
+                         per_device_train_batch_size=TRAIN["batch_size"], learning_rate=TRAIN["learning_rate"],
+                         warmup_steps=0, weight_decay=0.0, lr_scheduler_type="linear", max_length=TRAIN["max_length"],
+                         assistant_only_loss=True, packing=variant == "trl_packing", gradient_checkpointing=False,
+                         bf16=False, fp16=False, use_cpu=True, report_to="none", save_strategy="no",
+                         eval_strategy="no", logging_steps=1000, disable_tqdm=True, seed=TRAIN["seed"],
+                         train_sampling_strategy="group_by_length" if "group_by_length" in variant else "random")
+        t = time.perf_counter()
+        train_ds = datasets.load_dataset("json", data_files=work["train"], split="train",
+                                         cache_dir=str(out_dir / "hf-datasets"))
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                             callbacks=[timer])
+        prep["train"] = time.perf_counter() - t
+        counter = _Counter(trainer.data_collator)
+        trainer.data_collator = counter
+        trainer.train()
+        model = trainer.model
+        own_real = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
+        computed = counter.tokens
+        extra = {}
+    examples = tokenized(work["train"], tokenizer, TRAIN["max_length"])
+    lengths = [len(ids) for ids, _ in examples]
+    trained = sum(sum(1 for x in labels[1:] if x != -100) for _, labels in examples)
+    ev = eval_loss(model, tokenized(work["eval"], tokenizer, TRAIN["max_length"]))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    frozen = sum(m.base_layer.weight.numel() if hasattr(m, "base_layer") else m.weight.numel()
+                 for name, m in base.named_modules()
+                 if isinstance(m, torch.nn.Linear) and "lora_" not in name)
+    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cfg = base.config
+    attn_width = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    useful = (sum(lengths) * (4 * frozen + 6 * lora)
+              + cfg.num_hidden_layers * 12 * attn_width * sum(n * (n + 1) // 2 for n in lengths))
+    return {"variant": variant, "prep_s": sum(prep.values()), "train_s": timer.wall, "train_cpu_s": timer.cpu,
+            "train_loss": timer.loss, "real_tokens": sum(lengths), "own_real_tokens": own_real,
+            "trained_tokens": trained, "computed_tokens": computed, "eval_loss": ev,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "useful_flops": useful,
+            "frozen_matmul_params": frozen, "lora_params": lora, **extra}
+
+
+def child_prep(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    if variant.startswith("prep_ours"):
+        import datasets  # noqa: F401 - imported before timing, as in TRL's runs
+        from sage_libs.sage_finetune import DataConfig, TrainingConfig, create_trainer
+        from sage_libs.sage_finetune.data import pipeline  # noqa: F401
+
+        tc = TrainingConfig(model_name_or_path=work["model_dir"], output_dir=str(out_dir / "run"),
+                            max_seq_length=TRAIN["max_length"])
+        trainer = create_trainer("lora", training_config=tc, data_config=DataConfig(cache_dir=work["prep_cache"]))
+        trainer.setup_tokenizer()
+        t = time.perf_counter()
+        ds = trainer.prepare_dataset(work["prep"])
+        seconds = time.perf_counter() - t
+        rows = list(zip(ds["input_ids"], ds["labels"]))
+    else:
+        import datasets
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trl import SFTConfig, SFTTrainer
+
+        datasets.disable_progress_bars()
+        tokenizer = AutoTokenizer.from_pretrained(work["model_dir"])
+        model = AutoModelForCausalLM.from_pretrained(work["model_dir"])
+        args = SFTConfig(output_dir=str(out_dir / "run"), max_length=TRAIN["max_length"], assistant_only_loss=True,
+                         gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none")
+        small = datasets.Dataset.from_list([json.loads(line) for line in open(work["prep"], encoding="utf-8")][:4])
+        trainer = SFTTrainer(model=model, args=args, train_dataset=small, processing_class=tokenizer)
+        t = time.perf_counter()
+        ds = datasets.load_dataset("json", data_files=work["prep"], split="train", cache_dir=str(out_dir / "hf"))
+        ds = trainer._prepare_dataset(ds, tokenizer, args, packing=False, formatting_func=None, dataset_name="train")
+        seconds = time.perf_counter() - t
+        rows = list(zip(ds["input_ids"], ds["labels"]))
+    digest = __import__("hashlib").sha256(json.dumps(rows).encode()).hexdigest()
+    return {"variant": variant, "seconds": seconds, "rows": len(rows), "digest": digest,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child_main(args) -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    work = json.loads(Path(args.work, "workload.json").read_text())
+    out_dir = Path(tempfile.mkdtemp(prefix=f"{args.child}-", dir=args.work))
+    if args.child == "peak":
+        result = child_peak(args.threads)
+    elif args.child.startswith("prep_"):
+        result = child_prep(args.child, work, args.threads, out_dir)
+    else:
+        result = child_train(args.child, work, args.threads, out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    print("RESULT " + json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------------------
+# Parent
+# ------------------------------------------------------------------------------------------------
+def run_child(name: str, args, work_dir: Path, extra_env: dict | None = None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "TOKENIZERS_PARALLELISM": "true", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    for key in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "SAGE_FINETUNE_MALLOC_TUNING"):
+        env.pop(key, None)
+    env.update(extra_env or {})
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", name, "--work", str(work_dir),
+                           "--threads", str(args.threads)], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"{name}: the child process failed (exit {proc.returncode})")
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["process_s"] = time.perf_counter() - t
+    return result
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: list[dict], peak: float) -> dict:
+    keys = ("prep_s", "train_s", "train_cpu_s", "eval_loss", "peak_rss_mb", "train_loss", "process_s")
+    first = runs[0]
+    row = {k: _median([r.get(k) for r in runs]) for k in keys}
+    row.update({k: first.get(k) for k in ("real_tokens", "own_real_tokens", "trained_tokens", "useful_flops",
+                                          "doc_attention", "selective_logits", "collator")})
+    row["computed_tokens"] = first["computed_tokens"]
+    row["repeats"] = len(runs)
+    row["real_tok_s"] = row["real_tokens"] / row["train_s"]
+    row["trained_tok_s"] = row["trained_tokens"] / row["train_s"]
+    row["real_tok_per_cpu_s"] = row["real_tokens"] / row["train_cpu_s"]
+    row["computed_per_real"] = row["computed_tokens"] / row["real_tokens"]
+    row["mfu"] = row["useful_flops"] / row["train_s"] / peak
+    row["train_s_all"] = [round(r["train_s"], 2) for r in runs]
+    return row
+
+
+def print_tables(result: dict) -> str:
+    lines = []
+    m = result["machine"]
+    lines.append(f"SFT throughput, {result['config']['samples']} samples, batch {TRAIN['batch_size']}, max length "
+                 f"{TRAIN['max_length']}, {m['threads']} torch threads, fp32 matmul peak {m['peak_gflops']:.0f} "
+                 f"GFLOP/s, load average {m['loadavg_before']} -> {m['loadavg_after']}")
+    header = ("variant", "prep s", "train s", "real tok/s", "trained tok/s", "computed/real", "peak RSS MB",
+              "eval loss", "MFU")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for name, row in result["variants"].items():
+        lines.append(f"| {LABELS.get(name, name)} | {row['prep_s']:.2f} | {row['train_s']:.1f} | {row['real_tok_s']:.0f} "
+                     f"| {row['trained_tok_s']:.0f} | {row['computed_per_real']:.2f} | {row['peak_rss_mb']:.0f} "
+                     f"| {row['eval_loss']:.4f} | {100 * row['mfu']:.0f}% |")
+    s = result.get("summary")
+    if s:
+        lines.append("")
+        lines.append(f"ours best ({LABELS[s['ours_best']]}) vs TRL best ({LABELS[s['trl_best']]}): "
+                     f"{s['speedup']:.2f}x real tok/s (target >= 2.0), peak RSS {s['rss_ratio']:.2f}x "
+                     f"(target <= 0.8), eval loss {s['eval_loss_diff']:+.4f} (target <= 0), MFU "
+                     f"{100 * s['ours_mfu']:.0f}% (target >= 50%); CPU-time ratio {s['cpu_speedup']:.2f}x")
+    p = result.get("prep")
+    if p:
+        lines.append("")
+        lines.append(f"Data preparation, {p['records']} records")
+        lines.append("| variant | seconds | vs TRL | identical to TRL's tokens |")
+        lines.append("|---|---|---|---|")
+        for name, label in (("prep_trl", "TRL (load_dataset + _prepare_dataset)"), ("prep_ours_cold", "ours, cold"),
+                            ("prep_ours_cached", "ours, cached (next run)")):
+            row = p[name]
+            lines.append(f"| {label} | {row['seconds']:.2f} | {p['prep_trl']['seconds'] / row['seconds']:.1f}x "
+                         f"| {row['digest'] == p['prep_trl']['digest']} |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=128, help="training samples (one epoch)")
+    parser.add_argument("--eval-samples", type=int, default=None, help="held-out samples for eval loss (64; quick 16)")
+    parser.add_argument("--prep-samples", type=int, default=None, help="records for the preparation table (3000; quick 600)")
+    parser.add_argument("--quick", action="store_true", help="fewer eval and preparation samples; results go to "
+                                                               "sft_throughput_quick.json")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per variant (medians are reported)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else os.cpu_count(), help="torch threads in every run (default: the usable cores)")
+    parser.add_argument("--variants", default=",".join(OURS + TRL), help="comma-separated variants")
+    parser.add_argument("--ablations", action="store_true", help="also: " + ", ".join(ABLATIONS))
+    parser.add_argument("--skip-prep", action="store_true", help="no data-preparation table")
+    parser.add_argument("--work", default=None, help="working folder (default: a temporary one, removed after)")
+    parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/sft_throughput[_quick].json)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child_main(args)
+
+    eval_n = args.eval_samples or (16 if args.quick else 64)
+    prep_n = args.prep_samples or (600 if args.quick else 3000)
+    variants = [v for v in args.variants.split(",") if v] + (list(ABLATIONS) if args.ablations else [])
+    unknown = [v for v in variants if v not in LABELS]
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}; known: {', '.join(LABELS)}")
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise SystemExit("TRL is needed for the comparison: pip install -e .[bench]  (or pip install trl)")
+    work_dir = Path(args.work or tempfile.mkdtemp(prefix="sft-bench-")).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    sys.path.insert(0, str(REPO / "src"))
+    print(f"building the workload in {work_dir} ...", flush=True)
+    work = build_workload(work_dir, args.samples, eval_n, prep_n)
+    work["prep_cache"] = str(work_dir / "prep-cache")
+    (work_dir / "workload.json").write_text(json.dumps(work))
+    load_before = [round(x, 2) for x in os.getloadavg()]
+
+    peaks = [run_child("peak", args, work_dir)["peak_flops"]]
+    # alternate ours and TRL's runs; later repeats rotate the order
+    ours = [v for v in variants if v.startswith("ours")]
+    theirs = [v for v in variants if v.startswith("trl")]
+    order = []
+    for i in range(max(len(ours), len(theirs))):
+        order += ([ours[i]] if i < len(ours) else []) + ([theirs[i]] if i < len(theirs) else [])
+    runs: dict[str, list] = {v: [] for v in variants}
+    for rep in range(args.repeats):
+        seq = order if rep % 2 == 0 else order[::-1]
+        for name in seq:
+            env = MALLOC_ENV if name.endswith("_malloc_env") else None
+            r = run_child(name, args, work_dir, env)
+            runs[name].append(r)
+            print(f"  {name:32s} train {r['train_s']:7.1f} s  prep {r['prep_s']:5.2f} s  eval loss "
+                  f"{r['eval_loss']:.4f}  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    prep = None
+    if not args.skip_prep:
+        prep_runs: dict[str, list] = {"prep_trl": [], "prep_ours_cold": [], "prep_ours_cached": []}
+        for rep in range(args.repeats):
+            shutil.rmtree(work["prep_cache"], ignore_errors=True)
+            for name in ("prep_ours_cold", "prep_trl", "prep_ours_cached"):
+                child = "prep_ours" if name.startswith("prep_ours") else name
+                r = run_child(child, args, work_dir)
+                prep_runs[name].append(r)
+                print(f"  {name:32s} {r['seconds']:6.2f} s", flush=True)
+        prep = {"records": prep_n}
+        for name, rs in prep_runs.items():
+            prep[name] = {"seconds": _median([r["seconds"] for r in rs]), "all": [round(r["seconds"], 3) for r in rs],
+                          "digest": rs[0]["digest"], "rows": rs[0]["rows"], "peak_rss_mb": rs[0]["peak_rss_mb"]}
+        prep["speedup_cold"] = prep["prep_trl"]["seconds"] / prep["prep_ours_cold"]["seconds"]
+    peaks.append(run_child("peak", args, work_dir)["peak_flops"])
+    peak = max(peaks)
+
+    result = {
+        "benchmark": "sft_throughput", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": "python benchmarks/sft_throughput.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
+                    "peak_gflops": peak / 1e9, "peak_gflops_runs": [round(p / 1e9, 1) for p in peaks],
+                    "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                    "python": platform.python_version(), **_versions()},
+        "config": {"samples": args.samples, "eval_samples": eval_n, "prep_samples": prep_n, "model": MODEL,
+                   "parameters": work["parameters"], "lora": LORA, **TRAIN},
+        "variants": {name: summarize(rs, peak) for name, rs in runs.items() if rs},
+    }
+    ours_rows = {k: v for k, v in result["variants"].items() if k in OURS}
+    trl_rows = {k: v for k, v in result["variants"].items() if k in TRL}
+    if ours_rows and trl_rows:
+        ob = max(ours_rows, key=lambda k: ours_rows[k]["real_tok_s"])
+        tb = max(trl_rows, key=lambda k: trl_rows[k]["real_tok_s"])
+        o, t = ours_rows[ob], trl_rows[tb]
+        result["summary"] = {"ours_best": ob, "trl_best": tb, "speedup": o["real_tok_s"] / t["real_tok_s"],
+                             "cpu_speedup": o["real_tok_per_cpu_s"] / t["real_tok_per_cpu_s"],
+                             "rss_ratio": o["peak_rss_mb"] / t["peak_rss_mb"],
+                             "eval_loss_diff": o["eval_loss"] - t["eval_loss"], "ours_mfu": o["mfu"]}
+    if prep:
+        result["prep"] = prep
+    result["wall_s"] = time.perf_counter() - t_start
+    result["table"] = print_tables(result)
+    print(f"\nbenchmark wall time {result['wall_s'] / 60:.1f} min")
+    out = Path(args.out or HERE / "results" / ("sft_throughput_quick.json" if args.quick else "sft_throughput.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    if not args.work:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _versions() -> dict:
+    out = {}
+    for name in ("torch", "transformers", "peft", "trl", "datasets"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001
+            out[name] = None
+    return out
+
+
+if __name__ == "__main__":
+    main()
