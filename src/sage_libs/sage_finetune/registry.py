@@ -89,44 +89,41 @@ _loaders = _Registry("loader", DatasetLoader)
 _callbacks = _Registry("callback", TrainingCallback)
 _strategies = _Registry("strategy", TrainingStrategy)
 
-for _name, _target in {
-    "lora": "trainers.lora:LoRATrainer",
-    "agent": "trainers.agent:AgentTrainer",
-    "qlora": "trainers.qlora:QLoRATrainer",
-    "dora": "trainers.dora:DoRATrainer",
-    "lora_plus": "trainers.lora_plus:LoRAPlusTrainer",
-    "full": "trainers.full:FullTrainer",
-    "freeze": "trainers.freeze:FreezeTrainer",
-}.items():
-    _trainers.register(_name, f"{_PKG}.{_target}")
-
-for _name, _target in {
-    "jsonl": "loaders.jsonl:JSONLLoader",
-    "instruction": "loaders.instruction:InstructionLoader",
-    "parquet": "loaders.parquet:ParquetLoader",
-    "huggingface": "loaders.huggingface:HFDatasetLoader",
-    "trajectory": "loaders.trajectory:TrajectoryLoader",
-}.items():
-    _loaders.register(_name, f"{_PKG}.{_target}")
-
-
-for _name, _target in {
-    "tensorboard": "callbacks.tensorboard:TensorBoardCallback",
-    "wandb": "callbacks.wandb:WandbCallback",
-    "early_stop": "callbacks.early_stop:EarlyStopCallback",
-}.items():
-    _callbacks.register(_name, f"{_PKG}.{_target}")
-
-
-for _name, _target in {
-    "lora": "strategies:LoRAStrategy",
-    "dora": "strategies:DoRAStrategy",
-    "rslora": "strategies:RSLoRAStrategy",
-    "pissa": "strategies:PiSSAStrategy",
-    "lora_plus": "strategies:LoRAPlusStrategy",
-    "full": "strategies:FullStrategy",
-}.items():
-    _strategies.register(_name, f"{_PKG}.{_target}")
+# The built-in names, as "module:Class" relative to this package (imported on first use).
+_BUILTINS: dict[_Registry, dict[str, str]] = {
+    _trainers: {
+        "lora": "trainers.lora:LoRATrainer",
+        "qlora": "trainers.qlora:QLoRATrainer",
+        "dora": "trainers.dora:DoRATrainer",
+        "lora_plus": "trainers.lora_plus:LoRAPlusTrainer",
+        "full": "trainers.full:FullTrainer",
+        "freeze": "trainers.freeze:FreezeTrainer",
+        "agent": "trainers.agent:AgentTrainer",
+    },
+    _loaders: {
+        "jsonl": "loaders.jsonl:JSONLLoader",
+        "instruction": "loaders.instruction:InstructionLoader",
+        "parquet": "loaders.parquet:ParquetLoader",
+        "huggingface": "loaders.huggingface:HFDatasetLoader",
+        "trajectory": "loaders.trajectory:TrajectoryLoader",
+    },
+    _callbacks: {
+        "tensorboard": "callbacks.tensorboard:TensorBoardCallback",
+        "wandb": "callbacks.wandb:WandbCallback",
+        "early_stop": "callbacks.early_stop:EarlyStopCallback",
+    },
+    _strategies: {
+        "lora": "strategies:LoRAStrategy",
+        "dora": "strategies:DoRAStrategy",
+        "rslora": "strategies:RSLoRAStrategy",
+        "pissa": "strategies:PiSSAStrategy",
+        "lora_plus": "strategies:LoRAPlusStrategy",
+        "full": "strategies:FullStrategy",
+    },
+}
+for _registry, _entries in _BUILTINS.items():
+    for _name, _target in _entries.items():
+        _registry.register(_name, f"{_PKG}.{_target}")
 
 
 def registered_classes() -> dict[str, dict[str, type]]:
