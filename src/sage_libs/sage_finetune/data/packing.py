@@ -13,7 +13,6 @@ sums the same tokens, normalised by the same count, packed or not.
 from __future__ import annotations
 
 import bisect
-from typing import Any
 
 from .render import IGNORE_INDEX
 
