@@ -21,6 +21,7 @@ from typing import Any
 
 from ..interface import FineTuner
 from ..utils.io import atomic_write_json
+from .base import _is_main_process
 
 __all__ = ["AgentTrainer", "evaluate_next_actions"]
 
@@ -168,7 +169,7 @@ class AgentTrainer(FineTuner):
             metrics.update(before)
             metrics.update(self.evaluate_agent(eval_dataset))
             metrics["method"] = f"agent/{inner.method}"
-            if int(os.environ.get("RANK", "0")) == 0:
+            if _is_main_process():
                 atomic_write_json(os.path.join(inner.training_config.output_dir, "metrics.json"), metrics)
         return metrics
 
