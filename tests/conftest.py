@@ -59,3 +59,18 @@ def chat_records():
     from sage_libs.sage_finetune.loaders.jsonl import JSONLLoader
 
     return JSONLLoader().load(EXAMPLE_DATA / "chat_train.jsonl")
+
+
+def cpu_flags() -> str:
+    """The CPU features that change which kernels run (bitsandbytes' 4-bit CPU path, bf16, AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return " ".join(f"{w}={'yes' if w in flags else 'no'}" for w in wanted)
+
+
+def pytest_report_header(config):
+    return f"CPU flags: {cpu_flags()}"

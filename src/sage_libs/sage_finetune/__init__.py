@@ -18,6 +18,7 @@ import importlib
 from typing import Any
 
 from ._version import __version__
+from .utils.noise import install_log_filters as _install_log_filters
 from .config import (
     ConfigError,
     DataConfig,
@@ -47,6 +48,8 @@ from .registry import (
     unregister_strategy,
     unregister_trainer,
 )
+
+_install_log_filters()
 
 # Heavy classes, imported on first attribute access (PEP 562).
 _LAZY = {

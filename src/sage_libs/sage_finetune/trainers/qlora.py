@@ -3,6 +3,15 @@
 Only loading changes: the base is loaded through ``BitsAndBytesConfig`` and prepared with
 ``peft.prepare_model_for_kbit_training``. Merging goes into the base reloaded unquantized (see
 :meth:`LoRATrainer.merge_and_save`), never into the 4-bit weights, which would round the adapter away.
+
+CPUs with AVX-512 BF16 (recent Xeons, AMD Zen 4/5): bitsandbytes (>= 0.49) repacks a 4-bit weight
+in place into a CPU-only layout on the first no-grad forward in eval mode (an evaluation, a
+``generate``). Its kernel for that layout has no backward, so every training step after the first
+evaluation would compute wrong gradients, silently. A model this trainer owns therefore never
+repacks (:func:`keep_4bit_layout_trainable`), and a guard checks before every optimizer step that
+no layer was repacked anyway (:class:`RepackedWeightGuard`). The packed layout also stores the
+block scales in bfloat16, so evaluating through it would not measure the weights being trained.
+8-bit layers (``load_in_8bit``) have no CPU-specific layout in bitsandbytes 0.50 and need nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +21,53 @@ import os
 from typing import Any
 
 from ..config import ConfigError, QuantizationConfig
-from .base import coerce_config
+from .base import TrainingError, coerce_config
 from .lora import LoRATrainer
 
-__all__ = ["QLoRATrainer"]
+__all__ = ["QLoRATrainer", "keep_4bit_layout_trainable", "repacked_4bit_layers"]
+
+# bitsandbytes' per-layer switch for the CPU repacking (set from the CPU's features at construction)
+_REPACK_SWITCH = "support_avx512bf16_for_cpu"
+
+
+def keep_4bit_layout_trainable(model: Any) -> int:
+    """Turn off bitsandbytes' in-place CPU repacking on every 4-bit layer of ``model``; returns the
+    number of layers switched off (0 on a CPU or bitsandbytes without the packed path)."""
+    n = 0
+    for module in model.modules():
+        if getattr(module, _REPACK_SWITCH, False):
+            setattr(module, _REPACK_SWITCH, False)
+            n += 1
+    return n
+
+
+def repacked_4bit_layers(model: Any) -> list[str]:
+    """Names of the layers whose 4-bit weight is in bitsandbytes' CPU inference layout."""
+    return [name for name, module in model.named_modules()
+            if not hasattr(module, "base_layer")  # a PEFT wrapper shows its base layer's weight
+            and getattr(getattr(getattr(module, "weight", None), "quant_state", None), "packing_format_for_cpu", False)]
+
+
+def _repacked_error(layers: list[str]) -> TrainingError:
+    return TrainingError(
+        f"qlora: {len(layers)} 4-bit layer(s) (first: {layers[0]}) were repacked by bitsandbytes into its CPU "
+        "inference layout, which has no backward kernel: training on would compute wrong gradients. This "
+        "bitsandbytes version repacks in a way isage-finetune does not know how to prevent; please report "
+        "the bitsandbytes version, and train on a GPU or with another bitsandbytes version meanwhile")
+
+
+def _repacked_weight_guard() -> Any:
+    from transformers import TrainerCallback
+
+    class RepackedWeightGuard(TrainerCallback):
+        """Stops before an optimizer step would train through a repacked 4-bit weight."""
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            layers = repacked_4bit_layers(model) if model is not None else []
+            if layers:
+                raise _repacked_error(layers)
+
+    return RepackedWeightGuard()
 
 
 class QLoRATrainer(LoRATrainer):
@@ -79,10 +131,14 @@ class QLoRATrainer(LoRATrainer):
         from peft import prepare_model_for_kbit_training
 
         model = super().load_base_model()
+        keep_4bit_layout_trainable(model)  # see the module docstring: never train through a repacked weight
         # Freezes the base and upcasts the remaining non-quantized weights (norms, embeddings) to float32
         # for stable training. Gradient checkpointing is left to the HF Trainer, as for every method
         # (training.gradient_checkpointing -> TrainingArguments).
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+    def _hf_callbacks(self) -> list[Any]:
+        return [*super()._hf_callbacks(), _repacked_weight_guard()]
 
     def resolved_config(self) -> dict[str, Any]:
         out = super().resolved_config()

@@ -1,0 +1,37 @@
+"""Third-party messages that say nothing to our users, silenced by their exact text.
+
+One place for these decisions: a filter matches a logger name and the start of a message, never a
+whole module or category, so a correctness warning from the same library still reaches the user.
+Installing the filters imports nothing (a logger can be configured before its module exists).
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["install_log_filters", "NOISE"]
+
+# logger name -> message prefixes to drop, each with the reason it is noise
+NOISE: dict[str, tuple[str, ...]] = {
+    # bitsandbytes >= 0.49 on CPUs with AVX-512 BF16, at import: an optional faster kernel from the
+    # `kernels` hub package is missing; bitsandbytes falls back to its own, and we never use the
+    # packed CPU path that kernel serves (see trainers/qlora.py).
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+}
+
+
+class _DropPrefixes(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def install_log_filters() -> None:
+    """Attach the filters (idempotent)."""
+    for name, prefixes in NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
+            logger.addFilter(_DropPrefixes(prefixes))
