@@ -71,6 +71,7 @@ _LAZY = {
     "AgentTrainer": "trainers.agent",
     "Conversation": "data.conversation",
     "Message": "data.conversation",
+    "ChatSession": "chat",
 }
 
 __all__ = [

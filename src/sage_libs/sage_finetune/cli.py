@@ -3,6 +3,7 @@
     sage-finetune train CONFIG.yaml [section.key=value ...]
     sage-finetune merge --adapter DIR --output DIR [--base MODEL]
     sage-finetune eval CONFIG.yaml [section.key=value ...]
+    sage-finetune chat MODEL_OR_ADAPTER_DIR [--prompt TEXT] [--system TEXT] [--max-new-tokens N]
     sage-finetune tiny-model DIR [--arch llama|qwen2] [--corpus FILE ...]
 
 A config file has a ``method`` and one section per config dataclass::
@@ -308,8 +309,9 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     """Render the data like training would and show what the model will see."""
     import json
 
+    from .data.rendering import render_options
     from .data.report import build_report, highlight_trained, plot_length_histogram, text_histogram
-    from .registry import create_loader
+    from .data.sources import record_sets
 
     source = Path(args.source)
     if source.suffix in (".yaml", ".yml"):
@@ -333,21 +335,17 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load a tokenizer from {tokenizer_path!r}: {exc}") from None
-    chat_template = data.chat_template
-    if chat_template and Path(chat_template).is_file():
-        chat_template = Path(chat_template).read_text(encoding="utf-8")
     formatting_func = None
     if data.formatting_func:
         from .utils.user_code import load_function
 
         formatting_func = load_function(data.formatting_func, "data.formatting_func")
+    # the same rendering decisions and loader choice as training (data.rendering, data.sources)
+    options = render_options(data, tokenizer, max_seq_length=max_len, formatting_func=formatting_func)
+    print(f"chat template: {options.chat_template.source}")
     for file in files:
-        name = data.loader if data.loader != "auto" else ("parquet" if str(file).endswith(".parquet") else "jsonl")
-        records = create_loader(name, format=data.format, on_error=data.on_error).load(file)
-        report = build_report(records, tokenizer, fmt=data.format, max_seq_length=max_len,
-                              train_on_prompt=data.train_on_prompt, mask_history=data.mask_history,
-                              chat_template=chat_template, system_prompt=data.system_prompt,
-                              on_error=data.on_error, sample_index=args.sample, formatting_func=formatting_func)
+        records = record_sets(file, data, "train")[0]
+        report = build_report(records, tokenizer, sample_index=args.sample, **options.tokenize_kwargs())
         summary = report.summary()
         print(f"== {file}")
         print(f"records {summary['records']}  examples {summary['examples']}  formats {summary['formats']}")
@@ -373,6 +371,44 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(summary))
     return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Talk to a saved adapter (on its base) or a merged/full model, rendered with its saved template."""
+    from .chat import ChatSession
+
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens}: expected a positive number")
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature else {}
+    session = ChatSession.load(args.model, base=args.base, system=args.system, max_new_tokens=args.max_new_tokens,
+                               **sampling)
+
+    def show(text: str) -> None:
+        print(text, end="", flush=True)
+
+    if args.prompt is not None:  # one shot
+        session.ask(args.prompt, on_text=show)
+        print()
+        return 0
+    print(f"chat with {args.model}: /reset clears the history, /exit or Ctrl-D leaves", file=sys.stderr)
+    while True:
+        try:
+            line = input("user> ")
+        except EOFError:
+            print()
+            return 0
+        command = line.strip()
+        if not command:
+            continue
+        if command in ("/exit", "/quit"):
+            return 0
+        if command == "/reset":
+            session.reset()
+            print("(history cleared)", file=sys.stderr)
+            continue
+        print("assistant> ", end="", flush=True)
+        session.ask(line, on_text=show)
+        print()
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -432,6 +468,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--no-color", action="store_true", help="mark trained tokens with [[...]] instead of colour")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.set_defaults(func=cmd_data_inspect)
+
+    p = sub.add_parser("chat", help="talk to a saved adapter or merged model, with the template it trained with")
+    p.add_argument("model", help="an adapter directory (loaded onto its base) or a merged/full model directory")
+    p.add_argument("--base", help="base model for an adapter (default: the one recorded in the adapter)")
+    p.add_argument("--system", help="system message for the conversation")
+    p.add_argument("--prompt", help="ask this one question, print the reply and exit")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (default 0: greedy)")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("tiny-model", help="build a tiny model + tokenizer for tests and demos")
     p.add_argument("output", help="directory to write")

@@ -367,8 +367,10 @@ class DataConfig(_Config):
     max_samples: Union[int, None] = _opt(None, "Use at most this many training records (for quick runs).", ge=1)
     system_prompt: Union[str, None] = _opt(None, "System message added to conversations that have none.")
     chat_template: Union[str, None] = _opt(
-        None, "Jinja chat template (or a path to one) overriding the tokenizer's; null: the tokenizer's, "
-              "or the built-in fallback when it has none.")
+        None, "The chat template to train with: a Jinja file, the Jinja text itself, or the name of one of the "
+              "tokenizer's named templates; null: the tokenizer's (its 'default' one if it has several), or the "
+              "built-in fallback when it has none. Whatever is used is saved as the chat template of every "
+              "tokenizer the run writes.")
     train_on_prompt: bool = _opt(False, "Train on every token, prompts included (default: assistant replies only).")
     mask_history: bool = _opt(False, "Train only on the last assistant reply of each conversation.")
     agent_format: str = _opt("auto", "How trajectories render: react (Thought/Action/Action Input text), tool_calls "

@@ -155,7 +155,10 @@ class FileLoader(DatasetLoader):
         from datasets import Dataset
 
         from ..data.pipeline import tokenize_records
+        from ..data.rendering import resolve_chat_template
 
+        # a template file, Jinja text, a named template of the tokenizer, or its own / the fallback
+        chat_template = resolve_chat_template(chat_template, tokenizer, option="chat_template").text
         columns, stats = tokenize_records(
             dataset, tokenizer, fmt=self.format, max_seq_length=max_seq_length, train_on_prompt=train_on_prompt,
             mask_history=mask_history, chat_template=chat_template, system_prompt=system_prompt,

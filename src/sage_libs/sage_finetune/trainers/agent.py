@@ -27,8 +27,10 @@ __all__ = ["AgentTrainer", "evaluate_next_actions"]
 
 
 def evaluate_next_actions(model: Any, tokenizer: Any, conversations: list[Any], *, chat_template: str,
-                          max_new_tokens: int = 96, batch_size: int = 16) -> dict[str, Any]:
-    """Greedy next-action generation for every assistant step of ``conversations``."""
+                          max_new_tokens: int = 96, batch_size: int = 16,
+                          stop_token_ids: list[int] | None = None) -> dict[str, Any]:
+    """Greedy next-action generation for every assistant step of ``conversations``, rendered with
+    ``chat_template`` (the template text) and stopped at ``stop_token_ids`` (default: the eos)."""
     import torch
 
     from ..data.trajectory import check_tool_call, next_action_cases, parse_action
@@ -54,7 +56,7 @@ def evaluate_next_actions(model: Any, tokenizer: Any, conversations: list[Any], 
             with torch.no_grad():
                 out = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
                                      do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=tokenizer.eos_token_id)
+                                     eos_token_id=stop_token_ids or tokenizer.eos_token_id)
             for (_, want_name, want_args, _, declared), row in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
                 generated = tokenizer.decode(row, skip_special_tokens=True)
                 got_name, got_args, error = parse_action(generated)
@@ -121,39 +123,31 @@ class AgentTrainer(FineTuner):
         """Held-out trajectories as conversations, rendered like training renders them."""
         from ..data.formats import detect_format, to_conversation
         from ..data.pipeline import record_location
-        from ..data.trajectory import resolve_agent_format
 
         inner = self.inner
-        inner.setup_tokenizer()
-        dc = inner.data_config
-        template = self._template()
-        style = resolve_agent_format(dc.agent_format, template)
+        options = inner.render_options()  # the same rendering as training
         conversations = []
         for records in inner._record_sets(eval_dataset, "eval"):
             for index, record in enumerate(records):
                 if detect_format(record) not in ("trajectory", "messages"):
                     continue
                 where = record_location(records, index)
-                conv = to_conversation(record, where=where, system_prompt=dc.system_prompt, agent_format=style,
-                                       tools=inner.dataset_tools())
-                conv.meta["tools"] = record.get("tools", inner.dataset_tools())
+                conv = to_conversation(record, where=where, system_prompt=options.system_prompt,
+                                       agent_format=options.agent_format, tools=options.tools)
+                conv.meta["tools"] = record.get("tools", options.tools)
                 conversations.append(conv)
                 if self.max_trajectories and len(conversations) >= self.max_trajectories:
                     return conversations
         return conversations
-
-    def _template(self) -> str:
-        from ..data.render import FALLBACK_CHAT_TEMPLATE
-
-        tok = self.inner.tokenizer
-        return self.inner.data_config.chat_template or tok.chat_template or FALLBACK_CHAT_TEMPLATE
 
     def evaluate_agent(self, eval_dataset: Any) -> dict[str, Any]:
         """Next-action metrics on held-out trajectories (records or a path)."""
         conversations = self._conversations(eval_dataset)
         self.inner.setup()
         return evaluate_next_actions(self.inner.model, self.inner.tokenizer, conversations,
-                                     chat_template=self._template(), max_new_tokens=self.max_new_tokens)
+                                     chat_template=self.inner.render_options().chat_template.text,
+                                     max_new_tokens=self.max_new_tokens,
+                                     stop_token_ids=self.inner.end_of_turn_token_ids())
 
     # ---- FineTuner -------------------------------------------------------------------------------
     def train(self, train_dataset: Any = None, eval_dataset: Any = None, config: Any = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError, DataConfig, LoRAConfig, TrainingConfig
+from ..data.sources import MultiSource, split_records
 from ..interface import FineTuner
 from ..utils.io import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -228,8 +229,39 @@ class BaseTrainer(FineTuner):
     # Model life cycle
     # ----------------------------------------------------------------------------------------
     def setup_tokenizer(self) -> None:
+        """Load the tokenizer and decide how conversations render (:meth:`render_options`). The
+        training template becomes the tokenizer's own, so everything that saves it carries it."""
         if self.tokenizer is None:
-            self.tokenizer = self.load_tokenizer()
+            self.adopt_tokenizer(self.load_tokenizer())
+
+    def adopt_tokenizer(self, tokenizer: Any, *, saved: bool = False) -> None:
+        """Use ``tokenizer`` from now on: resolve the rendering against it and install the template
+        it renders with. ``saved``: read back from a saved run (:meth:`load_model`), whose own
+        template is the one it trained with and wins over ``data.chat_template``."""
+        from ..data.rendering import install_chat_template, render_options
+
+        data_config = self.data_config
+        if saved and isinstance(getattr(tokenizer, "chat_template", None), str):
+            data_config = data_config.replace(chat_template=None)
+        options = render_options(data_config, tokenizer, max_seq_length=self.training_config.max_seq_length,
+                                 formatting_func=self.formatting_func)
+        install_chat_template(tokenizer, options.chat_template)
+        self.tokenizer, self._render_options = tokenizer, options
+
+    def render_options(self) -> Any:
+        """How this trainer renders conversations (:class:`..data.rendering.RenderOptions`): for
+        training, evaluation, generation and the agent evaluation alike."""
+        self.setup_tokenizer()
+        return self._render_options
+
+    def end_of_turn_token_ids(self) -> list[int]:
+        """The tokens that end a reply: the template's end-of-turn token(s) and the eos."""
+        from ..data.rendering import end_of_turn_token_ids
+
+        self.setup_tokenizer()
+        ids = end_of_turn_token_ids(self.tokenizer, self.render_options().chat_template.text)
+        eos = self.tokenizer.eos_token_id
+        return ids + ([eos] if eos is not None and eos not in ids else [])
 
     def setup(self) -> None:
         """Load tokenizer and model and apply the adapter (once)."""
@@ -251,28 +283,11 @@ class BaseTrainer(FineTuner):
     # ----------------------------------------------------------------------------------------
     # Data
     # ----------------------------------------------------------------------------------------
-    def _loader_for(self, path: str) -> Any:
-        from ..registry import create_loader
-
-        name = self.data_config.loader
-        if name == "auto":
-            suffix = Path(path).suffix
-            name = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(suffix, "huggingface")
-        return create_loader(name, format=self.data_config.format, on_error=self.data_config.on_error)
-
-    def load_records(self, path: str, max_samples: int | None = None) -> Any:
-        return self._loader_for(path).load(path, max_samples=max_samples)
-
     def _record_sets(self, data: Any, split: str) -> list[Any]:
         """A path, a list of paths, or in-memory data -> one or more record collections."""
-        max_samples = self.data_config.max_samples if split == "train" else None
-        if isinstance(data, (str, os.PathLike)):
-            return [self.load_records(str(data), max_samples)]
-        if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
-            return [self.load_records(str(d), max_samples) for d in data]
-        if isinstance(data, MultiSource):
-            return list(data)
-        return [data]
+        from ..data.sources import record_sets
+
+        return record_sets(data, self.data_config, split)
 
     def prepare_dataset(self, data: Any, split: str = "train") -> Any:
         """Records, a path (or list of paths), or already tokenized data -> a tokenized
@@ -288,17 +303,9 @@ class BaseTrainer(FineTuner):
             if is_tokenized(records):
                 parts.append(records if isinstance(records, Dataset) else Dataset.from_list([dict(x) for x in records]))
                 continue
-            self.setup_tokenizer()
-            dc = self.data_config
-            chat_template = dc.chat_template
-            if chat_template and os.path.isfile(chat_template):
-                chat_template = Path(chat_template).read_text(encoding="utf-8")
+            dc, options = self.data_config, self.render_options()
             dataset, stats = prepare_records(  # through the tokenized-data cache (data.cache, data.cache_dir)
-                records, self.tokenizer, cache=dc.cache, cache_dir=dc.cache_dir,
-                fmt=dc.format, max_seq_length=self.training_config.max_seq_length,
-                train_on_prompt=dc.train_on_prompt, mask_history=dc.mask_history, chat_template=chat_template,
-                system_prompt=dc.system_prompt, formatting_func=self.formatting_func, on_error=dc.on_error,
-                agent_format=dc.agent_format, tools=self.dataset_tools())
+                records, self.tokenizer, cache=dc.cache, cache_dir=dc.cache_dir, **options.tokenize_kwargs())
             stats.skipped_invalid += getattr(records, "skipped", 0)  # lines the loader could not parse
             stats_parts.append(stats)
             if len(dataset) == 0:
@@ -328,12 +335,8 @@ class BaseTrainer(FineTuner):
         return packed
 
     def dataset_tools(self) -> list[dict[str, Any]] | None:
-        """The dataset-wide tool schemas of ``data.tools_file`` (read once)."""
-        if self.data_config.tools_file and getattr(self, "_tools", None) is None:
-            from ..loaders.trajectory import load_tools
-
-            self._tools = load_tools(self.data_config.tools_file)
-        return getattr(self, "_tools", None)
+        """The dataset-wide tool schemas of ``data.tools_file``."""
+        return self.render_options().tools
 
     def data_collator(self) -> Any:
         from ..data.collate import PackedCollator, PaddingCollator
@@ -448,7 +451,7 @@ class BaseTrainer(FineTuner):
         # Data errors surface before the (possibly slow) model load; only the tokenizer is needed.
         self.setup_tokenizer()
         if eval_dataset is None and dc.eval_split_ratio > 0:
-            pairs = [_split_records(r, dc.eval_split_ratio, tc.seed) for r in self._record_sets(train_dataset, "train")]
+            pairs = [split_records(r, dc.eval_split_ratio, tc.seed) for r in self._record_sets(train_dataset, "train")]
             train_dataset = MultiSource(tr for tr, _ in pairs)
             eval_dataset = MultiSource(ev for _, ev in pairs)
         with _main_process_first():  # the main process tokenizes (and caches); the others wait, then reuse
@@ -570,7 +573,9 @@ class BaseTrainer(FineTuner):
             for path in _local_paths(data):
                 _check_data_file(option, path)
         template = dc.chat_template
-        if template and "{" not in template and not os.path.isfile(template):
+        # a bare name may name one of the tokenizer's templates (checked when the tokenizer loads)
+        looks_like_path = template and ("/" in template or os.sep in template or Path(template).suffix)
+        if looks_like_path and "{" not in template and not os.path.isfile(template):
             raise ConfigError(f"data.chat_template: {template}: no such file; expected a Jinja template file or "
                               "the template text itself")
         if dc.tools_file and not os.path.isfile(dc.tools_file):
@@ -636,6 +641,8 @@ class BaseTrainer(FineTuner):
         gathers them and its main process writes (in place, not atomically).
         """
         self.setup()
+        if not self.uses_lora:  # a whole model is written: it stops where its replies end
+            self.set_generation_stops(self.model)
         if self.hf_trainer is not None and (self.hf_trainer.is_deepspeed_enabled or self.hf_trainer.is_fsdp_enabled):
             self.hf_trainer.save_model(str(output_dir))
             if _is_main_process():
@@ -647,6 +654,18 @@ class BaseTrainer(FineTuner):
             self.write_weights(tmp)
             self.tokenizer.save_pretrained(tmp)
         return str(output_dir)
+
+    def set_generation_stops(self, model: Any) -> None:
+        """List the template's end-of-turn token(s) in ``model.generation_config.eos_token_id``, so
+        that plain ``generate`` (and servers that read generation_config.json) stops at the end of a
+        reply instead of running on to the base model's eos."""
+        config = getattr(model, "generation_config", None)
+        if config is None:
+            return
+        current = config.eos_token_id
+        ids = [] if current is None else list(current) if isinstance(current, (list, tuple)) else [current]
+        ids += [i for i in self.end_of_turn_token_ids() if i not in ids]
+        config.eos_token_id = ids[0] if len(ids) == 1 else ids
 
     def write_weights(self, output_dir: str | os.PathLike) -> None:
         """What :meth:`save_model` writes besides the tokenizer (LoRA: the adapter)."""
@@ -666,27 +685,27 @@ class BaseTrainer(FineTuner):
         if not path.is_dir():
             raise ConfigError(f"load_model: {path} is not a directory")
         check_model_dir(str(path), allow_pickle_weights=self.training_config.allow_pickle_weights, option="load_model")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.training_config.trust_remote_code)
+        self.adopt_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=self.training_config.trust_remote_code),
+                             saved=True)
         self.model = AutoModelForCausalLM.from_pretrained(path, **self.model_load_kwargs())
         self.hf_trainer = None
 
     def generate(self, prompt: Any, *, max_new_tokens: int = 64, chat: bool = True, **kwargs: Any) -> str:
-        """Greedy (by default) generation. A string prompt is wrapped as one user message and
-        rendered with the same chat template as training unless ``chat=False``."""
+        """Greedy (by default) generation. A string prompt is wrapped as one user message (a list
+        is taken as the messages) and rendered with the template training used; generation stops
+        at its end-of-turn token. ``chat=False`` continues the raw text instead."""
         import torch
 
-        from ..data.render import FALLBACK_CHAT_TEMPLATE
+        from ..chat import generate_reply
 
         self.setup()
         tok = self.tokenizer
         if chat:
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-            template = self.data_config.chat_template or tok.chat_template or FALLBACK_CHAT_TEMPLATE
-            text = tok.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                           add_generation_prompt=True)
-            ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        else:
-            ids = tok(prompt, return_tensors="pt")["input_ids"]
+            kwargs.setdefault("eos_token_id", self.end_of_turn_token_ids())
+            return generate_reply(self.model, tok, messages, chat_template=self.render_options().chat_template.text,
+                                  max_new_tokens=max_new_tokens, **kwargs)
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
         model = self.model
         device = next(model.parameters()).device
         was_training = model.training
@@ -736,10 +755,6 @@ class BaseTrainer(FineTuner):
         if isinstance(tc.warmup_steps, int) and tc.warmup_steps >= steps:
             logger.warning("warmup_steps=%d >= the %d optimizer steps of this run: the learning rate never "
                            "reaches its peak; use fewer steps or a ratio such as 0.03", tc.warmup_steps, steps)
-
-
-class MultiSource(list):
-    """Several record collections (one per file) that are tokenized separately, then joined."""
 
 
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -819,24 +834,3 @@ def _trim_log(path: Path, step: int | None) -> None:
 
 def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else float("inf")
-
-
-def _split_records(records: Any, ratio: float, seed: int) -> tuple[Any, Any]:
-    import random
-
-    from ..loaders.base import RecordList
-
-    n = len(records)
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(n * ratio)))
-    ev, tr = sorted(order[:n_eval]), sorted(order[n_eval:])
-    source = getattr(records, "source", None)
-    lines = getattr(records, "line_numbers", None)
-
-    def take(idx: list[int]) -> RecordList:
-        return RecordList([records[i] for i in idx], source=source,
-                          line_numbers=[lines[i] for i in idx] if lines else None)
-
-    return take(tr), take(ev)
-

@@ -109,6 +109,7 @@ class LoRATrainer(BaseTrainer):
         with tempfile.TemporaryDirectory(prefix="sage-ft-adapter-") as adapter_dir:
             self.save_adapter(adapter_dir)
             merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        self.set_generation_stops(merged)
         with atomic_dir(output_dir) as tmp:
             merged.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
@@ -135,9 +136,9 @@ class LoRATrainer(BaseTrainer):
         check_adapter_dir(path, allow_pickle_weights=self.training_config.allow_pickle_weights,
                           option="load_model")
         if (path / "tokenizer_config.json").exists():
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-        elif self.tokenizer is None:
-            self.tokenizer = self.load_tokenizer()
+            self.adopt_tokenizer(AutoTokenizer.from_pretrained(path), saved=True)
+        else:
+            self.setup_tokenizer()
         base = self.load_base_model()
         self.model = PeftModel.from_pretrained(base, path, is_trainable=True)
         self.hf_trainer = None
