@@ -92,3 +92,19 @@ def test_missing_model_dir(tmp_path, capsys):
 def test_bare_key_override_resolves_section():
     cfg = load_run_config(None, ["model_name_or_path=m", "output_dir=o", "r=16"])
     assert cfg["lora"].r == 16 and cfg["training"].output_dir == "o"
+
+
+def test_run_config_yaml_reruns_to_the_same_metrics(tmp_path, tiny_model_dir, capsys):
+    """run_config.yaml is a run config: training on it again reproduces the run."""
+    cfg = write_config(tmp_path, tiny_model_dir)
+    assert main(["train", str(cfg), "training.learning_rate=1e-2", "lora.r=8"]) == 0
+    first = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    written = tmp_path / "out" / "run_config.yaml"
+    assert main(["train", str(written), f"training.output_dir={tmp_path / 'again'}"]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    for key in ("train_loss", "eval_loss", "global_step", "trainable_parameters"):
+        assert again[key] == first[key], key
+    rewritten = yaml.safe_load((tmp_path / "again" / "run_config.yaml").read_text())
+    original = yaml.safe_load(written.read_text())
+    rewritten["training"]["output_dir"] = original["training"]["output_dir"]
+    assert rewritten == original

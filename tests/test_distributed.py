@@ -52,9 +52,11 @@ def test_ddp_two_processes_equal_one_process(tiny_model_dir, tmp_path):
     cli = [sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(cfg)]
     # one process: 4 per step x 2 accumulation = global batch 8
     run(cli + ["training.gradient_accumulation_steps=2"])
-    # two processes: 4 per process x 2 processes = global batch 8
+    # two processes: 4 per process x 2 processes = global batch 8. Without training.use_cpu, as a user
+    # would launch it on a machine without GPUs: still one DDP job, not two separate trainings.
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                "-m", "sage_libs.sage_finetune.cli", "train", str(cfg), f"training.output_dir={tmp_path / 'ddp'}"]
+                "-m", "sage_libs.sage_finetune.cli", "train", str(cfg), f"training.output_dir={tmp_path / 'ddp'}",
+                "training.use_cpu=false"]
     run(torchrun)
     single, ddp = adapter(tmp_path / "single"), adapter(tmp_path / "ddp")
     assert single.keys() == ddp.keys()

@@ -54,7 +54,8 @@ SECTIONS = {"training": TrainingConfig, "lora": LoRAConfig, "data": DataConfig,
 TRAINER_SECTIONS = {"quantization": "quantization_config", "lora_plus": "lora_plus_config",
                     "freeze": "freeze_config", "agent": "agent_config"}
 # callbacks: a list of registered names, or {name: ..., option: value, ...} mappings
-TOP_LEVEL = ("method", *SECTIONS, "callbacks")
+# version: written into run_config.yaml (which is itself a valid run config) by the version that ran it
+TOP_LEVEL = ("method", *SECTIONS, "callbacks", "version")
 
 
 class UsageError(ConfigError):
@@ -142,6 +143,12 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
         if key not in TOP_LEVEL:
             raise UsageError(f"{where}: unknown top-level key {key!r}" + _hint(str(key), TOP_LEVEL)
                              + f"; expected {', '.join(TOP_LEVEL)}")
+    written_by = raw.pop("version", None)
+    if written_by is not None and str(written_by) != __version__:
+        import logging
+
+        logging.getLogger(__name__).warning("%s was written by isage-finetune %s; this is %s, so a re-run may "
+                                            "differ where defaults changed", where, written_by, __version__)
     raw = apply_overrides(raw, list(overrides))
     method = raw.get("method", "lora")
     out: dict[str, Any] = {"method": method}

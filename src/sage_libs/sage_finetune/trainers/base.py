@@ -105,6 +105,22 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _use_cpu(tc: TrainingConfig) -> bool:
+    """``training.use_cpu``, or on when several processes were launched (torchrun) and there is no
+    GPU: without it the HF Trainer does not set up DDP on the CPU and every process would train on
+    all the data, as N separate jobs."""
+    if tc.use_cpu:
+        return True
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        if _is_main_process():
+            logger.info("%s processes and no GPU: training as one DDP job on the CPU (gloo), as with "
+                        "training.use_cpu: true", os.environ["WORLD_SIZE"])
+        return True
+    return False
+
+
 class BaseTrainer(FineTuner):
     """Supervised fine-tuning on the HF Trainer. Subclasses set :attr:`method` and override hooks.
 
@@ -373,7 +389,7 @@ class BaseTrainer(FineTuner):
             dataloader_num_workers=tc.dataloader_num_workers, dataloader_pin_memory=torch.cuda.is_available(),
             activation_checkpointing=tc.gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
-            use_cpu=tc.use_cpu, disable_tqdm=tc.disable_tqdm, remove_unused_columns=False,
+            use_cpu=_use_cpu(tc), disable_tqdm=tc.disable_tqdm, remove_unused_columns=False,
             neftune_noise_alpha=tc.neftune_noise_alpha,
             include_num_input_tokens_seen="non_padding", label_names=["labels"],
             train_sampling_strategy="group_by_length" if self.data_config.group_by_length else "random",
