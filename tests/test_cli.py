@@ -108,3 +108,46 @@ def test_run_config_yaml_reruns_to_the_same_metrics(tmp_path, tiny_model_dir, ca
     original = yaml.safe_load(written.read_text())
     rewritten["training"]["output_dir"] = original["training"]["output_dir"]
     assert rewritten == original
+
+
+def test_console_is_one_line_per_log_event_and_nothing_else(tmp_path, tiny_model_dir):
+    """A real process with its output redirected, as in a batch job's log file: no HF log dicts, no
+    cursor codes, no known noise; a line per logging step and evaluation, then the summary."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path, tiny_model_dir, training={"eval_on_start": True, "disable_tqdm": False})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(cfg)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    both = result.stdout + result.stderr
+    for noise in ("{'loss'", "{'eval_loss'", "\x1b[A", "Setting accelerator to CPU", "is_gradient_checkpointing",
+                  "FutureWarning"):
+        assert noise not in both, (noise, both[-3000:])
+    lines = [x for x in result.stderr.splitlines() if x.strip() and not x.startswith("Loading weights")]
+    assert lines[0].startswith("before training  eval_loss ") and len(lines) == 1 + 4 + 2, lines  # 4 losses, 2 evals
+    assert [x.split()[1] for x in lines[1:]] == ["1/4", "2/4", "2/4", "3/4", "4/4", "4/4"], lines
+    assert "Training finished." in result.stdout and "train.log" in result.stdout
+
+
+def test_console_callback_lines():
+    import io
+    from types import SimpleNamespace
+
+    from sage_libs.sage_finetune.callbacks.console import ConsoleCallback
+
+    out = io.StringIO()
+    cb = ConsoleCallback(stream=out)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, max_steps=0)
+    cb.on_log(None, state, None, logs={"eval_loss": 2.5, "eval_runtime": 0.1, "eval_samples_per_second": 3.0})
+    state.max_steps = 10
+    cb.on_train_begin(None, state, None)
+    state.global_step = 5
+    cb.on_log(None, state, None, logs={"loss": 1.23456, "learning_rate": 1e-3, "grad_norm": 0.5})
+    cb.on_log(None, state, None, logs={"eval_loss": "1.5", "eval_accuracy": 0.25})
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "before training  eval_loss 2.5000"
+    assert lines[1].startswith("step 5/10  loss 1.2346  lr 1.00e-03  0:00 elapsed, ETA ")
+    assert lines[2] == "step 5/10  eval_loss 1.5000  eval_accuracy 0.2500"

@@ -270,7 +270,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(cfg["training"].output_dir)
     adapter = out / ("adapter" if getattr(trainer, "uses_lora", False) else "model")
     trainer.save_model(adapter)
-    written = [adapter, out / "metrics.json", out / "trainer_log.jsonl", out / "loss.png", out / "run_config.yaml"]
+    written = [adapter, out / "metrics.json", out / "trainer_log.jsonl", out / "loss.png", out / "run_config.yaml",
+               out / "train.log"]
     if args.merge:
         written.append(Path(trainer.merge_and_save(out / "merged")))
     print("\nTraining finished.")
@@ -551,12 +552,13 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 def _quiet_libraries() -> None:
     import logging
-    import warnings
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "datasets", "accelerate", "peft", "httpx", "urllib3"):
+    # The console shows warnings and errors; progress and evaluations come from ConsoleCallback and
+    # the summary from the command. INFO lines go to OUTPUT_DIR/train.log (see BaseTrainer.train).
+    # Known noise is dropped by its exact text (utils/noise.py); no warning category is silenced.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
 if __name__ == "__main__":  # pragma: no cover

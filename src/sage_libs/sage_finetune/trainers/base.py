@@ -105,6 +105,24 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+class _RunLogFile(logging.FileHandler):
+    """OUTPUT_DIR/train.log: INFO and above from every library (the console shows warnings only)."""
+
+
+def _log_to_file(path: Path) -> None:
+    """Send log records to ``path`` from now on, instead of a previous run's train.log."""
+    root, ours = logging.getLogger(), logging.getLogger("sage_libs.sage_finetune")
+    for handler in [h for h in root.handlers if isinstance(h, _RunLogFile)]:
+        root.removeHandler(handler)
+        handler.close()
+    handler = _RunLogFile(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if ours.getEffectiveLevel() > logging.INFO:
+        ours.setLevel(logging.INFO)  # our INFO records reach the file; the console handler still filters them
+
+
 def _use_cpu(tc: TrainingConfig) -> bool:
     """``training.use_cpu``, or on when several processes were launched (torchrun) and there is no
     GPU: without it the HF Trainer does not set up DDP on the CPU and every process would train on
@@ -434,6 +452,14 @@ class BaseTrainer(FineTuner):
             train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=self.data_collator(),
             processing_class=self.tokenizer, callbacks=self._hf_callbacks(),
             optimizers=(optimizer, None))
+        # our console output instead of HF's log dicts and nested bars (see callbacks/console.py)
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        from ..callbacks.console import ConsoleCallback
+
+        self.hf_trainer.remove_callback(ProgressCallback)
+        self.hf_trainer.remove_callback(PrinterCallback)
+        self.hf_trainer.add_callback(ConsoleCallback(bar=not self.training_config.disable_tqdm))
         return self.hf_trainer
 
     def _pop_step_loss(self) -> float | None:
@@ -479,6 +505,7 @@ class BaseTrainer(FineTuner):
         try:
             if _is_main_process():
                 out.mkdir(parents=True, exist_ok=True)
+                _log_to_file(out / "train.log")
                 if not resume:  # a fresh run starts a fresh log; a resumed one appends
                     (out / "trainer_log.jsonl").unlink(missing_ok=True)
                 else:

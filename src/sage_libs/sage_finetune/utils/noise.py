@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["install_log_filters", "NOISE"]
+__all__ = ["install_log_filters", "NOISE", "WARNINGS"]
 
 # logger name -> message prefixes to drop, each with the reason it is noise
 NOISE: dict[str, tuple[str, ...]] = {
@@ -17,7 +17,16 @@ NOISE: dict[str, tuple[str, ...]] = {
     # `kernels` hub package is missing; bitsandbytes falls back to its own, and we never use the
     # packed CPU path that kernel serves (see trainers/qlora.py).
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+    # DeepSpeed, whenever it is imported on a machine without a GPU (transformers imports it when it
+    # is installed): the CPU is what the user asked for.
+    "DeepSpeed": ("Setting accelerator to CPU",),
 }
+
+# (category, regex matching the start of the message): Python warnings that are noise
+WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    # transformers 5 deprecates the attribute that peft and the Trainer still read; nothing to do for users
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+)
 
 
 class _DropPrefixes(logging.Filter):
@@ -31,7 +40,11 @@ class _DropPrefixes(logging.Filter):
 
 def install_log_filters() -> None:
     """Attach the filters (idempotent)."""
+    import warnings
+
     for name, prefixes in NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
             logger.addFilter(_DropPrefixes(prefixes))
+    for category, message in WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
