@@ -279,7 +279,7 @@ def test_qlora_without_bitsandbytes_says_what_to_install(tiny_model_dir, tmp_pat
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"pip install isage-finetune\[qlora\]"):
+    with pytest.raises(ConfigError, match=r"bitsandbytes package is not installed; pip install bitsandbytes"):
         create_trainer("qlora", training_config=training_config(tiny_model_dir, tmp_path / "o"))
 
 

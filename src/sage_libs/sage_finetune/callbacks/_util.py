@@ -9,7 +9,9 @@ __all__ = ["missing_extra", "is_main_process", "numeric", "tagged"]
 
 
 def missing_extra(package: str, extra: str) -> ImportError:
-    return ImportError(f"{package} is not installed; install it with: pip install 'isage-finetune[{extra}]'")
+    # the extra's package by name: 'pip install isage-finetune[...]' would fetch an unrelated PyPI project
+    return ImportError(f"{package} is not installed; install it with: pip install {package} (the [{extra}] extra "
+                       "of an isage-finetune checkout: pip install -e '.[" + extra + "]')")
 
 
 def is_main_process(trainer: Any) -> bool:

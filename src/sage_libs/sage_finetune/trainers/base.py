@@ -83,8 +83,8 @@ def _installed_trackers_only(fields: dict[str, Any]) -> dict[str, Any]:
     if isinstance(trackers, list):
         missing = [t for t in trackers if t in ("tensorboard", "wandb") and importlib.util.find_spec(t) is None]
         if missing:
-            logger.warning("report_to: %s not installed, not reporting there (pip install 'isage-finetune[%s]')",
-                           ", ".join(missing), missing[0])
+            logger.warning("report_to: %s not installed, not reporting there (pip install %s)",
+                           ", ".join(missing), " ".join(missing))
             fields = {**fields, "report_to": [t for t in trackers if t not in missing]}
     return fields
 
@@ -630,7 +630,7 @@ class BaseTrainer(FineTuner):
                 raise ConfigError(f"training.deepspeed: {tc.deepspeed}: no such file; expected a DeepSpeed JSON config")
             if importlib.util.find_spec("deepspeed") is None:
                 raise ConfigError("training.deepspeed is set but the deepspeed package is not installed; "
-                                  "pip install 'isage-finetune[deepspeed]'")
+                                  "pip install deepspeed (the [deepspeed] extra)")
         from transformers.training_args import OptimizerNames
 
         optimizers = [o.value for o in OptimizerNames]

@@ -87,7 +87,7 @@ class QLoRATrainer(LoRATrainer):
             QuantizationConfig, self.options.get("quantization_config"), "quantization_config") or QuantizationConfig()
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError("qlora: the bitsandbytes package is not installed; "
-                              "pip install isage-finetune[qlora]")
+                              "pip install bitsandbytes (the [qlora] extra: pip install -e '.[qlora]' in a checkout)")
 
     @classmethod
     def known_options(cls) -> list[str]:
