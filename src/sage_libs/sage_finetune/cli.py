@@ -351,8 +351,9 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     # the same rendering decisions and loader choice as training (data.rendering, data.sources)
     options = render_options(data, tokenizer, max_seq_length=max_len, formatting_func=formatting_func)
     print(f"chat template: {options.chat_template.source}")
-    for file in files:
-        records = record_sets(file, data, "train")[0]
+    for entry in files:
+        records = record_sets([entry], data, "train")[0]  # a path or a {path, weight, columns} entry
+        file = entry["path"] if isinstance(entry, dict) else entry
         report = build_report(records, tokenizer, sample_index=args.sample, **options.tokenize_kwargs())
         summary = report.summary()
         print(f"== {file}")

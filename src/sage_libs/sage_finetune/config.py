@@ -355,10 +355,17 @@ DATA_FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "
 class DataConfig(_Config):
     """Where the data comes from and how it becomes tokens with labels."""
 
-    train_file: Union[str, list[str], None] = _opt(
+    train_file: Union[str, list[Union[str, dict]], None] = _opt(
         None, "Training data: a .jsonl/.json/.parquet file, a saved dataset dir or a hub id; or a list of them "
-              "(each may use its own format; they are concatenated after tokenization).")
+              "(each may use its own format; they are concatenated after tokenization). A list entry may be a "
+              "mapping {path: ..., weight: W} (the sources are mixed in proportion to their weights, the mixture "
+              "as large as all sources together) or {path: ..., samples: N} (exactly N examples from that "
+              "source, repeated when it has fewer), and may carry its own columns mapping.")
     eval_file: Union[str, list[str], None] = _opt(None, "Evaluation data (same forms as train_file).")
+    columns: Union[dict, None] = _opt(
+        None, "Field names of records that use other names than their format expects, as {expected: actual}, "
+              "e.g. {instruction: question, output: answer} (applied to every file; a train_file entry's own "
+              "columns mapping wins).")
     loader: str = _opt("auto", "Loader name (jsonl, instruction, parquet, huggingface, ...); auto: by file extension.")
     format: str = _opt("auto", "Record format; auto detects it per record.", choices=DATA_FORMATS)
     split: str = _opt("train", "Split to read for hub or saved datasets.")
@@ -398,6 +405,10 @@ class DataConfig(_Config):
               "name only files you trust. Installed modules are not imported by name.")
 
     def _validate(self) -> None:
+        from .data.sources import check_columns, check_source_entries
+
+        check_source_entries(self.train_file, "data.train_file")
+        check_columns(self.columns, "data.columns")
         if self.train_on_prompt and self.mask_history:
             raise ConfigError("DataConfig: train_on_prompt and mask_history contradict each other; choose one")
         if self.packing and self.group_by_length:

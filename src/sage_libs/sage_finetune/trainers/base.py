@@ -332,8 +332,10 @@ class BaseTrainer(FineTuner):
 
         if data is None:
             return None
-        parts, stats_parts = [], []
+        parts, stats_parts, mixes, sources = [], [], [], []
         for records in self._record_sets(data, split):
+            mixes.append(getattr(records, "mix", None))
+            sources.append(getattr(records, "source", None))
             if is_tokenized(records):
                 parts.append(records if isinstance(records, Dataset) else Dataset.from_list([dict(x) for x in records]))
                 continue
@@ -350,6 +352,14 @@ class BaseTrainer(FineTuner):
             parts.append(dataset)
         if stats_parts:
             self.data_stats[split] = PrepareStats.merge(stats_parts).to_dict()
+        if split == "train" and any(mixes):  # weighted / counted sources (data.train_file entries)
+            from ..data.sources import mixture_indices
+
+            picks = mixture_indices([len(p) for p in parts], mixes, self.training_config.seed)
+            self.data_stats.setdefault("train", {})["mixture"] = [
+                {"source": src, "examples": len(part), "used": len(idx), **(mix or {})}
+                for src, part, idx, mix in zip(sources, parts, picks, mixes)]
+            parts = [part.select(idx) for part, idx in zip(parts, picks)]
         dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
         if split == "train" and self.data_config.packing:
             dataset = self._pack(dataset)
@@ -807,8 +817,10 @@ def _local_paths(data: Any) -> list[str]:
     """The file paths among a train()/evaluate() data argument (records and datasets are skipped)."""
     if isinstance(data, (str, os.PathLike)):
         return [os.fspath(data)]
-    if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
-        return [os.fspath(d) for d in data]
+    from ..data.sources import is_source_list
+
+    if is_source_list(data):
+        return [os.fspath(d["path"] if isinstance(d, dict) else d) for d in data]
     return []
 
 
