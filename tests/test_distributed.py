@@ -57,7 +57,8 @@ def test_ddp_two_processes_equal_one_process(tiny_model_dir, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                 "-m", "sage_libs.sage_finetune.cli", "train", str(cfg), f"training.output_dir={tmp_path / 'ddp'}",
                 "training.use_cpu=false"]
-    run(torchrun)
+    result = run(torchrun)
+    assert result.stdout.count("Training finished.") == 1, result.stdout  # one job, one summary
     single, ddp = adapter(tmp_path / "single"), adapter(tmp_path / "ddp")
     assert single.keys() == ddp.keys()
     worst = max((single[k] - ddp[k]).abs().max().item() for k in single)

@@ -274,6 +274,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                out / "train.log"]
     if args.merge:
         written.append(Path(trainer.merge_and_save(out / "merged")))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the main process reports, once
+        return 0
     print("\nTraining finished.")
     _print_metrics(metrics)
     print("Wrote:")
