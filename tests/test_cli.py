@@ -151,3 +151,24 @@ def test_console_callback_lines():
     assert lines[0] == "before training  eval_loss 2.5000"
     assert lines[1].startswith("step 5/10  loss 1.2346  lr 1.00e-03  0:00 elapsed, ETA ")
     assert lines[2] == "step 5/10  eval_loss 1.5000  eval_accuracy 0.2500"
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_outputs_get_the_permissions_of_a_normal_write(tmp_path, umask, file_mode, dir_mode):
+    """Atomic writes go through private temporary files; the outputs must not stay private (a
+    serving process under another user reads the adapter) nor become more open than the umask."""
+    import os
+    import stat
+
+    from sage_libs.sage_finetune.utils.io import atomic_dir, atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+        with atomic_dir(tmp_path / "adapter") as tmp:
+            (tmp / "adapter_model.safetensors").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == dir_mode
+    assert stat.S_IMODE((tmp_path / "adapter" / "adapter_model.safetensors").stat().st_mode) == file_mode

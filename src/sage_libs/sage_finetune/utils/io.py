@@ -10,7 +10,29 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_dir"]
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_dir", "normal_mode"]
+
+
+def normal_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a temporary file or folder the permissions a plain ``open()`` / ``mkdir()`` would have
+    given it under the current umask: mkstemp/mkdtemp make them private (0600/0700), which would
+    keep a serving process running as another user from reading the model."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def _umask() -> int:
+    # /proc gives it without changing it (os.umask can only read it by setting it, which would briefly
+    # affect files other threads create)
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -23,6 +45,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        normal_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -41,6 +64,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    normal_mode(tmp, directory=True)
     try:
         yield tmp
     except BaseException:
