@@ -40,6 +40,13 @@ def test_train_writes_everything(tmp_path, tiny_model_dir, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and "eval_loss" in metrics
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out / "adapter")
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name, full in (("adapter", 0o777), ("metrics.json", 0o666), ("run_config.yaml", 0o666), ("loss.png", 0o666)):
+        assert stat.S_IMODE((out / name).stat().st_mode) == full & ~umask, name
     printed = capsys.readouterr().out
     assert "eval_loss" in printed and str(out / "loss.png") in printed
 
