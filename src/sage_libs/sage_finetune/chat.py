@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from .config import ConfigError
 
-__all__ = ["ChatSession", "load_chat_model", "generate_reply", "stop_token_ids"]
+__all__ = ["ChatSession", "load_chat_model", "generate_reply", "continue_ids", "stop_token_ids"]
 
 
 def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: str = "auto",
@@ -94,21 +94,28 @@ def generate_reply(model: Any, tokenizer: Any, messages: list[dict[str, Any]], *
     tokenizer's, else the fallback, exactly as training resolves it), greedy unless sampling
     options are given, stopped at :func:`stop_token_ids`. ``on_text`` receives the reply as it
     is generated."""
-    import torch
-
     from .data.rendering import resolve_chat_template
 
     template = chat_template or resolve_chat_template(None, tokenizer).text
     text = tokenizer.apply_chat_template(messages, chat_template=template, tools=tools, tokenize=False,
                                          add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    generate_kwargs.setdefault("eos_token_id", stop_token_ids(tokenizer, model, template))
+    if on_text is not None:
+        generate_kwargs["streamer"] = _text_streamer(tokenizer, on_text)
+    return continue_ids(model, tokenizer, ids, max_new_tokens=max_new_tokens, **generate_kwargs)
+
+
+def continue_ids(model: Any, tokenizer: Any, ids: Any, *, max_new_tokens: int, **generate_kwargs: Any) -> str:
+    """The decoded continuation of the token ids ``ids`` (a 1 x n tensor): greedy unless sampling
+    options are given, in eval mode (the model's mode is restored), special tokens dropped."""
+    import torch
+
     device = next(model.parameters()).device
     generate_kwargs.setdefault("do_sample", False)
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                else tokenizer.eos_token_id)
-    generate_kwargs.setdefault("eos_token_id", stop_token_ids(tokenizer, model, template))
-    if on_text is not None:
-        generate_kwargs["streamer"] = _text_streamer(tokenizer, on_text)
+    generate_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
     was_training = model.training
     model.eval()
     try:

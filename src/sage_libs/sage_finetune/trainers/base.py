@@ -747,9 +747,7 @@ class BaseTrainer(FineTuner):
         """Greedy (by default) generation. A string prompt is wrapped as one user message (a list
         is taken as the messages) and rendered with the template training used; generation stops
         at its end-of-turn token. ``chat=False`` continues the raw text instead."""
-        import torch
-
-        from ..chat import generate_reply
+        from ..chat import continue_ids, generate_reply
 
         self.setup()
         tok = self.tokenizer
@@ -758,21 +756,8 @@ class BaseTrainer(FineTuner):
             kwargs.setdefault("eos_token_id", self.end_of_turn_token_ids())
             return generate_reply(self.model, tok, messages, chat_template=self.render_options().chat_template.text,
                                   max_new_tokens=max_new_tokens, **kwargs)
-        ids = tok(prompt, return_tensors="pt")["input_ids"]
-        model = self.model
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        kwargs.setdefault("do_sample", False)
-        kwargs.setdefault("pad_token_id", tok.pad_token_id)
-        kwargs.setdefault("eos_token_id", tok.eos_token_id)
-        try:
-            with torch.no_grad():
-                out = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
-                                     max_new_tokens=max_new_tokens, use_cache=True, **kwargs)
-        finally:
-            model.train(was_training)
-        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return continue_ids(self.model, tok, tok(prompt, return_tensors="pt")["input_ids"],
+                            max_new_tokens=max_new_tokens, **kwargs)
 
     # ----------------------------------------------------------------------------------------
     # Outputs
