@@ -24,7 +24,8 @@ from ..config import ConfigError, DataConfig, LoRAConfig, TrainingConfig
 from ..interface import FineTuner
 from ..utils.io import atomic_dir, atomic_write_json, atomic_write_text
 
-__all__ = ["BaseTrainer", "coerce_config", "TrainingError", "NonFiniteLossError", "TrainingInterrupted"]
+__all__ = ["BaseTrainer", "coerce_config", "TrainingError", "NonFiniteLossError", "TrainingInterrupted",
+           "DiskFullError"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +44,21 @@ class NonFiniteLossError(TrainingError):
         self.step, self.checkpoint = step, checkpoint
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training after a checkpoint was saved at ``step``. A KeyboardInterrupt, so that
-    code which catches Exception does not swallow the user's interrupt."""
+class DiskFullError(TrainingError):
+    """A write failed for lack of space; ``checkpoint`` is the last complete checkpoint, if any."""
 
-    def __init__(self, message: str, *, step: int, checkpoint: str | None) -> None:
+    def __init__(self, message: str, *, checkpoint: str | None = None) -> None:
         super().__init__(message)
-        self.step, self.checkpoint = step, checkpoint
+        self.checkpoint = checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM: ``signum``) stopped training after a checkpoint was saved at ``step``. A
+    KeyboardInterrupt, so that code which catches Exception does not swallow the user's interrupt."""
+
+    def __init__(self, message: str, *, step: int, checkpoint: str | None, signum: int = 2) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -432,19 +441,51 @@ class BaseTrainer(FineTuner):
         """Train on ``train_dataset`` (records, a path, or tokenized data); returns metrics.
 
         ``config`` optionally replaces the training config for this call (SAGE's signature).
+        The run holds its output folder's lock throughout (see :meth:`hold_output_dir`).
         """
         if config is not None:
             self.training_config = coerce_config(TrainingConfig, config, "config")
             self.model, self.hf_trainer = None, None
         tc, dc = self.training_config, self.data_config
-        if train_dataset is None:
-            if not dc.train_file:
-                raise ConfigError("train(): no training data; pass train_dataset or set data.train_file")
-            train_dataset = dc.train_file
-        if eval_dataset is None and dc.eval_file:
-            eval_dataset = dc.eval_file
-        self.check_inputs(train_dataset, eval_dataset)
-        resume = self.resume_checkpoint()
+        from ..utils.run_lock import lock_only, remove_stale_temporaries
+
+        out = Path(tc.output_dir)
+        created = _is_main_process() and (not out.exists() or lock_only(out))
+        self._loop_started = False
+        try:
+            if train_dataset is None:
+                if not dc.train_file:
+                    raise ConfigError("train(): no training data; pass train_dataset or set data.train_file")
+                train_dataset = dc.train_file
+            if eval_dataset is None and dc.eval_file:
+                eval_dataset = dc.eval_file
+            self.check_inputs(train_dataset, eval_dataset)
+            with self.hold_output_dir():
+                if _is_main_process():
+                    for path in remove_stale_temporaries(out):
+                        logger.warning("removed %s, left behind by a run that was killed while writing it", path)
+                return self._train_locked(train_dataset, eval_dataset)
+        except BaseException:
+            # nothing worth keeping was written yet: a run that fails before its first step leaves no
+            # output directory behind (when it did not exist before)
+            if created and not self._loop_started:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+    def hold_output_dir(self) -> Any:
+        """A context holding ``output_dir``'s lock: a second live run on the folder stops at once
+        (:class:`OutputDirBusy`, exit code 2). Re-entrant; the CLI holds it across train and save."""
+        from ..utils.run_lock import run_lock
+
+        _check_output_dir(self.training_config.output_dir)
+        return run_lock(self.training_config.output_dir, enabled=_is_main_process())
+
+    def _train_locked(self, train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
+        from ..utils.run_identity import RunIdentity
+
+        tc, dc = self.training_config, self.data_config
+        self._identity = RunIdentity.from_resolved_config(self.resolved_config(), train_dataset)
+        resume = self.resume_checkpoint(self._identity)
         # Data errors surface before the (possibly slow) model load; only the tokenizer is needed.
         self.setup_tokenizer()
         if eval_dataset is None and dc.eval_split_ratio > 0:
@@ -456,32 +497,49 @@ class BaseTrainer(FineTuner):
             eval_ds = self.prepare_dataset(eval_dataset, "eval")
         self.setup()
         out = Path(tc.output_dir)
-        created = _is_main_process() and not out.exists()
-        try:
-            if _is_main_process():
-                out.mkdir(parents=True, exist_ok=True)
-                if not resume:  # a fresh run starts a fresh log; a resumed one appends
-                    (out / "trainer_log.jsonl").unlink(missing_ok=True)
-                else:
-                    _trim_log(out / "trainer_log.jsonl", _checkpoint_step(resume))
-                self.write_run_config(out / "run_config.yaml")
-            trainer = self.build_hf_trainer(train_ds, eval_ds)
-            self._warn_about_schedule(len(train_ds))
-            metrics: dict[str, Any] = {"method": self.method}
-            if eval_ds is not None and tc.eval_on_start:
-                before = trainer.evaluate()
-                metrics["eval_loss_before"] = before["eval_loss"]
-                metrics["perplexity_before"] = _perplexity(before["eval_loss"])
-        except BaseException:
-            # nothing worth keeping was written yet: a run that fails before its first step leaves no
-            # output directory behind (when it did not exist before)
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+        if resume:
+            self._check_checkpoint_fits(resume)
+        if _is_main_process():
+            from ..utils.checkpoint import move_aside_previous_run
+            from ..utils.run_identity import write_identity
+
+            out.mkdir(parents=True, exist_ok=True)
+            if not resume:  # a fresh run starts in an empty folder; a resumed one appends to its log
+                moved = move_aside_previous_run(out)
+                if moved is not None:
+                    logger.warning("output_dir held the checkpoints and outputs of an earlier run; moved them to %s "
+                                   "(a fresh run never mixes its files with another run's; delete that folder if "
+                                   "you do not need it)", moved)
+            else:
+                _trim_log(out / "trainer_log.jsonl", _checkpoint_step(resume))
+            write_identity(out, self._identity)
+            self.write_run_config(out / "run_config.yaml")
+        trainer = self.build_hf_trainer(train_ds, eval_ds)
+        self._warn_about_schedule(len(train_ds))
+        metrics: dict[str, Any] = {"method": self.method}
+        if eval_ds is not None and tc.eval_on_start:
+            before = trainer.evaluate()
+            metrics["eval_loss_before"] = before["eval_loss"]
+            metrics["perplexity_before"] = _perplexity(before["eval_loss"])
+        from ..callbacks.safety import RunFinished
+
         interrupt = getattr(self, "_interrupt", None)
         start = time.perf_counter()
-        with interrupt.catch_sigint() if interrupt is not None else contextlib.nullcontext():
-            result = trainer.train(resume_from_checkpoint=resume)
+        self._loop_started = True
+        try:
+            with interrupt.catch_signals() if interrupt is not None else contextlib.nullcontext():
+                result = trainer.train(resume_from_checkpoint=resume)
+        except RunFinished:  # resumed from the final checkpoint: no step left, its weights are the result
+            logger.warning("%s is the end of this run (step %d of %d): nothing left to train; the outputs are "
+                           "written from it", resume, trainer.state.global_step, trainer.state.max_steps)
+            result = None
+        except BaseException as exc:
+            from ..utils.io import disk_full_message
+
+            message = disk_full_message(exc, out)
+            if message is None:
+                raise
+            raise self._disk_full(message) from exc
         runtime = time.perf_counter() - start
         if interrupt is not None and interrupt.stopped_at is not None and \
                 trainer.state.global_step < trainer.state.max_steps:
@@ -489,54 +547,102 @@ class BaseTrainer(FineTuner):
             checkpoint = out / f"checkpoint-{step}"
             saved = f"checkpoint saved: {checkpoint}" if checkpoint.is_dir() else "no checkpoint could be saved"
             raise TrainingInterrupted(
-                f"training interrupted at step {step} of {trainer.state.max_steps}; {saved}. Resume with "
+                f"training {interrupt.verb} at step {step} of {trainer.state.max_steps}; {saved}. Resume with "
                 f"training.resume_from_checkpoint=true (same output_dir {tc.output_dir})",
-                step=step, checkpoint=str(checkpoint) if checkpoint.is_dir() else None)
+                step=step, checkpoint=str(checkpoint) if checkpoint.is_dir() else None, signum=interrupt.signum)
         tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         metrics.update(
-            train_loss=result.training_loss, train_runtime=round(runtime, 3), global_step=result.global_step,
+            train_loss=result.training_loss if result else (sum(losses) / len(losses) if losses else None),
+            train_runtime=round(runtime, 3), global_step=trainer.state.global_step,
             epoch=trainer.state.epoch, train_samples=len(train_ds), train_tokens=tokens,
-            train_tokens_per_second=round(tokens / runtime, 2) if runtime > 0 else None,
+            train_tokens_per_second=round(tokens / runtime, 2) if runtime > 0 and result else None,
             trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         )
         if eval_ds is not None:
             # reuse an evaluation the loop already ran at the final step instead of repeating it
             last = trainer.state.log_history[-2:-1] or [{}]
-            ev = last[0] if last[0].get("step") == result.global_step and "eval_loss" in last[0] else None
+            ev = last[0] if last[0].get("step") == trainer.state.global_step and "eval_loss" in last[0] else None
             ev = ev or trainer.evaluate()
             metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]),
                            eval_samples=len(eval_ds))
         metrics["data"] = self.data_stats
         if _is_main_process():
-            self.write_outputs(metrics)
+            try:
+                self.write_outputs(metrics)
+            except OSError as exc:
+                from ..utils.io import disk_full_message
+
+                message = disk_full_message(exc, out)
+                if message is None:
+                    raise
+                raise self._disk_full(message) from exc
         return metrics
 
-    def resume_checkpoint(self) -> str | None:
+    def _disk_full(self, message: str) -> "DiskFullError":
+        from ..utils.run_identity import last_own_checkpoint
+
+        tc = self.training_config
+        last = last_own_checkpoint(tc.output_dir, getattr(self, "_identity", None),
+                                   plain=not (tc.deepspeed or tc.fsdp), remove_incomplete=_is_main_process())
+        kept = (f"the last complete checkpoint is {last}; free some space, then resume with "
+                "training.resume_from_checkpoint=true" if last is not None
+                else "no complete checkpoint was written; free some space and start the run again")
+        return DiskFullError(f"{message}; {kept}", checkpoint=None if last is None else str(last))
+
+    def _before_checkpoint(self, path: str) -> None:
+        """Called by the HF Trainer core before it writes ``checkpoint-N``: the run's identity goes in
+        first, so that every checkpoint can be attributed to the config that wrote it."""
+        identity = getattr(self, "_identity", None)
+        if identity is not None and _is_main_process():
+            from ..utils.run_identity import write_identity
+
+            os.makedirs(path, exist_ok=True)
+            write_identity(path, identity)
+
+    def _check_checkpoint_fits(self, checkpoint: str) -> None:
+        """A checkpoint whose tensors do not fit this model (lora.r 8 -> 4, other target modules) is
+        bad input: one line, exit 2, before anything in output_dir is rewritten."""
+        tc = self.training_config
+        if tc.deepspeed or tc.fsdp:
+            return
+        from ..utils.run_identity import checkpoint_shape_problems
+
+        if hasattr(self.model, "peft_config"):
+            from peft import get_peft_model_state_dict
+
+            expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(self.model).items()}
+        else:
+            expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        problems = checkpoint_shape_problems(checkpoint, expected)
+        if problems:
+            raise ConfigError(f"training.resume_from_checkpoint: {checkpoint} does not fit this model "
+                              f"({'; '.join(problems[:2])}); it was written with another model or lora "
+                              "config: resume it with the config that wrote it (its run_config.yaml), or start a "
+                              "fresh run")
+
+    def resume_checkpoint(self, identity: Any = None) -> str | None:
         """The checkpoint directory ``training.resume_from_checkpoint`` names, checked before anything
-        is loaded (the HF Trainer would only fail after data preparation and model loading)."""
+        is loaded (the HF Trainer would only fail after data preparation and model loading).
+
+        ``true`` takes the newest complete checkpoint written by a run of the same identity
+        (:class:`RunIdentity`; None: the identity of this trainer's config and ``data.train_file``);
+        checkpoints of another config are skipped with a warning, and when only such checkpoints
+        exist it is an error. A path is resumed as asked, with a warning if another config wrote it.
+        """
         tc = self.training_config
         value = tc.resume_from_checkpoint
         if not value:
             return None
-        from ..utils.checkpoint import checkpoint_problems, last_complete_checkpoint
+        from ..utils.checkpoint import checkpoint_problems
+        from ..utils.run_identity import RunIdentity, choose_checkpoint, identity_differences, read_identity
 
+        if identity is None:
+            identity = RunIdentity.from_resolved_config(self.resolved_config(), self.data_config.train_file)
         # DeepSpeed and FSDP save weights and optimizer state in their own sharded layouts
         plain = not (tc.deepspeed or tc.fsdp)
         if value is True:
-            last, skipped = last_complete_checkpoint(tc.output_dir, training_state=plain, weights=plain)
-            for path, problems in skipped:
-                logger.warning("not resuming from %s: %s (a save that was interrupted?); trying an older "
-                               "checkpoint", path, "; ".join(problems))
-            if last is None:
-                if skipped:
-                    raise ConfigError(
-                        f"training.resume_from_checkpoint: true, but no checkpoint in {tc.output_dir} is complete ("
-                        + "; ".join(f"{p.name}: {', '.join(probs)}" for p, probs in skipped)
-                        + "); set it to false for a fresh run")
-                raise ConfigError(f"training.resume_from_checkpoint: true, but {tc.output_dir} holds no "
-                                  "checkpoint-N folder to resume from; set it to false for a fresh run, or to "
-                                  "the path of a checkpoint")
-            return str(last)
+            return str(choose_checkpoint(tc.output_dir, identity, plain=plain))
         if not os.path.isfile(os.path.join(value, "trainer_state.json")) and not any(
                 os.path.isfile(os.path.join(value, n)) for n in ("optimizer.pt", "adapter_model.safetensors",
                                                                   "model.safetensors")):
@@ -547,6 +653,10 @@ class BaseTrainer(FineTuner):
             raise ConfigError(f"training.resume_from_checkpoint: {value} is incomplete ({'; '.join(problems)}), "
                               "probably written by a run that was killed while saving; resume from an earlier "
                               "checkpoint, or use true to pick the newest complete one")
+        written_by = read_identity(value) or read_identity(Path(value).parent)
+        if written_by is not None and written_by["fingerprint"] != identity.fingerprint:
+            logger.warning("resuming %s as asked, although another config wrote it (%s): the run goes on with "
+                           "this config", value, identity_differences(written_by, identity))
         return str(value)
 
     def check_inputs(self, train_data: Any = None, eval_data: Any = None) -> None:
