@@ -583,8 +583,11 @@ class BaseTrainer(FineTuner):
         from ..utils.run_identity import last_own_checkpoint
 
         tc = self.training_config
-        last = last_own_checkpoint(tc.output_dir, getattr(self, "_identity", None),
-                                   plain=not (tc.deepspeed or tc.fsdp), remove_incomplete=_is_main_process())
+        removed: list[Path] = []
+        last = last_own_checkpoint(tc.output_dir, getattr(self, "_identity", None), plain=not (tc.deepspeed or tc.fsdp),
+                                   removed=removed if _is_main_process() else None)
+        if removed and " while writing " not in message:
+            message += f" while saving {removed[-1].name} (removed: it was incomplete)"
         kept = (f"the last complete checkpoint is {last}; free some space, then resume with "
                 "training.resume_from_checkpoint=true" if last is not None
                 else "no complete checkpoint was written; free some space and start the run again")

@@ -49,6 +49,9 @@ def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
     os.close(fd)
     try:
+        from .io import _FILE_MODE
+
+        os.chmod(tmp, _FILE_MODE)
         fig.savefig(tmp)
         os.replace(tmp, path)
     except BaseException:

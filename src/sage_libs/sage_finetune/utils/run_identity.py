@@ -239,18 +239,19 @@ def choose_checkpoint(output_dir: str | os.PathLike, identity: RunIdentity, *, p
 
 
 def last_own_checkpoint(output_dir: str | os.PathLike, identity: RunIdentity | None, *, plain: bool = True,
-                        remove_incomplete: bool = False) -> Path | None:
-    """The newest complete checkpoint this run (``identity``) can resume from; with
-    ``remove_incomplete``, newer half-written ones (a save that failed, e.g. for lack of space) are
-    deleted, which also gives back their space."""
+                        removed: list[Path] | None = None) -> Path | None:
+    """The newest complete checkpoint this run (``identity``) can resume from. With a ``removed``
+    list, newer half-written ones (a save that failed, e.g. for lack of space) are deleted, which also
+    gives back their space, and listed there."""
     import shutil
 
     from .checkpoint import checkpoint_problems, find_checkpoints
 
     for path in find_checkpoints(output_dir):
         if checkpoint_problems(path, training_state=plain, weights=plain):
-            if remove_incomplete:
+            if removed is not None:
                 shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
             continue
         written_by = _written_by(path)
         if identity is None or written_by is None or written_by["fingerprint"] == identity.fingerprint:
