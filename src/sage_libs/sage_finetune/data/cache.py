@@ -58,10 +58,14 @@ def records_fingerprint(records: Any) -> str | None:
     if not hasattr(records, "__len__") or not hasattr(records, "__getitem__"):
         return None
     h = hashlib.sha256()
-    dumps = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=_unhashable).encode
+    encode = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=_unhashable).iterencode
+    step = 1 << 20
     try:
         for record in records:
-            h.update(dumps(record).encode("utf-8", "surrogatepass"))
+            # piece by piece (the same bytes as one dumps()): a huge record is never copied whole
+            for chunk in encode(record):
+                for i in range(0, len(chunk), step):
+                    h.update(chunk[i:i + step].encode("utf-8", "surrogatepass"))
             h.update(b"\n")
     except _Unhashable:
         return None
