@@ -137,6 +137,9 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
             raise UsageError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
         if not isinstance(raw, dict):
             raise UsageError(f"{path}: expected a mapping with method, training, lora, data")
+        from .utils.user_code import trust_config_dir
+
+        trust_config_dir(p.parent)  # data.formatting_func may name a file beside the config
     where = str(path or "the command line")
     for key in raw:
         if key not in TOP_LEVEL:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ..utils.input_checks import formatting_func_error, template_error
 from .conversation import Conversation, DataFormatError
 from .formats import detect_format, record_text, to_conversation
 from .render import IGNORE_INDEX, ChatRenderer
@@ -241,7 +242,7 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
         for k, (_where, item, record_fmt) in enumerate(chunk):
             result = item if isinstance(item, BaseException) else by_index[k]
             if isinstance(result, BaseException):
-                fail(result)
+                fail(template_error(result, _where, user_template=chat_template is not None))
                 continue
             stats.formats[record_fmt] += 1
             for warning in getattr(item, "meta", {}).get("warnings", ()):
@@ -266,7 +267,11 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
         try:
             if formatting_func is not None:
                 record_fmt = "formatting_func"
-                item = _from_formatted(formatting_func(record), where, fmt, system_prompt)
+                try:
+                    value = formatting_func(record)
+                except Exception as exc:  # the user's code: one line with the record and its file:line
+                    raise formatting_func_error(exc, formatting_func, where) from exc
+                item = _from_formatted(value, where, fmt, system_prompt)
             else:
                 record_fmt = detect_format(record, where) if fmt == "auto" else fmt
                 if first_format is None:

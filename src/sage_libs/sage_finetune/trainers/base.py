@@ -679,13 +679,19 @@ class BaseTrainer(FineTuner):
                 f"training.max_seq_length: {tc.max_seq_length} is more than the model's max_position_embeddings "
                 f"({limit}, in {tc.model_name_or_path}/config.json); {what} that long would use positions the model "
                 f"never learned; set max_seq_length to at most {limit}")
+        from ..utils.input_checks import check_chat_template, check_data_argument, check_lora_rank
+
         for option, data in (("data.train_file", train_data), ("data.eval_file", eval_data)):
+            check_data_argument("train(): " + ("train_dataset" if "train" in option else "eval_dataset"), data)
             for path in _local_paths(data):
                 _check_data_file(option, path)
         template = dc.chat_template
         if template and "{" not in template and not os.path.isfile(template):
             raise ConfigError(f"data.chat_template: {template}: no such file; expected a Jinja template file or "
                               "the template text itself")
+        check_chat_template(template)
+        if self.lora_config is not None and self.uses_lora:
+            check_lora_rank(self.lora_config.r, tc.model_name_or_path)
         if dc.tools_file and not os.path.isfile(dc.tools_file):
             raise ConfigError(f"data.tools_file: {dc.tools_file}: no such file; expected a JSON list of tool schemas")
         if tc.deepspeed:
