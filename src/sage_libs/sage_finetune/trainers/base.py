@@ -464,7 +464,8 @@ class BaseTrainer(FineTuner):
                 if _is_main_process():
                     for path in remove_stale_temporaries(out):
                         logger.warning("removed %s, left behind by a run that was killed while writing it", path)
-                return self._train_locked(train_dataset, eval_dataset)
+                with self._disk_full_guard():  # whichever write hits a full disk: one line, what to do
+                    return self._train_locked(train_dataset, eval_dataset)
         except BaseException:
             # nothing worth keeping was written yet: a run that fails before its first step leaves no
             # output directory behind (when it did not exist before)
@@ -497,8 +498,10 @@ class BaseTrainer(FineTuner):
             eval_ds = self.prepare_dataset(eval_dataset, "eval")
         self.setup()
         out = Path(tc.output_dir)
-        if resume:
-            self._check_checkpoint_fits(resume)
+        if resume and not (tc.deepspeed or tc.fsdp):
+            from ..utils.run_identity import check_checkpoint_fits
+
+            check_checkpoint_fits(self.model, resume)  # lora.r 8 -> 4: exit 2 before anything is rewritten
         if _is_main_process():
             from ..utils.checkpoint import move_aside_previous_run
             from ..utils.run_identity import write_identity
@@ -533,13 +536,6 @@ class BaseTrainer(FineTuner):
             logger.warning("%s is the end of this run (step %d of %d): nothing left to train; the outputs are "
                            "written from it", resume, trainer.state.global_step, trainer.state.max_steps)
             result = None
-        except BaseException as exc:
-            from ..utils.io import disk_full_message
-
-            message = disk_full_message(exc, out)
-            if message is None:
-                raise
-            raise self._disk_full(message) from exc
         runtime = time.perf_counter() - start
         if interrupt is not None and interrupt.stopped_at is not None and \
                 trainer.state.global_step < trainer.state.max_steps:
@@ -568,61 +564,40 @@ class BaseTrainer(FineTuner):
                            eval_samples=len(eval_ds))
         metrics["data"] = self.data_stats
         if _is_main_process():
-            try:
-                self.write_outputs(metrics)
-            except OSError as exc:
-                from ..utils.io import disk_full_message
-
-                message = disk_full_message(exc, out)
-                if message is None:
-                    raise
-                raise self._disk_full(message) from exc
+            self.write_outputs(metrics)
         return metrics
 
     def _disk_full(self, message: str) -> "DiskFullError":
-        from ..utils.run_identity import last_own_checkpoint
+        from ..utils.run_identity import disk_full_details
 
         tc = self.training_config
-        removed: list[Path] = []
-        last = last_own_checkpoint(tc.output_dir, getattr(self, "_identity", None), plain=not (tc.deepspeed or tc.fsdp),
-                                   removed=removed if _is_main_process() else None)
-        if removed and " while writing " not in message:
-            message += f" while saving {removed[-1].name} (removed: it was incomplete)"
-        kept = (f"the last complete checkpoint is {last}; free some space, then resume with "
-                "training.resume_from_checkpoint=true" if last is not None
-                else "no complete checkpoint was written; free some space and start the run again")
-        return DiskFullError(f"{message}; {kept}", checkpoint=None if last is None else str(last))
+        text, last = disk_full_details(message, tc.output_dir, getattr(self, "_identity", None),
+                                       plain=not (tc.deepspeed or tc.fsdp), remove_incomplete=_is_main_process())
+        return DiskFullError(text, checkpoint=last)
+
+    @contextlib.contextmanager
+    def _disk_full_guard(self) -> Any:
+        """A write that fails for lack of space becomes one :class:`DiskFullError` line."""
+        try:
+            yield
+        except DiskFullError:
+            raise
+        except BaseException as exc:
+            from ..utils.io import disk_full_message
+
+            message = disk_full_message(exc, self.training_config.output_dir)
+            if message is None:
+                raise
+            raise self._disk_full(message) from exc
 
     def _before_checkpoint(self, path: str) -> None:
         """Called by the HF Trainer core before it writes ``checkpoint-N``: the run's identity goes in
         first, so that every checkpoint can be attributed to the config that wrote it."""
-        identity = getattr(self, "_identity", None)
-        if identity is not None and _is_main_process():
+        if getattr(self, "_identity", None) is not None and _is_main_process():
             from ..utils.run_identity import write_identity
 
             os.makedirs(path, exist_ok=True)
-            write_identity(path, identity)
-
-    def _check_checkpoint_fits(self, checkpoint: str) -> None:
-        """A checkpoint whose tensors do not fit this model (lora.r 8 -> 4, other target modules) is
-        bad input: one line, exit 2, before anything in output_dir is rewritten."""
-        tc = self.training_config
-        if tc.deepspeed or tc.fsdp:
-            return
-        from ..utils.run_identity import checkpoint_shape_problems
-
-        if hasattr(self.model, "peft_config"):
-            from peft import get_peft_model_state_dict
-
-            expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(self.model).items()}
-        else:
-            expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        problems = checkpoint_shape_problems(checkpoint, expected)
-        if problems:
-            raise ConfigError(f"training.resume_from_checkpoint: {checkpoint} does not fit this model "
-                              f"({'; '.join(problems[:2])}); it was written with another model or lora "
-                              "config: resume it with the config that wrote it (its run_config.yaml), or start a "
-                              "fresh run")
+            write_identity(path, self._identity)
 
     def resume_checkpoint(self, identity: Any = None) -> str | None:
         """The checkpoint directory ``training.resume_from_checkpoint`` names, checked before anything
@@ -638,7 +613,7 @@ class BaseTrainer(FineTuner):
         if not value:
             return None
         from ..utils.checkpoint import checkpoint_problems
-        from ..utils.run_identity import RunIdentity, choose_checkpoint, identity_differences, read_identity
+        from ..utils.run_identity import RunIdentity, choose_checkpoint, warn_if_written_by_another
 
         if identity is None:
             identity = RunIdentity.from_resolved_config(self.resolved_config(), self.data_config.train_file)
@@ -656,10 +631,7 @@ class BaseTrainer(FineTuner):
             raise ConfigError(f"training.resume_from_checkpoint: {value} is incomplete ({'; '.join(problems)}), "
                               "probably written by a run that was killed while saving; resume from an earlier "
                               "checkpoint, or use true to pick the newest complete one")
-        written_by = read_identity(value) or read_identity(Path(value).parent)
-        if written_by is not None and written_by["fingerprint"] != identity.fingerprint:
-            logger.warning("resuming %s as asked, although another config wrote it (%s): the run goes on with "
-                           "this config", value, identity_differences(written_by, identity))
+        warn_if_written_by_another(value, identity)
         return str(value)
 
     def check_inputs(self, train_data: Any = None, eval_data: Any = None) -> None:

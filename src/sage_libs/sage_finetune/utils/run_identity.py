@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 __all__ = ["IDENTITY_FILE", "RunIdentity", "read_identity", "write_identity", "identity_differences",
-           "data_fingerprint", "checkpoint_shape_problems", "choose_checkpoint", "last_own_checkpoint"]
+           "data_fingerprint", "checkpoint_shape_problems", "check_checkpoint_fits", "choose_checkpoint",
+           "last_own_checkpoint", "warn_if_written_by_another", "disk_full_details"]
+
+_log = logging.getLogger("sage_libs.sage_finetune.trainers.base")
 
 IDENTITY_FILE = "run_identity.json"
 
@@ -197,12 +201,10 @@ def choose_checkpoint(output_dir: str | os.PathLike, identity: RunIdentity, *, p
     """``resume_from_checkpoint: true``: the newest complete checkpoint of ``output_dir`` written by a
     run of this identity. Incomplete ones and another config's are passed over with a warning; a
     ConfigError (exit 2) when none is left, naming what differs."""
-    import logging
-
     from ..config import ConfigError
     from .checkpoint import checkpoint_problems, find_checkpoints
 
-    log = logging.getLogger("sage_libs.sage_finetune.trainers.base")
+    log = _log
     incomplete: list[tuple[Path, list[str]]] = []
     foreign: list[tuple[Path, dict[str, Any] | None]] = []
     for path in find_checkpoints(output_dir):
@@ -284,3 +286,43 @@ def checkpoint_shape_problems(checkpoint: str | os.PathLike, expected: dict[str,
     if not (saved.keys() & expected.keys()):
         problems.append(f"none of its {len(saved)} tensors belongs to this model (first: {next(iter(saved))})")
     return problems
+
+
+def check_checkpoint_fits(model: Any, checkpoint: str | os.PathLike) -> None:
+    """A checkpoint whose tensors do not fit ``model`` (lora.r 8 -> 4, other target modules) is bad
+    input: a ConfigError (exit 2), raised before anything in output_dir is rewritten."""
+    from ..config import ConfigError
+
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    else:
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = checkpoint_shape_problems(checkpoint, expected)
+    if problems:
+        raise ConfigError(f"training.resume_from_checkpoint: {checkpoint} does not fit this model "
+                          f"({'; '.join(problems[:2])}); it was written with another model or lora config: resume "
+                          "it with the config that wrote it (its run_config.yaml), or start a fresh run")
+
+
+def warn_if_written_by_another(checkpoint: str | os.PathLike, identity: RunIdentity) -> None:
+    """An explicitly named checkpoint of another config is resumed as asked, with a warning."""
+    written_by = _written_by(Path(checkpoint))
+    if written_by is not None and written_by["fingerprint"] != identity.fingerprint:
+        _log.warning("resuming %s as asked, although another config wrote it (%s): the run goes on with this "
+                     "config", checkpoint, identity_differences(written_by, identity))
+
+
+def disk_full_details(message: str, output_dir: str | os.PathLike, identity: RunIdentity | None, *,
+                      plain: bool = True, remove_incomplete: bool = True) -> tuple[str, str | None]:
+    """The full disk-full message (which checkpoint was being saved and was removed, the last complete
+    one, how to resume) and that last checkpoint."""
+    removed: list[Path] = []
+    last = last_own_checkpoint(output_dir, identity, plain=plain, removed=removed if remove_incomplete else None)
+    if removed and " while writing " not in message:
+        message += f" while saving {removed[-1].name} (removed: it was incomplete)"
+    kept = (f"the last complete checkpoint is {last}; free some space, then resume with "
+            "training.resume_from_checkpoint=true" if last is not None
+            else "no complete checkpoint was written; free some space and start the run again")
+    return f"{message}; {kept}", None if last is None else str(last)
