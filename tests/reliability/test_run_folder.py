@@ -298,3 +298,24 @@ def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
     start = time.monotonic()
     with run_lock(out) as took:
         assert took and time.monotonic() - start < 5
+
+
+def test_sigterm_before_training_stops_at_once_and_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """SIGTERM during data preparation (outside the training loop): exit 143 at once, no folder left."""
+    import os
+
+    from sage_libs.sage_finetune.trainers.base import BaseTrainer
+
+    real = BaseTrainer.prepare_dataset
+
+    def prepare_then_sigterm(self, data, split="train"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, data, split)
+
+    monkeypatch.setattr(BaseTrainer, "prepare_dataset", prepare_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = write_config(tmp_path, tiny_model_dir)
+    assert main(["train", str(cfg)]) == 143
+    assert "sage-finetune train: terminated (SIGTERM)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is restored
