@@ -262,7 +262,7 @@ def test_prepare_dataset_second_run_hits_the_cache_with_identical_tensors(tiny_m
 
     first = trainer().prepare_dataset(str(data))
     entries = list((cache / "tokenized").iterdir())
-    assert len(entries) == 1 and (entries[0] / "data.arrow").is_file() and (entries[0] / "stats.json").is_file()
+    assert len(entries) == 1 and (entries[0] / "data.arrow").is_file() and (entries[0] / "manifest.json").is_file()
     uncached = trainer(cache=False)
     reference = uncached.prepare_dataset(str(data))
 

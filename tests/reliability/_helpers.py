@@ -46,15 +46,16 @@ def write_config(tmp_path: Path, model_dir: Path, name: str = "run.yaml", **sect
     return path
 
 
-def start_cli(args: list[str], log_dir: Path) -> subprocess.Popen:
-    """``python -m sage_libs.sage_finetune.cli ARGS`` in its own session (so that a test can signal
-    it alone), one torch thread, output to log_dir/stdout.txt and stderr.txt."""
+def start_cli(args: list[str], log_dir: Path, runner: Path | None = None) -> subprocess.Popen:
+    """``python -m sage_libs.sage_finetune.cli ARGS`` (or ``python RUNNER ARGS``) in its own session
+    (so that a test can signal it alone), one torch thread, output to log_dir/stdout.txt and stderr.txt."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / "stdout.txt").open("wb") as out, (log_dir / "stderr.txt").open("wb") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "sage_libs.sage_finetune.cli", *map(str, args)], stdout=out, stderr=err,
+            [sys.executable, *([str(runner)] if runner else ["-m", "sage_libs.sage_finetune.cli"]), *map(str, args)],
+            stdout=out, stderr=err,
             env=env, start_new_session=True,
             # a shell without job control starts background jobs with SIGINT ignored; Python would keep it so
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -156,7 +156,32 @@ CASES: dict[str, Case] = {
                                          sections={"data": {"formatting_func": "fmt.py:to_messages"}}),
     "formatting_func not defined": Case("defines no 'to_messages'; its functions: other", prepare=lambda t, m: {
         "data": {"formatting_func": data_file(t, "def other(r):\n    return r\n", "f.py") + ":to_messages"}}),
+    "formatting_func raises": Case("chat_train.jsonl:1: formatting_func f (", prepare=lambda t, m: {
+        "data": {"formatting_func": data_file(t, "def f(record):\n    return record['missing']\n", "fr.py") + ":f"}}),
+    "formatting_func raises (file:line)": Case("fr.py:2) raised KeyError: 'missing'", prepare=lambda t, m: {
+        "data": {"formatting_func": data_file(t, "def f(record):\n    return record['missing']\n", "fr.py") + ":f"}}),
+    "formatting_func in an installed module": Case(
+        "/json/__init__.py is outside the current directory",
+        sections={"data": {"formatting_func": __import__("json").__file__ + ":loads"}}),
+    "chat template syntax error": Case("data.chat_template: line 1 of the template: Jinja syntax error (unexpected '}}')",
+                                       sections={"data": {"chat_template": "{% for m in messages %}{{ m.content }"}}),
+    "chat template file syntax error": Case("t.jinja:3: Jinja syntax error", prepare=lambda t, m: {"data": {
+        "chat_template": data_file(t, "{% for m in messages %}\n{{ m.content }}\n{% endfor %\n", "t.jinja")}}),
+    "chat template sandbox refusal": Case(
+        "data.chat_template: the template does something the sandbox forbids (access to attribute '__class__'",
+        sections={"data": {"chat_template": "{{ ''.__class__.__mro__ }}{% for m in messages %}{{ m.content }}"
+                                                   "{% endfor %}"}}),
+    "learning_rate inf": Case("TrainingConfig.learning_rate: must be a finite number, got inf",
+                              overrides=["training.learning_rate=.inf"]),
+    "learning_rate nan": Case("TrainingConfig.learning_rate: must be a finite number, got nan",
+                              overrides=["training.learning_rate=.nan"]),
+    "num_train_epochs inf": Case("TrainingConfig.num_train_epochs: must be a finite number, got inf",
+                                 overrides=["training.num_train_epochs=.inf", "training.max_steps=-1"]),
+    "lora.r above the model's width": Case("lora.r: 1000000 is more than the model's hidden_size (64, in ",
+                                           sections={"lora": {"r": 1000000}}),
     # ---- data files ---------------------------------------------------------------------------
+    "hub dataset offline": Case("nobody/no-such-dataset: not a local file or folder, and the Hugging Face Hub cannot "
+                                "be reached (offline)", sections={"data": {"train_file": "nobody/no-such-dataset"}}),
     "train_file missing": Case("data.train_file: {tmp}/missing.jsonl: no such file", prepare=lambda t, m: {
         "data": {"train_file": str(t / "missing.jsonl")}}),
     "train_file is a directory": Case("d.jsonl is a directory; expected a .jsonl, .json, .parquet file",
@@ -284,3 +309,31 @@ def test_yaml_no_means_the_string_no(tmp_path, tiny_model_dir):
     cfg.write_text(cfg.read_text().replace("save_strategy: 'no'", "save_strategy: no"))
     assert "save_strategy: no\n" in cfg.read_text()
     assert load_run_config(str(cfg), ["training.eval_strategy=no"])["training"].save_strategy == "no"
+
+
+@pytest.mark.parametrize("data", [123, 4.5, {"text": "one record"}, b"bytes", True])
+def test_train_with_a_wrong_data_argument(data, tmp_path, tiny_model_dir, no_model_loading):
+    from sage_libs.sage_finetune import ConfigError, TrainingConfig, create_trainer
+
+    trainer = create_trainer("lora", training_config=TrainingConfig(model_name_or_path=str(tiny_model_dir),
+                                                                    output_dir=str(tmp_path / "out")))
+    with pytest.raises(ConfigError, match=r"^train\(\): train_dataset: expected a data file path, a list of paths, "
+                                          r"a list of records \(dicts\) or a datasets.Dataset; got " + type(data).__name__):
+        trainer.train(data)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_raising_formatting_func_is_a_record_error_that_on_error_skip_skips(tiny_tokenizer):
+    from sage_libs.sage_finetune.data.conversation import DataFormatError
+    from sage_libs.sage_finetune.data.pipeline import tokenize_records
+
+    def fmt(record):
+        return [{"role": "user", "content": record["q"]}, {"role": "assistant", "content": record["a"]}]
+
+    records = [{"q": "hi", "a": "hello"}, {"q": "no answer"}, {"q": "2+2", "a": "4"}]
+    with pytest.raises(DataFormatError, match=r"^record 1: formatting_func .*fmt \(.*test_bad_input.py:\d+\) raised "
+                                              r"KeyError: 'a'$"):
+        tokenize_records(records, tiny_tokenizer, formatting_func=fmt)
+    columns, stats = tokenize_records(records, tiny_tokenizer, formatting_func=fmt, on_error="skip")
+    assert stats.skipped_invalid == 1 and len(columns["input_ids"]) == 2
+    assert "record 1: formatting_func" in stats.errors[0]

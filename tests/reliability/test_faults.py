@@ -112,15 +112,21 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_model_dir, tmp_path):
 # --------------------------------------------------------------------------------------------
 # (c) resume never picks a half-written checkpoint
 # --------------------------------------------------------------------------------------------
+def same_run(model_dir, out, **changes):
+    """A trainer with the config of the run in ``three_checkpoints`` (so that resume accepts its
+    checkpoints), writing to ``out``."""
+    tc = TrainingConfig(model_name_or_path=str(model_dir), output_dir=str(out), max_steps=3,
+                        per_device_train_batch_size=2, learning_rate=1e-3, warmup_steps=0, max_seq_length=64,
+                        save_strategy="steps", save_steps=1, save_total_limit=None, disable_tqdm=True)
+    return create_trainer("lora", training_config=tc.replace(**changes), lora_config=LoRAConfig(r=4),
+                          data_config={"train_file": str(EXAMPLE_DATA / "chat_train.jsonl"), "max_samples": 8})
+
+
 @pytest.fixture(scope="module")
 def three_checkpoints(tiny_model_dir, tmp_path_factory):
     """A 3-step run with a checkpoint after every step."""
     out = tmp_path_factory.mktemp("ckpts") / "out"
-    tc = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(out), max_steps=3,
-                        per_device_train_batch_size=2, learning_rate=1e-3, warmup_steps=0, max_seq_length=64,
-                        save_strategy="steps", save_steps=1, save_total_limit=None, disable_tqdm=True)
-    train = create_loader("jsonl").load(EXAMPLE_DATA / "chat_train.jsonl", max_samples=8)
-    create_trainer("lora", training_config=tc, lora_config=LoRAConfig(r=4)).train(train)
+    same_run(tiny_model_dir, out).train()
     assert [p.name for p in find_checkpoints(out)] == ["checkpoint-3", "checkpoint-2", "checkpoint-1"]
     return out
 
@@ -142,30 +148,28 @@ HALF_WRITTEN = {
 
 
 @pytest.mark.parametrize("damage", list(HALF_WRITTEN))
-def test_resume_skips_a_half_written_newest_checkpoint(three_checkpoints, tmp_path, caplog, damage):
+def test_resume_skips_a_half_written_newest_checkpoint(three_checkpoints, tiny_model_dir, tmp_path, caplog, damage):
     out = tmp_path / "out"
     shutil.copytree(three_checkpoints, out)
     corrupt, problem = HALF_WRITTEN[damage]
     corrupt(out / "checkpoint-3")
-    tc = TrainingConfig(model_name_or_path="unused", output_dir=str(out), resume_from_checkpoint=True)
-    trainer = create_trainer("lora", training_config=tc)
+    trainer = same_run(tiny_model_dir, out, resume_from_checkpoint=True)
     with caplog.at_level(logging.WARNING):
         assert trainer.resume_checkpoint() == str(out / "checkpoint-2")
     assert "not resuming from" in caplog.text and "checkpoint-3" in caplog.text and problem in caplog.text
     # naming the broken checkpoint explicitly is an error, not a silent fallback
-    tc = tc.replace(resume_from_checkpoint=str(out / "checkpoint-3"))
+    trainer = same_run(tiny_model_dir, out, resume_from_checkpoint=str(out / "checkpoint-3"))
     with pytest.raises(ConfigError, match=r"checkpoint-3 is incomplete \(.*" + re.escape(problem)):
-        create_trainer("lora", training_config=tc).resume_checkpoint()
+        trainer.resume_checkpoint()
 
 
-def test_resume_when_no_checkpoint_is_complete(three_checkpoints, tmp_path):
+def test_resume_when_no_checkpoint_is_complete(three_checkpoints, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(three_checkpoints, out)
     for c in find_checkpoints(out):
         (c / "optimizer.pt").unlink()
-    tc = TrainingConfig(model_name_or_path="unused", output_dir=str(out), resume_from_checkpoint=True)
     with pytest.raises(ConfigError, match=r"no checkpoint in .* is complete \(checkpoint-3: no optimizer.pt; "):
-        create_trainer("lora", training_config=tc).resume_checkpoint()
+        same_run(tiny_model_dir, out, resume_from_checkpoint=True).resume_checkpoint()
 
 
 def test_training_resumes_past_a_half_written_checkpoint(three_checkpoints, tiny_model_dir, tmp_path):
@@ -174,11 +178,12 @@ def test_training_resumes_past_a_half_written_checkpoint(three_checkpoints, tiny
     shutil.copytree(three_checkpoints, out)
     _truncate(out / "checkpoint-3" / "adapter_model.safetensors")
     (out / "checkpoint-3" / "trainer_state.json").unlink()
-    cfg = write_config(tmp_path, tiny_model_dir, training={
-        "output_dir": str(out), "max_steps": 4, "learning_rate": 1e-3, "save_strategy": "steps", "save_steps": 1,
-        "save_total_limit": None, "resume_from_checkpoint": True}, lora={"lora_alpha": 16, "lora_dropout": 0.05})
+    cfg = write_config(tmp_path, tiny_model_dir, training={  # the config of three_checkpoints' run
+        "output_dir": str(out), "max_steps": 3, "learning_rate": 1e-3, "save_strategy": "steps", "save_steps": 1,
+        "save_total_limit": None, "resume_from_checkpoint": True, "weight_decay": 0.01},
+        lora={"lora_alpha": 16, "lora_dropout": 0.05, "target_modules": None})
     assert main(["train", str(cfg)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["global_step"] == 4
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 3
     assert all(checkpoint_problems(c) == [] for c in find_checkpoints(out))  # checkpoint-3 rewritten whole
 
 

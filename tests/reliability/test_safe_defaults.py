@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -144,14 +145,80 @@ def test_formatting_func_never_imports_a_module_by_name(spec, message, tmp_path,
     assert not {m for m in set(sys.modules) - before if m.startswith("_sage_finetune_user")}
 
 
-def test_formatting_func_errors_in_the_file_are_named(tmp_path):
+def test_formatting_func_errors_in_the_file_are_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.py"
     bad.write_text("def f(record):\n    return record[\n")
     with pytest.raises(ConfigError, match=r"bad.py:\d+: syntax error"):
         create_trainer("lora", training_config=TrainingConfig(model_name_or_path="m", output_dir="o"),
                        data_config={"formatting_func": f"{bad}:f"})
     raising = tmp_path / "raising.py"
-    raising.write_text("raise RuntimeError('no config here')\n")
+    raising.write_text("raise RuntimeError('no config here')\n\n\ndef f(record):\n    return record\n")
     with pytest.raises(ConfigError, match=r"importing .*raising.py raised RuntimeError: no config here"):
         create_trainer("lora", training_config=TrainingConfig(model_name_or_path="m", output_dir="o"),
                        data_config={"formatting_func": f"{raising}:f"})
+
+
+INSTALLED_MARK = "_sage_finetune_test_imported"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder as the current directory, and no config directory trusted yet."""
+    from sage_libs.sage_finetune.utils import user_code
+
+    monkeypatch.setattr(user_code, "_CONFIG_DIRS", set())
+    root = tmp_path / "project"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    return root
+
+
+def _trainer(spec):
+    return create_trainer("lora", training_config=TrainingConfig(model_name_or_path="m", output_dir="o"),
+                          data_config={"formatting_func": spec})
+
+
+def test_formatting_func_from_an_installed_module_file_is_refused_before_import(project, monkeypatch):
+    """A path to an installed module's .py file (site-packages, the standard library, a venv inside the
+    project) is refused without importing it: nothing in it runs."""
+    import json as json_module
+    import sys
+
+    import yaml as yaml_module
+
+    for file in (Path(json_module.__file__), Path(yaml_module.__file__)):
+        before = set(sys.modules)
+        with pytest.raises(ConfigError, match=r"outside the current directory|installed package or the standard"):
+            _trainer(f"{file}:loads")
+        assert not {m for m in set(sys.modules) - before if m.startswith("_sage_finetune_user")}
+    # inside the project folder, but an installed location (a virtual environment in the project)
+    site = project / ".venv" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    module = site / "evil.py"
+    module.write_text(f"import builtins\nbuiltins.{INSTALLED_MARK} = True\ndef f(r):\n    return r\n")
+    monkeypatch.syspath_prepend(str(site))
+    with pytest.raises(ConfigError, match=r"is part of an installed package or the standard library"):
+        _trainer(f"{module}:f")
+    import builtins
+
+    assert not hasattr(builtins, INSTALLED_MARK)
+    # a symbolic link in the project to a file elsewhere is judged by where it points
+    elsewhere = project.parent / "elsewhere.py"
+    elsewhere.write_text("def f(r):\n    return r\n")
+    (project / "link.py").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match=r"elsewhere.py is outside the current directory"):
+        _trainer("link.py:f")
+
+
+def test_formatting_func_name_is_checked_before_the_file_runs(project):
+    import builtins
+
+    (project / "fmt.py").write_text(f"import builtins\nbuiltins.{INSTALLED_MARK} = True\n\ndef to_messages(r):\n"
+                                    "    return r\n")
+    with pytest.raises(ConfigError, match=r"fmt.py defines no 'to_mesages'; its functions: to_messages"):
+        _trainer("fmt.py:to_mesages")
+    assert not hasattr(builtins, INSTALLED_MARK)
+    assert _trainer("fmt.py:to_messages").formatting_func({"a": 1}) == {"a": 1}  # then it is imported and used
+    assert getattr(builtins, INSTALLED_MARK)
+    del builtins._sage_finetune_test_imported

@@ -20,7 +20,8 @@ Overrides use ``section.field=value`` (the value is parsed as YAML, so ``1e-4``,
 ``[q_proj, v_proj]`` work); a bare ``field=value`` is accepted when only one section has that field.
 Relative paths are relative to the current directory. Errors in the config or the data exit with
 code 2 and one message; ``--debug`` shows the traceback. A training that fails (a NaN loss) exits
-with code 1; Ctrl-C saves a checkpoint, prints the command that resumes, and exits with code 130.
+with code 1; Ctrl-C saves a checkpoint, prints the command that resumes, and exits with code 130
+(143 after SIGTERM).
 """
 
 from __future__ import annotations
@@ -138,6 +139,9 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
             raise UsageError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
         if not isinstance(raw, dict):
             raise UsageError(f"{path}: expected a mapping with method, training, lora, data")
+        from .utils.user_code import trust_config_dir
+
+        trust_config_dir(p.parent)  # data.formatting_func may name a file beside the config
     where = str(path or "the command line")
     for key in raw:
         if key not in TOP_LEVEL:
@@ -264,16 +268,24 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .callbacks.safety import terminate_raises
+
     cfg = load_run_config(args.config, args.overrides)
     trainer = _make_trainer(cfg)
-    metrics = trainer.train()
     out = Path(cfg["training"].output_dir)
     adapter = out / ("adapter" if getattr(trainer, "uses_lora", False) else "model")
-    trainer.save_model(adapter)
-    written = [adapter, out / "metrics.json", out / "trainer_log.jsonl", out / "loss.png", out / "run_config.yaml",
-               out / "train.log"]
-    if args.merge:
-        written.append(Path(trainer.merge_and_save(out / "merged")))
+    # one lock for the whole run, the final save included; SIGTERM stops it cleanly at any point
+    with terminate_raises(), trainer.hold_output_dir():
+        metrics = trainer.train()
+        try:
+            trainer.save_model(adapter)
+            written = [adapter, out / "metrics.json", out / "trainer_log.jsonl", out / "loss.png",
+                       out / "run_config.yaml", out / "train.log"]
+            if args.merge:
+                written.append(Path(trainer.merge_and_save(out / "merged")))
+        except Exception as exc:
+            _raise_if_disk_full(exc, trainer, out)
+            raise
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the main process reports, once
         return 0
     print("\nTraining finished.")
@@ -283,6 +295,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if path.exists():
             print(f"  {path}")
     return 0
+
+
+def _raise_if_disk_full(exc: BaseException, trainer: Any, out: Path) -> None:
+    """A final save that failed for lack of space: say so, and how to write it again."""
+    from .utils.io import disk_full_message
+
+    message = disk_full_message(exc, out)
+    if message is not None:
+        raise getattr(trainer, "inner", trainer)._disk_full(message) from exc
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -511,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .data.conversation import DataFormatError
     from .registry import FineTuneRegistryError
-    from .trainers.base import TrainingError, TrainingInterrupted
+    from .trainers.base import DiskFullError, TrainingError, TrainingInterrupted
 
     _quiet_libraries()
     # Exit codes: 2 bad input (nothing was started), 1 training failed (e.g. the loss became NaN) or an
@@ -527,14 +548,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sage-finetune {args.command}: {exc}", file=sys.stderr)
         if args.command == "train":
             print(f"resume with: {_resume_command(args)}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"sage-finetune {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + exc.signum
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", 2)
+        print(f"sage-finetune {args.command}: {'terminated (SIGTERM)' if signum == 15 else 'interrupted'}",
+              file=sys.stderr)
+        return 128 + signum
     except TrainingError as exc:
         if args.debug:
             raise
         print(f"sage-finetune {args.command}: error: {exc}", file=sys.stderr)
+        if args.command == "train" and getattr(exc, "checkpoint", None) and isinstance(exc, DiskFullError):
+            print(f"resume with: {_resume_command(args)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug or an environment problem: one line, the traceback with --debug
         if args.debug:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -146,6 +147,8 @@ class _Config:
                         f"{name}.{f.name}: {value!r} is not one of {', '.join(map(repr, meta['choices']))}"
                         + _did_you_mean(value, meta["choices"])
                     )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name}.{f.name}: must be a finite number, got {value!r}")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 for key, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
                                       ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):

@@ -14,7 +14,13 @@ A ``formatting_func`` is user code we cannot hash, so data prepared with one is 
 Entries are written to a temporary folder and renamed into place (atomic; concurrent writers of
 the same key keep whichever finished first) and read memory-mapped. Location:
 ``data.cache_dir``, else ``$SAGE_FINETUNE_CACHE``, else ``~/.cache/isage-finetune``; each entry
-is a folder ``tokenized/<key>/`` holding ``data.arrow`` and ``stats.json``, safe to delete.
+is a folder ``tokenized/<key>/`` holding ``data.arrow`` and ``manifest.json``, safe to delete.
+
+The cache verifies what it returns: ``manifest.json`` records the size and SHA-256 of
+``data.arrow`` as written, and every read checks both (hashing runs at disk speed, a small part of
+what tokenizing again would cost). An entry that does not match (truncated, damaged, or rewritten
+with other contents, however valid) is never used: it is removed with a warning and rebuilt from
+the records, so the next run reads a good entry again.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ __all__ = ["cache_root", "cache_key", "load_cached", "store_cached", "records_fi
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _DATA_MODULES = ("render.py", "pipeline.py", "formats.py", "conversation.py", "trajectory.py", "cache.py")
 
 
@@ -52,10 +58,14 @@ def records_fingerprint(records: Any) -> str | None:
     if not hasattr(records, "__len__") or not hasattr(records, "__getitem__"):
         return None
     h = hashlib.sha256()
-    dumps = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=_unhashable).encode
+    encode = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=_unhashable).iterencode
+    step = 1 << 20
     try:
         for record in records:
-            h.update(dumps(record).encode("utf-8", "surrogatepass"))
+            # piece by piece (the same bytes as one dumps()): a huge record is never copied whole
+            for chunk in encode(record):
+                for i in range(0, len(chunk), step):
+                    h.update(chunk[i:i + step].encode("utf-8", "surrogatepass"))
             h.update(b"\n")
     except _Unhashable:
         return None
@@ -128,29 +138,72 @@ def _entry(root: Path, key: str) -> Path:
     return root / "tokenized" / key
 
 
+MANIFEST = "manifest.json"
+_verified: dict[str, tuple[int, int, str]] = {}  # data.arrow this process wrote or checked -> (size, mtime, sha)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _discard(entry: Path, why: str) -> None:
+    """Remove a bad entry (renamed away first, so that no reader finds it half-deleted)."""
+    logger.warning("tokenized-data cache entry %s %s; rebuilding it from the records", entry, why)
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=f".bad-{entry.name[:16]}-", dir=entry.parent))
+        os.replace(entry, trash / entry.name)
+    except OSError:
+        trash = entry
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def load_cached(root: Path, key: str) -> tuple[Any, dict[str, Any]] | None:
-    """``(dataset, stats)`` of a cached entry, or None."""
+    """``(dataset, stats)`` of a cached entry whose data matches its manifest, or None (a miss; a bad
+    entry is removed, so the caller rebuilds and stores it again)."""
     entry = _entry(root, key)
-    data, stats = entry / "data.arrow", entry / "stats.json"
-    if not (data.is_file() and stats.is_file()):
+    if not entry.is_dir():
         return None
+    data = entry / "data.arrow"
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
+        expected = manifest["data.arrow"]
+        stats = manifest["stats"]
+        st = data.stat()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _discard(entry, f"is incomplete or unreadable ({type(exc).__name__}: {exc})")
+        return None
+    if st.st_size != expected.get("size"):
+        _discard(entry, f"does not match its manifest (data.arrow has {st.st_size} bytes, {expected.get('size')} "
+                        "were written: truncated or changed on disk)")
+        return None
+    memo = _verified.get(str(data))
+    if memo != (st.st_size, st.st_mtime_ns, expected.get("sha256")):
+        digest = _sha256(data)
+        if digest != expected.get("sha256"):
+            _discard(entry, "does not match its manifest (the SHA-256 of data.arrow differs from the one written: "
+                            "its contents changed on disk)")
+            return None
+        _verified[str(data)] = (st.st_size, st.st_mtime_ns, digest)
     try:
         from datasets import Dataset
 
-        dataset = Dataset.from_file(str(data))
-        return dataset, json.loads(stats.read_text(encoding="utf-8"))
+        return Dataset.from_file(str(data)), stats
     except Exception as exc:  # noqa: BLE001 - a damaged entry is a miss, never a failed run
-        logger.warning("ignoring unreadable tokenized-data cache entry %s: %s", entry, exc)
+        _discard(entry, f"cannot be read ({exc})")
         return None
 
 
 def store_cached(root: Path, key: str, table: Any, stats: dict[str, Any]) -> Path | None:
-    """Write an entry (a ``pyarrow.Table`` and the stats) atomically; returns its folder (None if
-    it could not be written)."""
+    """Write an entry (a ``pyarrow.Table`` and the stats) atomically, with the size and SHA-256 of its
+    data in ``manifest.json``; returns its folder (None if it could not be written)."""
     import pyarrow as pa
 
     entry = _entry(root, key)
-    if entry.is_dir():
+    if entry.is_dir() and load_cached(root, key) is not None:
         return entry
     tmp = None
     try:
@@ -159,13 +212,19 @@ def store_cached(root: Path, key: str, table: Any, stats: dict[str, Any]) -> Pat
         with pa.OSFile(str(tmp / "data.arrow"), "wb") as sink:
             with pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_table(table)
-        (tmp / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+        digest = _sha256(tmp / "data.arrow")
+        manifest = {"format": CACHE_FORMAT, "key": key, "stats": stats,
+                    "data.arrow": {"size": (tmp / "data.arrow").stat().st_size, "sha256": digest}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
         try:
             os.rename(tmp, entry)
         except OSError:  # another process stored the same key first: keep theirs
             if not entry.is_dir():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
+            return entry
+        st = (entry / "data.arrow").stat()
+        _verified[str(entry / "data.arrow")] = (st.st_size, st.st_mtime_ns, digest)
         return entry
     except OSError as exc:
         logger.warning("could not write the tokenized-data cache under %s: %s", entry.parent, exc)

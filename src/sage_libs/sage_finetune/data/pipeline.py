@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ..utils.input_checks import formatting_func_error, template_error
 from .conversation import Conversation, DataFormatError
 from .formats import detect_format, record_text, to_conversation
 from .render import IGNORE_INDEX, ChatRenderer
@@ -35,6 +36,7 @@ class PrepareStats:
     examples: int = 0
     skipped_invalid: int = 0
     truncated: int = 0
+    cut_before_tokenizing: int = 0  # records so long that their text was cut before rendering (see cut_item)
     dropped_no_trained_tokens: int = 0
     warnings: int = 0
     tokens: int = 0
@@ -46,8 +48,8 @@ class PrepareStats:
     def merge(cls, parts: list["PrepareStats"]) -> "PrepareStats":
         total = cls()
         for part in parts:
-            for name in ("records", "examples", "skipped_invalid", "truncated", "dropped_no_trained_tokens",
-                         "warnings", "tokens", "trained_tokens"):
+            for name in ("records", "examples", "skipped_invalid", "truncated", "cut_before_tokenizing",
+                         "dropped_no_trained_tokens", "warnings", "tokens", "trained_tokens"):
                 setattr(total, name, getattr(total, name) + getattr(part, name))
             total.formats.update(part.formats)
             total.errors.extend(part.errors)
@@ -114,6 +116,77 @@ def _from_formatted(value: Any, where: str, fmt: str, system_prompt: str | None)
 _CHUNK = 256  # records rendered and tokenized per batch
 
 
+# -- bounded work per record ----------------------------------------------------------------------
+# Only the first max_seq_length tokens of a sample are kept, yet rendering and tokenizing a 50 MB
+# message costs minutes and gigabytes (offsets for millions of tokens). So a message whose text is
+# far longer than those tokens can cover is cut first. A token covers at most `longest` characters
+# (the longest token of the vocabulary, in its own alphabet: bytes for byte-level BPE, which are
+# never fewer than the characters), so the first L tokens of any text lie within L * longest
+# characters. The budget keeps 4x that (normalizers that merge characters, e.g. NFC) plus 64 tokens
+# of margin, so the cut is at least 64 tokens past the last kept one: pre-tokenization and BPE
+# merges are local, so the kept tokens (and their labels) are those of the uncut text. Everything
+# before a cut message is unchanged, and a cut message already reaches past max_seq_length, so
+# everything after it is truncated away either way. (A template that renders a message's content
+# other than verbatim, e.g. splitting off a trailing </think> part, sees the cut text.)
+_TOKEN_MARGIN = 64
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """The length of the vocabulary's longest token string (>= the characters any token covers)."""
+    cached = getattr(tokenizer, "_sage_longest_token", None)
+    if cached is None:
+        try:
+            cached = max((len(t) for t in tokenizer.get_vocab()), default=16)
+        except Exception:  # noqa: BLE001 - no vocabulary to look at: a generous guess
+            cached = 64
+        cached = max(int(cached), 1)
+        try:
+            tokenizer._sage_longest_token = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def char_budget(tokenizer: Any, max_seq_length: int | None) -> int | None:
+    """Characters of one message (or text record) that can still matter for ``max_seq_length`` tokens."""
+    if not max_seq_length:
+        return None
+    return 4 * longest_token_chars(tokenizer) * (max_seq_length + _TOKEN_MARGIN) + 1024
+
+
+def cut_item(item: Any, budget: int | None) -> tuple[Any, bool]:
+    """A text or Conversation with every text longer than ``budget`` characters cut to it."""
+    if budget is None:
+        return item, False
+    if isinstance(item, str):
+        return (item[:budget], True) if len(item) > budget else (item, False)
+    if not isinstance(item, Conversation) or not any(len(m.content) > budget or _long_calls(m, budget)
+                                                     for m in item.messages):
+        return item, False
+    import dataclasses
+
+    messages = [dataclasses.replace(m, content=m.content[:budget], tool_calls=_cut_calls(m.tool_calls, budget))
+                if len(m.content) > budget or _long_calls(m, budget) else m for m in item.messages]
+    return dataclasses.replace(item, messages=messages), True
+
+
+def _long_calls(message: Any, budget: int) -> bool:
+    return any(isinstance(c.get("function", {}).get("arguments"), str) and len(c["function"]["arguments"]) > budget
+               for c in message.tool_calls or () if isinstance(c, dict) and isinstance(c.get("function"), dict))
+
+
+def _cut_calls(calls: Any, budget: int) -> Any:
+    if not calls:
+        return calls
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str) and len(fn["arguments"]) > budget:
+            call = {**call, "function": {**fn, "arguments": fn["arguments"][:budget]}}
+        out.append(call)
+    return out
+
+
 def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: str = "auto",
                      max_seq_length: int | None = None, train_on_prompt: bool = False,
                      mask_history: bool = False, chat_template: str | None = None,
@@ -133,6 +206,7 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
     from .trajectory import resolve_agent_format
 
     style = resolve_agent_format(agent_format, renderer.template)
+    budget = char_budget(tokenizer, max_seq_length)
     stats = PrepareStats()
     columns: dict[str, list] = {"input_ids": [], "labels": [], "length": []}
     first_format: tuple[str, str] | None = None
@@ -168,7 +242,7 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
         for k, (_where, item, record_fmt) in enumerate(chunk):
             result = item if isinstance(item, BaseException) else by_index[k]
             if isinstance(result, BaseException):
-                fail(result)
+                fail(template_error(result, _where, user_template=chat_template is not None))
                 continue
             stats.formats[record_fmt] += 1
             for warning in getattr(item, "meta", {}).get("warnings", ()):
@@ -193,7 +267,11 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
         try:
             if formatting_func is not None:
                 record_fmt = "formatting_func"
-                item = _from_formatted(formatting_func(record), where, fmt, system_prompt)
+                try:
+                    value = formatting_func(record)
+                except Exception as exc:  # the user's code: one line with the record and its file:line
+                    raise formatting_func_error(exc, formatting_func, where) from exc
+                item = _from_formatted(value, where, fmt, system_prompt)
             else:
                 record_fmt = detect_format(record, where) if fmt == "auto" else fmt
                 if first_format is None:
@@ -211,6 +289,10 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
             item = exc
         except Exception:
             _finish_then_raise(flush, pool)
+        if not isinstance(item, BaseException):
+            item, cut = cut_item(item, budget)
+            stats.cut_before_tokenizing += cut
+        del record  # a huge record is not kept alive while the chunk waits
         pending.append((where, item, record_fmt))
         if len(pending) >= _CHUNK:
             try:
@@ -225,6 +307,10 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
     if stats.skipped_invalid:
         logger.warning("skipped %d invalid records (on_error=skip); first: %s", stats.skipped_invalid,
                        stats.errors[0] if stats.errors else "")
+    if stats.cut_before_tokenizing:
+        logger.info("%d records had a message longer than %d characters: cut before tokenizing (only the first "
+                    "max_seq_length=%s tokens of a sample are kept, and these are the same)",
+                    stats.cut_before_tokenizing, budget, max_seq_length)
     if stats.dropped_no_trained_tokens:
         logger.warning("dropped %d samples whose trained tokens were all cut by max_seq_length=%s",
                        stats.dropped_no_trained_tokens, max_seq_length)

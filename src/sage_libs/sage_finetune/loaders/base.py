@@ -52,20 +52,27 @@ def iter_jsonl(path: str | os.PathLike, *, on_error: str = "raise",
     """
     p = _check_file(path)
     seen = False
+    number = 0
     with p.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
+        # (no enumerate(): it keeps the previous line alive; a huge line is freed as soon as it is parsed)
+        for raw in fh:
+            number += 1
+            if raw.isspace():
                 continue
             try:
                 try:
-                    text = raw.decode("utf-8").rstrip("\r\n")
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise DataFileError(f"{p}:{number}: bytes that are not UTF-8 at column {exc.start + 1}; "
                                         "save the file as UTF-8") from None
+                del raw
+                text = text.rstrip("\r\n")  # (error columns count within the line)
                 try:
                     record = json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise DataFileError(f"{p}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                finally:
+                    del text
                 if not isinstance(record, dict):
                     raise DataFileError(f"{p}:{number}: expected a JSON object per line, got {type(record).__name__}")
             except DataFileError:

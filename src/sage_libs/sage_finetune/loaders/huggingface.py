@@ -40,6 +40,17 @@ class HFDatasetLoader(FileLoader):
                 raise DataFormatError(f"{data_path}: cannot load the dataset ({exc})") from None
             except ValueError as exc:
                 raise DataFormatError(f"{data_path}: {exc}") from None
+            except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as exc:
+                if path.exists():
+                    raise DataFormatError(f"{data_path}: cannot load the dataset ({exc})") from None
+                # the hub: offline (HF_HUB_OFFLINE=1, no network), or no dataset by that name
+                offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") \
+                    or "offline" in str(exc).lower()
+                why = ("the Hugging Face Hub cannot be reached (offline)" if offline
+                       else f"the Hugging Face Hub has no dataset by that name or cannot be reached ({exc})")
+                raise DataFormatError(f"{data_path}: not a local file or folder, and {why}; give a local "
+                                      ".jsonl/.json/.parquet file, a folder written by Dataset.save_to_disk, or a "
+                                      "hub dataset id while online") from None
         if max_samples is not None:
             ds = ds.take(max_samples) if streaming else ds.select(range(min(max_samples, len(ds))))
         return ds

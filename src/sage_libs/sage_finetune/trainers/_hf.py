@@ -4,6 +4,7 @@ same loss with less work (see :mod:`._fast`)."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -69,6 +70,14 @@ class SFTTrainerCore(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         return loss.detach().mean(), None, None
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        # the owner records which run wrote the checkpoint before any of its files
+        hook = getattr(self.owner, "_before_checkpoint", None)
+        if hook is not None:
+            hook(os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}"))
+        super()._save_checkpoint(model, trial)
 
     # -- observation ----------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):

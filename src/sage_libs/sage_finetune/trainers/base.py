@@ -25,7 +25,8 @@ from ..data.sources import MultiSource, split_records
 from ..interface import FineTuner
 from ..utils.io import atomic_dir, atomic_write_json, atomic_write_text
 
-__all__ = ["BaseTrainer", "coerce_config", "TrainingError", "NonFiniteLossError", "TrainingInterrupted"]
+__all__ = ["BaseTrainer", "coerce_config", "TrainingError", "NonFiniteLossError", "TrainingInterrupted",
+           "DiskFullError"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +45,21 @@ class NonFiniteLossError(TrainingError):
         self.step, self.checkpoint = step, checkpoint
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training after a checkpoint was saved at ``step``. A KeyboardInterrupt, so that
-    code which catches Exception does not swallow the user's interrupt."""
+class DiskFullError(TrainingError):
+    """A write failed for lack of space; ``checkpoint`` is the last complete checkpoint, if any."""
 
-    def __init__(self, message: str, *, step: int, checkpoint: str | None) -> None:
+    def __init__(self, message: str, *, checkpoint: str | None = None) -> None:
         super().__init__(message)
-        self.step, self.checkpoint = step, checkpoint
+        self.checkpoint = checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM: ``signum``) stopped training after a checkpoint was saved at ``step``. A
+    KeyboardInterrupt, so that code which catches Exception does not swallow the user's interrupt."""
+
+    def __init__(self, message: str, *, step: int, checkpoint: str | None, signum: int = 2) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -109,16 +118,22 @@ class _RunLogFile(logging.FileHandler):
     """OUTPUT_DIR/train.log: INFO and above from every library (the console shows warnings only)."""
 
 
-def _log_to_file(path: Path) -> None:
-    """Send log records to ``path`` from now on, instead of a previous run's train.log."""
-    root, ours = logging.getLogger(), logging.getLogger("sage_libs.sage_finetune")
+def _stop_log_file() -> None:
+    root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _RunLogFile)]:
         root.removeHandler(handler)
         handler.close()
-    handler = _RunLogFile(path, encoding="utf-8")
+
+
+def _log_to_file(path: Path, append: bool = False) -> None:
+    """Send log records to ``path`` until the run ends (``append``: a resumed run continues the log
+    of the run it resumes)."""
+    ours = logging.getLogger("sage_libs.sage_finetune")
+    _stop_log_file()
+    handler = _RunLogFile(path, mode="a" if append else "w", encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
+    logging.getLogger().addHandler(handler)
     if ours.getEffectiveLevel() > logging.INFO:
         ours.setLevel(logging.INFO)  # our INFO records reach the file; the console handler still filters them
 
@@ -487,19 +502,54 @@ class BaseTrainer(FineTuner):
         """Train on ``train_dataset`` (records, a path, or tokenized data); returns metrics.
 
         ``config`` optionally replaces the training config for this call (SAGE's signature).
+        The run holds its output folder's lock throughout (see :meth:`hold_output_dir`).
         """
         if config is not None:
             self.training_config = coerce_config(TrainingConfig, config, "config")
             self.model, self.hf_trainer = None, None
         tc, dc = self.training_config, self.data_config
-        if train_dataset is None:
-            if not dc.train_file:
-                raise ConfigError("train(): no training data; pass train_dataset or set data.train_file")
-            train_dataset = dc.train_file
-        if eval_dataset is None and dc.eval_file:
-            eval_dataset = dc.eval_file
-        self.check_inputs(train_dataset, eval_dataset)
-        resume = self.resume_checkpoint()
+        from ..utils.run_lock import lock_only, remove_stale_temporaries
+
+        out = Path(tc.output_dir)
+        created = _is_main_process() and (not out.exists() or lock_only(out))
+        self._loop_started = False
+        try:
+            if train_dataset is None:
+                if not dc.train_file:
+                    raise ConfigError("train(): no training data; pass train_dataset or set data.train_file")
+                train_dataset = dc.train_file
+            if eval_dataset is None and dc.eval_file:
+                eval_dataset = dc.eval_file
+            self.check_inputs(train_dataset, eval_dataset)
+            with self.hold_output_dir():
+                if _is_main_process():
+                    for path in remove_stale_temporaries(out):
+                        logger.warning("removed %s, left behind by a run that was killed while writing it", path)
+                with self._disk_full_guard():  # whichever write hits a full disk: one line, what to do
+                    return self._train_locked(train_dataset, eval_dataset)
+        except BaseException:
+            # nothing worth keeping was written yet: a run that fails before its first step leaves no
+            # output directory behind (when it did not exist before)
+            if created and not self._loop_started:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        finally:
+            _stop_log_file()
+
+    def hold_output_dir(self) -> Any:
+        """A context holding ``output_dir``'s lock: a second live run on the folder stops at once
+        (:class:`OutputDirBusy`, exit code 2). Re-entrant; the CLI holds it across train and save."""
+        from ..utils.run_lock import run_lock
+
+        _check_output_dir(self.training_config.output_dir)
+        return run_lock(self.training_config.output_dir, enabled=_is_main_process())
+
+    def _train_locked(self, train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
+        from ..utils.run_identity import RunIdentity
+
+        tc, dc = self.training_config, self.data_config
+        self._identity = RunIdentity.from_resolved_config(self.resolved_config(), train_dataset)
+        resume = self.resume_checkpoint(self._identity)
         # Data errors surface before the (possibly slow) model load; only the tokenizer is needed.
         self.setup_tokenizer()
         if eval_dataset is None and dc.eval_split_ratio > 0:
@@ -511,33 +561,45 @@ class BaseTrainer(FineTuner):
             eval_ds = self.prepare_dataset(eval_dataset, "eval")
         self.setup()
         out = Path(tc.output_dir)
-        created = _is_main_process() and not out.exists()
-        try:
-            if _is_main_process():
-                out.mkdir(parents=True, exist_ok=True)
-                _log_to_file(out / "train.log")
-                if not resume:  # a fresh run starts a fresh log; a resumed one appends
-                    (out / "trainer_log.jsonl").unlink(missing_ok=True)
-                else:
-                    _trim_log(out / "trainer_log.jsonl", _checkpoint_step(resume))
-                self.write_run_config(out / "run_config.yaml")
-            trainer = self.build_hf_trainer(train_ds, eval_ds)
-            self._warn_about_schedule(len(train_ds))
-            metrics: dict[str, Any] = {"method": self.method}
-            if eval_ds is not None and tc.eval_on_start:
-                before = trainer.evaluate()
-                metrics["eval_loss_before"] = before["eval_loss"]
-                metrics["perplexity_before"] = _perplexity(before["eval_loss"])
-        except BaseException:
-            # nothing worth keeping was written yet: a run that fails before its first step leaves no
-            # output directory behind (when it did not exist before)
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+        if resume and not (tc.deepspeed or tc.fsdp):
+            from ..utils.run_identity import check_checkpoint_fits
+
+            check_checkpoint_fits(self.model, resume)  # lora.r 8 -> 4: exit 2 before anything is rewritten
+        if _is_main_process():
+            from ..utils.checkpoint import move_aside_previous_run
+            from ..utils.run_identity import write_identity
+
+            out.mkdir(parents=True, exist_ok=True)
+            if not resume:  # a fresh run starts in an empty folder; a resumed one appends to its log
+                moved = move_aside_previous_run(out)
+                if moved is not None:
+                    logger.warning("output_dir held the checkpoints and outputs of an earlier run; moved them to %s "
+                                   "(a fresh run never mixes its files with another run's; delete that folder if "
+                                   "you do not need it)", moved)
+            else:
+                _trim_log(out / "trainer_log.jsonl", _checkpoint_step(resume))
+            _log_to_file(out / "train.log", append=bool(resume))
+            write_identity(out, self._identity)
+            self.write_run_config(out / "run_config.yaml")
+        trainer = self.build_hf_trainer(train_ds, eval_ds)
+        self._warn_about_schedule(len(train_ds))
+        metrics: dict[str, Any] = {"method": self.method}
+        if eval_ds is not None and tc.eval_on_start:
+            before = trainer.evaluate()
+            metrics["eval_loss_before"] = before["eval_loss"]
+            metrics["perplexity_before"] = _perplexity(before["eval_loss"])
+        from ..callbacks.safety import RunFinished
+
         interrupt = getattr(self, "_interrupt", None)
         start = time.perf_counter()
-        with interrupt.catch_sigint() if interrupt is not None else contextlib.nullcontext():
-            result = trainer.train(resume_from_checkpoint=resume)
+        self._loop_started = True
+        try:
+            with interrupt.catch_signals() if interrupt is not None else contextlib.nullcontext():
+                result = trainer.train(resume_from_checkpoint=resume)
+        except RunFinished:  # resumed from the final checkpoint: no step left, its weights are the result
+            logger.warning("%s is the end of this run (step %d of %d): nothing left to train; the outputs are "
+                           "written from it", resume, trainer.state.global_step, trainer.state.max_steps)
+            result = None
         runtime = time.perf_counter() - start
         if interrupt is not None and interrupt.stopped_at is not None and \
                 trainer.state.global_step < trainer.state.max_steps:
@@ -545,20 +607,22 @@ class BaseTrainer(FineTuner):
             checkpoint = out / f"checkpoint-{step}"
             saved = f"checkpoint saved: {checkpoint}" if checkpoint.is_dir() else "no checkpoint could be saved"
             raise TrainingInterrupted(
-                f"training interrupted at step {step} of {trainer.state.max_steps}; {saved}. Resume with "
+                f"training {interrupt.verb} at step {step} of {trainer.state.max_steps}; {saved}. Resume with "
                 f"training.resume_from_checkpoint=true (same output_dir {tc.output_dir})",
-                step=step, checkpoint=str(checkpoint) if checkpoint.is_dir() else None)
+                step=step, checkpoint=str(checkpoint) if checkpoint.is_dir() else None, signum=interrupt.signum)
         tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         metrics.update(
-            train_loss=result.training_loss, train_runtime=round(runtime, 3), global_step=result.global_step,
+            train_loss=result.training_loss if result else (sum(losses) / len(losses) if losses else None),
+            train_runtime=round(runtime, 3), global_step=trainer.state.global_step,
             epoch=trainer.state.epoch, train_samples=len(train_ds), train_tokens=tokens,
-            train_tokens_per_second=round(tokens / runtime, 2) if runtime > 0 else None,
+            train_tokens_per_second=round(tokens / runtime, 2) if runtime > 0 and result else None,
             trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         )
         if eval_ds is not None:
             # reuse an evaluation the loop already ran at the final step instead of repeating it
             last = trainer.state.log_history[-2:-1] or [{}]
-            ev = last[0] if last[0].get("step") == result.global_step and "eval_loss" in last[0] else None
+            ev = last[0] if last[0].get("step") == trainer.state.global_step and "eval_loss" in last[0] else None
             ev = ev or trainer.evaluate()
             metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]),
                            eval_samples=len(eval_ds))
@@ -567,32 +631,60 @@ class BaseTrainer(FineTuner):
             self.write_outputs(metrics)
         return metrics
 
-    def resume_checkpoint(self) -> str | None:
+    def _disk_full(self, message: str) -> "DiskFullError":
+        from ..utils.run_identity import disk_full_details
+
+        tc = self.training_config
+        text, last = disk_full_details(message, tc.output_dir, getattr(self, "_identity", None),
+                                       plain=not (tc.deepspeed or tc.fsdp), remove_incomplete=_is_main_process())
+        return DiskFullError(text, checkpoint=last)
+
+    @contextlib.contextmanager
+    def _disk_full_guard(self) -> Any:
+        """A write that fails for lack of space becomes one :class:`DiskFullError` line."""
+        try:
+            yield
+        except DiskFullError:
+            raise
+        except BaseException as exc:
+            from ..utils.io import disk_full_message
+
+            message = disk_full_message(exc, self.training_config.output_dir)
+            if message is None:
+                raise
+            raise self._disk_full(message) from exc
+
+    def _before_checkpoint(self, path: str) -> None:
+        """Called by the HF Trainer core before it writes ``checkpoint-N``: the run's identity goes in
+        first, so that every checkpoint can be attributed to the config that wrote it."""
+        if getattr(self, "_identity", None) is not None and _is_main_process():
+            from ..utils.run_identity import write_identity
+
+            os.makedirs(path, exist_ok=True)
+            write_identity(path, self._identity)
+
+    def resume_checkpoint(self, identity: Any = None) -> str | None:
         """The checkpoint directory ``training.resume_from_checkpoint`` names, checked before anything
-        is loaded (the HF Trainer would only fail after data preparation and model loading)."""
+        is loaded (the HF Trainer would only fail after data preparation and model loading).
+
+        ``true`` takes the newest complete checkpoint written by a run of the same identity
+        (:class:`RunIdentity`; None: the identity of this trainer's config and ``data.train_file``);
+        checkpoints of another config are skipped with a warning, and when only such checkpoints
+        exist it is an error. A path is resumed as asked, with a warning if another config wrote it.
+        """
         tc = self.training_config
         value = tc.resume_from_checkpoint
         if not value:
             return None
-        from ..utils.checkpoint import checkpoint_problems, last_complete_checkpoint
+        from ..utils.checkpoint import checkpoint_problems
+        from ..utils.run_identity import RunIdentity, choose_checkpoint, warn_if_written_by_another
 
+        if identity is None:
+            identity = RunIdentity.from_resolved_config(self.resolved_config(), self.data_config.train_file)
         # DeepSpeed and FSDP save weights and optimizer state in their own sharded layouts
         plain = not (tc.deepspeed or tc.fsdp)
         if value is True:
-            last, skipped = last_complete_checkpoint(tc.output_dir, training_state=plain, weights=plain)
-            for path, problems in skipped:
-                logger.warning("not resuming from %s: %s (a save that was interrupted?); trying an older "
-                               "checkpoint", path, "; ".join(problems))
-            if last is None:
-                if skipped:
-                    raise ConfigError(
-                        f"training.resume_from_checkpoint: true, but no checkpoint in {tc.output_dir} is complete ("
-                        + "; ".join(f"{p.name}: {', '.join(probs)}" for p, probs in skipped)
-                        + "); set it to false for a fresh run")
-                raise ConfigError(f"training.resume_from_checkpoint: true, but {tc.output_dir} holds no "
-                                  "checkpoint-N folder to resume from; set it to false for a fresh run, or to "
-                                  "the path of a checkpoint")
-            return str(last)
+            return str(choose_checkpoint(tc.output_dir, identity, plain=plain))
         if not os.path.isfile(os.path.join(value, "trainer_state.json")) and not any(
                 os.path.isfile(os.path.join(value, n)) for n in ("optimizer.pt", "adapter_model.safetensors",
                                                                   "model.safetensors")):
@@ -603,6 +695,7 @@ class BaseTrainer(FineTuner):
             raise ConfigError(f"training.resume_from_checkpoint: {value} is incomplete ({'; '.join(problems)}), "
                               "probably written by a run that was killed while saving; resume from an earlier "
                               "checkpoint, or use true to pick the newest complete one")
+        warn_if_written_by_another(value, identity)
         return str(value)
 
     def check_inputs(self, train_data: Any = None, eval_data: Any = None) -> None:
@@ -622,7 +715,10 @@ class BaseTrainer(FineTuner):
                 f"training.max_seq_length: {tc.max_seq_length} is more than the model's max_position_embeddings "
                 f"({limit}, in {tc.model_name_or_path}/config.json); {what} that long would use positions the model "
                 f"never learned; set max_seq_length to at most {limit}")
+        from ..utils.input_checks import check_chat_template, check_data_argument, check_lora_rank
+
         for option, data in (("data.train_file", train_data), ("data.eval_file", eval_data)):
+            check_data_argument("train(): " + ("train_dataset" if "train" in option else "eval_dataset"), data)
             for path in _local_paths(data):
                 _check_data_file(option, path)
         template = dc.chat_template
@@ -631,6 +727,9 @@ class BaseTrainer(FineTuner):
         if looks_like_path and "{" not in template and not os.path.isfile(template):
             raise ConfigError(f"data.chat_template: {template}: no such file; expected a Jinja template file or "
                               "the template text itself")
+        check_chat_template(template)
+        if self.lora_config is not None and self.uses_lora:
+            check_lora_rank(self.lora_config.r, tc.model_name_or_path)
         if dc.tools_file and not os.path.isfile(dc.tools_file):
             raise ConfigError(f"data.tools_file: {dc.tools_file}: no such file; expected a JSON list of tool schemas")
         if tc.deepspeed:

@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 
 __all__ = ["CHECKPOINT_RE", "TRAINING_STATE_FILES", "checkpoint_problems", "find_checkpoints",
-           "last_complete_checkpoint"]
+           "last_complete_checkpoint", "move_aside_previous_run", "PREVIOUS_RUNS", "RUN_OUTPUTS"]
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -127,3 +127,41 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, *, training_state: b
             return path, skipped
         skipped.append((path, problems))
     return None, skipped
+
+
+PREVIOUS_RUNS = "previous-runs"
+# What a run writes into output_dir (besides checkpoint-N): moved aside with its checkpoints
+RUN_OUTPUTS = ("adapter", "model", "merged", "metrics.json", "trainer_log.jsonl", "loss.png", "run_config.yaml",
+               "run_identity.json", "train.log")
+
+
+def move_aside_previous_run(output_dir: str | os.PathLike) -> Path | None:
+    """Move what an earlier run left in ``output_dir`` (its ``checkpoint-N`` folders and the outputs
+    in :data:`RUN_OUTPUTS`) into ``output_dir/previous-runs/<time>-<fingerprint>/``, so that a fresh
+    run starts from an empty folder: its checkpoints never mix with another run's, resume can never
+    pick one of those, and the folder never shows one run's adapter beside another run's config.
+    Returns that folder (None: nothing to move). Renames only: nothing is copied or deleted."""
+    import time
+
+    root = Path(output_dir)
+    checkpoints = find_checkpoints(root)
+    outputs = [root / name for name in RUN_OUTPUTS if (root / name).exists()]
+    if not checkpoints and not outputs:
+        return None
+    fingerprint = "unknown"
+    for folder in (root, *checkpoints):
+        try:
+            fingerprint = json.loads((folder / "run_identity.json").read_text(encoding="utf-8"))["fingerprint"][:8]
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = root / PREVIOUS_RUNS / f"{stamp}-{fingerprint}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = root / PREVIOUS_RUNS / f"{stamp}-{fingerprint}-{n}"
+    target.mkdir(parents=True)
+    for path in [*checkpoints, *outputs]:
+        os.replace(path, target / path.name)
+    return target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -10,7 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_dir", "normal_mode"]
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_dir", "normal_mode", "is_out_of_space",
+           "disk_full_message"]
 
 
 def normal_mode(path: str | os.PathLike, directory: bool = False) -> None:
@@ -77,3 +79,63 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# What a full disk looks like, depending on which writer hit it: OSError(ENOSPC) from Python's own
+# files; "[enforce fail at inline_container.cc:...] unexpected pos" or "PytorchStreamWriter failed
+# writing file" from torch.save; an IoError with StorageFull from safetensors; a quota (EDQUOT).
+_NO_SPACE_TEXT = ("no space left on device", "storagefull", "disk quota exceeded", "quotaexceeded")
+_TORCH_WRITE_TEXT = ("unexpected pos", "pytorchstreamwriter failed", "file write failed")
+_LOW_SPACE = 64 << 20  # bytes: a torch writer failure with less free than this is taken as a full disk
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free space on the file system of ``path`` (or of its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def is_out_of_space(exc: BaseException, path: str | os.PathLike) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a write that failed for lack of space
+    on the file system of ``path``."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e).lower()
+        if any(t in text for t in _NO_SPACE_TEXT):
+            return True
+        if any(t in text for t in _TORCH_WRITE_TEXT):
+            free = free_bytes(path)
+            return free is not None and free < _LOW_SPACE
+    return False
+
+
+def disk_full_message(exc: BaseException, path: str | os.PathLike) -> str | None:
+    """``no space left on <mount point> (N MB free) while writing <file>`` for a write that failed
+    for lack of space, else None."""
+    if not is_out_of_space(exc, path):
+        return None
+    target = Path(path).absolute()
+    mount = target
+    while not mount.exists() and mount != mount.parent:
+        mount = mount.parent
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    free = free_bytes(target)
+    what = next((e.filename for e in _chain(exc) if isinstance(e, OSError) and getattr(e, "filename", None)), None)
+    return (f"no space left on {mount} (the file system of {target}"
+            + (f", {free / 2**20:.1f} MiB free" if free is not None else "") + ")"
+            + (f" while writing {what}" if what else ""))
