@@ -231,3 +231,83 @@ def test_loss_rewards_and_lora_grads_match_trl(tiny_model_dir, tmp_path, loss_ty
         for n in lora:
             torch.testing.assert_close(ours_g[n], trl_g[n], rtol=1e-4, atol=1e-7)
             torch.testing.assert_close(ours_g[n], ours_grads[n], rtol=1e-4, atol=1e-7)
+
+
+def test_reference_free_losses_follow_their_formulas():
+    import math
+
+    import torch
+
+    from sage_libs.sage_finetune.trainers._preference_core import preference_loss
+
+    logps, counts = torch.tensor([-4.0, -9.0, -6.0, -8.0]), torch.tensor([2.0, 3.0, 4.0, 2.0])
+    avg_c, avg_r = [-2.0, -3.0], [-1.5, -4.0]
+    loss, rc, rr = preference_loss("simpo", logps, counts, None, beta=2.0, simpo_gamma=0.5)
+    want = sum(-math.log(1 / (1 + math.exp(-(2.0 * (c - r) - 0.5)))) for c, r in zip(avg_c, avg_r)) / 2
+    assert loss.item() == pytest.approx(want, rel=1e-6) and rc.tolist() == [-4.0, -6.0]
+
+    def log_odds(a):
+        return a - math.log(1 - math.exp(a))
+
+    loss, _, _ = preference_loss("orpo", logps, counts, None, beta=0.1)
+    nll = (4.0 + 9.0) / 5.0
+    ratio = sum(math.log(1 / (1 + math.exp(-(log_odds(c) - log_odds(r))))) for c, r in zip(avg_c, avg_r)) / 2
+    assert loss.item() == pytest.approx(nll - 0.1 * ratio, rel=1e-6)
+
+
+def test_full_fine_tuning_reference_copy_equals_precomputed(tiny_model_dir, tmp_path):
+    import torch
+
+    from sage_libs.sage_finetune import create_trainer
+
+    losses = []
+    for precompute in (False, True):
+        trainer = create_trainer(
+            "dpo", method="full", preference_config={"precompute_ref_log_probs": precompute},
+            training_config=dict(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / str(precompute)),
+                                 report_to=[], use_cpu=True))
+        inner = trainer.inner
+        dataset = inner.prepare_dataset(PAIRS)
+        core = inner.build_hf_trainer(dataset)
+        assert (core.ref_model is None) == precompute and ("ref_chosen_logps" in core.train_dataset.column_names) == precompute
+        with torch.no_grad():  # move the policy off the reference: the reference must not follow it
+            for p in inner.model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        batch = core.data_collator([core.train_dataset[i] for i in range(len(PAIRS))])
+        losses.append(core.compute_loss(inner.model, batch).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] != pytest.approx(0.6931, abs=1e-3)
+
+
+def test_dpo_run_writes_reward_metrics(tiny_model_dir, tmp_path):
+    from sage_libs.sage_finetune import create_trainer
+
+    out = tmp_path / "run"
+    trainer = create_trainer(
+        "dpo", preference_config={"loss_type": "sigmoid"},
+        training_config=dict(model_name_or_path=str(tiny_model_dir), output_dir=str(out), report_to=[], use_cpu=True,
+                             max_steps=2, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True,
+                             eval_on_start=True, learning_rate=1e-3, warmup_steps=0))
+    metrics = trainer.train(PAIRS, PAIRS[:2])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == saved["method"] == "dpo/lora"
+    for key in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/accuracies_before"):
+        assert key in saved, key
+    assert "rewards/accuracies" in trainer.hf_trainer.state.log_history[0]
+    import yaml
+
+    run_config = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert run_config["method"] == "dpo" and run_config["preference"]["method"] == "lora"
+
+
+def test_cli_preference_section(tmp_path, tiny_model_dir):
+    from sage_libs.sage_finetune.cli import _make_trainer, load_run_config
+    from sage_libs.sage_finetune.config import ConfigError
+
+    config = tmp_path / "dpo.yaml"
+    config.write_text(f"method: dpo\ntraining: {{model_name_or_path: {tiny_model_dir}, output_dir: {tmp_path / 'o'}}}\n"
+                      "preference: {method: full, loss_type: ipo, beta: 0.2}\n")
+    trainer = _make_trainer(load_run_config(str(config)))
+    assert trainer.preference_config.loss_type == "ipo" and trainer.inner.method == "full"
+    assert trainer.resolved_config()["preference"]["beta"] == 0.2
+    with pytest.raises(ConfigError, match="label_smoothing applies to loss_type sigmoid only"):
+        load_run_config(str(config), ["preference.label_smoothing=0.1"])

@@ -105,13 +105,16 @@ class PreferenceTrainerCore(SFTTrainerCore):
             self.ref_model = ref_model.to(self.args.device)
         # the loss is a mean over pairs: the HF Trainer divides it by the accumulation steps
         self.model_accepts_loss_kwargs = False
+        self.eval_before: dict[str, float] | None = None
         self._pref_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     # -- log-probabilities --------------------------------------------------------------------------
     def _n_sequences(self, inputs: dict[str, Any]) -> int:
         return int(inputs["sequence_ids"].max()) + 1
 
-    def reference_logps(self, model: Any, inputs: dict[str, Any], n: int) -> torch.Tensor:
+    def reference_logps(self, model: Any, inputs: dict[str, Any], n: int, initial: bool = False) -> torch.Tensor:
+        """The reference's summed log-probabilities; ``initial``: ``model`` has not been trained yet, so
+        without an adapter to disable it is the reference itself."""
         if "ref_chosen_logps" in inputs:
             return torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(self.args.device)
         with torch.no_grad():
@@ -119,6 +122,8 @@ class PreferenceTrainerCore(SFTTrainerCore):
                 return sequence_logps(self.ref_model, inputs, n, self.selective_logits)[0]
             unwrapped = self.accelerator.unwrap_model(model)
             if not hasattr(unwrapped, "disable_adapter"):
+                if initial:
+                    return sequence_logps(model, inputs, n, self.selective_logits)[0]
                 raise RuntimeError("the preference trainer needs a reference: an adapter model (its adapter is "
                                    "disabled), a frozen copy, or precomputed reference log-probabilities")
             with unwrapped.disable_adapter():
@@ -141,7 +146,7 @@ class PreferenceTrainerCore(SFTTrainerCore):
             for start in range(0, len(dataset), batch_size):
                 batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
                 batch = {k: v.to(self.args.device) for k, v in batch.items()}
-                ref = self.reference_logps(model, batch, self._n_sequences(batch)).float().cpu()
+                ref = self.reference_logps(model, batch, self._n_sequences(batch), initial=True).float().cpu()
                 c, r = ref.chunk(2)
                 chosen += c.tolist()
                 rejected += r.tolist()
@@ -184,4 +189,6 @@ class PreferenceTrainerCore(SFTTrainerCore):
             prefix = "eval_" if mode == "eval" else ""
             logs.update({f"{prefix}{k}": sum(v) / len(v) for k, v in record.items() if v})
             record.clear()
+        if mode == "eval" and self.state.global_step == 0:
+            self.eval_before = dict(logs)  # train() starts a new log history; keep the evaluation before it
         super().log(logs, start_time)

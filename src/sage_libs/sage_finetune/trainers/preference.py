@@ -145,10 +145,11 @@ class _PreferenceMixin:
             metrics.pop(key, None)
         history = self.hf_trainer.state.log_history if self.hf_trainer is not None else []
         evals = [e for e in history if "eval_rewards/accuracies" in e]
+        before = getattr(self.hf_trainer, "eval_before", None)
+        if before and "eval_loss_before" in metrics:
+            metrics.update({f"eval_{k}_before": before[f"eval_{k}"] for k in _PREFERENCE_EVAL_KEYS
+                            if f"eval_{k}" in before})
         if evals:
-            if self.training_config.eval_on_start and evals[0].get("step") == 0 and len(evals) > 1:
-                metrics.update({f"eval_{k}_before": evals[0][f"eval_{k}"] for k in _PREFERENCE_EVAL_KEYS
-                                if f"eval_{k}" in evals[0]})
             metrics.update({f"eval_{k}": evals[-1][f"eval_{k}"] for k in _PREFERENCE_EVAL_KEYS
                             if f"eval_{k}" in evals[-1]})
         super().write_outputs(metrics)
