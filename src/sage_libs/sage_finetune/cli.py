@@ -42,6 +42,7 @@ from .config import (
     FreezeConfig,
     LoRAConfig,
     LoRAPlusConfig,
+    PreferenceConfig,
     QuantizationConfig,
     TrainingConfig,
 )
@@ -50,10 +51,10 @@ __all__ = ["main", "load_run_config", "build_parser"]
 
 SECTIONS = {"training": TrainingConfig, "lora": LoRAConfig, "data": DataConfig,
             "quantization": QuantizationConfig, "lora_plus": LoRAPlusConfig, "freeze": FreezeConfig,
-            "agent": AgentConfig}
+            "agent": AgentConfig, "preference": PreferenceConfig}
 # Optional sections that only some methods take: section -> the create_trainer keyword it becomes.
 TRAINER_SECTIONS = {"quantization": "quantization_config", "lora_plus": "lora_plus_config",
-                    "freeze": "freeze_config", "agent": "agent_config"}
+                    "freeze": "freeze_config", "agent": "agent_config", "preference": "preference_config"}
 # callbacks: a list of registered names, or {name: ..., option: value, ...} mappings
 # version: written into run_config.yaml (which is itself a valid run config) by the version that ran it
 TOP_LEVEL = ("method", *SECTIONS, "callbacks", "version")
@@ -235,7 +236,9 @@ def _make_trainer(cfg: dict[str, Any]) -> Any:
     if callbacks:
         kwargs["callbacks"] = callbacks
     # method: agent wraps another method; its sections are checked against that one
-    inner = (cfg.get("agent") or AgentConfig()).method if cfg["method"] == "agent" else cfg["method"]
+    # method: dpo (the preference section) likewise
+    inner = (cfg.get("agent") or AgentConfig()).method if cfg["method"] == "agent" else \
+        (cfg.get("preference") or PreferenceConfig()).method if cfg["method"] == "dpo" else cfg["method"]
     for section, option in TRAINER_SECTIONS.items():
         if cfg.get(section) is None:
             continue

@@ -21,6 +21,7 @@ from typing import Any, Literal, Union
 __all__ = [
     "ConfigError",
     "AgentConfig",
+    "PreferenceConfig",
     "TrainingConfig",
     "LoRAConfig",
     "DataConfig",
@@ -480,3 +481,34 @@ class AgentConfig(_Config):
     eval_max_new_tokens: int = _opt(96, "Tokens generated per step when evaluating the next action.", ge=1)
     eval_max_trajectories: Union[int, None] = _opt(None, "Evaluate at most this many held-out trajectories "
                                                          "(null: all).", ge=1)
+
+
+@dataclass
+class PreferenceConfig(_Config):
+    """Preference optimization (``method: dpo``): DPO and its variants on (prompt, chosen, rejected)
+    pairs, with any fine-tuning method underneath."""
+
+    method: str = _opt("lora", "The fine-tuning method underneath: lora, qlora, dora, lora_plus, full, freeze. Adapter "
+                               "methods use the base model (adapter disabled) as the reference; full and freeze a "
+                               "frozen copy, unless precompute_ref_log_probs is true.")
+    loss_type: str = _opt("sigmoid", "sigmoid: DPO (with label_smoothing > 0: conservative DPO); ipo: IPO "
+                                     "(length-averaged log-ratios); orpo: ORPO and simpo: SimPO (both without a "
+                                     "reference model).", choices=("sigmoid", "ipo", "orpo", "simpo"))
+    beta: float = _opt(0.1, "DPO's beta (how far the policy may move from the reference); IPO's tau; ORPO's lambda "
+                            "(weight of the odds-ratio term); SimPO's beta (reward scale, the paper uses 2 to 2.5).",
+                       gt=0)
+    label_smoothing: float = _opt(0.0, "sigmoid loss only: the assumed probability that a preference label is "
+                                       "flipped (conservative DPO); 0: plain DPO.", ge=0, lt=0.5)
+    simpo_gamma: float = _opt(0.5, "simpo loss only: the target reward margin gamma.", ge=0)
+    precompute_ref_log_probs: bool = _opt(False, "Compute the reference log-probabilities of every pair once before "
+                                                 "training (no reference forward per step, no frozen copy for full "
+                                                 "fine-tuning).")
+    disable_dropout: bool = _opt(True, "Turn dropout off in the model (incl. LoRA dropout), so the policy and the "
+                                       "reference see the same network.")
+
+    def _validate(self) -> None:
+        if self.method in ("dpo", "agent"):
+            raise ConfigError(f"preference.method: must be a fine-tuning method such as lora, qlora, dora or full, "
+                              f"not {self.method!r}")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ConfigError(f"preference.label_smoothing applies to loss_type sigmoid only, not {self.loss_type!r}")

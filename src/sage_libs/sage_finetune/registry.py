@@ -99,6 +99,7 @@ _BUILTINS: dict[_Registry, dict[str, str]] = {
         "full": "trainers.full:FullTrainer",
         "freeze": "trainers.freeze:FreezeTrainer",
         "agent": "trainers.agent:AgentTrainer",
+        "dpo": "trainers.preference:PreferenceTrainer",
     },
     _loaders: {
         "jsonl": "loaders.jsonl:JSONLLoader",

@@ -467,16 +467,22 @@ class BaseTrainer(FineTuner):
             out.append(CallbackBridge(self, ours))
         return out
 
-    def build_hf_trainer(self, train_dataset: Any = None, eval_dataset: Any = None) -> Any:
+    def hf_trainer_core(self) -> tuple[type, dict[str, Any]]:
+        """The HF Trainer subclass :meth:`build_hf_trainer` builds, and extra keyword arguments for it
+        (the preference trainer swaps in its loss here)."""
         from ._hf import SFTTrainerCore
 
+        return SFTTrainerCore, {}
+
+    def build_hf_trainer(self, train_dataset: Any = None, eval_dataset: Any = None) -> Any:
         self.setup()
         optimizer = self.create_optimizer(self.model)
-        self.hf_trainer = SFTTrainerCore(
+        core, extra = self.hf_trainer_core()
+        self.hf_trainer = core(
             owner=self, model=self.model, args=self.training_arguments(eval_dataset is not None),
             train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=self.data_collator(),
             processing_class=self.tokenizer, callbacks=self._hf_callbacks(),
-            optimizers=(optimizer, None))
+            optimizers=(optimizer, None), **extra)
         # our console output instead of HF's log dicts and nested bars (see callbacks/console.py)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -1,0 +1,288 @@
+"""Preference records -> (prompt, chosen reply, rejected reply) -> token ids with exact masks.
+
+Record shapes (the preference formats TRL documents, plus raw HH-RLHF text):
+
+- explicit prompt: ``{"prompt": str | [messages], "chosen": str | [messages], "rejected": ...}``;
+  a string prompt is one user message, a string reply one assistant message. ``chosen`` and
+  ``rejected`` may also repeat the prompt messages in front (full conversations): the prompt must
+  then be a prefix of both.
+- implicit prompt: ``{"chosen": [messages], "rejected": [messages]}``: the longest common prefix of
+  the two conversations is the prompt (HH-RLHF style).
+- HH-RLHF text: ``{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}``: parsed into
+  messages, then as above.
+
+After the prompt, each side must be exactly one assistant message (text and/or ``tool_calls``).
+``tools`` (a list of tool schemas) is passed to the chat template as in SFT records.
+
+Tokens: each side is rendered as ``prompt + [reply]`` with :class:`.render.ChatRenderer` (the same
+template and rules as SFT), and only the last assistant turn is labelled: the reply's tokens and
+the end-of-turn token(s) the template closes it with. Tokens after the last labelled one (template
+layout such as the newline after ``<|im_end|>``) are cut, so a sequence ends where its score ends.
+
+Pure Python apart from the tokenizer; no torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .conversation import Conversation, DataFormatError, Message
+from .render import IGNORE_INDEX, ChatRenderer
+
+__all__ = ["PreferencePair", "PreferenceStats", "is_preference_record", "to_preference_pair",
+           "tokenize_preference_records", "PREFERENCE_COLUMNS"]
+
+PREFERENCE_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+
+
+@dataclass
+class PreferencePair:
+    """A shared prompt and two single-message replies to it."""
+
+    prompt: list[Message]
+    chosen: Message
+    rejected: Message
+    tools: list[dict[str, Any]] | None = None
+
+    def conversations(self) -> tuple[Conversation, Conversation]:
+        return (Conversation([*self.prompt, self.chosen], tools=self.tools),
+                Conversation([*self.prompt, self.rejected], tools=self.tools))
+
+
+@dataclass
+class PreferenceStats:
+    records: int = 0
+    pairs: int = 0
+    skipped_invalid: int = 0
+    truncated: int = 0
+    dropped_no_scored_tokens: int = 0
+    tokens: int = 0
+    scored_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "errors"}
+        out["first_errors"] = self.errors[:5]
+        return out
+
+
+def is_preference_record(record: Any) -> bool:
+    return isinstance(record, dict) and "chosen" in record and "rejected" in record
+
+
+# -- records -> pairs -------------------------------------------------------------------------------
+def _messages(value: Any, where: str, name: str, default_role: str) -> list[Message]:
+    from .formats import _message
+
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataFormatError(f"{where}: field {name!r} is empty")
+        return [Message(default_role, value)]
+    if isinstance(value, dict) and "role" in value:  # one message on its own
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise DataFormatError(f"{where}: field {name!r} must be a string or a non-empty list of messages, "
+                              f"got {type(value).__name__ if not isinstance(value, list) else 'an empty list'}")
+    out = []
+    for i, raw in enumerate(value):
+        try:
+            out.append(_message(raw, where, i, "role", "content", None))
+        except DataFormatError as exc:
+            raise DataFormatError(str(exc).replace(f"{where}: message", f"{where}: {name} message", 1)) from None
+    return out
+
+
+def _parse_hh(text: str, where: str, name: str) -> list[Message] | None:
+    """HH-RLHF text (``\\n\\nHuman: ...\\n\\nAssistant: ...``) -> messages; None if it is not such text."""
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        return None
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [Message(roles[parts[k]], parts[k + 1].strip()) for k in range(1, len(parts), 2)]
+
+
+def _same(a: Message, b: Message) -> bool:
+    return a.to_dict() == b.to_dict()
+
+
+def _describe(messages: list[Message]) -> str:
+    return ", ".join(m.role for m in messages) or "nothing"
+
+
+def to_preference_pair(record: Any, *, where: str = "record", system_prompt: str | None = None) -> PreferencePair:
+    """One preference record -> a validated :class:`PreferencePair` (see the module docstring)."""
+    if not isinstance(record, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in ("chosen", "rejected") if k not in record]
+    if missing:
+        keys = ", ".join(sorted(map(str, record))) or "none"
+        raise DataFormatError(f"{where}: missing field {missing[0]!r}; a preference record needs 'chosen' and "
+                              f"'rejected' (and 'prompt' unless both are full conversations); record fields: {keys}")
+    tools = record.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise DataFormatError(f"{where}: field 'tools' must be a list of tool schemas")
+    raw_c, raw_r = record["chosen"], record["rejected"]
+    prompt_raw = record.get("prompt")
+    if prompt_raw is None:
+        # implicit prompt: full conversations, as messages or HH-RLHF text
+        if isinstance(raw_c, str) and isinstance(raw_r, str):
+            chosen, rejected = _parse_hh(raw_c, where, "chosen"), _parse_hh(raw_r, where, "rejected")
+            if chosen is None or rejected is None:
+                raise DataFormatError(
+                    f"{where}: no 'prompt' field, and 'chosen'/'rejected' are plain text; give a 'prompt', or full "
+                    "conversations (lists of messages, or HH-RLHF text with '\\n\\nHuman:' and '\\n\\nAssistant:' turns)")
+        else:
+            chosen = _messages(raw_c, where, "chosen", "assistant")
+            rejected = _messages(raw_r, where, "rejected", "assistant")
+        n = 0
+        while n < min(len(chosen), len(rejected)) and _same(chosen[n], rejected[n]):
+            n += 1
+        if n == len(chosen) == len(rejected):
+            raise DataFormatError(f"{where}: 'chosen' and 'rejected' are identical; a preference pair needs two "
+                                  "different replies")
+        if n == 0:
+            raise DataFormatError(f"{where}: 'chosen' and 'rejected' share no prompt (their first messages differ) "
+                                  "and there is no 'prompt' field; give the prompt explicitly")
+        prompt = chosen[:n]
+        chosen_rest, rejected_rest = chosen[n:], rejected[n:]
+    else:
+        prompt = _messages(prompt_raw, where, "prompt", "user")
+        chosen_rest = _messages(raw_c, where, "chosen", "assistant")
+        rejected_rest = _messages(raw_r, where, "rejected", "assistant")
+        for name, side in (("chosen", chosen_rest), ("rejected", rejected_rest)):
+            if side[0].role != "assistant":  # a full conversation: it must start with the prompt
+                k = len(prompt)
+                if len(side) <= k or not all(_same(a, b) for a, b in zip(side[:k], prompt)):
+                    raise DataFormatError(
+                        f"{where}: 'prompt' is not a common prefix of 'chosen' and 'rejected': {name!r} starts with "
+                        f"a {side[0].role} message that is not the prompt's; give '{name}' as the reply only, or "
+                        "as the whole conversation beginning with the prompt messages")
+        chosen_rest = chosen_rest[len(prompt):] if chosen_rest[0].role != "assistant" else chosen_rest
+        rejected_rest = rejected_rest[len(prompt):] if rejected_rest[0].role != "assistant" else rejected_rest
+    for name, side in (("chosen", chosen_rest), ("rejected", rejected_rest)):
+        if len(side) != 1 or side[0].role != "assistant":
+            raise DataFormatError(f"{where}: after the prompt, {name!r} must be one assistant message; got "
+                                  f"{len(side)} message(s) ({_describe(side)})")
+    if _same(chosen_rest[0], rejected_rest[0]):
+        raise DataFormatError(f"{where}: 'chosen' and 'rejected' are identical; a preference pair needs two "
+                              "different replies")
+    if system_prompt and prompt and prompt[0].role != "system":
+        prompt = [Message("system", system_prompt), *prompt]
+    pair = PreferencePair(prompt, chosen_rest[0], rejected_rest[0], tools=tools or None)
+    for name, conv in zip(("chosen", "rejected"), pair.conversations()):
+        try:
+            conv.validate(where)
+        except DataFormatError as exc:
+            raise DataFormatError(f"{exc} (in the prompt + {name} conversation)") from None
+    return pair
+
+
+# -- pairs -> tokens --------------------------------------------------------------------------------
+def _scored_side(renderer: ChatRenderer, conv: Conversation, where: str) -> tuple[list[int], list[int], bool] | None:
+    """ids and labels of one side: only the last assistant turn labelled, cut after its last
+    labelled token. None when truncation left nothing to score."""
+    result = renderer(conv, where)
+    if result is None:
+        return None
+    ids, labels = result.input_ids, result.labels
+    last = max(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)
+    return ids[: last + 1], labels[: last + 1], result.truncated
+
+
+def tokenize_preference_records(records: Any, tokenizer: Any, *, chat_template: str | None = None,
+                                max_seq_length: int | None = None, system_prompt: str | None = None,
+                                on_error: str = "raise", locate: Any = None) -> tuple[dict[str, list], PreferenceStats]:
+    """Preference records -> columns :data:`PREFERENCE_COLUMNS` (+ ``length``) and statistics.
+
+    ``locate(records, index)`` names a record in error messages (default: ``record N``). Pairs
+    whose chosen or rejected reply lost every scored token to ``max_seq_length`` (keep-start
+    truncation) are dropped and counted."""
+    renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length, mask_history=True)
+    columns: dict[str, list] = {name: [] for name in (*PREFERENCE_COLUMNS, "length")}
+    stats = PreferenceStats()
+    for index, record in enumerate(records):
+        stats.records += 1
+        where = locate(records, index) if locate is not None else f"record {index}"
+        try:
+            pair = to_preference_pair(record, where=where, system_prompt=system_prompt)
+            sides = [_scored_side(renderer, conv, where) for conv in pair.conversations()]
+        except DataFormatError as exc:
+            if on_error != "skip":
+                raise
+            stats.skipped_invalid += 1
+            stats.errors.append(str(exc))
+            continue
+        if any(s is None for s in sides):
+            stats.dropped_no_scored_tokens += 1
+            continue
+        (c_ids, c_labels, c_cut), (r_ids, r_labels, r_cut) = sides
+        stats.truncated += bool(c_cut or r_cut)
+        stats.pairs += 1
+        stats.tokens += len(c_ids) + len(r_ids)
+        stats.scored_tokens += sum(lab != IGNORE_INDEX for lab in c_labels + r_labels)
+        columns["chosen_input_ids"].append(c_ids)
+        columns["chosen_labels"].append(c_labels)
+        columns["rejected_input_ids"].append(r_ids)
+        columns["rejected_labels"].append(r_labels)
+        columns["length"].append(len(c_ids) + len(r_ids))
+    return columns, stats
+
+
+# -- batches ----------------------------------------------------------------------------------------
+@dataclass
+class PreferenceCollator:
+    """A batch of pairs -> one forward's worth of sequences: the chosen sides of every pair, then
+    the rejected sides (sequence ``k`` is pair ``k``'s chosen, ``B + k`` its rejected).
+
+    Padded (default): rows right-padded, ``attention_mask``. ``flatten=True`` (padding-free): all
+    sequences in one row with per-sequence ``position_ids`` and no ``attention_mask`` (the trainer's
+    per-document attention keeps them apart). Both carry ``labels`` (-100 where not scored) and
+    ``sequence_ids`` (which sequence each token belongs to, -1 on padding), and, when the examples
+    have them, the precomputed ``ref_chosen_logps`` / ``ref_rejected_logps``."""
+
+    pad_token_id: int
+    flatten: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        self.emits_position_ids = self.flatten  # tells the trainer core to use per-document attention
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        seqs = [(list(ex["chosen_input_ids"]), list(ex["chosen_labels"])) for ex in examples] + \
+               [(list(ex["rejected_input_ids"]), list(ex["rejected_labels"])) for ex in examples]
+        if self.flatten:
+            ids = [t for s, _ in seqs for t in s]
+            labels = [t for _, lab in seqs for t in lab]
+            positions = [p for s, _ in seqs for p in range(len(s))]
+            owner = [k for k, (s, _) in enumerate(seqs) for _ in s]
+            pad = self._pad(len(ids)) - len(ids)
+            out = {"input_ids": torch.tensor([ids + [self.pad_token_id] * pad]),
+                   "labels": torch.tensor([labels + [IGNORE_INDEX] * pad]),
+                   "position_ids": torch.tensor([positions + list(range(pad))]),
+                   "sequence_ids": torch.tensor([owner + [-1] * pad])}
+        else:
+            longest = self._pad(max(len(s) for s, _ in seqs))
+            n = len(seqs)
+            out = {"input_ids": torch.full((n, longest), self.pad_token_id, dtype=torch.long),
+                   "labels": torch.full((n, longest), IGNORE_INDEX, dtype=torch.long),
+                   "attention_mask": torch.zeros((n, longest), dtype=torch.long),
+                   "sequence_ids": torch.full((n, longest), -1, dtype=torch.long)}
+            for row, (s, lab) in enumerate(seqs):
+                out["input_ids"][row, :len(s)] = torch.tensor(s)
+                out["labels"][row, :len(s)] = torch.tensor(lab)
+                out["attention_mask"][row, :len(s)] = 1
+                out["sequence_ids"][row, :len(s)] = row
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            if key in examples[0]:
+                out[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
+        return out
+
+    def _pad(self, length: int) -> int:
+        m = self.pad_to_multiple_of
+        return -(-length // m) * m if m else length

@@ -1,0 +1,194 @@
+"""The preference losses and the HF Trainer subclass that computes them (imports torch).
+
+One forward per batch: the collator puts every pair's chosen sequence and then every pair's
+rejected sequence in one batch (padded rows, or one padding-free row); a sequence's log-probability
+is the sum of its scored tokens' log-probabilities (logits computed at those positions only, when
+the model supports it). The reference log-probabilities come from, in this order: columns computed
+once before training (``precompute_ref_log_probs``), a frozen copy (full fine-tuning), or the same
+model with its adapter disabled (adapter methods: no second copy).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data.render import IGNORE_INDEX
+from ._hf import SFTTrainerCore
+
+__all__ = ["sequence_logps", "preference_loss", "PreferenceTrainerCore", "NEEDS_REFERENCE"]
+
+NEEDS_REFERENCE = {"sigmoid": True, "ipo": True, "orpo": False, "simpo": False}
+
+
+def sequence_logps(model: Any, inputs: dict[str, Any], n_sequences: int, selective: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sums, counts)``: per sequence, the summed log-probability of its scored tokens and their
+    number. ``inputs`` is a :class:`..data.preference.PreferenceCollator` batch."""
+    labels, owners_all = inputs["labels"], inputs["sequence_ids"]
+    keep = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    targets = labels[:, 1:][keep[:, :-1]]
+    owners = owners_all[:, 1:][keep[:, :-1]]
+    forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+    forward["use_cache"] = False
+    if selective:
+        logits = model(**forward, logits_to_keep=keep).logits
+        if logits.dim() != 2 or logits.shape[0] != targets.numel():
+            raise RuntimeError(f"selective logits: expected ({targets.numel()}, vocab) logits, got "
+                               f"{tuple(logits.shape)}; set training.selective_logits: false for this model")
+    else:
+        logits = model(**forward).logits[keep]
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # at least float32
+    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    sums = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owners, token_logps)
+    counts = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, owners, torch.ones_like(token_logps))
+    return sums, counts
+
+
+def preference_loss(loss_type: str, logps: torch.Tensor, counts: torch.Tensor, ref_logps: torch.Tensor | None, *,
+                    beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.0
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, chosen_rewards, rejected_rewards)`` for ``2B`` sequences (chosen first).
+
+    - ``sigmoid`` (DPO): ``-(1-e) log s(b D) - e log s(-b D)`` with ``D`` the chosen minus the rejected
+      log-ratio to the reference; ``e = label_smoothing`` > 0 is conservative DPO (cDPO).
+    - ``ipo``: ``(D' - 1/(2b))^2`` with ``D'`` the difference of per-token (length-averaged) log-ratios.
+    - ``orpo``: mean NLL of the chosen tokens ``- b * log s(log-odds ratio)`` of the per-token average
+      log-probabilities; no reference.
+    - ``simpo``: ``-log s(b (avg_c - avg_r) - gamma)``, per-token averages; no reference.
+
+    The loss is the mean over pairs. Rewards: ``b`` times the log-ratio (DPO, IPO) or times the
+    per-token average log-probability (ORPO, SimPO)."""
+    chosen, rejected = logps.chunk(2)
+    n_chosen, n_rejected = counts.chunk(2)
+    if loss_type in ("sigmoid", "ipo"):
+        if ref_logps is None:
+            raise ValueError(f"loss_type {loss_type!r} needs reference log-probabilities")
+        ref_chosen, ref_rejected = ref_logps.chunk(2)
+        chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
+        if loss_type == "sigmoid":
+            delta = beta * (chosen_ratio - rejected_ratio)
+            losses = -(1 - label_smoothing) * F.logsigmoid(delta) - label_smoothing * F.logsigmoid(-delta)
+        else:
+            delta = chosen_ratio / n_chosen.clamp(min=1) - rejected_ratio / n_rejected.clamp(min=1)
+            losses = (delta - 1 / (2 * beta)) ** 2
+        return losses.mean(), beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+    avg_chosen, avg_rejected = chosen / n_chosen.clamp(min=1), rejected / n_rejected.clamp(min=1)
+    if loss_type == "orpo":
+        # log odds(p) = log p - log(1 - p), p the per-token average probability of a reply
+        log_odds = (avg_chosen - avg_rejected) - (torch.log(-torch.expm1(avg_chosen))
+                                                  - torch.log(-torch.expm1(avg_rejected)))
+        nll = -chosen.sum() / n_chosen.sum().clamp(min=1)
+        loss = nll - beta * F.logsigmoid(log_odds).mean()
+    elif loss_type == "simpo":
+        loss = -F.logsigmoid(beta * (avg_chosen - avg_rejected) - simpo_gamma).mean()
+    else:
+        raise ValueError(f"unknown preference loss_type {loss_type!r}; expected one of {', '.join(NEEDS_REFERENCE)}")
+    return loss, beta * avg_chosen.detach(), beta * avg_rejected.detach()
+
+
+class PreferenceTrainerCore(SFTTrainerCore):
+    """The HF Trainer with the preference loss in ``compute_loss``; logs ``rewards/chosen``,
+    ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen`` and
+    ``logps/rejected`` (means over the pairs since the last log; ``eval_``-prefixed in evaluation)."""
+
+    def __init__(self, *args: Any, preference: Any, ref_model: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.preference = preference
+        self.ref_model = ref_model
+        if ref_model is not None:
+            self.ref_model = ref_model.to(self.args.device)
+        # the loss is a mean over pairs: the HF Trainer divides it by the accumulation steps
+        self.model_accepts_loss_kwargs = False
+        self.eval_before: dict[str, float] | None = None
+        self._pref_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    # -- log-probabilities --------------------------------------------------------------------------
+    def _n_sequences(self, inputs: dict[str, Any]) -> int:
+        return int(inputs["sequence_ids"].max()) + 1
+
+    def reference_logps(self, model: Any, inputs: dict[str, Any], n: int, initial: bool = False) -> torch.Tensor:
+        """The reference's summed log-probabilities; ``initial``: ``model`` has not been trained yet, so
+        without an adapter to disable it is the reference itself."""
+        if "ref_chosen_logps" in inputs:
+            return torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(self.args.device)
+        with torch.no_grad():
+            if self.ref_model is not None:
+                return sequence_logps(self.ref_model, inputs, n, self.selective_logits)[0]
+            unwrapped = self.accelerator.unwrap_model(model)
+            if not hasattr(unwrapped, "disable_adapter"):
+                if initial:
+                    return sequence_logps(model, inputs, n, self.selective_logits)[0]
+                raise RuntimeError("the preference trainer needs a reference: an adapter model (its adapter is "
+                                   "disabled), a frozen copy, or precomputed reference log-probabilities")
+            with unwrapped.disable_adapter():
+                return sequence_logps(model, inputs, n, self.selective_logits)[0]
+
+    @torch.no_grad()
+    def precompute_reference(self, dataset: Any, batch_size: int) -> Any:
+        """``dataset`` with ``ref_chosen_logps`` and ``ref_rejected_logps`` columns, computed now (before
+        any training step) by the reference."""
+        from ..data.preference import PreferenceCollator
+
+        if dataset is None or "ref_chosen_logps" in dataset.column_names:
+            return dataset
+        collate = PreferenceCollator(pad_token_id=self.data_collator.pad_token_id)
+        model = self.model.to(self.args.device)
+        was_training = model.training
+        model.eval()
+        chosen, rejected = [], []
+        try:
+            for start in range(0, len(dataset), batch_size):
+                batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+                batch = {k: v.to(self.args.device) for k, v in batch.items()}
+                ref = self.reference_logps(model, batch, self._n_sequences(batch), initial=True).float().cpu()
+                c, r = ref.chunk(2)
+                chosen += c.tolist()
+                rejected += r.tolist()
+        finally:
+            model.train(was_training)
+        return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
+
+    # -- loss -------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pc = self.preference
+        n = self._n_sequences(inputs)
+        logps, counts = sequence_logps(model, inputs, n, self.selective_logits)
+        ref = self.reference_logps(model, inputs, n) if NEEDS_REFERENCE[pc.loss_type] else None
+        loss, chosen_rewards, rejected_rewards = preference_loss(
+            pc.loss_type, logps, counts, ref, beta=pc.beta, label_smoothing=pc.label_smoothing,
+            simpo_gamma=pc.simpo_gamma)
+        mode = "train" if model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        chosen_logps, rejected_logps = logps.detach().chunk(2)
+        record = self._pref_metrics[mode]
+        record["rewards/chosen"] += gather(chosen_rewards).tolist()
+        record["rewards/rejected"] += gather(rejected_rewards).tolist()
+        record["rewards/margins"] += gather(chosen_rewards - rejected_rewards).tolist()
+        record["rewards/accuracies"] += gather((chosen_rewards > rejected_rewards).float()).tolist()
+        record["logps/chosen"] += gather(chosen_logps).tolist()
+        record["logps/rejected"] += gather(rejected_logps).tolist()
+        return (loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}) \
+            if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        record = self._pref_metrics[mode]
+        if record and (mode == "eval" or "loss" in logs):
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({f"{prefix}{k}": sum(v) / len(v) for k, v in record.items() if v})
+            record.clear()
+        if mode == "eval" and self.state.global_step == 0:
+            self.eval_before = dict(logs)  # train() starts a new log history; keep the evaluation before it
+        super().log(logs, start_time)

@@ -1,0 +1,207 @@
+"""``dpo``: preference optimization (DPO, conservative DPO, IPO, ORPO, SimPO) with any method underneath.
+
+``create_trainer("dpo", method="lora", preference_config=PreferenceConfig(beta=0.1), training_config=...,
+lora_config=...)`` trains the method's trainer (LoRA adapter, QLoRA loading, full fine-tuning, ...)
+unchanged except for three things, a small delta over :class:`.base.BaseTrainer`:
+
+- data: preference records (:mod:`..data.preference`) instead of SFT records: each pair becomes a
+  chosen and a rejected sequence, rendered with the run's chat template, only the reply and its
+  end-of-turn scored;
+- batches: :class:`..data.preference.PreferenceCollator` (chosen and rejected in one forward,
+  padding-free on the CPU like SFT);
+- the loss: :class:`._preference_core.PreferenceTrainerCore`, a subclass of the SFT core whose
+  ``compute_loss`` is the preference loss.
+
+The reference policy: adapter methods disable the adapter (PEFT's ``disable_adapter()``: the same
+weights, no copy); full and freeze keep a frozen copy of the initial model; with
+``precompute_ref_log_probs`` the reference log-probabilities are computed once before training.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..config import ConfigError
+from ..interface import FineTuner
+
+__all__ = ["PreferenceTrainer"]
+
+logger = logging.getLogger(__name__)
+
+_PREFERENCE_EVAL_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                         "logps/chosen", "logps/rejected")
+
+
+class _PreferenceMixin:
+    """Mixed in front of a method's trainer class (see :class:`PreferenceTrainer`)."""
+
+    preference_config: Any = None
+
+    # -- model --------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        fresh = self.model is None
+        super().setup()
+        if fresh and self.preference_config.disable_dropout:
+            import torch
+
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+
+    def hf_trainer_core(self) -> tuple[type, dict[str, Any]]:
+        from ._preference_core import NEEDS_REFERENCE, PreferenceTrainerCore
+
+        pc = self.preference_config
+        ref_model = None
+        if NEEDS_REFERENCE[pc.loss_type] and not pc.precompute_ref_log_probs and not self.uses_lora:
+            import copy
+
+            ref_model = copy.deepcopy(self.model)  # the initial weights, frozen
+            ref_model.requires_grad_(False)
+            ref_model.eval()
+        return PreferenceTrainerCore, {"preference": pc, "ref_model": ref_model}
+
+    def build_hf_trainer(self, train_dataset: Any = None, eval_dataset: Any = None) -> Any:
+        from ._preference_core import NEEDS_REFERENCE
+
+        trainer = super().build_hf_trainer(train_dataset, eval_dataset)
+        pc, tc = self.preference_config, self.training_config
+        if pc.precompute_ref_log_probs and NEEDS_REFERENCE[pc.loss_type]:
+            trainer.train_dataset = trainer.precompute_reference(train_dataset, tc.per_device_eval_batch_size)
+            trainer.eval_dataset = trainer.precompute_reference(eval_dataset, tc.per_device_eval_batch_size)
+        return trainer
+
+    # -- data ---------------------------------------------------------------------------------------
+    def check_inputs(self, train_data: Any = None, eval_data: Any = None) -> None:
+        dc = self.data_config
+        if dc.packing:
+            raise ConfigError("data.packing: preference training does not pack pairs; set data.packing: false "
+                              "(data.padding_free puts a batch's sequences in one row without padding)")
+        if dc.train_on_prompt:
+            raise ConfigError("data.train_on_prompt: preference training scores the replies only; set it to false")
+        if self.formatting_func is not None:
+            raise ConfigError("formatting_func: not used by preference training; give records with prompt, chosen "
+                              "and rejected fields (see the README section on preference training)")
+        super().check_inputs(train_data, eval_data)
+
+    def prepare_dataset(self, data: Any, split: str = "train") -> Any:
+        """Preference records (or a path) -> a ``datasets.Dataset`` with ``chosen_input_ids``,
+        ``chosen_labels``, ``rejected_input_ids``, ``rejected_labels`` and ``length``."""
+        from datasets import Dataset, concatenate_datasets
+
+        from ..data.pipeline import record_location
+        from ..data.preference import PREFERENCE_COLUMNS, tokenize_preference_records
+
+        if data is None:
+            return None
+        parts, totals = [], {}
+        for records in self._record_sets(data, split):
+            names = getattr(records, "column_names", None)
+            if names is not None and all(c in names for c in PREFERENCE_COLUMNS):
+                parts.append(records)  # already tokenized
+                continue
+            options = self.render_options()
+            columns, stats = tokenize_preference_records(
+                records, self.tokenizer, chat_template=options.chat_template.text,
+                max_seq_length=self.training_config.max_seq_length, system_prompt=options.system_prompt,
+                on_error=options.on_error, locate=record_location)
+            if stats.pairs == 0:
+                source = getattr(records, "source", None) or f"{split} data"
+                raise ConfigError(f"{source}: no preference pairs to train on ({stats.records} records, "
+                                  f"{stats.skipped_invalid} invalid, {stats.dropped_no_scored_tokens} with every scored "
+                                  "token cut by max_seq_length)")
+            for key, value in stats.to_dict().items():
+                totals[key] = totals.get(key, 0) + value if not isinstance(value, list) else \
+                    (totals.get(key, []) + value)[:5]
+            parts.append(Dataset.from_dict(columns))
+        self.data_stats[split] = totals
+        return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+    def data_collator(self) -> Any:
+        from ..data.preference import PreferenceCollator
+        from ._fast import resolve_padding_free
+
+        flat = resolve_padding_free(self.data_config, self.training_config, self.model)
+        return PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=flat)
+
+    # -- outputs ------------------------------------------------------------------------------------
+    def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
+        """``eval_loss`` (the preference loss) and the reward metrics on held-out pairs."""
+        eval_ds = self.prepare_dataset(eval_dataset, "eval")
+        if self.hf_trainer is None:
+            self.build_hf_trainer(None, eval_ds)
+        if self.preference_config.precompute_ref_log_probs:
+            eval_ds = self.hf_trainer.precompute_reference(eval_ds, self.training_config.per_device_eval_batch_size)
+        ev = self.hf_trainer.evaluate(eval_dataset=eval_ds)
+        out = {"eval_loss": ev["eval_loss"], "eval_samples": len(eval_ds), "eval_runtime": ev.get("eval_runtime")}
+        out.update({f"eval_{k}": ev[f"eval_{k}"] for k in _PREFERENCE_EVAL_KEYS if f"eval_{k}" in ev})
+        return out
+
+    def write_outputs(self, metrics: dict[str, Any]) -> None:
+        metrics["method"] = f"dpo/{self.method}"
+        metrics["loss_type"] = self.preference_config.loss_type
+        for key in ("perplexity", "perplexity_before"):  # exp of a preference loss means nothing
+            metrics.pop(key, None)
+        history = self.hf_trainer.state.log_history if self.hf_trainer is not None else []
+        evals = [e for e in history if "eval_rewards/accuracies" in e]
+        before = getattr(self.hf_trainer, "eval_before", None)
+        if before and "eval_loss_before" in metrics:
+            metrics.update({f"eval_{k}_before": before[f"eval_{k}"] for k in _PREFERENCE_EVAL_KEYS
+                            if f"eval_{k}" in before})
+        if evals:
+            metrics.update({f"eval_{k}": evals[-1][f"eval_{k}"] for k in _PREFERENCE_EVAL_KEYS
+                            if f"eval_{k}" in evals[-1]})
+        super().write_outputs(metrics)
+
+
+class PreferenceTrainer(FineTuner):
+    """Preference optimization; ``method`` (or ``preference_config.method``) picks the fine-tuning
+    method underneath (default ``lora``). Other keyword arguments go to that method's trainer."""
+
+    method = "dpo"
+
+    def __init__(self, method: str | None = None, preference_config: Any = None, **kwargs: Any) -> None:
+        from ..config import PreferenceConfig
+        from ..registry import get_trainer_class
+        from .base import BaseTrainer, coerce_config
+
+        config = coerce_config(PreferenceConfig, preference_config, "preference_config") or PreferenceConfig()
+        if method is not None:
+            config = config.replace(method=method)
+        self.preference_config = config
+        base = get_trainer_class(config.method)
+        if not (isinstance(base, type) and issubclass(base, BaseTrainer)):
+            raise ConfigError(f"preference.method: {config.method!r} is not a fine-tuning method built on the trainer "
+                              "base; use lora, qlora, dora, lora_plus, full or freeze")
+        cls = type(f"Preference{base.__name__}", (_PreferenceMixin, base), {"__module__": __name__})
+        self.inner = cls(**kwargs)
+        self.inner.preference_config = config
+        self.inner.run_config_extra.update(method="dpo", preference=config.to_dict())
+
+    @classmethod
+    def known_options(cls) -> list[str]:
+        return ["preference_config"]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def train(self, train_dataset: Any = None, eval_dataset: Any = None, config: Any = None) -> dict[str, Any]:
+        return self.inner.train(train_dataset, eval_dataset, config)
+
+    def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
+        return self.inner.evaluate(eval_dataset)
+
+    def save_model(self, output_dir: str) -> Any:
+        return self.inner.save_model(output_dir)
+
+    def merge_and_save(self, output_dir: str) -> Any:
+        return self.inner.merge_and_save(output_dir)
+
+    def load_model(self, model_path: str) -> None:
+        self.inner.load_model(model_path)
+
+    def generate(self, prompt: Any, **kwargs: Any) -> str:
+        return self.inner.generate(prompt, **kwargs)
