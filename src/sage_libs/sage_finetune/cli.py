@@ -347,13 +347,16 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         report = build_report(records, tokenizer, fmt=data.format, max_seq_length=max_len,
                               train_on_prompt=data.train_on_prompt, mask_history=data.mask_history,
                               chat_template=chat_template, system_prompt=data.system_prompt,
-                              on_error=data.on_error, sample_index=args.sample, formatting_func=formatting_func)
+                              on_error=data.on_error, sample_index=args.sample, formatting_func=formatting_func,
+                              reasoning=data.reasoning, control_tokens_in_content=data.control_tokens_in_content)
         summary = report.summary()
         print(f"== {file}")
         print(f"records {summary['records']}  examples {summary['examples']}  formats {summary['formats']}")
         print(f"invalid (skipped) {summary['skipped_invalid'] + getattr(records, 'skipped', 0)}  "
               f"truncated {summary['truncated']}  dropped (no trained token left) "
               f"{summary['dropped_no_trained_tokens']}  at max_seq_length {max_len}")
+        for line in report.control_token_lines():
+            print(line)
         print(f"tokens {summary['tokens']}  trained {summary['trained_tokens']}  "
               f"trained-token ratio {summary['trained_token_ratio']:.3f}")
         print(f"length min {summary['length_min']}  median {summary['length_median']}  p95 {summary['length_p95']}  "

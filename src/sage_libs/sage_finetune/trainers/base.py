@@ -298,7 +298,8 @@ class BaseTrainer(FineTuner):
                 fmt=dc.format, max_seq_length=self.training_config.max_seq_length,
                 train_on_prompt=dc.train_on_prompt, mask_history=dc.mask_history, chat_template=chat_template,
                 system_prompt=dc.system_prompt, formatting_func=self.formatting_func, on_error=dc.on_error,
-                agent_format=dc.agent_format, tools=self.dataset_tools())
+                agent_format=dc.agent_format, tools=self.dataset_tools(), reasoning=dc.reasoning,
+                control_tokens_in_content=dc.control_tokens_in_content)
             stats.skipped_invalid += getattr(records, "skipped", 0)  # lines the loader could not parse
             stats_parts.append(stats)
             if len(dataset) == 0:
