@@ -229,7 +229,7 @@ def test_control_token_text_in_a_reply(tiny_model_dir, tmp_path, capsys):
 
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in (MULTI_TURN, LITERAL)) + "\n", encoding="utf-8")
-    assert main(["data", "inspect", str(data), "--tokenizer", str(tiny_model_dir), "--no-color"]) == 0
+    assert main(["data", "inspect", str(data), "--tokenizer", str(tiny_model_dir), "--no-color", "--png", ""]) == 0
     out = capsys.readouterr().out
     assert "control-token text inside messages: 1 records (data.control_tokens_in_content)" in out
     assert f"{data}:2: message 1 (assistant) contains the text of the control token '<|im_end|>'" in out

@@ -183,6 +183,8 @@ class ChatRenderer:
         specials.discard("")
         self._specials = frozenset(specials)
         self._special_lengths = sorted({len(t) for t in specials}, reverse=True)
+        self._special_firsts = frozenset(t[0] for t in specials)
+        self._last_length = self._special_lengths[0] if self._special_lengths else 1
         self._special_re = re.compile("|".join(map(re.escape, sorted(specials, key=len, reverse=True))) or "(?!)")
         self._eos = getattr(tokenizer, "eos_token", None)
         self._text_tokenizer: Any = None
@@ -322,7 +324,18 @@ class ChatRenderer:
         full = job.full
         spans: list[tuple[int, int]] = []
         insert: tuple[int, str] | None = None
-        for i in self._trained_turns(job.chat):
+        cache, chat = job.cache, job.chat
+        for i in self._trained_turns(chat):
+            # the common case inline (see _turn): prefixes agree and the reply ends with a control token
+            prefix = cache.get((i, True)) if i else ""
+            upto = cache.get((i + 1, False))
+            if prefix is not None and upto is not None and upto.startswith(prefix) and full.startswith(upto):
+                start = len(prefix)
+                end = _rstrip_end(upto, start, len(upto))
+                if end > start and self._ends_with_special(upto, end) and "reasoning_content" not in chat[i] \
+                        and not self._blank(upto, start, end):
+                    spans.append((start, end))
+                    continue
             try:
                 turn_spans, turn_insert = self._turn(job, i)
             except _MaskError:
@@ -340,14 +353,15 @@ class ChatRenderer:
     def _turn(self, job: "_Job", i: int) -> tuple[list[tuple[int, int]], tuple[int, str] | None]:
         """The spans (in ``full``) of assistant turn ``i``, and text to insert into ``full`` to close
         it (a last reply that the template leaves open, see the module docstring)."""
-        prefix = job.render(i, True) if i else ""
-        upto = job.render(i + 1, False)
-        full = job.full
+        cache = job.cache
+        prefix = (cache.get((i, True)) or job.render(i, True)) if i else ""
+        upto = cache.get((i + 1, False)) or job.render(i + 1, False)
+        full = cache.get((len(job.chat), False)) or job.full
         if upto.startswith(prefix) and full.startswith(upto):
             start, end, shift = len(prefix), _rstrip_end(upto, len(prefix), len(upto)), 0
         else:
             start, end, shift = self._locate(job, i, prefix, upto)
-        if end <= start or self._blank(upto[start:end]):
+        if end <= start or self._blank(upto, start, end):
             return [], None
         insert = None
         if not self._ends_with_special(upto, end):
@@ -356,7 +370,9 @@ class ChatRenderer:
                 if i == len(job.chat) - 1:  # full is upto here, and upto[end:] is the whitespace the marker starts with
                     insert = (len(upto), marker[len(upto) - end:])
                 end += len(marker)
-        return self._reasoning_spans(job, i, (start + shift, end + shift), full), insert
+        if "reasoning_content" in job.chat[i]:
+            return self._reasoning_spans(job, i, (start + shift, end + shift), full), insert
+        return [(start + shift, end + shift)], insert
 
     def _reasoning_spans(self, job: "_Job", i: int, span: tuple[int, int], text: str) -> list[tuple[int, int]]:
         reasoning = job.chat[i].get("reasoning_content")
@@ -506,7 +522,14 @@ class ChatRenderer:
     # -- control tokens ---------------------------------------------------------------------------
     def _ends_with_special(self, text: str, end: int) -> bool:
         specials = self._specials
-        return any(n <= end and text[end - n:end] in specials for n in self._special_lengths)
+        n = self._last_length  # replies usually end with the same token: try its length first
+        if n <= end and text[end - n:end] in specials:
+            return True
+        for n in self._special_lengths:
+            if n <= end and text[end - n:end] in specials:
+                self._last_length = n
+                return True
+        return False
 
     def _special_at(self, text: str, pos: int) -> str | None:
         specials = self._specials
@@ -523,10 +546,15 @@ class ChatRenderer:
         token = self._special_at(text, j)
         return text[pos:j + len(token)] if token else None
 
-    def _blank(self, text: str) -> bool:
-        """Only whitespace and control tokens."""
-        text = text.strip()
-        return not text or (len(text) <= 256 and not self._special_re.sub("", text).strip())
+    def _blank(self, text: str, start: int, end: int) -> bool:
+        """``text[start:end]`` is only whitespace and control tokens."""
+        while start < end and text[start].isspace():
+            start += 1
+        if start == end:
+            return True
+        if text[start] not in self._special_firsts or end - start > 256:
+            return False
+        return not self._special_re.sub("", text[start:end]).strip()
 
     def _safe_cut(self, a: str, b: str, cut: int) -> int:
         """``cut`` moved back so that it splits no control token in ``a`` or ``b``."""
@@ -547,13 +575,13 @@ class ChatRenderer:
         search = self._special_re.search
         hits = []
         for i, message in enumerate(job.chat):
-            for key, value in message.items():
-                if key == "role":
-                    continue
-                found = search(value) if type(value) is str else next(filter(None, map(search, _strings(value))), None)
-                if found:
-                    hits.append((i, found.group()))
-                    break
+            content = message.get("content")
+            found = search(content) if type(content) is str else None
+            if found is None and len(message) > 2:  # tool calls, reasoning, names
+                found = next(filter(None, map(search, _strings({k: v for k, v in message.items()
+                                                                 if k not in ("role", "content")}))), None)
+            if found:
+                hits.append((i, found.group()))
         if not hits:
             return hits
         i, token = hits[0]
