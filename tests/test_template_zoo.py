@@ -347,11 +347,9 @@ def run_case(tok, spec: Template, scenario: str) -> Outcome:
     if opts.get("max_seq_length") == "half":
         full = oracle(tok, spec, record, {k: v for k, v in opts.items() if k != "max_seq_length"})
         opts["max_seq_length"] = max(8, len(full.input_ids) // 2)
-    renderer_opts = {k: v for k, v in opts.items()}
-    chat_template = None if spec.family != "fallback" else None
+    renderer_opts = dict(opts)
+    chat_template = None  # the tokenizer's own (none for the fallback)
     conv = to_conversation(record)
-    if spec.family == "fallback":
-        tok.chat_template = None
     try:
         single = ChatRenderer(tok, chat_template=chat_template, **renderer_opts)(conv, where="zoo.jsonl:1")
     except TemplateError as exc:
