@@ -233,7 +233,8 @@ def test_batched_rendering_reports_errors_in_record_order(tiny_tokenizer):
     from sage_libs.sage_finetune.data.render import TemplateError
 
     def rec(text):
-        return {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]}
+        return {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text},
+                             {"role": "user", "content": "q2"}, {"role": "assistant", "content": text + "2"}]}
 
     # this template renders the last assistant turn differently from history: every record fails
     bad = ("{% for m in messages %}{{ m['role'] }}: {% if loop.last %}[{{ m['content'] }}]{% else %}"

@@ -101,7 +101,7 @@ def test_inconsistent_template_is_refused(tiny_tokenizer):
     # renders history and the final turn differently (like templates that strip reasoning)
     template = ("{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}[old]"
                 "{% else %}{{ m['content'] }}{% endif %}<|im_end|>{% endfor %}")
-    with pytest.raises(TemplateError, match="renders assistant turn 2 differently"):
+    with pytest.raises(TemplateError, match="assistant turn 2: the chat template renders this reply differently inside the conversation"):
         ChatRenderer(tiny_tokenizer, chat_template=template)(to_conversation(MULTI_TURN), where="f.jsonl:3")
 
 

@@ -387,6 +387,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         print(f"invalid (skipped) {summary['skipped_invalid'] + getattr(records, 'skipped', 0)}  "
               f"truncated {summary['truncated']}  dropped (no trained token left) "
               f"{summary['dropped_no_trained_tokens']}  at max_seq_length {max_len}")
+        for line in report.control_token_lines():
+            print(line)
         print(f"tokens {summary['tokens']}  trained {summary['trained_tokens']}  "
               f"trained-token ratio {summary['trained_token_ratio']:.3f}")
         print(f"length min {summary['length_min']}  median {summary['length_median']}  p95 {summary['length_p95']}  "

@@ -383,7 +383,20 @@ class DataConfig(_Config):
               "built-in fallback when it has none. Whatever is used is saved as the chat template of every "
               "tokenizer the run writes.")
     train_on_prompt: bool = _opt(False, "Train on every token, prompts included (default: assistant replies only).")
-    mask_history: bool = _opt(False, "Train only on the last assistant reply of each conversation.")
+    mask_history: bool = _opt(False, "Train only on the last assistant reply of each conversation (a conversation "
+                                     "whose last reply renders empty, e.g. tool calls the template ignores, is dropped).")
+    reasoning: str = _opt("train", "An assistant message's reasoning_content (its thinking; also read from 'reasoning' "
+                                   "or 'thinking'): train (the chat template renders it, e.g. Qwen3's <think> block, "
+                                   "and it is trained with the reply), mask (rendered as context, not trained), drop "
+                                   "(removed before rendering). With train or mask, a reply whose template does not "
+                                   "render its reasoning is an error, not a silent loss.",
+                          choices=("train", "mask", "drop"))
+    control_tokens_in_content: str = _opt(
+        "text", "The text of a control token (<|im_end|>, </s>, ...) written inside a message: text (tokenized as "
+                "ordinary text, so only the chat template's own control tokens are control tokens), control (it "
+                "becomes the control token, as plain tokenization does; a reply containing it teaches the model to "
+                "stop there), refuse (the record is an error; skipped with on_error: skip). Such records are counted "
+                "and named by `sage-finetune data inspect`.", choices=("text", "control", "refuse"))
     agent_format: str = _opt("auto", "How trajectories render: react (Thought/Action/Action Input text), tool_calls "
                                      "(OpenAI tool calls through the chat template), auto (tool_calls when the "
                                      "template supports them).", choices=("auto", "react", "tool_calls"))

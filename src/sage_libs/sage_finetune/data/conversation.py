@@ -17,16 +17,20 @@ class DataFormatError(ValueError):
 @dataclass
 class Message:
     """One chat message. ``tool_calls`` follows the OpenAI shape:
-    ``[{"type": "function", "function": {"name": ..., "arguments": {...}}}]``."""
+    ``[{"type": "function", "function": {"name": ..., "arguments": {...}}}]``. ``reasoning_content``
+    is an assistant's thinking, rendered by templates that support it (see ``DataConfig.reasoning``)."""
 
     role: str
     content: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning_content is not None:
+            out["reasoning_content"] = self.reasoning_content
         if self.tool_calls:
             out["tool_calls"] = self.tool_calls
         if self.name is not None:
@@ -63,6 +67,9 @@ class Conversation:
                                       f"got {type(m.content).__name__}")
             if m.role == "system" and i != 0:
                 raise DataFormatError(f"{where}: message {i} is a system message; only the first message may be one")
+            if m.reasoning_content is not None and not isinstance(m.reasoning_content, str):
+                raise DataFormatError(f"{where}: message {i} ({m.role}) reasoning_content must be a string, "
+                                      f"got {type(m.reasoning_content).__name__}")
             if m.role == "assistant":
                 if prev not in ("user", "tool"):
                     raise DataFormatError(f"{where}: message {i} (assistant) must follow a user or tool message, "

@@ -3,7 +3,8 @@
 Supported formats (``DataConfig.format``), detected per record when ``auto``:
 
 - ``alpaca``: ``{"instruction", "input"?, "output", "system"?, "history"?: [[user, assistant], ...]}``
-- ``messages`` (OpenAI): ``{"messages": [{"role", "content", "tool_calls"?}, ...], "tools"?}``
+- ``messages`` (OpenAI): ``{"messages": [{"role", "content", "tool_calls"?, "reasoning_content"?}, ...],
+  "tools"?}`` (``reasoning``/``thinking`` are read as ``reasoning_content``)
 - ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value"} or {"role", "content"}]}``
 - ``prompt_completion``: ``{"prompt": str, "completion": str}``
 - ``text``: ``{"text": str}`` (no roles: every token is trained, like pre-training)
@@ -30,6 +31,8 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "trajectory": ("task", "trajectory"),
     "text": ("text",),
 }
+
+_REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 
 _SHAREGPT_ROLES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
@@ -103,8 +106,12 @@ def _message(raw: Any, where: str, i: int, role_key: str, content_key: str, role
     tool_calls = raw.get("tool_calls")
     if tool_calls is not None and not isinstance(tool_calls, list):
         raise DataFormatError(f"{where}: message {i} tool_calls must be a list")
+    # an assistant's thinking, under the names transformers' chat templates accept for it
+    reasoning = next((raw[k] for k in _REASONING_FIELDS if raw.get(k) is not None), None)
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise DataFormatError(f"{where}: message {i} reasoning_content must be a string, got {type(reasoning).__name__}")
     return Message(role=role, content=content, tool_calls=tool_calls or None,
-                   name=raw.get("name"), tool_call_id=raw.get("tool_call_id"))
+                   name=raw.get("name"), tool_call_id=raw.get("tool_call_id"), reasoning_content=reasoning)
 
 
 def _from_messages(rec: dict, where: str, key: str = "messages") -> Conversation:

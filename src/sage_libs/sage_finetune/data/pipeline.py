@@ -38,6 +38,7 @@ class PrepareStats:
     truncated: int = 0
     cut_before_tokenizing: int = 0  # records so long that their text was cut before rendering (see cut_item)
     dropped_no_trained_tokens: int = 0
+    control_token_text: int = 0
     warnings: int = 0
     tokens: int = 0
     trained_tokens: int = 0
@@ -49,7 +50,7 @@ class PrepareStats:
         total = cls()
         for part in parts:
             for name in ("records", "examples", "skipped_invalid", "truncated", "cut_before_tokenizing",
-                         "dropped_no_trained_tokens", "warnings", "tokens", "trained_tokens"):
+                         "dropped_no_trained_tokens", "control_token_text", "warnings", "tokens", "trained_tokens"):
                 setattr(total, name, getattr(total, name) + getattr(part, name))
             total.formats.update(part.formats)
             total.errors.extend(part.errors)
@@ -192,8 +193,13 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
                      mask_history: bool = False, chat_template: str | None = None,
                      system_prompt: str | None = None, formatting_func: Callable | None = None,
                      on_error: str = "raise", agent_format: str = "auto",
-                     tools: list[dict[str, Any]] | None = None) -> tuple[dict[str, list], PrepareStats]:
+                     tools: list[dict[str, Any]] | None = None, reasoning: str = "train",
+                     control_tokens_in_content: str = "text") -> tuple[dict[str, list], PrepareStats]:
     """Render every record; returns columns ``input_ids``, ``labels``, ``length`` and stats.
+
+    ``reasoning`` and ``control_tokens_in_content``: see :mod:`.render` (``DataConfig`` documents
+    them). Records whose messages contain control-token text are counted in
+    ``stats.control_token_text`` and named in the warnings.
 
     A file whose records mix formats is an error (it is almost always two datasets concatenated
     by mistake, and the masks would differ between them); pass ``fmt`` explicitly to force one.
@@ -202,7 +208,8 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
     still handled one record at a time, in record order, exactly as a record-by-record pass would.
     """
     renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length,
-                            train_on_prompt=train_on_prompt, mask_history=mask_history)
+                            train_on_prompt=train_on_prompt, mask_history=mask_history, reasoning=reasoning,
+                            control_tokens_in_content=control_tokens_in_content)
     from .trajectory import resolve_agent_format
 
     style = resolve_agent_format(agent_format, renderer.template)
@@ -245,7 +252,9 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
                 fail(template_error(result, _where, user_template=chat_template is not None))
                 continue
             stats.formats[record_fmt] += 1
-            for warning in getattr(item, "meta", {}).get("warnings", ()):
+            meta = getattr(item, "meta", {})
+            stats.control_token_text += bool(meta.get("control_text"))
+            for warning in meta.get("warnings", ()):
                 stats.warnings += 1
                 if len(stats.errors) < 20:
                     stats.errors.append(f"warning: {warning}")
@@ -312,8 +321,13 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
                     "max_seq_length=%s tokens of a sample are kept, and these are the same)",
                     stats.cut_before_tokenizing, budget, max_seq_length)
     if stats.dropped_no_trained_tokens:
-        logger.warning("dropped %d samples whose trained tokens were all cut by max_seq_length=%s",
-                       stats.dropped_no_trained_tokens, max_seq_length)
+        logger.warning("dropped %d samples with no trained token left (all cut by max_seq_length=%s, or every "
+                       "trained reply renders empty)", stats.dropped_no_trained_tokens, max_seq_length)
+    if stats.control_token_text:
+        logger.warning("%d records contain control-token text inside their messages (%s, "
+                       "data.control_tokens_in_content=%s)", stats.control_token_text,
+                       "tokenized as text" if control_tokens_in_content == "text" else "kept as control tokens",
+                       control_tokens_in_content)
     return columns, stats
 
 
@@ -366,7 +380,8 @@ def prepare_records(records: Any, tokenizer: Any, *, cache: bool = True, cache_d
     key = root = None
     if cache and options.get("formatting_func") is None:
         cache_options = {k: v for k, v in options.items() if k != "formatting_func"}
-        cache_options["chat_template"] = ChatRenderer(tokenizer, chat_template=options.get("chat_template")).template
+        chosen = ChatRenderer(tokenizer, chat_template=options.get("chat_template"))
+        cache_options["chat_template"] = chosen.templates or chosen.template
         try:
             key = _cache.cache_key(records, tokenizer, cache_options)
         except Exception as exc:  # noqa: BLE001 - no cache rather than no run

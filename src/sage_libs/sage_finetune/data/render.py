@@ -1,46 +1,89 @@
 """Conversation + tokenizer -> ``input_ids`` and ``labels``.
 
-How the trained tokens are found, for any chat template:
+What is trained (``train_on_prompt`` off): each assistant reply, from the first character after the
+template's generation prompt through the end-of-turn token the template closes it with
+(``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``</s>``...). Layout whitespace the template
+writes after that token (a newline before the next turn) is not trained: generation stops at the
+end-of-turn token, so the model never produces it. After the *last* reply, everything the template
+writes up to the end of the conversation is trained (Phi-3's closing eos, for example), whitespace
+at the very end excepted. A reply that renders as nothing but whitespace and control tokens (tool
+calls the template does not render) is not trained.
 
-1. Render the whole conversation once with the template -> ``full``.
-2. For every assistant message ``i``, render ``messages[:i]`` with the generation prompt
-   (``prefix``) and ``messages[:i+1]`` (``upto``). The reply is ``upto[len(prefix):]``: the
-   assistant's text plus whatever the template closes the turn with (``<|im_end|>``,
-   ``<|eot_id|>``, ``</s>``...). Trailing whitespace after that end-of-turn token is template
-   layout, not something the model generates, so it is left untrained.
-3. Check that ``prefix`` is a prefix of ``upto`` and ``upto`` a prefix of ``full``; a template that
-   renders earlier turns differently from the last one fails loudly instead of training the
-   wrong tokens.
-4. Tokenize ``full`` once with character offsets; a token is trained when it starts inside a
-   reply span. Everything else gets ``-100``.
+How the spans are found, for any chat template:
 
-Templates with ``{% generation %}`` blocks need nothing special: the same rule gives the same
-mask (tests check both kinds).
+1. Render the whole conversation once -> ``full``.
+2. For every trained assistant message ``i``, render ``messages[:i]`` with the generation prompt
+   (``prefix``) and ``messages[:i+1]`` (``upto``). The reply is ``upto[len(prefix):]`` minus its
+   trailing whitespace.
+3. Fast path: ``prefix`` is a prefix of ``upto`` and ``upto`` a prefix of ``full``; the reply sits at
+   the same place in ``full``. Otherwise the template does one of these (each handled exactly):
+
+   * its generation prompt ends with text the rendered turn does not start with (DeepSeek's
+     ``<｜Assistant｜><think>\\n``): the reply starts where the prompt and the turn part;
+   * it writes text after the last message only (Phi-3 writes the eos when no generation prompt
+     follows): a non-final reply ends before that text;
+   * it renders earlier messages differently depending on what comes last (Mistral v0.3 puts the
+     system prompt and the tools into the last user message): the reply is located in ``full`` by
+     changing that one message and comparing the two renders, and is used only if it renders
+     character for character as it does as the last message.
+
+   A reply that renders differently inside the conversation than as the last message (Qwen3 drops
+   the thinking block of earlier turns) is refused with a message that shows both renders, never
+   trained on a guess.
+4. A reply whose render ends without a control token, where the template writes the end-of-turn
+   token only when another message follows (Qwen1.5-Chat's ChatML, vLLM's ``template_chatml``):
+   the control token that follows the reply inside the conversation is trained with it when it is
+   the eos or the same token the template writes after the reply before a generation prompt; the
+   last reply, which such a template leaves open, is closed with that token so the model learns to
+   stop.
+5. Tokenize the text once with character offsets; a token is trained when it starts inside a span.
+
+``{% generation %}`` blocks in a template are not used. TRL's training templates for Qwen2.5,
+Qwen3, Gemma and Gemma-3 put the newline after the end-of-turn token (and Qwen2.5/Qwen3 the newline
+after the role header) inside the block, so their ``assistant_masks`` train those layout tokens too;
+ours do not (the tokens in between are identical).
+
+Options: ``mask_history`` trains only the last assistant reply (a sample whose last reply renders
+empty is dropped); ``train_on_prompt`` trains every token. ``reasoning`` decides what happens to a
+message's ``reasoning_content``: ``train`` (rendered by the template and trained with the reply),
+``mask`` (rendered, not trained) or ``drop`` (removed before rendering); with train or mask a reply
+whose reasoning the template does not render is an error, not a silent loss.
+``control_tokens_in_content`` decides what becomes of the text of a control token (``<|im_end|>``,
+``</s>``...) written inside a message: ``text`` (default) tokenizes it as ordinary text, so only
+the template's own control tokens are control tokens; ``control`` keeps the plain tokenization
+(it becomes the control token, and may be trained); ``refuse`` makes such a record an error.
 
 The first token's label is always -100 (nothing predicts it). Truncation keeps the first
-``max_seq_length`` tokens; a sample with no trained token left is
-dropped (``render`` returns ``None``) and the caller counts it.
+``max_seq_length`` tokens; a sample with no trained token left is dropped (``render`` returns
+``None``) and the caller counts it.
 
 Speed: :meth:`ChatRenderer.render_many` does the same for many conversations at once. When the
 last message is the assistant's, ``full`` is the last ``upto`` and is not rendered again; all
 prefixes (and all ``upto`` renders) of a batch go through transformers' template renderer in one
 call each, skipping ``apply_chat_template``'s per-call set-up; and all texts are tokenized in one
 batched call. The result is the same, token for token (checked against ``apply_chat_template``
-on the first conversation, and in ``tests/test_perf_paths.py``).
+on the first conversation, and in ``tests/test_perf_paths.py``). Only conversations that leave the
+fast path (step 3) or need step 4 render more.
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 import operator
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from .conversation import Conversation, DataFormatError
 
-__all__ = ["IGNORE_INDEX", "FALLBACK_CHAT_TEMPLATE", "ChatRenderer", "RenderResult", "TemplateError"]
+__all__ = ["IGNORE_INDEX", "FALLBACK_CHAT_TEMPLATE", "ChatRenderer", "RenderResult", "TemplateError",
+           "REASONING_MODES", "CONTROL_TOKEN_MODES", "select_named_template"]
 
 IGNORE_INDEX = -100
+
+REASONING_MODES = ("train", "mask", "drop")
+CONTROL_TOKEN_MODES = ("text", "control", "refuse")
 
 # Used when the tokenizer has no chat template. Plain-text role headers, each ending in a newline
 # (not a space: a trailing space would merge with the reply's first word and blur the boundary);
@@ -61,9 +104,18 @@ FALLBACK_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ 'Assistant:\n' }}{%- endif -%}"
 )
 
+_MUTANTS = ("\ue000", "\ue001", "\ue002")  # private-use characters that stand in for a message's text
+_PLACEHOLDER = "\ue00f"  # stands in for each character of control-token text inside messages
+_PROBE_USER = {"role": "user", "content": "?"}
+
 
 class TemplateError(DataFormatError):
-    """The chat template renders a conversation inconsistently, so spans cannot be trusted."""
+    """The chat template cannot render a conversation, or renders it so that the trained tokens
+    cannot be located exactly; the message names the record and the template behaviour."""
+
+
+class _MaskError(TemplateError):
+    """The spans cannot be located exactly (the text itself renders fine)."""
 
 
 @dataclass
@@ -73,33 +125,95 @@ class RenderResult:
     truncated: bool
 
 
+def select_named_template(templates: Any, name: str | None = None, *, tools: bool = False) -> str:
+    """One template out of a tokenizer's named templates (``{"default": ..., "tool_use": ...}``).
+
+    ``name`` picks that entry; without it, ``tool_use`` when ``tools`` and the entry exists (what
+    ``apply_chat_template`` does for a conversation with tools), else ``default``, else the only
+    entry. A plain string is returned as it is."""
+    if not isinstance(templates, dict):
+        return templates
+    names = ", ".join(sorted(map(str, templates))) or "(none)"
+    if name is not None:
+        if name not in templates:
+            raise ValueError(f"the tokenizer has no chat template named {name!r}; its named templates are {names}")
+        return templates[name]
+    if tools and "tool_use" in templates:
+        return templates["tool_use"]
+    if "default" in templates:
+        return templates["default"]
+    if len(templates) == 1:
+        return next(iter(templates.values()))
+    raise ValueError(f"the tokenizer has several named chat templates ({names}) and none is called 'default'; "
+                     "set data.chat_template to the one to train with")
+
+
 class ChatRenderer:
     """Turns conversations into token ids and labels with one tokenizer and template."""
 
-    def __init__(self, tokenizer: Any, *, chat_template: str | None = None, max_seq_length: int | None = None,
-                 train_on_prompt: bool = False, mask_history: bool = False) -> None:
+    def __init__(self, tokenizer: Any, *, chat_template: Any = None, max_seq_length: int | None = None,
+                 train_on_prompt: bool = False, mask_history: bool = False, reasoning: str = "train",
+                 control_tokens_in_content: str = "text") -> None:
+        if reasoning not in REASONING_MODES:
+            raise ValueError(f"reasoning={reasoning!r}: expected one of {', '.join(REASONING_MODES)}")
+        if control_tokens_in_content not in CONTROL_TOKEN_MODES:
+            raise ValueError(f"control_tokens_in_content={control_tokens_in_content!r}: expected one of "
+                             f"{', '.join(CONTROL_TOKEN_MODES)}")
         self.tokenizer = tokenizer
-        self.template = chat_template or getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
+        own = getattr(tokenizer, "chat_template", None)
+        if isinstance(chat_template, str) and isinstance(own, dict) and chat_template in own:
+            chat_template = own[chat_template]  # the name of one of the tokenizer's templates
+        source = chat_template or own
+        self.templates: dict[str, str] | None = dict(source) if isinstance(source, dict) else None
+        self.template: str = select_named_template(source) if self.templates else (source or FALLBACK_CHAT_TEMPLATE)
+        if self.template == FALLBACK_CHAT_TEMPLATE and getattr(tokenizer, "eos_token", None) is None:
+            raise TemplateError(
+                "the tokenizer has no chat template and no eos token: the fallback template closes every "
+                "assistant reply with the eos token (so the model learns to stop). Set data.chat_template, or "
+                "give the tokenizer an eos token (tokenizer.eos_token = ...)")
         self.max_seq_length = max_seq_length
         self.train_on_prompt = train_on_prompt
         self.mask_history = mask_history
+        self.reasoning = reasoning
+        self.control_tokens_in_content = control_tokens_in_content
+        specials = set(getattr(tokenizer, "all_special_tokens", None) or ())
+        for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+            if getattr(added, "special", False):
+                specials.add(str(added))
+        specials.discard("")
+        self._specials = frozenset(specials)
+        self._special_lengths = sorted({len(t) for t in specials}, reverse=True)
+        self._special_firsts = frozenset(t[0] for t in specials)
+        self._last_length = self._special_lengths[0] if self._special_lengths else 1
+        self._special_re = re.compile("|".join(map(re.escape, sorted(specials, key=len, reverse=True))) or "(?!)")
+        self._eos = getattr(tokenizer, "eos_token", None)
+        self._text_tokenizer: Any = None
+
+    def template_for(self, tools: Any) -> str:
+        """The template a conversation is rendered with (``tool_use`` for one with tools, when the
+        tokenizer has such a named template)."""
+        if self.templates is not None and tools:
+            return select_named_template(self.templates, tools=True)
+        return self.template
 
     # -- text level ---------------------------------------------------------------------------
-    def _render(self, messages: list[dict], tools: Any, add_generation_prompt: bool) -> str:
+    def _render(self, messages: list[dict], tools: Any, add_generation_prompt: bool,
+                template: str | None = None) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, tools=tools, chat_template=self.template, tokenize=False,
+            messages, tools=tools, chat_template=template or self.template, tokenize=False,
             add_generation_prompt=add_generation_prompt)
 
     def _render_batch(self, chats: list[list[dict]], tools: Any, add_generation_prompt: bool,
-                      plain: bool = False) -> list[str]:
+                      plain: bool = False, template: str | None = None) -> list[str]:
         """``[_render(c, tools, add_generation_prompt) for c in chats]``, in one renderer call.
         ``plain``: every message is a plain-JSON dict (see :func:`_plain_chat`)."""
         if not chats:
             return []
+        template = template or self.template
         fast = self._batch_renderer()
         if fast is None:
-            return [self._render(c, tools, add_generation_prompt) for c in chats]
-        return fast(chats, tools, add_generation_prompt, plain)
+            return [self._render(c, tools, add_generation_prompt, template) for c in chats]
+        return fast(chats, tools, add_generation_prompt, plain, template)
 
     def _batch_renderer(self) -> Any:
         """transformers' own template renderer without apply_chat_template's per-call set-up; None
@@ -115,8 +229,9 @@ class ChatRenderer:
         tok = self.tokenizer
         special = dict(getattr(tok, "special_tokens_map", {}) or {})
 
-        def fast(chats: list[list[dict]], tools: Any, add_generation_prompt: bool, plain: bool) -> list[str]:
-            template = tok.get_chat_template(self.template, tools)
+        def fast(chats: list[list[dict]], tools: Any, add_generation_prompt: bool, plain: bool,
+                 template: str) -> list[str]:
+            template = tok.get_chat_template(template, tools)
             # Plain chats (see _plain_chat) are exactly what render_jinja_template's own conversion
             # (_normalize_chat_messages, _plain_template_data, reasoning aliases) makes of its input,
             # so those copies are skipped and the compiled template renders them directly.
@@ -132,7 +247,7 @@ class ChatRenderer:
 
         probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
         try:
-            same = all(fast([probe[:n]], None, g, p) == [self._render(probe[:n], None, g)]
+            same = all(fast([probe[:n]], None, g, p, self.template) == [self._render(probe[:n], None, g)]
                        for n, g in ((1, True), (2, False)) for p in (True, False))
         except Exception:  # a template that cannot render the probe: keep the reference path
             same = False
@@ -140,85 +255,428 @@ class ChatRenderer:
             self._fast = fast
         return self._fast or None
 
+    def _chat(self, conv: Conversation) -> list[dict]:
+        chat = conv.to_chat()
+        if self.reasoning == "drop":
+            chat = [{k: v for k, v in m.items() if k != "reasoning_content"} if "reasoning_content" in m else m
+                    for m in chat]
+        return chat
+
+    def _job(self, conv: Conversation, where: str, chat: list[dict] | None = None) -> "_Job":
+        chat = self._chat(conv) if chat is None else chat
+        return _Job(self, conv, chat, conv.tools, self.template_for(conv.tools), where, _plain_chat(chat))
+
     def render_text(self, conv: Conversation, where: str = "record") -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans of the trained assistant replies."""
-        messages = conv.to_chat()
-        full = self._render(messages, conv.tools, False)
-        spans: list[tuple[int, int]] = []
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            prefix = self._render(messages[:i], conv.tools, True) if i else ""
-            upto = self._render(messages[: i + 1], conv.tools, False)
-            spans.extend(self._span(prefix, upto, full, i, where))
-        if self.mask_history:
-            spans = spans[-1:]
-        return full, spans
+        text, spans, _literal = self._prepare(self._job(conv, where))
+        return text, spans
 
     def render_texts(self, convs: list[Conversation], wheres: list[str]) -> list[Any]:
-        """``render_text`` for many conversations: each entry is ``(text, spans)`` or the exception
-        that rendering that conversation raised (so the caller handles errors in record order)."""
+        """For many conversations: each entry is ``(text, spans, literal)`` (``literal``: the
+        character spans of control-token text inside messages that is to be tokenized as text, or
+        None) or the exception that rendering that conversation raised (so the caller handles
+        errors in record order)."""
         out: list[Any] = [None] * len(convs)
+        jobs = [self._job(conv, where) for conv, where in zip(convs, wheres)]
         groups: dict[tuple[int, bool], list[int]] = {}
-        chats = [conv.to_chat() for conv in convs]
-        for k, conv in enumerate(convs):  # one renderer call per tool set
-            groups.setdefault((id(conv.tools), _plain_chat(chats[k])), []).append(k)
-        for (_tools, plain), members in groups.items():
+        for k, job in enumerate(jobs):  # one renderer call per tool set
+            groups.setdefault((id(job.tools), job.plain), []).append(k)
+        for members in groups.values():
             try:
-                self._render_group(convs, chats, wheres, members, plain, out)
-            except Exception:  # e.g. a template's raise_exception: find out which conversation, in order
+                self._prerender([jobs[k] for k in members])
+            except Exception:  # noqa: BLE001 - e.g. a template's raise_exception: each conversation on its own
                 for k in members:
-                    try:
-                        out[k] = self.render_text(convs[k], wheres[k])
-                    except Exception as exc:  # noqa: BLE001 - handed back to the caller in record order
-                        out[k] = exc
+                    jobs[k].cache.clear()
+            for k in members:
+                try:
+                    out[k] = self._prepare(jobs[k])
+                except DataFormatError as exc:
+                    out[k] = exc
         return out
 
-    def _render_group(self, convs: list[Conversation], chats: list[list[dict]], wheres: list[str], members: list[int],
-                      plain: bool, out: list[Any]) -> None:
-        tools = convs[members[0]].tools
-        turns = {k: [i for i, m in enumerate(chats[k]) if m["role"] == "assistant"] for k in members}
-        prefix_jobs = [(k, i) for k in members for i in turns[k] if i]
-        upto_jobs = [(k, i) for k in members for i in turns[k]]
-        full_jobs = [k for k in members if not turns[k] or turns[k][-1] != len(chats[k]) - 1]
-        render = self._render_batch
-        prefixes = dict(zip(prefix_jobs, render([chats[k][:i] for k, i in prefix_jobs], tools, True, plain)))
-        uptos = dict(zip(upto_jobs, render([chats[k][:i + 1] for k, i in upto_jobs], tools, False, plain)))
-        fulls = dict(zip(full_jobs, render([chats[k] for k in full_jobs], tools, False, plain)))
-        for k in members:
-            full = fulls[k] if k in fulls else uptos[(k, turns[k][-1])]
-            try:
-                spans: list[tuple[int, int]] = []
-                for i in turns[k]:
-                    spans.extend(self._span(prefixes.get((k, i), ""), uptos[(k, i)], full, i, wheres[k]))
-                if self.mask_history:
-                    spans = spans[-1:]
-                out[k] = (full, spans)
-            except DataFormatError as exc:
-                out[k] = exc
+    def _trained_turns(self, chat: list[dict]) -> list[int]:
+        turns = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
+        # train_on_prompt: only the last turn matters (it may need closing, see the module docstring)
+        return turns[-1:] if (self.mask_history or self.train_on_prompt) else turns
 
-    @staticmethod
-    def _span(prefix: str, upto: str, full: str, i: int, where: str) -> list[tuple[int, int]]:
-        """The character span of assistant turn ``i`` (empty if it renders to whitespace only)."""
-        if not upto.startswith(prefix) or not full.startswith(upto):
+    def _prerender(self, jobs: list["_Job"]) -> None:
+        """Fill the render caches of one group of conversations with three batched renderer calls."""
+        first = jobs[0]
+        turns = {id(job): self._trained_turns(job.chat) for job in jobs}
+        prefix_jobs = [(job, i) for job in jobs for i in turns[id(job)] if i]
+        upto_jobs = [(job, i) for job in jobs for i in turns[id(job)]]
+        full_jobs = [job for job in jobs if not turns[id(job)] or turns[id(job)][-1] != len(job.chat) - 1]
+        render = self._render_batch
+        tools, plain, template = first.tools, first.plain, first.template
+        prefixes = render([job.chat[:i] for job, i in prefix_jobs], tools, True, plain, template)
+        uptos = render([job.chat[:i + 1] for job, i in upto_jobs], tools, False, plain, template)
+        fulls = render([job.chat for job in full_jobs], tools, False, plain, template)
+        for (job, i), text in zip(prefix_jobs, prefixes):
+            job.cache[(i, True)] = text
+        for (job, i), text in zip(upto_jobs, uptos):
+            job.cache[(i + 1, False)] = text
+        for job, text in zip(full_jobs, fulls):
+            job.cache[(len(job.chat), False)] = text
+
+    def _prepare(self, job: "_Job") -> tuple[str, list[tuple[int, int]], list[tuple[int, int]] | None]:
+        """(text, trained spans, control-token text to tokenize as text) of one conversation."""
+        hits = self._control_text(job)
+        full = job.full
+        spans: list[tuple[int, int]] = []
+        insert: tuple[int, str] | None = None
+        cache, chat = job.cache, job.chat
+        for i in self._trained_turns(chat):
+            # the common case inline (see _turn): prefixes agree and the reply ends with a control token
+            prefix = cache.get((i, True)) if i else ""
+            upto = cache.get((i + 1, False))
+            if prefix is not None and upto is not None and upto.startswith(prefix) and full.startswith(upto):
+                start = len(prefix)
+                end = _rstrip_end(upto, start, len(upto))
+                if end > start and self._ends_with_special(upto, end) and "reasoning_content" not in chat[i] \
+                        and not self._blank(upto, start, end):
+                    spans.append((start, end))
+                    continue
+            try:
+                turn_spans, turn_insert = self._turn(job, i)
+            except _MaskError:
+                if self.train_on_prompt:  # every token is trained anyway
+                    continue
+                raise
+            spans.extend(turn_spans)
+            insert = turn_insert or insert
+        text = full if insert is None else full[:insert[0]] + insert[1] + full[insert[0]:]
+        literal = None
+        if hits and self.control_tokens_in_content == "text":
+            literal = self._literal_spans(job, full)
+        return text, spans, literal
+
+    def _turn(self, job: "_Job", i: int) -> tuple[list[tuple[int, int]], tuple[int, str] | None]:
+        """The spans (in ``full``) of assistant turn ``i``, and text to insert into ``full`` to close
+        it (a last reply that the template leaves open, see the module docstring)."""
+        cache = job.cache
+        prefix = (cache.get((i, True)) or job.render(i, True)) if i else ""
+        upto = cache.get((i + 1, False)) or job.render(i + 1, False)
+        full = cache.get((len(job.chat), False)) or job.full
+        if upto.startswith(prefix) and full.startswith(upto):
+            start, end, shift = len(prefix), _rstrip_end(upto, len(prefix), len(upto)), 0
+        else:
+            start, end, shift = self._locate(job, i, prefix, upto)
+        if end <= start or self._blank(upto, start, end):
+            return [], None
+        insert = None
+        if not self._ends_with_special(upto, end):
+            marker = self._closing_marker(job, i, upto, end, shift)
+            if marker:
+                if i == len(job.chat) - 1:  # full is upto here, and upto[end:] is the whitespace the marker starts with
+                    insert = (len(upto), marker[len(upto) - end:])
+                end += len(marker)
+        if "reasoning_content" in job.chat[i]:
+            return self._reasoning_spans(job, i, (start + shift, end + shift), full), insert
+        return [(start + shift, end + shift)], insert
+
+    def _reasoning_spans(self, job: "_Job", i: int, span: tuple[int, int], text: str) -> list[tuple[int, int]]:
+        reasoning = job.chat[i].get("reasoning_content")
+        if not isinstance(reasoning, str) or not reasoning.strip():
+            return [span]
+        found = text.find(reasoning.strip(), span[0], span[1])
+        if found < 0:
             raise TemplateError(
-                f"{where}: the chat template renders assistant turn {i} differently inside the whole "
-                "conversation than on its own, so its trained tokens cannot be located exactly. "
-                "Set data.chat_template to a template that renders history and the last turn alike.")
-        start, end = len(prefix), len(upto)
-        while end > start and upto[end - 1].isspace():
-            end -= 1
-        return [(start, end)] if end > start else []
+                f"{job.where}: message {i} (assistant) has reasoning_content, but the chat template does not render "
+                "it in this reply, so it would be silently dropped. Set data.reasoning: drop to train the reply "
+                "without its reasoning, or use a chat template that renders reasoning_content (e.g. Qwen3's)")
+        if self.reasoning != "mask":
+            return [span]
+        stop = found + len(reasoning.strip())
+        return [s for s in ((span[0], found), (stop, span[1])) if s[1] > s[0]]
+
+    def _locate(self, job: "_Job", i: int, prefix: str, upto: str) -> tuple[int, int, int]:
+        """Where turn ``i``'s reply is when the fast path's prefix checks fail: ``(start, end)`` in
+        ``upto`` and the shift to ``full``'s coordinates, or a :class:`_MaskError` naming the cause."""
+        full, where = job.full, job.where
+        # 1. where the reply starts in its own render
+        if upto.startswith(prefix):
+            start = len(prefix)
+        else:
+            bare = job.render(i, False)
+            if upto.startswith(bare) and prefix.startswith(bare):
+                start = self._start_after_prefill(job, i, bare, prefix[len(bare):], upto)
+            else:
+                start = self._start_after_prompt(job, i, prefix, upto)
+        end = _rstrip_end(upto, start, len(upto))
+        if full.startswith(upto[:end]):
+            return start, end, 0
+        # 2. text written after the last message only (Phi-3: the eos when no generation prompt follows)
+        continued = job.render(i + 1, True)
+        cut = self._safe_cut(upto, continued, _lcp(upto, continued))
+        closing = upto[cut:]
+        if start < cut < len(upto) and closing.strip() and full.endswith(closing) \
+                and self._special_at(upto, cut + len(closing) - len(closing.lstrip())):
+            end = _rstrip_end(upto, start, cut)
+            if full.startswith(upto[:end]):
+                return start, end, 0
+        # 3. earlier messages render differently depending on what comes last (Mistral v0.3)
+        found, inside = self._find_in_full(job, i, upto, start, end)
+        if found is not None:
+            return start, end, found - start
+        shown = f"inside the conversation ...{inside!r}" if inside else "inside the conversation it is not there"
+        raise _MaskError(
+            f"{where}: assistant turn {i}: the chat template renders this reply differently inside the conversation "
+            f"than as the last message (as the last message {upto[start:end]!r}; {shown}): it changes earlier "
+            "replies once more messages follow (Qwen3's template, for one, drops the thinking block of replies "
+            "before the last user message), so the trained tokens cannot be located exactly. Train only the last "
+            "reply (data.mask_history: true), or set data.chat_template to a template that renders earlier and last "
+            "replies alike")
+
+    def _start_after_prefill(self, job: "_Job", i: int, bare: str, prompt: str, upto: str) -> int:
+        """Where reply ``i`` starts when the generation prompt ``prompt`` ends with text the rendered
+        turn does not start with (DeepSeek's ``<｜Assistant｜><think>\\n``): where the two part. The
+        rest of the prompt is a prefill the template adds at generation time only."""
+        turn = upto[len(bare):]
+        cut = _lcp(prompt, turn)
+        if cut:  # a reply that starts like the prompt's tail must not move the start: compare a plain reply's
+            try:
+                other = job.render_messages(job.chat[:i] + [{"role": "assistant", "content": _MUTANTS[0] * 3}])
+            except TemplateError:
+                other = ""
+            cut = min(cut, _lcp(prompt, other[len(bare):])) if other.startswith(bare) else 0
+            cut = self._safe_cut(prompt, turn, cut)
+        if cut == 0:
+            raise _MaskError(
+                f"{job.where}: assistant turn {i}: the chat template's generation prompt {prompt!r} is not how it "
+                f"starts the rendered reply ({turn[:len(prompt) + 12]!r}...), so the reply's first token cannot be "
+                "located exactly")
+        return len(bare) + cut
+
+    def _start_after_prompt(self, job: "_Job", i: int, prefix: str, upto: str) -> int:
+        """Where reply ``i`` starts in ``upto`` when the template renders the earlier messages
+        differently once the reply follows them (Mistral v0.3 puts the system prompt into the user
+        message only while it is the last message): right after the longest tail of ``prefix`` that
+        ends before the reply's text, which is found by changing that text."""
+        mutant = _mutated(job.chat[i])
+        best, where_best, tie = 0, -1, False
+        if mutant is not None and prefix:
+            try:
+                other = job.render_messages(job.chat[:i] + [mutant])
+            except TemplateError:
+                other = upto
+            text_at = _lcp(upto, other)
+            for x in range(max(0, text_at - 256), text_at + 1):
+                if upto[x - 1:x] != prefix[-1:]:
+                    continue
+                n = _lcs(prefix, upto[:x])
+                if n > best:
+                    best, where_best, tie = n, x, False
+                elif n == best:
+                    tie = True
+        if best == 0 or tie:
+            raise _MaskError(
+                f"{job.where}: assistant turn {i}: the chat template renders the messages before this reply "
+                f"differently once the reply follows them ({_tail(prefix, upto)}), so the reply's first token "
+                "cannot be located exactly")
+        return where_best
+
+    def _find_in_full(self, job: "_Job", i: int, upto: str, start: int, end: int) -> tuple[int | None, str]:
+        """Locate reply ``i`` in ``full`` by changing its text and comparing renders: the reply
+        must read ``upto[start:end]`` there, character for character. Returns (position or None,
+        what the reply's place in ``full`` reads, for the error message)."""
+        mutant = _mutated(job.chat[i])
+        if mutant is None:
+            return None, ""
+        try:
+            upto_m = job.render_messages(job.chat[:i] + [mutant])
+            full_m = job.render_messages(job.chat[:i] + [mutant] + job.chat[i + 1:])
+        except TemplateError:
+            return None, ""
+        full = job.full
+        a_u, b_u = _diff(upto, upto_m)
+        a_f, b_f = _diff(full, full_m)
+        if not (start <= a_u <= b_u <= end) or a_f == b_f == len(full):
+            return None, ""
+        lo, hi = max(0, a_f - (a_u - start)), b_f + (end - b_u)
+        if full[lo:hi] == upto[start:end]:
+            return lo, full[lo:hi]
+        return None, full[max(0, a_f - 12):hi]
+
+    def _closing_marker(self, job: "_Job", i: int, upto: str, end: int, shift: int) -> str:
+        """The end-of-turn token (with any whitespace before it) that closes reply ``i`` inside the
+        conversation although its own render ends without one, or ''."""
+        if i == len(job.chat) - 1:
+            try:
+                follow = job.render_messages(job.chat + [_PROBE_USER])
+            except TemplateError:
+                return ""
+            if not follow.startswith(upto[:end]):
+                return ""
+            marker = self._marker_at(follow, end)
+        else:
+            marker = self._marker_at(job.full, end + shift)
+        if marker is None:
+            return ""
+        if marker.lstrip() == self._eos:
+            return marker
+        continued = job.render(i + 1, True)
+        if continued.startswith(upto[:end]) and self._marker_at(continued, end) == marker:
+            return marker
+        return ""  # the next message's header, not an end-of-turn token
+
+    # -- control tokens ---------------------------------------------------------------------------
+    def _ends_with_special(self, text: str, end: int) -> bool:
+        specials = self._specials
+        n = self._last_length  # replies usually end with the same token: try its length first
+        if n <= end and text[end - n:end] in specials:
+            return True
+        for n in self._special_lengths:
+            if n <= end and text[end - n:end] in specials:
+                self._last_length = n
+                return True
+        return False
+
+    def _special_at(self, text: str, pos: int) -> str | None:
+        specials = self._specials
+        for n in self._special_lengths:
+            if text[pos:pos + n] in specials:
+                return text[pos:pos + n]
+        return None
+
+    def _marker_at(self, text: str, pos: int) -> str | None:
+        """Whitespace then a control token at ``text[pos:]``: that text, or None."""
+        j = pos
+        while j < len(text) and text[j].isspace():
+            j += 1
+        token = self._special_at(text, j)
+        return text[pos:j + len(token)] if token else None
+
+    def _blank(self, text: str, start: int, end: int) -> bool:
+        """``text[start:end]`` is only whitespace and control tokens."""
+        while start < end and text[start].isspace():
+            start += 1
+        if start == end:
+            return True
+        if text[start] not in self._special_firsts or end - start > 256:
+            return False
+        return not self._special_re.sub("", text[start:end]).strip()
+
+    def _safe_cut(self, a: str, b: str, cut: int) -> int:
+        """``cut`` moved back so that it splits no control token in ``a`` or ``b``."""
+        moved = True
+        while moved:
+            moved = False
+            for text in (a, b):
+                for n in self._special_lengths:
+                    for p in range(max(0, cut - n + 1), min(cut, len(text) - n + 1)):
+                        if text[p:p + n] in self._specials:
+                            cut, moved = p, True
+                            break
+        return cut
+
+    def _control_text(self, job: "_Job") -> list[tuple[int, str]]:
+        """(message index, token) for control-token text inside the messages; records it in the
+        conversation's meta (for the data report) and refuses the record when so configured."""
+        search = self._special_re.search
+        hits = []
+        for i, message in enumerate(job.chat):
+            content = message.get("content")
+            found = search(content) if type(content) is str else None
+            if found is None and len(message) > 2:  # tool calls, reasoning, names
+                found = next(filter(None, map(search, _strings({k: v for k, v in message.items()
+                                                                 if k not in ("role", "content")}))), None)
+            if found:
+                hits.append((i, found.group()))
+        if not hits:
+            return hits
+        i, token = hits[0]
+        what = f"message {i} ({job.chat[i].get('role')}) contains the text of the control token {token!r}"
+        if self.control_tokens_in_content == "refuse":
+            raise DataFormatError(f"{job.where}: {what}; refused (data.control_tokens_in_content: refuse). Use 'text' "
+                                  "to tokenize it as ordinary text or 'control' to keep it a control token")
+        meta = job.conv.meta
+        meta["control_text"] = hits
+        how = "tokenized as text" if self.control_tokens_in_content == "text" else "kept as a control token"
+        meta.setdefault("warnings", []).append(f"{job.where}: {what}; {how} (data.control_tokens_in_content)")
+        return hits
+
+    def _literal_spans(self, job: "_Job", full: str) -> list[tuple[int, int]]:
+        """The character spans of control-token text in ``full`` that comes from the messages (not
+        from the template): found by rendering again with that text replaced by placeholders."""
+        blanked = [_map_strings(m, lambda s: self._special_re.sub(lambda t: _PLACEHOLDER * len(t.group()), s))
+                   for m in job.chat]
+        other = job.render_messages(blanked)
+        literal = [m.span() for m in self._special_re.finditer(full)
+                   if other[m.start():m.end()] == _PLACEHOLDER * (m.end() - m.start())]
+        pos, same = 0, len(other) == len(full)
+        for s, e in literal:
+            same = same and other[pos:s] == full[pos:s]
+            pos = e
+        if not (same and other[pos:] == full[pos:]):
+            raise TemplateError(
+                f"{job.where}: the messages contain control-token text and the chat template transforms it, so it "
+                "cannot be told apart from the template's own control tokens; set data.control_tokens_in_content to "
+                "'control' or 'refuse' for this data")
+        return literal
+
+    def _encode_literal(self, ids: list[int], offsets: list[tuple[int, int]], text: str,
+                        literal: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Re-encode the control tokens at ``literal`` spans as ordinary text."""
+        if not literal:
+            return ids, offsets
+        plain = self._plain_encoder()
+        out_ids: list[int] = []
+        out_offsets: list[tuple[int, int]] = []
+        k = 0
+        for tid, (s, e) in zip(ids, offsets):
+            while k < len(literal) and literal[k][1] <= s:
+                k += 1
+            if k < len(literal) and s <= literal[k][0] and literal[k][1] <= e:  # the control token it became
+                piece_ids, piece_offsets = plain(text[s:e])
+                out_ids.extend(piece_ids)
+                out_offsets.extend((a + s, b + s) for a, b in piece_offsets)
+                k += 1
+            else:
+                out_ids.append(tid)
+                out_offsets.append((s, e))
+        return out_ids, out_offsets
+
+    def _plain_encoder(self) -> Any:
+        """A function encoding text with no control token recognised (the tokenizer's
+        ``split_special_tokens``), as ``(ids, offsets)`` continuing mid-text."""
+        if self._text_tokenizer is None:
+            backend = getattr(self.tokenizer, "_tokenizer", None)
+            if backend is None or not hasattr(backend, "to_str"):
+                raise DataFormatError(
+                    "control-token text inside messages can be tokenized as text only with a fast (Rust) tokenizer; "
+                    "set data.control_tokens_in_content to 'control' or 'refuse'")
+            from tokenizers import Tokenizer
+
+            clone = Tokenizer.from_str(backend.to_str())
+            clone.no_truncation()
+            clone.no_padding()
+            clone.encode_special_tokens = True
+            anchor = clone.encode("\n", add_special_tokens=False)
+            self._text_tokenizer = (clone, len(anchor.ids))
+        clone, n_anchor = self._text_tokenizer
+
+        def encode(piece: str) -> tuple[list[int], list[tuple[int, int]]]:
+            # encoded after a newline, so that a tokenizer that marks the start of a text (SentencePiece's
+            # prefix space) treats the piece as text in the middle of the conversation, which it is
+            enc = clone.encode("\n" + piece, add_special_tokens=False)
+            if len(enc.ids) > n_anchor and enc.offsets[n_anchor - 1][1] <= 1 and enc.offsets[n_anchor][0] >= 1:
+                return list(enc.ids[n_anchor:]), [(a - 1, b - 1) for a, b in enc.offsets[n_anchor:]]
+            enc = clone.encode(piece, add_special_tokens=False)
+            return list(enc.ids), list(enc.offsets)
+
+        return encode
 
     # -- token level --------------------------------------------------------------------------
     def __call__(self, conv: Conversation, where: str = "record") -> RenderResult | None:
-        text, spans = self.render_text(conv, where)
+        text, spans, literal = self._prepare(self._job(conv, where))
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids: list[int] = list(enc["input_ids"])
-        if self.train_on_prompt:
-            labels = list(ids)
-        else:
-            labels = _labels_from_spans(ids, enc["offset_mapping"], spans)
+        return self._result(list(enc["input_ids"]), list(enc["offset_mapping"]), text, spans, literal)
+
+    def _result(self, ids: list[int], offsets: list, text: str, spans: list[tuple[int, int]],
+                literal: list[tuple[int, int]] | None) -> RenderResult | None:
+        if literal:
+            ids, offsets = self._encode_literal(ids, [tuple(o) for o in offsets], text, literal)
+        labels = list(ids) if self.train_on_prompt else _labels_from_spans(ids, offsets, spans)
         return self._finish(ids, labels)
 
     def render_many(self, items: list[Any], wheres: list[str]) -> list[Any]:
@@ -253,10 +711,11 @@ class ChatRenderer:
 
     def finish_many(self, job: tuple[list[Any], list[Any], list[str]], encoded: list[Any]) -> list[Any]:
         out, ready, _texts = job
-        for (k, (_text, spans)), (ids, offsets) in zip(ready, encoded):
-            ids = list(ids)
-            labels = list(ids) if self.train_on_prompt else _labels_from_spans(ids, offsets, spans)
-            out[k] = self._finish(ids, labels)
+        for (k, (text, spans, literal)), (ids, offsets) in zip(ready, encoded):
+            try:
+                out[k] = self._result(list(ids), offsets, text, spans, literal)
+            except DataFormatError as exc:
+                out[k] = exc
         return out
 
     def encode_in_thread_ok(self) -> bool:
@@ -294,6 +753,60 @@ class ChatRenderer:
         return RenderResult(ids, labels, truncated)
 
 
+class _Job:
+    """One conversation being rendered: its messages, template and a cache of renders keyed by
+    (number of messages, add_generation_prompt)."""
+
+    __slots__ = ("renderer", "conv", "chat", "tools", "template", "where", "plain", "cache")
+
+    def __init__(self, renderer: ChatRenderer, conv: Conversation, chat: list[dict], tools: Any, template: str,
+                 where: str, plain: bool) -> None:
+        self.renderer, self.conv, self.chat, self.tools = renderer, conv, chat, tools
+        self.template, self.where, self.plain = template, where, plain
+        self.cache: dict[tuple[int, bool], str] = {}
+
+    @property
+    def full(self) -> str:
+        return self.render(len(self.chat), False)
+
+    def render(self, n: int, add_generation_prompt: bool) -> str:
+        key = (n, add_generation_prompt)
+        text = self.cache.get(key)
+        if text is None:
+            text = self.cache[key] = self._checked(self.chat[:n], add_generation_prompt, self.plain)
+        return text
+
+    def render_messages(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """A render of other messages (a probe or a changed copy), not cached."""
+        return self._checked(messages, add_generation_prompt, False)
+
+    def _checked(self, messages: list[dict], add_generation_prompt: bool, plain: bool) -> str:
+        try:
+            return self.renderer._render_batch([messages], self.tools, add_generation_prompt, plain, self.template)[0]
+        except DataFormatError:
+            raise
+        except Exception as exc:
+            _raise_template_problem(exc, self.where)
+            raise  # pragma: no cover - _raise_template_problem always raises
+
+
+def _raise_template_problem(exc: Exception, where: str) -> None:
+    """A template that does not compile is a configuration error (every record fails); one that
+    refuses a conversation (raise_exception, a missing field) is that record's error."""
+    try:
+        import jinja2
+    except ImportError:  # pragma: no cover - transformers needs jinja2
+        jinja2 = None
+    if jinja2 is not None and isinstance(exc, jinja2.TemplateSyntaxError):
+        raise ValueError(f"the chat template does not compile (line {exc.lineno}: {exc.message}); check "
+                         "data.chat_template or the tokenizer's chat template") from exc
+    if jinja2 is not None and isinstance(exc, jinja2.TemplateError) and type(exc) is jinja2.TemplateError:
+        reason = str(exc)  # the template's own raise_exception message
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    raise TemplateError(f"{where}: the chat template refuses this conversation: {reason}") from exc
+
+
 _REASONING_KEYS = frozenset(("reasoning_content", "thinking", "reasoning"))
 
 
@@ -311,6 +824,92 @@ def _plain_chat(chat: list[Any]) -> bool:
     """Messages that are dicts of plain JSON values, with no None value and no reasoning field."""
     return all(type(m) is dict and None not in m.values() and not _REASONING_KEYS & m.keys() and _plain_json(m)
                for m in chat)
+
+
+def _strings(value: Any):
+    """Every string inside a message (content, reasoning, tool calls), dict keys excepted."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _map_strings(value: Any, fn: Any) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
+def _mutated(message: dict) -> dict | None:
+    """A copy of an assistant message whose text differs from the original in its first and last
+    character (its content, else its first tool call's name), or None if it has no text to change."""
+    content = message.get("content")
+    if isinstance(content, str) and content.strip():
+        out = dict(message)
+        out["content"] = _mutant_for(content)
+        return out
+    calls = message.get("tool_calls")
+    if calls and isinstance(calls[0], dict):
+        out = dict(message)
+        out["tool_calls"] = copy.deepcopy(calls)
+        target = out["tool_calls"][0].get("function", out["tool_calls"][0])
+        if isinstance(target, dict) and isinstance(target.get("name"), str):
+            target["name"] = _mutant_for(target["name"] or "x")
+            return out
+    return None
+
+
+def _mutant_for(text: str) -> str:
+    return next(c for c in _MUTANTS if c not in (text[:1], text[-1:])) * 3
+
+
+def _lcp(a: str, b: str) -> int:
+    """Length of the common prefix (binary search over C-level slice comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _lcs(a: str, b: str) -> int:
+    """Length of the common suffix."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid:] == b[len(b) - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _diff(a: str, b: str) -> tuple[int, int]:
+    """The region ``[start, end)`` of ``a`` that differs from ``b`` (common prefix and suffix removed)."""
+    start = _lcp(a, b)
+    return start, len(a) - _lcs(a[start:], b[start:])
+
+
+def _rstrip_end(text: str, start: int, end: int) -> int:
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return end
+
+
+def _tail(shorter: str, longer: str) -> str:
+    n = _lcp(shorter, longer)
+    return f"{shorter[n:n + 30]!r} becomes {longer[n:n + 30]!r}"
 
 
 def _encode_batch(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:

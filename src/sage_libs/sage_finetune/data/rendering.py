@@ -110,6 +110,8 @@ class RenderOptions:
     mask_history: bool = False
     max_seq_length: int | None = None
     on_error: str = "raise"
+    reasoning: str = "train"
+    control_tokens_in_content: str = "text"
     formatting_func: Callable | None = field(default=None, repr=False)
 
     def tokenize_kwargs(self) -> dict[str, Any]:
@@ -117,7 +119,8 @@ class RenderOptions:
         return dict(fmt=self.fmt, max_seq_length=self.max_seq_length, train_on_prompt=self.train_on_prompt,
                     mask_history=self.mask_history, chat_template=self.chat_template.text,
                     system_prompt=self.system_prompt, formatting_func=self.formatting_func, on_error=self.on_error,
-                    agent_format=self.agent_format, tools=self.tools)
+                    agent_format=self.agent_format, tools=self.tools, reasoning=self.reasoning,
+                    control_tokens_in_content=self.control_tokens_in_content)
 
 
 def render_options(data_config: Any, tokenizer: Any, *, max_seq_length: int | None,
@@ -136,4 +139,5 @@ def render_options(data_config: Any, tokenizer: Any, *, max_seq_length: int | No
                          agent_format=resolve_agent_format(data_config.agent_format, template.text), tools=tools,
                          train_on_prompt=data_config.train_on_prompt, mask_history=data_config.mask_history,
                          max_seq_length=max_seq_length, on_error=data_config.on_error,
+                         reasoning=data_config.reasoning, control_tokens_in_content=data_config.control_tokens_in_content,
                          formatting_func=formatting_func)

@@ -2,7 +2,8 @@
 
 Runs the same pipeline as training (formats -> conversation -> render) and reports counts per
 format, the token-length distribution, what truncation cuts and drops, the trained-token ratio,
-and one rendered sample with its trained tokens highlighted.
+the records whose messages contain control-token text, and one rendered sample with its trained
+tokens highlighted.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ class DataReport:
     lengths: list[int] = field(default_factory=list)
     max_seq_length: int | None = None
     sample: tuple[list[int], list[int]] | None = None
+
+    def control_token_lines(self, limit: int = 3) -> list[str]:
+        """What ``data inspect`` says about records whose messages contain control-token text
+        (``<|im_end|>`` written inside a reply): their count and the first few, by location."""
+        n = self.stats.control_token_text
+        if not n:
+            return []
+        named = [e[len("warning: "):] for e in self.stats.errors if e.startswith("warning: ") and "control token" in e]
+        return [f"control-token text inside messages: {n} records (data.control_tokens_in_content)"] + [
+            f"  {line}" for line in named[:limit]]
 
     def summary(self) -> dict[str, Any]:
         s = sorted(self.lengths)

@@ -156,7 +156,8 @@ class FileLoader(DatasetLoader):
     def preprocess(self, dataset: Any, tokenizer: Any, formatting_func: Callable | None = None, *,
                    max_seq_length: int | None = None, train_on_prompt: bool = False, mask_history: bool = False,
                    chat_template: str | None = None, system_prompt: str | None = None, agent_format: str = "auto",
-                   tools: list[dict[str, Any]] | None = None, **kwargs: Any) -> Any:
+                   tools: list[dict[str, Any]] | None = None, reasoning: str = "train",
+                   control_tokens_in_content: str = "text", **kwargs: Any) -> Any:
         """Records -> a ``datasets.Dataset`` with ``input_ids``, ``labels`` (-100 where not
         trained) and ``length``. Statistics are kept in ``self.last_stats``."""
         from datasets import Dataset
@@ -170,7 +171,8 @@ class FileLoader(DatasetLoader):
             dataset, tokenizer, fmt=self.format, max_seq_length=max_seq_length, train_on_prompt=train_on_prompt,
             mask_history=mask_history, chat_template=chat_template, system_prompt=system_prompt,
             formatting_func=formatting_func, on_error=self.on_error, agent_format=agent_format,
-            tools=tools if tools is not None else self.options.get("tools"))
+            tools=tools if tools is not None else self.options.get("tools"), reasoning=reasoning,
+            control_tokens_in_content=control_tokens_in_content)
         self.last_stats = stats
         if not columns["input_ids"]:
             raise DataFormatError(
