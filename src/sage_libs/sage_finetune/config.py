@@ -205,7 +205,8 @@ def _did_you_mean(word: str, candidates: Any) -> str:
 
 
 def config_help(cls: type) -> list[tuple[str, str, Any]]:
-    """(name, help, default) for every field of a config class; used by ``sage-finetune --help``."""
+    """(name, help, default) for every field of a config class (``"(required)"`` when it has no
+    default); ``sage-finetune options`` lists them with their types and allowed values."""
     out = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
