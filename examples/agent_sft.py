@@ -1,6 +1,6 @@
 """Agent SFT on the shipped synthetic tool-use dataset: does the tiny model learn to act?
 
-    python examples/agent_sft.py                 # ~10-12 min on 2 CPU cores
+    python examples/agent_sft.py                 # ~10-15 min on one CPU thread
     python examples/agent_sft.py --method lora   # any method: lora, qlora, dora, full
     python examples/agent_sft.py --seed 1        # another data order (see the README for the spread)
 
