@@ -1,5 +1,6 @@
 """Callbacks: hook order and arguments, stopping, early stopping, TensorBoard and W&B files."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_early_stop_on_crafted_sequence():
     assert stop_eval([0.1, 0.2, 0.15, 0.3, 0.25, 0.2], patience=2, mode="max") == 6
 
 
-def test_early_stop_in_training(tiny_model_dir, tmp_path):
+def test_early_stop_in_training(tiny_model_dir, tmp_path, capsys):
     from sage_libs.sage_finetune.callbacks import EarlyStopCallback
 
     # min_delta larger than any loss change: the first eval sets the best, the next two fail
@@ -107,6 +108,26 @@ def test_early_stop_in_training(tiny_model_dir, tmp_path):
     train, evald = data()
     metrics = make(tiny_model_dir, tmp_path, [cb], max_steps=20, eval_steps=1, save_strategy="no").train(train, evald)
     assert cb.stopped_step == 3 and metrics["global_step"] == 3
+    # said on the console, and recorded with the run's metrics
+    err = capsys.readouterr().err
+    assert "Early stopping at step 3: eval_loss" in err and "best" in err and "(step 1)" in err
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for m in (metrics, saved):
+        assert m["stopped_early"] is True
+        stop = m["early_stop"]
+        assert (stop["metric"], stop["step"], stop["best_step"], stop["evaluations"]) == ("eval_loss", 3, 1, 3)
+        assert stop["best"] == pytest.approx(saved["early_stop"]["best"]) and stop["best"] > 0
+
+
+def test_early_stop_not_triggered_is_recorded(tiny_model_dir, tmp_path, capsys):
+    from sage_libs.sage_finetune.callbacks import EarlyStopCallback
+
+    train, evald = data()
+    metrics = make(tiny_model_dir, tmp_path, [EarlyStopCallback(patience=50)], eval_steps=2,
+                   save_strategy="no").train(train, evald)
+    assert metrics["global_step"] == 4 and metrics["stopped_early"] is False
+    assert metrics["early_stop"]["step"] is None and metrics["early_stop"]["evaluations"] == 2
+    assert "Early stopping" not in capsys.readouterr().err
 
 
 def test_early_stop_unknown_metric(tiny_model_dir, tmp_path):
@@ -121,17 +142,68 @@ def test_early_stop_unknown_metric(tiny_model_dir, tmp_path):
 def test_tensorboard_events_readable(tiny_model_dir, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import TrainerCallback
+    from transformers.integrations import TensorBoardCallback as HFTensorBoardCallback
 
+    from sage_libs.sage_finetune import TrainingCallback
     from sage_libs.sage_finetune.callbacks import TensorBoardCallback
 
+    cb = TensorBoardCallback(log_dir=tmp_path / "tb")
+    # transformers' integration with our options, and still a TrainingCallback for the registry
+    assert isinstance(cb, TensorBoardCallback) and isinstance(cb, HFTensorBoardCallback)
+    assert isinstance(cb, TrainingCallback) and isinstance(cb, TrainerCallback)
     train, evald = data()
-    make(tiny_model_dir, tmp_path, [TensorBoardCallback(log_dir=tmp_path / "tb")], save_strategy="no").train(train, evald)
+    make(tiny_model_dir, tmp_path, [cb], save_strategy="no", eval_on_start=True).train(train, evald)
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
     assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss"} <= set(tags)
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
-    assert [e.step for e in acc.Scalars("eval/loss")] == [2, 4]
+    # the evaluation before training is the point at step 0
+    assert [e.step for e in acc.Scalars("eval/loss")] == [0, 2, 4]
+    before = json.loads((tmp_path / "out" / "metrics.json").read_text())["eval_loss_before"]
+    assert acc.Scalars("eval/loss")[0].value == pytest.approx(before, rel=1e-5)
+    assert not (tmp_path / "out" / "runs").exists()  # everything went to log_dir
+
+
+@pytest.mark.parametrize("how", ["callback", "report_to", "both"])
+def test_tensorboard_default_dir_and_report_to_agree(tiny_model_dir, tmp_path, monkeypatch, how):
+    """Without log_dir the events go to OUTPUT_DIR/runs, step-0 evaluation included, whether
+    TensorBoard is a callback, in training.report_to (transformers' own integration would log the
+    step-0 evaluation and everything after it to ./runs) or both (logged once)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sage_libs.sage_finetune.callbacks import TensorBoardCallback
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    train, evald = data()
+    callbacks = [TensorBoardCallback()] if how != "report_to" else []
+    report_to = ["tensorboard"] if how != "callback" else []
+    make(tiny_model_dir, tmp_path, callbacks, save_strategy="no", eval_on_start=True, max_steps=2,
+         report_to=report_to).train(train, evald)
+    events = list((tmp_path / "out" / "runs").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    assert not (tmp_path / "runs").exists()
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/loss")] == [0, 2]
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+
+
+def test_report_to_tracker_not_installed(tiny_model_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    from sage_libs.sage_finetune import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    train, _ = data()
+    with pytest.raises(ConfigError, match=r"training.report_to: wandb is not installed; "
+                                          r"pip install wandb"):
+        make(tiny_model_dir, tmp_path, [], report_to=["wandb"]).train(train)
+    assert not (tmp_path / "out").exists()
 
 
 def read_wandb_records(path):
@@ -161,7 +233,7 @@ def read_wandb_records(path):
 
 def test_wandb_offline_run_directory(tiny_model_dir, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    import json
+    from transformers.integrations import WandbCallback as HFWandbCallback
 
     from sage_libs.sage_finetune.callbacks import WandbCallback
 
@@ -169,24 +241,60 @@ def test_wandb_offline_run_directory(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     train, evald = data()
     cb = WandbCallback(project="isage-test", run_name="lora-exp1", dir=str(tmp_path / "wb"))
-    metrics = make(tiny_model_dir, tmp_path, [cb], save_strategy="no").train(train, evald)
+    assert isinstance(cb, WandbCallback) and isinstance(cb, HFWandbCallback)
+    metrics = make(tiny_model_dir, tmp_path, [cb], save_strategy="no", eval_on_start=True).train(train, evald)
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     records = read_wandb_records(next(runs[0].glob("run-*.wandb")))
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.project, run.display_name) == ("isage-test", "lora-exp1")
+
     def key(item):
         return item.key or "/".join(item.nested_key)
 
     history = [{key(i): json.loads(i.value_json) for i in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]
-    assert [h["_step"] for h in history] == [1, 2, 3, 4]
-    assert all(h["train/loss"] > 0 for h in history) and "eval/loss" in history[1]
-    summary = {}
+    losses = {h["train/global_step"]: h["train/loss"] for h in history if "train/loss" in h}
+    evals = {h["train/global_step"]: h["eval/loss"] for h in history if "eval/loss" in h}
+    assert sorted(losses) == [1, 2, 3, 4] and all(v > 0 for v in losses.values())
+    # the evaluation before training is the point at step 0
+    assert sorted(evals) == [0, 2, 4]
+    assert evals[0] == pytest.approx(metrics["eval_loss_before"], rel=1e-5)
+    assert evals[4] == pytest.approx(metrics["eval_loss"], rel=1e-5)
+    summary, config = {}, {}
     for r in records:
         if r.WhichOneof("record_type") == "summary":
             summary.update({key(i): json.loads(i.value_json) for i in r.summary.update})
+        kind = r.WhichOneof("record_type")
+        if kind in ("run", "config"):  # the config given to wandb.init, then HF's additions
+            updates = r.run.config.update if kind == "run" else r.config.update
+            config.update({key(i): json.loads(i.value_json) for i in updates})
     assert summary["train_loss"] == pytest.approx(metrics["train_loss"])
+    assert config["isage_finetune"]["method"] == "lora" and config["isage_finetune"]["lora"]["r"] == 4
+    assert cb.run is None  # finished
+
+
+def test_wandb_run_finishes_after_the_final_evaluation(tiny_model_dir, tmp_path, monkeypatch):
+    """The last step is not an evaluation step: the trainer evaluates once more after training, and
+    that evaluation still reaches the run before it is finished."""
+    pytest.importorskip("wandb")
+    from sage_libs.sage_finetune.callbacks import WandbCallback
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train, evald = data()
+    cb = WandbCallback(project="isage-test", dir=str(tmp_path / "wb"))
+    metrics = make(tiny_model_dir, tmp_path, [cb], save_strategy="no", max_steps=3).train(train, evald)
+    assert cb.run is None
+    run_dir = next((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    records = read_wandb_records(next(run_dir.glob("run-*.wandb")))
+    evals = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            item = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            if "eval/loss" in item:
+                evals[item["train/global_step"]] = item["eval/loss"]
+    assert sorted(evals) == [2, 3] and evals[3] == pytest.approx(metrics["eval_loss"], rel=1e-5)
 
 
 def test_callbacks_by_name():
@@ -222,7 +330,6 @@ def test_callbacks_from_yaml(tiny_model_dir, tmp_path):
                  {"name": "tensorboard", "log_dir": str(tmp_path / "tb")}]
     assert main(["train", str(_yaml_config(tmp_path, tiny_model_dir, callbacks))]) == 0
     out = tmp_path / "out"
-    import json
 
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 3  # early stop after 3 evals
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

@@ -5,6 +5,7 @@
     sage-finetune eval CONFIG.yaml [section.key=value ...]
     sage-finetune chat MODEL_OR_ADAPTER_DIR [--prompt TEXT] [--system TEXT] [--max-new-tokens N]
     sage-finetune tiny-model DIR [--arch llama|qwen2] [--corpus FILE ...]
+    sage-finetune options [SECTION | SECTION.OPTION]
 
 A config file has a ``method`` and one section per config dataclass::
 
@@ -448,6 +449,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print()
 
 
+def cmd_options(args: argparse.Namespace) -> int:
+    """Every config option with its type, default and help (no torch import)."""
+    from .options_help import render_options
+
+    print(render_options(args.section, SECTIONS), end="")
+    return 0
+
+
+def _config_epilog(command: str, example: str) -> str:
+    import textwrap
+
+    return (textwrap.fill(f"A run config is YAML with the sections {', '.join(TOP_LEVEL)}. Every option, with its "
+                          "type, default and help:", width=78)
+            + f"\n  sage-finetune options [SECTION]\nOverrides set any option, e.g.:\n  sage-finetune {command} "
+            f"run.yaml {example}")
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from .utils.tiny import build_tiny_model
 
@@ -473,17 +491,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_commands(sub: Any) -> None:
     """Add our sub-commands to an argparse sub-parser group (also used by the ``sage`` CLI plugin)."""
-    p = sub.add_parser("train", help="fine-tune from a YAML config")
-    p.add_argument("config", help="YAML run config (method, training, lora, data)")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p = sub.add_parser("train", help="fine-tune from a YAML config", epilog=_config_epilog("train", "training.learning_rate=1e-4 lora.r=16"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML run config (method, training, lora, data, ...)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides (the value is read as YAML)")
     p.add_argument("--merge", action="store_true", help="also write a merged model to OUTPUT_DIR/merged")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate loss and perplexity on data.eval_file")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("eval", help="evaluate loss and perplexity on data.eval_file",
+                       description="Evaluate eval_loss and perplexity on data.eval_file (else data.train_file)\n"
+                                   "with the config's model, or with --adapter on it.",
+                       epilog=_config_epilog("eval", "data.eval_file=held_out.jsonl --adapter out/adapter"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML run config: training.model_name_or_path, data.eval_file, ...")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides (the value is read as YAML)")
     p.add_argument("--adapter", help="an adapter (or model) directory to evaluate instead of the base")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("options", help="list every config option with its type, default and help",
+                       description="List the run config's options (from the config classes) with type, "
+                                   "default, allowed values and help.")
+    p.add_argument("section", nargs="?",
+                   help=f"one section ({', '.join(TOP_LEVEL)}) or one option (training.learning_rate); "
+                        "default: all")
+    p.set_defaults(func=cmd_options)
 
     p = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
     p.add_argument("--adapter", required=True, help="adapter directory (written by train)")

@@ -209,7 +209,8 @@ def _did_you_mean(word: str, candidates: Any) -> str:
 
 
 def config_help(cls: type) -> list[tuple[str, str, Any]]:
-    """(name, help, default) for every field of a config class; used by ``sage-finetune --help``."""
+    """(name, help, default) for every field of a config class (``"(required)"`` when it has no
+    default); ``sage-finetune options`` lists them with their types and allowed values."""
     out = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
@@ -260,8 +261,10 @@ class TrainingConfig(_Config):
     save_steps: int = _opt(500, "Write a checkpoint every N optimizer steps (save_strategy=steps).", ge=1)
     save_total_limit: Union[int, None] = _opt(3, "Keep at most this many checkpoints (null keeps all).", ge=1)
     seed: int = _opt(42, "Random seed for model init, data order and dropout.", ge=0)
-    report_to: list[str] = _opt(help="Experiment trackers for HF integrations: tensorboard, wandb, ... Empty: none.",
-                                default_factory=list)
+    report_to: list[str] = _opt(
+        help="Experiment trackers: tensorboard, wandb (through the tensorboard/wandb callbacks: TensorBoard events "
+             "in $TENSORBOARD_LOGGING_DIR or OUTPUT_DIR/runs, an evaluation before training at step 0), or "
+             "transformers' integrations (mlflow, comet_ml, ...). Empty: none.", default_factory=list)
     run_name: Union[str, None] = _opt(None, "A name for the run in trackers.")
     deepspeed: Union[str, dict, None] = _opt(None, "Path to a DeepSpeed JSON config (or the dict); passed to the HF Trainer.")
     fsdp: Union[str, list[str], None] = _opt(None, "FSDP options, e.g. 'full_shard auto_wrap'; passed to the HF Trainer.")

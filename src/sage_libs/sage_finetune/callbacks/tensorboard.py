@@ -1,47 +1,63 @@
-"""``tensorboard``: scalars (loss, learning rate, grad norm, tokens/s, eval metrics) to TensorBoard."""
+"""``tensorboard``: scalars (loss, learning rate, grad norm, eval metrics...) to TensorBoard,
+through transformers' own integration (what ``training.report_to: [tensorboard]`` uses)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 from ..interface import TrainingCallback
-from ._util import is_main_process, missing_extra, numeric, tagged
+from ._util import missing_extra
 
 __all__ = ["TensorBoardCallback"]
 
 
 class TensorBoardCallback(TrainingCallback):
-    """Writes every numeric log value as a scalar tagged ``train/...`` or ``eval/...`` (main
-    process only).
+    """Logs every value the HF Trainer logs, tagged ``train/...`` or ``eval/...``, at its optimizer
+    step (main process only); an evaluation before training (``training.eval_on_start``) is the
+    point at step 0.
+
+    This is ``transformers.integrations.TensorBoardCallback`` with our options: creating one gives an
+    object that is both this class (registered as ``tensorboard``) and an HF ``TrainerCallback``, so
+    the trainer hands it every HF event. Unlike transformers' own, it sets the log directory before
+    the first event, so the step-0 evaluation lands in it too. ``training.report_to: [tensorboard]``
+    uses this callback (once, also when it is listed in ``callbacks``).
 
     Args:
-        log_dir: event file folder; default ``OUTPUT_DIR/runs``.
+        log_dir: event file folder; default ``$TENSORBOARD_LOGGING_DIR``, else ``OUTPUT_DIR/runs``.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is TensorBoardCallback:  # the HF-backed implementation (transformers is imported only now)
+            cls = _implementation()
+        return super().__new__(cls)
+
     def __init__(self, log_dir: str | os.PathLike | None = None) -> None:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise missing_extra("tensorboard", "tensorboard") from None
         self.log_dir = str(log_dir) if log_dir else None
-        self.writer: Any = None
 
-    def on_train_begin(self, trainer: Any, **kwargs: Any) -> None:
-        if self.writer is None and is_main_process(trainer):
-            from torch.utils.tensorboard import SummaryWriter
 
-            log_dir = self.log_dir or os.path.join(trainer.training_config.output_dir, "runs")
-            self.writer = SummaryWriter(log_dir=log_dir)
+@functools.lru_cache(maxsize=None)
+def _implementation() -> type:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise missing_extra("tensorboard", "tensorboard") from None
+    from transformers.integrations import TensorBoardCallback as HFTensorBoardCallback
 
-    def on_log(self, trainer: Any, logs: dict[str, Any], step: int, **kwargs: Any) -> None:
-        if self.writer is None:
-            return
-        for key, value in numeric(logs).items():
-            self.writer.add_scalar(tagged(key), value, step)
-        self.writer.flush()
+    class HFBackedTensorBoardCallback(HFTensorBoardCallback, TensorBoardCallback):
+        __doc__ = TensorBoardCallback.__doc__
 
-    def on_train_end(self, trainer: Any, **kwargs: Any) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        def __init__(self, log_dir: str | os.PathLike | None = None) -> None:
+            HFTensorBoardCallback.__init__(self)
+            TensorBoardCallback.__init__(self, log_dir)
+
+        def on_init_end(self, args, state, control, **kwargs):
+            # where HF would decide only at train begin (and log an earlier evaluation elsewhere)
+            if self.tb_writer is None:
+                self.logging_dir = (self.log_dir or os.environ.get("TENSORBOARD_LOGGING_DIR")
+                                    or os.path.join(args.output_dir, "runs"))
+                self.logging_dir = os.path.expanduser(self.logging_dir)
+
+    HFBackedTensorBoardCallback.__name__ = HFBackedTensorBoardCallback.__qualname__ = "TensorBoardCallback"
+    return HFBackedTensorBoardCallback

@@ -290,7 +290,7 @@ class ChatRenderer:
             for k in members:
                 try:
                     out[k] = self._prepare(jobs[k])
-                except DataFormatError as exc:
+                except Exception as exc:  # noqa: BLE001 - handed back in record order (the caller names it)
                     out[k] = exc
         return out
 
@@ -800,6 +800,8 @@ def _raise_template_problem(exc: Exception, where: str) -> None:
     if jinja2 is not None and isinstance(exc, jinja2.TemplateSyntaxError):
         raise ValueError(f"the chat template does not compile (line {exc.lineno}: {exc.message}); check "
                          "data.chat_template or the tokenizer's chat template") from exc
+    if jinja2 is not None and isinstance(exc, jinja2.exceptions.SecurityError):
+        raise exc  # the template is wrong for every record: utils.input_checks.template_error names the option
     if jinja2 is not None and isinstance(exc, jinja2.TemplateError) and type(exc) is jinja2.TemplateError:
         reason = str(exc)  # the template's own raise_exception message
     else:

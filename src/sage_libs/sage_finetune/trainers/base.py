@@ -414,6 +414,8 @@ class BaseTrainer(FineTuner):
         import torch
         from transformers import TrainingArguments
 
+        from ..callbacks.reporting import hf_report_to  # tensorboard and wandb: our callbacks (_hf_callbacks)
+
         tc = self.training_config
         if tc.fp16 and not torch.cuda.is_available():
             raise ConfigError("training.fp16: float16 mixed precision needs a CUDA GPU and none is available; "
@@ -428,7 +430,7 @@ class BaseTrainer(FineTuner):
             logging_steps=tc.logging_steps, logging_first_step=True,
             eval_strategy=tc.eval_strategy if has_eval else "no", eval_steps=tc.eval_steps,
             save_strategy=tc.save_strategy, save_steps=tc.save_steps, save_total_limit=tc.save_total_limit,
-            seed=tc.seed, data_seed=tc.seed, report_to=list(tc.report_to) or "none", run_name=tc.run_name,
+            seed=tc.seed, data_seed=tc.seed, report_to=hf_report_to(tc.report_to) or "none", run_name=tc.run_name,
             dataloader_num_workers=tc.dataloader_num_workers, dataloader_pin_memory=torch.cuda.is_available(),
             activation_checkpointing=tc.gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
@@ -455,11 +457,13 @@ class BaseTrainer(FineTuner):
         from transformers import TrainerCallback
 
         from ..callbacks.bridge import CallbackBridge
+        from ..callbacks.reporting import tracker_callbacks
         from ..callbacks.run_log import RunLogCallback
         from ..callbacks.safety import InterruptCallback, NonFiniteGuard
 
         ours = [cb for cb in self.callbacks if not isinstance(cb, TrainerCallback)]
         theirs = [cb for cb in self.callbacks if isinstance(cb, TrainerCallback)]
+        theirs += tracker_callbacks(self.training_config.report_to, self.callbacks)  # report_to tensorboard/wandb
         self._interrupt = InterruptCallback()
         out = [RunLogCallback(Path(self.training_config.output_dir) / "trainer_log.jsonl"), self._interrupt,
                NonFiniteGuard(self), *theirs]
@@ -632,6 +636,9 @@ class BaseTrainer(FineTuner):
             ev = ev or trainer.evaluate()
             metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]),
                            eval_samples=len(eval_ds))
+        for callback in self.callbacks:  # what a callback reports about the run (early_stop: stopped_early)
+            if callable(getattr(callback, "final_metrics", None)):
+                metrics.update(callback.final_metrics())
         metrics["data"] = self.data_stats
         if _is_main_process():
             self.write_outputs(metrics)
