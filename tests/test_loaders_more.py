@@ -78,3 +78,23 @@ def test_data_inspect_needs_tokenizer_for_a_file(capsys):
 
     assert main(["data", "inspect", str(EXAMPLE_DATA / "chat_eval.jsonl")]) == 2
     assert "pass --tokenizer" in capsys.readouterr().err
+
+
+def test_data_preparation_shows_progress_on_a_terminal(tiny_tokenizer, monkeypatch):
+    import io
+    import sys
+
+    from sage_libs.sage_finetune.data import pipeline
+    from sage_libs.sage_finetune.loaders.base import RecordList
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    records = RecordList([{"instruction": f"Say {i}", "output": f"{i}"} for i in range(600)], source="big.jsonl")
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        monkeypatch.setattr(pipeline, "_PROGRESS_FROM", 100)
+        columns, stats = pipeline.tokenize_records(records, tiny_tokenizer)
+        assert stats.examples == 600
+        assert ("preparing big.jsonl" in stream.getvalue()) == shown, stream.getvalue()

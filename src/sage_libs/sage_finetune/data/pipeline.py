@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..utils.input_checks import formatting_func_error, template_error
@@ -114,7 +115,23 @@ def _from_formatted(value: Any, where: str, fmt: str, system_prompt: str | None)
                           "expected a string, a Conversation, a list of messages or a record dict")
 
 
-_CHUNK = 256  # records rendered and tokenized per batch
+_CHUNK = 256
+_PROGRESS_FROM = 20_000  # records: smaller datasets are prepared before a bar would be worth drawing
+
+
+def _progress_bar(records: Any) -> Any:
+    """A progress bar on a terminal for a large (or streamed, size unknown) dataset; None otherwise
+    (redirected output stays clean; the counts are in metrics.json)."""
+    import sys
+
+    total = len(records) if hasattr(records, "__len__") else None
+    if (total is not None and total < _PROGRESS_FROM) or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    source = getattr(records, "source", None)
+    return tqdm(total=total, desc=f"preparing {Path(source).name}" if source else "preparing data", unit=" records",
+                leave=False, dynamic_ncols=True)  # records rendered and tokenized per batch
 
 
 # -- bounded work per record ----------------------------------------------------------------------
@@ -269,8 +286,11 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
             columns["labels"].append(result.labels)
             columns["length"].append(len(result.input_ids))
 
+    progress = _progress_bar(records)
     for index, record in enumerate(records):
         stats.records += 1
+        if progress is not None and index % _CHUNK == 0:
+            progress.update(index - progress.n)
         where = record_location(records, index)
         record_fmt = None
         try:
@@ -313,6 +333,8 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
         flush(final=True)
     finally:
         _shutdown(pool)
+        if progress is not None:
+            progress.close()
     if stats.skipped_invalid:
         logger.warning("skipped %d invalid records (on_error=skip); first: %s", stats.skipped_invalid,
                        stats.errors[0] if stats.errors else "")
