@@ -43,12 +43,13 @@ def _grads(fn, hidden, weight, bias, targets, **kw):
     return loss.detach(), hidden.grad, weight.grad, None if bias is None else bias.grad
 
 
-def test_literal_tensors_loss_and_gradients():
+@pytest.mark.parametrize("recompute", [False, True])
+def test_literal_tensors_loss_and_gradients(recompute):
     hidden = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.3, -1.0], [2.0, 1.0, 1.0]])
     weight = torch.tensor([[0.2, 0.1, -0.3], [1.0, 0.0, 0.5], [-0.5, 0.4, 0.2], [0.3, -0.7, 0.9]])
     targets = torch.tensor([1, 3, 0])
     expect = _grads(_plain, hidden, weight, None, targets)
-    got = _grads(chunked_linear_cross_entropy, hidden, weight, None, targets, chunk_rows=2)
+    got = _grads(chunked_linear_cross_entropy, hidden, weight, None, targets, chunk_rows=2, recompute=recompute)
     for a, b in zip(got[:3], expect[:3]):
         torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
     # by hand: row 0's logits are W @ h0
@@ -58,12 +59,14 @@ def test_literal_tensors_loss_and_gradients():
     torch.testing.assert_close(single, row0, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("chunk_rows", [1, 3, 4, 11, 64])  # 11 rows: 3 and 4 do not divide it
 @pytest.mark.parametrize("bias", [False, True])
-def test_matches_plain_path_for_any_chunk_size(chunk_rows, bias):
+def test_matches_plain_path_for_any_chunk_size(chunk_rows, bias, recompute):
     hidden, weight, b, targets = _case(bias=bias)
     expect = _grads(_plain, hidden, weight, b, targets)
-    got = _grads(chunked_linear_cross_entropy, hidden, weight, b, targets, chunk_rows=chunk_rows)
+    got = _grads(chunked_linear_cross_entropy, hidden, weight, b, targets, chunk_rows=chunk_rows,
+                 recompute=recompute)
     for a, e in zip(got, expect):
         if e is None:
             assert a is None
@@ -71,11 +74,13 @@ def test_matches_plain_path_for_any_chunk_size(chunk_rows, bias):
             torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL)
 
 
-def test_ignore_index_rows_and_mean_and_normalizer():
+@pytest.mark.parametrize("recompute", [False, True])
+def test_ignore_index_rows_and_mean_and_normalizer(recompute):
     hidden, weight, _, targets = _case(n=9)
     targets[[0, 4, 8]] = -100
     expect = _grads(_plain, hidden, weight, None, targets, reduction="mean")
-    got = _grads(chunked_linear_cross_entropy, hidden, weight, None, targets, reduction="mean", chunk_rows=2)
+    got = _grads(chunked_linear_cross_entropy, hidden, weight, None, targets, reduction="mean", chunk_rows=2,
+                 recompute=recompute)
     for a, e in zip(got[:3], expect[:3]):
         torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL)
     assert torch.count_nonzero(got[1][[0, 4, 8]]) == 0  # ignored rows get no gradient
@@ -83,14 +88,16 @@ def test_ignore_index_rows_and_mean_and_normalizer():
     torch.testing.assert_close(chunked_linear_cross_entropy(hidden, weight, targets, normalizer=torch.tensor(17)), s,
                                rtol=RTOL, atol=ATOL)
     # every row ignored: zero loss, zero gradients
-    got = _grads(chunked_linear_cross_entropy, hidden, weight, None, torch.full_like(targets, -100))
+    got = _grads(chunked_linear_cross_entropy, hidden, weight, None, torch.full_like(targets, -100),
+                 recompute=recompute)
     assert got[0].item() == 0 and torch.count_nonzero(got[1]) == 0 and torch.count_nonzero(got[2]) == 0
 
 
-def test_frozen_head_gets_no_gradient():
+@pytest.mark.parametrize("recompute", [False, True])
+def test_frozen_head_gets_no_gradient(recompute):
     hidden, weight, _, targets = _case()
     h = hidden.clone().requires_grad_(True)
-    loss = chunked_linear_cross_entropy(h, weight, targets, chunk_rows=3)
+    loss = chunked_linear_cross_entropy(h, weight, targets, chunk_rows=3, recompute=recompute)
     loss.backward()
     h2 = hidden.clone().requires_grad_(True)
     _plain(h2, weight, targets).backward()
@@ -98,24 +105,41 @@ def test_frozen_head_gets_no_gradient():
     torch.testing.assert_close(h.grad, h2.grad, rtol=RTOL, atol=ATOL)
 
 
-def test_float64_gradcheck():
+@pytest.mark.parametrize("recompute", [False, True])
+def test_float64_gradcheck(recompute):
     hidden, weight, b, targets = _case(n=5, h=3, v=7, dtype=torch.float64, bias=True)
     targets[2] = -100
     args = [t.clone().requires_grad_(True) for t in (hidden, weight, b)]
     assert torch.autograd.gradcheck(
-        lambda h, w, bb: chunked_linear_cross_entropy(h, w, targets, bb, chunk_rows=2), args)
+        lambda h, w, bb: chunked_linear_cross_entropy(h, w, targets, bb, chunk_rows=2, recompute=recompute), args)
 
 
-def test_bf16_autocast_matches_plain_autocast():
+@pytest.mark.parametrize("recompute", [False, True])
+def test_bf16_autocast_matches_plain_autocast(recompute):
     """bf16 matmuls, float32 softmax: the plain path under the same autocast; tolerances of bf16."""
     hidden, weight, _, targets = _case(n=10, h=16, v=40)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expect = _grads(_plain, hidden, weight, None, targets)
-        got = _grads(chunked_linear_cross_entropy, hidden, weight, None, targets, chunk_rows=3)
+        got = _grads(chunked_linear_cross_entropy, hidden, weight, None, targets, chunk_rows=3,
+                     recompute=recompute)
     assert got[0].dtype == torch.float32
     for a, e in zip(got[:3], expect[:3]):
         assert a.dtype == e.dtype
         torch.testing.assert_close(a, e, rtol=2e-2, atol=2e-2)
+
+
+def test_no_grad_and_a_scaled_loss():
+    """Under no_grad no gradient is computed; a loss scaled after the fact scales the gradients."""
+    hidden, weight, _, targets = _case()
+    h = hidden.clone().requires_grad_(True)
+    with torch.no_grad():
+        loss = chunked_linear_cross_entropy(h, weight, targets, chunk_rows=4)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, _plain(hidden, weight, targets), rtol=RTOL, atol=ATOL)
+    (chunked_linear_cross_entropy(h, weight, targets, chunk_rows=4) * 3.5).backward()
+    h2 = hidden.clone().requires_grad_(True)
+    (_plain(h2, weight, targets) * 3.5).backward()
+    torch.testing.assert_close(h.grad, h2.grad, rtol=RTOL, atol=ATOL)
 
 
 def test_auto_decision():

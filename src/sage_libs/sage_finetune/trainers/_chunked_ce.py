@@ -2,10 +2,13 @@
 
 The idea of Liger's fused linear cross-entropy and of Cut Cross-Entropy, in plain torch (so it runs
 on the CPU as well as on GPUs): the logits ``hidden @ weight.T (+ bias)`` are computed for a chunk
-of rows at a time; forward keeps only each row's logsumexp, backward computes each chunk's logits
-again and turns them into that chunk's share of ``grad_hidden`` and ``grad_weight``. Peak memory of
-the head and the loss is one chunk's logits (a few tens of MB) instead of all of them plus their
-gradient, at the price of computing the head's matmul once more in backward.
+of rows at a time and turned into the loss and that chunk's share of ``grad_hidden`` and
+``grad_weight`` right away. Peak memory of the head and the loss is one chunk's logits (a few tens
+of MB) instead of all of them plus their gradient. Two schedules (see
+:class:`ChunkedLinearCrossEntropy`): by default the gradients are computed in the forward pass
+(Liger's schedule: the head's matmuls run as often as in the plain path); with ``recompute``,
+forward keeps only each row's logsumexp and backward computes each chunk's logits again (Cut
+Cross-Entropy's: nothing but [N] floats held between the passes, one more matmul of the head).
 
 Float semantics are the plain path's: the matmul runs in the compute dtype (the autocast dtype when
 autocast is on, else the inputs' dtype), each chunk's logits are upcast to float32 (float64 stays
@@ -57,39 +60,73 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _chunk_grad(logits: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """d(summed loss)/d(logits) of one chunk, in place of ``logits``: softmax - onehot, zero on
+    ignored rows."""
+    g = logits.sub_(lse[:, None]).exp_()
+    g[torch.arange(g.shape[0], device=g.device), safe] -= 1
+    return g.mul_(valid.to(g.dtype)[:, None])
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """``sum_i CE(hidden[i] @ weight.T + bias, targets[i])`` over rows whose target is not
-    ``ignore_index``, computed ``chunk_rows`` rows at a time (see the module docstring)."""
+    ``ignore_index``, computed ``chunk_rows`` rows at a time (see the module docstring).
+
+    ``grads`` (need grad_hidden, grad_weight, grad_bias): with ``recompute`` false the gradients of
+    the (scalar) loss are computed in the same pass as the loss, chunk by chunk, and backward only
+    scales them by its incoming gradient: the head's matmuls run as often as in the plain path,
+    and a trainable head's float32 ``grad_weight`` exists from forward on. With ``recompute`` true
+    forward keeps only each row's logsumexp and backward computes each chunk's logits again (one
+    more matmul of the head; nothing but [N] floats held between forward and backward)."""
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, ignore_index: int, chunk_rows: int) -> torch.Tensor:
+                targets: torch.Tensor, ignore_index: int, chunk_rows: int, grads: tuple[bool, bool, bool],
+                recompute: bool) -> torch.Tensor:
         cdtype = _compute_dtype(hidden)
         acc = _acc_dtype(cdtype)
         w = weight.to(cdtype)
         b = None if bias is None else bias.to(cdtype)
         n = hidden.shape[0]
-        lse = torch.empty(n, dtype=acc, device=hidden.device)
-        total = torch.zeros((), dtype=acc, device=hidden.device)
         valid = targets != ignore_index
         safe = torch.where(valid, targets, torch.zeros_like(targets))
+        eager = not recompute and any(grads)
+        need_h, need_w, need_b = (g and eager for g in grads)
+        lse = torch.empty(n, dtype=acc, device=hidden.device)
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, n, chunk_rows):
                 e = min(s + chunk_rows, n)
-                logits = torch.nn.functional.linear(hidden[s:e].to(cdtype), w, b).to(acc)
+                h = hidden[s:e].to(cdtype)
+                logits = torch.nn.functional.linear(h, w, b).to(acc)
                 row_lse = torch.logsumexp(logits, dim=-1)
                 lse[s:e] = row_lse
                 picked = logits.gather(1, safe[s:e, None]).squeeze(1)
                 total += torch.where(valid[s:e], row_lse - picked, torch.zeros_like(row_lse)).sum()
+                if eager:
+                    _accumulate(_chunk_grad(logits, row_lse, safe[s:e], valid[s:e]), h, w, s, e, cdtype, acc,
+                                grad_h, grad_w, grad_b)
                 del logits
-        ctx.save_for_backward(hidden, weight, bias, safe, valid, lse)
-        ctx.cdtype, ctx.chunk_rows = cdtype, chunk_rows
+        ctx.cdtype, ctx.chunk_rows, ctx.recompute = cdtype, chunk_rows, not eager
+        if eager:
+            ctx.grad_buffers = [grad_h, grad_w, grad_b]
+            ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        else:
+            ctx.save_for_backward(hidden, weight, bias, safe, valid, lse)
         ctx.has_bias = bias is not None
         return total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor):
+        if not ctx.recompute:
+            # scaled copies (not in place): a retained graph may run backward again
+            return (*(None if buf is None or not ctx.needs_input_grad[i] else (buf * grad_out.to(buf.dtype)).to(dtype)
+                      for i, (buf, dtype) in enumerate(zip(ctx.grad_buffers, ctx.dtypes))),
+                    None, None, None, None, None)
         hidden, weight, bias, safe, valid, lse = ctx.saved_tensors
         cdtype, chunk_rows = ctx.cdtype, ctx.chunk_rows
         acc = _acc_dtype(cdtype)
@@ -105,38 +142,41 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             for s in range(0, n, chunk_rows):
                 e = min(s + chunk_rows, n)
                 h = hidden[s:e].to(cdtype)
-                # d loss / d logits = (softmax - onehot) * grad_out, zero on ignored rows
-                g = torch.nn.functional.linear(h, w, b).to(acc)
-                g.sub_(lse[s:e, None]).exp_()
-                rows = torch.arange(e - s, device=g.device)
-                g[rows, safe[s:e]] -= 1
-                g.mul_(torch.where(valid[s:e], scale, torch.zeros_like(scale))[:, None])
-                if need_b:
-                    grad_b += g.sum(0)
-                g = g.to(cdtype)
-                if need_h:
-                    grad_h[s:e] = (g @ w).to(hidden.dtype)
-                if need_w:
-                    if cdtype == acc:
-                        grad_w.addmm_(g.t(), h)
-                    else:
-                        grad_w += (g.t() @ h).to(acc)
+                g = _chunk_grad(torch.nn.functional.linear(h, w, b).to(acc), lse[s:e], safe[s:e], valid[s:e])
+                _accumulate(g.mul_(scale), h, w, s, e, cdtype, acc, grad_h, grad_w, grad_b)
                 del g
         if need_w:
             grad_w = grad_w.to(weight.dtype)
         if need_b:
             grad_b = grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
+
+
+def _accumulate(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, s: int, e: int, cdtype: torch.dtype,
+                acc: torch.dtype, grad_h: Any, grad_w: Any, grad_b: Any) -> None:
+    """Add one chunk's share (``g``: d loss / d logits, float32) to the gradient buffers."""
+    if grad_b is not None:
+        grad_b += g.sum(0)
+    g = g.to(cdtype)
+    if grad_h is not None:
+        grad_h[s:e] = (g @ w).to(grad_h.dtype)
+    if grad_w is not None:
+        if cdtype == acc:
+            grad_w.addmm_(g.t(), h)
+        else:
+            grad_w += (g.t() @ h).to(acc)
 
 
 def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                  bias: torch.Tensor | None = None, *, ignore_index: int = -100,
                                  reduction: str = "sum", normalizer: Any = None,
-                                 chunk_rows: int | None = None) -> torch.Tensor:
+                                 chunk_rows: int | None = None, recompute: bool = False) -> torch.Tensor:
     """Cross-entropy of ``hidden [N, H] @ weight.T [H, V] (+ bias [V])`` against ``targets [N]``
     without materialising the ``[N, V]`` logits. ``reduction``: ``"sum"`` over the rows whose target
     is not ``ignore_index``, ``"mean"`` over their count; ``normalizer`` (a number or tensor), when
-    given, divides the sum instead. ``chunk_rows``: rows per chunk (default: :func:`chunk_rows_for`)."""
+    given, divides the sum instead. ``chunk_rows``: rows per chunk (default: :func:`chunk_rows_for`).
+    ``recompute``: compute the logits again in backward instead of the gradients in forward (see
+    :class:`ChunkedLinearCrossEntropy`)."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
     if targets.shape != hidden.shape[:1]:
@@ -147,7 +187,10 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     if rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
     targets = targets.to(hidden.device)
-    loss = ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, int(ignore_index), rows)
+    on = torch.is_grad_enabled()
+    grads = (on and hidden.requires_grad, on and weight.requires_grad, on and bias is not None and bias.requires_grad)
+    loss = ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, int(ignore_index), rows, grads,
+                                           bool(recompute))
     if normalizer is not None:
         if torch.is_tensor(normalizer):
             normalizer = normalizer.to(loss.device)
