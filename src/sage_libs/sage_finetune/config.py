@@ -281,9 +281,9 @@ class TrainingConfig(_Config):
         True, "Compute the LM head and the loss only at the positions whose label is trained (same loss and "
               "gradients, less time and memory); false: the model's own forward with labels (logits everywhere).")
     chunked_lm_loss: Union[bool, None] = _opt(
-        None, "Compute the LM head and the cross-entropy at the trained positions in chunks of rows, recomputing "
-              "each chunk's logits in backward, so no (trained tokens x vocab) logits tensor is held (same loss and "
-              "gradients; the head's matmul runs once more). null: on when those float32 logits would exceed 256 MiB "
+        None, "Compute the LM head, the cross-entropy and their gradients at the trained positions in chunks of "
+              "rows, so no (trained tokens x vocab) logits tensor or its gradient is ever held (same loss and "
+              "gradients, same matmuls). null: on when those float32 logits would exceed 256 MiB "
               "(e.g. 520 tokens of a 129k vocabulary); true/false: always/never. Needs selective_logits and a plain "
               "Linear LM head (not LoRA-adapted or in modules_to_save); otherwise, and under FSDP/DeepSpeed, the "
               "plain path runs.")

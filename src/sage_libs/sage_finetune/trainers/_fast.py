@@ -78,6 +78,8 @@ def lm_head_for_chunking(model: Any) -> Any:
     input embeddings qualifies: both uses' gradients add up in the shared weight."""
     import torch
 
+    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
     base = _base_causal_lm(model)
     get_head = getattr(base, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
