@@ -265,3 +265,17 @@ def test_trainer_chunked_lm_loss_on_equals_off(tiny_model_dir, tmp_path, monkeyp
     assert m_on["eval_loss"] == pytest.approx(m_off["eval_loss"], rel=1e-5)
     for name in w_on:
         torch.testing.assert_close(w_on[name], w_off[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_auto_setting_decides_by_logits_size(tiny_model_dir, monkeypatch):
+    """chunked=None (training.chunked_lm_loss: null): off for small logits, on above the limit."""
+    model = _lora_model(tiny_model_dir)
+    batch = PaddingCollator(pad_token_id=0)(_examples())
+    calls = []
+    real = _chunked_ce.ChunkedLinearCrossEntropy.apply
+    monkeypatch.setattr(_chunked_ce.ChunkedLinearCrossEntropy, "apply", lambda *a: calls.append(1) or real(*a))
+    small, _ = _step(model, batch, None)
+    assert not calls  # ~50 tokens x 512 vocab: far below AUTO_LOGITS_BYTES
+    monkeypatch.setattr(_chunked_ce, "AUTO_LOGITS_BYTES", 0)
+    large, _ = _step(model, batch, None)
+    assert calls and large == pytest.approx(small, rel=1e-6)

@@ -117,8 +117,8 @@ def selective_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_ba
     trained next-token positions, divided by ``num_items_in_batch`` when given, else by their count.
 
     ``chunked`` (``training.chunked_lm_loss``; null: by size, see
-    :func:`._chunked_ce.use_chunked_lm_loss`): the LM head and the cross-entropy run in chunks of
-    rows with recomputation in backward, so no ``(trained tokens, vocab)`` logits tensor exists;
+    :func:`._chunked_ce.use_chunked_lm_loss`): the LM head, the cross-entropy and their gradients
+    run in chunks of rows, so no ``(trained tokens, vocab)`` logits tensor exists;
     models whose head does not qualify (:func:`lm_head_for_chunking`) take the plain path.
     """
     import torch
