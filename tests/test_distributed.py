@@ -47,7 +47,8 @@ def adapter(path: Path) -> dict:
     return load_file(path / "adapter" / "adapter_model.safetensors")
 
 
-def test_ddp_two_processes_equal_one_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("ddp_chunked", [False, True], ids=["plain", "ddp-chunked-lm-loss"])
+def test_ddp_two_processes_equal_one_process(tiny_model_dir, tmp_path, ddp_chunked):
     cfg = write_config(tmp_path, tiny_model_dir)
     cli = [sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(cfg)]
     # one process: 4 per step x 2 accumulation = global batch 8
@@ -56,7 +57,7 @@ def test_ddp_two_processes_equal_one_process(tiny_model_dir, tmp_path):
     # would launch it on a machine without GPUs: still one DDP job, not two separate trainings.
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                 "-m", "sage_libs.sage_finetune.cli", "train", str(cfg), f"training.output_dir={tmp_path / 'ddp'}",
-                "training.use_cpu=false"]
+                "training.use_cpu=false"] + (["training.chunked_lm_loss=true"] if ddp_chunked else [])
     result = run(torchrun)
     assert result.stdout.count("Training finished.") == 1, result.stdout  # one job, one summary
     single, ddp = adapter(tmp_path / "single"), adapter(tmp_path / "ddp")

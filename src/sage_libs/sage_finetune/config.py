@@ -283,6 +283,13 @@ class TrainingConfig(_Config):
     selective_logits: bool = _opt(
         True, "Compute the LM head and the loss only at the positions whose label is trained (same loss and "
               "gradients, less time and memory); false: the model's own forward with labels (logits everywhere).")
+    chunked_lm_loss: Union[bool, None] = _opt(
+        None, "Compute the LM head, the cross-entropy and their gradients at the trained positions in chunks of "
+              "rows, so no (trained tokens x vocab) logits tensor or its gradient is ever held (same loss and "
+              "gradients, same matmuls). null: on when those float32 logits would exceed 256 MiB "
+              "(e.g. 520 tokens of a 129k vocabulary); true/false: always/never. Needs selective_logits and a plain "
+              "Linear LM head (not LoRA-adapted or in modules_to_save); otherwise, and under FSDP/DeepSpeed, the "
+              "plain path runs.")
     malloc_tuning: bool = _opt(
         True, "Linux/glibc: keep memory freed between training steps in the process (mallopt M_MMAP_MAX=0 and a "
               "high trim threshold) instead of returning it to the OS and faulting it in again every step; "

@@ -4,7 +4,9 @@ what it throws away; ``tests/test_perf_paths.py`` checks losses and gradients ag
 * **Selective logits** (:func:`selective_causal_lm_loss`): the LM head and the cross-entropy run
   only at the positions whose next-token label is trained (``logits_to_keep`` as a boolean mask,
   which every transformers-5 causal LM built on ``slice_logits_to_keep`` accepts), instead of
-  ``(batch, seq, vocab)`` logits for every prompt and padding position.
+  ``(batch, seq, vocab)`` logits for every prompt and padding position. With large vocabularies the
+  head and the loss also run in chunks of rows (:mod:`._chunked_ce`), so not even the
+  ``(trained tokens, vocab)`` logits exist at once.
 * **Per-document attention** (:data:`DOC_ATTENTION`): an attention implementation for padding-free
   rows (several documents concatenated, ``position_ids`` restarting at 0 for each, no
   ``attention_mask``). sdpa would build a block-diagonal ``(rows, 1, T, T)`` mask and spend
@@ -23,7 +25,7 @@ import os
 import weakref
 from typing import Any
 
-__all__ = ["DOC_ATTENTION", "selective_causal_lm_loss", "supports_selective_logits", "install_doc_attention",
+__all__ = ["DOC_ATTENTION", "selective_causal_lm_loss", "supports_selective_logits", "lm_head_for_chunking", "install_doc_attention",
            "resolve_padding_free",
            "doc_attention_supported", "tune_malloc", "real_token_count"]
 
@@ -63,12 +65,65 @@ def supports_selective_logits(model: Any) -> bool:
     return bool(cached)
 
 
-def selective_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+_HEAD_CALL = "logits = self.lm_head(hidden_states)"
+
+
+def lm_head_for_chunking(model: Any) -> Any:
+    """The model's LM head when :mod:`._chunked_ce` can stand in for it exactly, else ``None``.
+
+    It must be a plain ``torch.nn.Linear`` (not a LoRA layer, a ``modules_to_save`` wrapper or a
+    quantized layer) without hooks, whose weight is an ordinary tensor (not a DeepSpeed ZeRO-3 stub
+    or a DTensor shard), called by the model's forward as ``logits = self.lm_head(hidden_states)``
+    with nothing done to the logits before the loss (no soft-capping or scaling). A head tied to the
+    input embeddings qualifies: both uses' gradients add up in the shared weight."""
+    import torch
+
+    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    base = _base_causal_lm(model)
+    get_head = getattr(base, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if type(head) is not torch.nn.Linear or getattr(base, "lm_head", None) is not head:
+        return None
+    if head._forward_hooks or head._forward_pre_hooks or hasattr(head, "_hf_hook") or "forward" in head.__dict__:
+        return None
+    weight = head.weight
+    if type(weight) not in (torch.Tensor, torch.nn.Parameter) or hasattr(weight, "ds_id") or weight.dim() != 2:
+        return None
+    cls = type(base)
+    cached = cls.__dict__.get("_sage_chunkable_head")
+    if cached is None:
+        try:
+            src = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            src = ""
+        after = src.split(_HEAD_CALL + "\n", 1)[1].lstrip() if src.count(_HEAD_CALL + "\n") == 1 else ""
+        cached = after.startswith(("loss = None", "if labels is not None"))
+        try:
+            cls._sage_chunkable_head = cached
+        except (AttributeError, TypeError):
+            pass
+    return head if cached else None
+
+
+def _hidden_passthrough(hidden_states: Any) -> Any:
+    return hidden_states
+
+
+def selective_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
+                             chunked: bool | None = False) -> Any:
     """The causal LM loss of ``inputs`` (with ``labels``), computing logits only where a label is
     trained. Same value as the model's own ``loss``: cross-entropy (in float32) summed over the
     trained next-token positions, divided by ``num_items_in_batch`` when given, else by their count.
+
+    ``chunked`` (``training.chunked_lm_loss``; null: by size, see
+    :func:`._chunked_ce.use_chunked_lm_loss`): the LM head, the cross-entropy and their gradients
+    run in chunks of rows, so no ``(trained tokens, vocab)`` logits tensor exists;
+    models whose head does not qualify (:func:`lm_head_for_chunking`) take the plain path.
     """
     import torch
+
+    from . import _chunked_ce
 
     labels = inputs["labels"]
     keep = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
@@ -76,6 +131,27 @@ def selective_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_ba
     targets = labels[:, 1:][keep[:, :-1]]
     forward = {k: v for k, v in inputs.items() if k != "labels"}
     forward["use_cache"] = False
+    head = None
+    if chunked is not False:
+        head = lm_head_for_chunking(model)
+        if head is not None and not _chunked_ce.use_chunked_lm_loss(chunked, targets.numel(), head.out_features):
+            head = None
+        elif head is None and chunked:
+            logger.debug("chunked LM loss: the LM head is not a plain Linear called plainly; plain path")
+    if head is not None:
+        head.forward = _hidden_passthrough  # the model's forward returns the hidden states at `keep`
+        try:
+            hidden = model(**forward, logits_to_keep=keep).logits
+        finally:
+            del head.forward
+        if hidden.dim() != 2 or hidden.shape != (targets.numel(), head.in_features):
+            raise RuntimeError(f"chunked LM loss: expected ({targets.numel()}, {head.in_features}) hidden states, "
+                               f"got {tuple(hidden.shape)}; set training.chunked_lm_loss: false for this model")
+        normalizer = max(int(targets.numel()), 1) if num_items_in_batch is None else num_items_in_batch
+        return _chunked_ce.chunked_linear_cross_entropy(hidden, head.weight, targets.to(hidden.device), head.bias,
+                                                        normalizer=normalizer,
+                                                        chunk_rows=_chunked_ce.chunk_rows_for(head.out_features,
+                                                                                              _chunked_ce.CHUNK_BYTES))
     logits = model(**forward, logits_to_keep=keep).logits
     if logits.dim() != 2 or logits.shape[0] != targets.numel():
         raise RuntimeError(f"selective logits: expected ({targets.numel()}, vocab) logits, got {tuple(logits.shape)}; "

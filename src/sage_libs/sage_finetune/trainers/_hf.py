@@ -22,7 +22,9 @@ class SFTTrainerCore(Trainer):
     """``transformers.Trainer`` that reports each micro-batch loss to its owner (so user callbacks
     receive ``on_step_end(trainer, step, loss)``), and by default:
 
-    * computes the loss from logits at the trained positions only (``training.selective_logits``);
+    * computes the loss from logits at the trained positions only (``training.selective_logits``),
+      in chunks without a ``(tokens, vocab)`` logits tensor when those are large
+      (``training.chunked_lm_loss``);
     * runs per-document attention when batches are padding-free or packed rows (position_ids, no
       attention_mask) and the model uses sdpa;
     * keeps freed memory in the process between steps on glibc (``training.malloc_tuning``).
@@ -33,6 +35,10 @@ class SFTTrainerCore(Trainer):
         self.owner = owner
         tc = getattr(owner, "training_config", None)
         self.selective_logits = bool(getattr(tc, "selective_logits", True)) and supports_selective_logits(self.model)
+        # sharded weights (FSDP, DeepSpeed ZeRO-3) are gathered for the head's own forward/backward only
+        self.chunked_lm_loss = getattr(tc, "chunked_lm_loss", None)
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            self.chunked_lm_loss = False
         if getattr(tc, "malloc_tuning", True):
             tune_malloc()
         self.doc_attention = False
@@ -54,7 +60,7 @@ class SFTTrainerCore(Trainer):
         if return_outputs or not self._selective_ok(inputs):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        loss = selective_causal_lm_loss(model, inputs, num_items_in_batch)
+        loss = selective_causal_lm_loss(model, inputs, num_items_in_batch, chunked=self.chunked_lm_loss)
         # as Trainer.compute_loss: num_items_in_batch counts every rank's tokens and DDP averages
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs \
                 and num_items_in_batch is not None:

@@ -1,0 +1,202 @@
+"""Cross-entropy of a linear LM head without a ``[tokens x vocab]`` logits tensor.
+
+The idea of Liger's fused linear cross-entropy and of Cut Cross-Entropy, in plain torch (so it runs
+on the CPU as well as on GPUs): the logits ``hidden @ weight.T (+ bias)`` are computed for a chunk
+of rows at a time and turned into the loss and that chunk's share of ``grad_hidden`` and
+``grad_weight`` right away. Peak memory of the head and the loss is one chunk's logits (a few tens
+of MB) instead of all of them plus their gradient. Two schedules (see
+:class:`ChunkedLinearCrossEntropy`): by default the gradients are computed in the forward pass
+(Liger's schedule: the head's matmuls run as often as in the plain path); with ``recompute``,
+forward keeps only each row's logsumexp and backward computes each chunk's logits again (Cut
+Cross-Entropy's: nothing but [N] floats held between the passes, one more matmul of the head).
+
+Float semantics are the plain path's: the matmul runs in the compute dtype (the autocast dtype when
+autocast is on, else the inputs' dtype), each chunk's logits are upcast to float32 (float64 stays
+float64) for the softmax and the loss; ``grad_weight`` is accumulated in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+__all__ = ["chunked_linear_cross_entropy", "ChunkedLinearCrossEntropy", "chunk_rows_for", "use_chunked_lm_loss",
+           "CHUNK_BYTES", "AUTO_LOGITS_BYTES"]
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 128 * 2**20
+"""Budget of one chunk's float32 logits: 128 MiB, i.e. 259 rows of a 129k vocabulary (1k of a 32k
+one). Every chunk streams the whole head weight through two matmuls; on the CPU chunks of 64 rows
+(32 MiB) made the head ~30% slower than the plain path, 256 rows as fast (benchmarks/chunked_lm_loss.py)."""
+
+AUTO_LOGITS_BYTES = 256 * 2**20
+"""``chunked_lm_loss: null`` turns chunking on when all trained positions' float32 logits would
+take more than this (e.g. 520 trained tokens of a 129k vocabulary)."""
+
+
+def chunk_rows_for(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows per chunk so that a chunk's float32 logits fit ``chunk_bytes`` (at least 1)."""
+    return max(1, int(chunk_bytes) // (4 * max(int(vocab), 1)))
+
+
+def use_chunked_lm_loss(setting: bool | None, n_tokens: int, vocab: int) -> bool:
+    """The one place that decides ``training.chunked_lm_loss``: an explicit true/false wins; null is
+    on when the float32 logits of the ``n_tokens`` trained positions would exceed
+    :data:`AUTO_LOGITS_BYTES`."""
+    if setting is not None:
+        return bool(setting)
+    return 4 * int(n_tokens) * int(vocab) > AUTO_LOGITS_BYTES
+
+
+def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    dev = hidden.device.type
+    if hidden.dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return hidden.dtype
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_grad(logits: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """d(summed loss)/d(logits) of one chunk, in place of ``logits``: softmax - onehot, zero on
+    ignored rows."""
+    g = logits.sub_(lse[:, None]).exp_()
+    g[torch.arange(g.shape[0], device=g.device), safe] -= 1
+    return g.mul_(valid.to(g.dtype)[:, None])
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """``sum_i CE(hidden[i] @ weight.T + bias, targets[i])`` over rows whose target is not
+    ``ignore_index``, computed ``chunk_rows`` rows at a time (see the module docstring).
+
+    ``grads`` (need grad_hidden, grad_weight, grad_bias): with ``recompute`` false the gradients of
+    the (scalar) loss are computed in the same pass as the loss, chunk by chunk, and backward only
+    scales them by its incoming gradient: the head's matmuls run as often as in the plain path,
+    and a trainable head's float32 ``grad_weight`` exists from forward on. With ``recompute`` true
+    forward keeps only each row's logsumexp and backward computes each chunk's logits again (one
+    more matmul of the head; nothing but [N] floats held between forward and backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, ignore_index: int, chunk_rows: int, grads: tuple[bool, bool, bool],
+                recompute: bool) -> torch.Tensor:
+        cdtype = _compute_dtype(hidden)
+        acc = _acc_dtype(cdtype)
+        w = weight.to(cdtype)
+        b = None if bias is None else bias.to(cdtype)
+        n = hidden.shape[0]
+        valid = targets != ignore_index
+        safe = torch.where(valid, targets, torch.zeros_like(targets))
+        eager = not recompute and any(grads)
+        need_h, need_w, need_b = (g and eager for g in grads)
+        lse = torch.empty(n, dtype=acc, device=hidden.device)
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, n, chunk_rows):
+                e = min(s + chunk_rows, n)
+                h = hidden[s:e].to(cdtype)
+                logits = torch.nn.functional.linear(h, w, b).to(acc)
+                row_lse = torch.logsumexp(logits, dim=-1)
+                lse[s:e] = row_lse
+                picked = logits.gather(1, safe[s:e, None]).squeeze(1)
+                total += torch.where(valid[s:e], row_lse - picked, torch.zeros_like(row_lse)).sum()
+                if eager:
+                    _accumulate(_chunk_grad(logits, row_lse, safe[s:e], valid[s:e]), h, w, s, e, cdtype, acc,
+                                grad_h, grad_w, grad_b)
+                del logits
+        ctx.cdtype, ctx.chunk_rows, ctx.recompute = cdtype, chunk_rows, not eager
+        if eager:
+            ctx.grad_buffers = [grad_h, grad_w, grad_b]
+            ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        else:
+            ctx.save_for_backward(hidden, weight, bias, safe, valid, lse)
+        ctx.has_bias = bias is not None
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        if not ctx.recompute:
+            # scaled copies (not in place): a retained graph may run backward again
+            return (*(None if buf is None or not ctx.needs_input_grad[i] else (buf * grad_out.to(buf.dtype)).to(dtype)
+                      for i, (buf, dtype) in enumerate(zip(ctx.grad_buffers, ctx.dtypes))),
+                    None, None, None, None, None)
+        hidden, weight, bias, safe, valid, lse = ctx.saved_tensors
+        cdtype, chunk_rows = ctx.cdtype, ctx.chunk_rows
+        acc = _acc_dtype(cdtype)
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        w = weight.to(cdtype)
+        b = None if bias is None else bias.to(cdtype)
+        n = hidden.shape[0]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        scale = grad_out.to(acc)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, n, chunk_rows):
+                e = min(s + chunk_rows, n)
+                h = hidden[s:e].to(cdtype)
+                g = _chunk_grad(torch.nn.functional.linear(h, w, b).to(acc), lse[s:e], safe[s:e], valid[s:e])
+                _accumulate(g.mul_(scale), h, w, s, e, cdtype, acc, grad_h, grad_w, grad_b)
+                del g
+        if need_w:
+            grad_w = grad_w.to(weight.dtype)
+        if need_b:
+            grad_b = grad_b.to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None, None
+
+
+def _accumulate(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, s: int, e: int, cdtype: torch.dtype,
+                acc: torch.dtype, grad_h: Any, grad_w: Any, grad_b: Any) -> None:
+    """Add one chunk's share (``g``: d loss / d logits, float32) to the gradient buffers."""
+    if grad_b is not None:
+        grad_b += g.sum(0)
+    g = g.to(cdtype)
+    if grad_h is not None:
+        grad_h[s:e] = (g @ w).to(grad_h.dtype)
+    if grad_w is not None:
+        if cdtype == acc:
+            grad_w.addmm_(g.t(), h)
+        else:
+            grad_w += (g.t() @ h).to(acc)
+
+
+def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                 bias: torch.Tensor | None = None, *, ignore_index: int = -100,
+                                 reduction: str = "sum", normalizer: Any = None,
+                                 chunk_rows: int | None = None, recompute: bool = False) -> torch.Tensor:
+    """Cross-entropy of ``hidden [N, H] @ weight.T [H, V] (+ bias [V])`` against ``targets [N]``
+    without materialising the ``[N, V]`` logits. ``reduction``: ``"sum"`` over the rows whose target
+    is not ``ignore_index``, ``"mean"`` over their count; ``normalizer`` (a number or tensor), when
+    given, divides the sum instead. ``chunk_rows``: rows per chunk (default: :func:`chunk_rows_for`).
+    ``recompute``: compute the logits again in backward instead of the gradients in forward (see
+    :class:`ChunkedLinearCrossEntropy`)."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"expected targets [{hidden.shape[0]}], got {tuple(targets.shape)}")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction: 'sum' or 'mean', got {reduction!r}")
+    rows = int(chunk_rows) if chunk_rows else chunk_rows_for(weight.shape[0])
+    if rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
+    targets = targets.to(hidden.device)
+    on = torch.is_grad_enabled()
+    grads = (on and hidden.requires_grad, on and weight.requires_grad, on and bias is not None and bias.requires_grad)
+    loss = ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, int(ignore_index), rows, grads,
+                                           bool(recompute))
+    if normalizer is not None:
+        if torch.is_tensor(normalizer):
+            normalizer = normalizer.to(loss.device)
+        return loss / normalizer
+    if reduction == "mean":
+        return loss / (targets != ignore_index).sum().clamp(min=1).to(loss.dtype)
+    return loss
