@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from sage_libs.sage_finetune.data.collate import PaddingCollator  # noqa: E402
 from sage_libs.sage_finetune.trainers import _chunked_ce, _fast  # noqa: E402
 from sage_libs.sage_finetune.trainers._chunked_ce import chunked_linear_cross_entropy  # noqa: E402
+from .test_perf_paths import _examples  # noqa: E402 - the same literal batches as the plain-path equivalence tests
 
 F = torch.nn.functional
 EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
@@ -163,16 +164,6 @@ def _lora_model(model_dir, tie=False):
                                             init_lora_weights="gaussian"))
 
 
-def _examples(seed=0, lengths=(9, 23, 5, 31, 14, 2)):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n in lengths:
-        ids = torch.randint(5, 500, (n,), generator=g).tolist()
-        keep = torch.rand(n, generator=g) < 0.6
-        labels = [i if k else -100 for i, k in zip(ids, keep.tolist())]
-        labels[0] = -100
-        out.append({"input_ids": ids, "labels": labels})
-    return out
 
 
 def _step(model, batch, chunked, num_items=None):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..interface import FineTuner
+from .objective import ObjectiveTrainer
 from ..utils.io import atomic_write_json
 from .base import _is_main_process
 
@@ -83,7 +83,7 @@ def _declared_tools(conv: Any) -> list[dict[str, Any]] | None:
     return conv.tools if conv.tools is not None else conv.meta.get("tools")
 
 
-class AgentTrainer(FineTuner):
+class AgentTrainer(ObjectiveTrainer):
     """Agent SFT over trajectories; ``method`` (or ``agent_config=AgentConfig(...)``) picks the
     fine-tuning method (default ``lora``). Other keyword arguments go to that method's trainer.
     ``agent_eval_max_new_tokens`` and ``agent_eval_max_trajectories`` override the config's.
@@ -112,12 +112,6 @@ class AgentTrainer(FineTuner):
     @classmethod
     def known_options(cls) -> list[str]:
         return ["agent_config", "agent_eval_max_new_tokens", "agent_eval_max_trajectories"]
-
-    # the wrapped trainer's state, so users and callbacks can reach trainer.model etc.
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def _conversations(self, eval_dataset: Any) -> list[Any]:
         """Held-out trajectories as conversations, rendered like training renders them."""
@@ -172,14 +166,3 @@ class AgentTrainer(FineTuner):
         metrics.update(self.evaluate_agent(eval_dataset))
         return metrics
 
-    def save_model(self, output_dir: str) -> Any:
-        return self.inner.save_model(output_dir)
-
-    def merge_and_save(self, output_dir: str) -> Any:
-        return self.inner.merge_and_save(output_dir)
-
-    def load_model(self, model_path: str) -> None:
-        self.inner.load_model(model_path)
-
-    def generate(self, prompt: Any, **kwargs: Any) -> str:
-        return self.inner.generate(prompt, **kwargs)

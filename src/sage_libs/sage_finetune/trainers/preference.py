@@ -23,7 +23,7 @@ import logging
 from typing import Any
 
 from ..config import ConfigError
-from ..interface import FineTuner
+from .objective import ObjectiveTrainer
 
 __all__ = ["PreferenceTrainer"]
 
@@ -155,7 +155,7 @@ class _PreferenceMixin:
         super().write_outputs(metrics)
 
 
-class PreferenceTrainer(FineTuner):
+class PreferenceTrainer(ObjectiveTrainer):
     """Preference optimization; ``method`` (or ``preference_config.method``) picks the fine-tuning
     method underneath (default ``lora``). Other keyword arguments go to that method's trainer."""
 
@@ -182,26 +182,3 @@ class PreferenceTrainer(FineTuner):
     @classmethod
     def known_options(cls) -> list[str]:
         return ["preference_config"]
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    def train(self, train_dataset: Any = None, eval_dataset: Any = None, config: Any = None) -> dict[str, Any]:
-        return self.inner.train(train_dataset, eval_dataset, config)
-
-    def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
-        return self.inner.evaluate(eval_dataset)
-
-    def save_model(self, output_dir: str) -> Any:
-        return self.inner.save_model(output_dir)
-
-    def merge_and_save(self, output_dir: str) -> Any:
-        return self.inner.merge_and_save(output_dir)
-
-    def load_model(self, model_path: str) -> None:
-        self.inner.load_model(model_path)
-
-    def generate(self, prompt: Any, **kwargs: Any) -> str:
-        return self.inner.generate(prompt, **kwargs)
