@@ -13,15 +13,10 @@ from sage_libs.sage_finetune.data.render import (FALLBACK_CHAT_TEMPLATE, IGNORE_
                                                  select_named_template)
 from sage_libs.sage_finetune.utils.tiny import CHATML_TEMPLATE
 
+from .test_render import MULTI_TURN
+
 ASSETS = Path(__file__).parent / "assets" / "templates"
 
-MULTI_TURN = {"messages": [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Hi there"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "What is 2+2?"},
-    {"role": "assistant", "content": "It is 4."},
-]}
 NO_SYSTEM = {"messages": MULTI_TURN["messages"][1:]}
 CALL = {"id": "call12345", "type": "function", "function": {"name": "calculator", "arguments": '{"x": "2+2"}'}}
 TOOLS = [{"type": "function", "function": {"name": "calculator", "description": "Adds numbers",

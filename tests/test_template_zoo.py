@@ -33,6 +33,8 @@ from sage_libs.sage_finetune.data.conversation import DataFormatError
 from sage_libs.sage_finetune.data.formats import to_conversation
 from sage_libs.sage_finetune.data.render import IGNORE_INDEX, ChatRenderer, TemplateError
 
+from .test_render_templates import trained  # the trained text segments of a sample, for failure messages
+
 ASSETS = Path(__file__).parent / "assets" / "templates"
 
 
@@ -381,22 +383,11 @@ def run_case(tok, spec: Template, scenario: str) -> Outcome:
                        f"  ours:   {tok.decode(single.input_ids)!r}\n  oracle: {tok.decode(expected.input_ids)!r}")
     if single.labels != expected.labels:
         return Outcome("WRONG", "labels differ:\n  ours trains:   "
-                       f"{_trained(tok, single.input_ids, single.labels)}\n  oracle trains: "
-                       f"{_trained(tok, expected.input_ids, expected.labels)}")
+                       f"{trained(tok, single.input_ids, single.labels)}\n  oracle trains: "
+                       f"{trained(tok, expected.input_ids, expected.labels)}")
     return Outcome("exact")
 
 
-def _trained(tok, ids, labels) -> list[str]:
-    out, run = [], []
-    for t, lab in zip(ids, labels):
-        if lab != IGNORE_INDEX:
-            run.append(t)
-        elif run:
-            out.append(tok.decode(run))
-            run = []
-    if run:
-        out.append(tok.decode(run))
-    return out
 
 
 TOKENIZERS = ("deepseek", "tiny")
