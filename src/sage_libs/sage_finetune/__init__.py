@@ -18,19 +18,10 @@ import importlib
 from typing import Any
 
 from ._version import __version__
-from .utils.noise import install_log_filters as _install_log_filters
-from .config import (
-    ConfigError,
-    DataConfig,
-    FreezeConfig,
-    LoRAConfig,
-    LoRAPlusConfig,
-    QuantizationConfig,
-    TrainingConfig,
-)
+from .config import DataConfig, FreezeConfig, LoRAConfig, LoRAPlusConfig, QuantizationConfig, TrainingConfig
+from .errors import ConfigError, FineTuneRegistryError
 from .interface import DatasetLoader, FineTuner, TrainingCallback, TrainingStrategy
 from .registry import (
-    FineTuneRegistryError,
     create_callback,
     create_loader,
     create_strategy,
@@ -48,6 +39,7 @@ from .registry import (
     unregister_strategy,
     unregister_trainer,
 )
+from .utils.noise import install_log_filters as _install_log_filters
 
 _install_log_filters()
 

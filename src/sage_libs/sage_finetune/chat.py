@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ConfigError
+from .errors import ConfigError
 
 __all__ = ["ChatSession", "load_chat_model", "generate_reply", "continue_ids", "stop_token_ids"]
 

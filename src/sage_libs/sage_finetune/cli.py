@@ -38,7 +38,6 @@ from typing import Any
 from ._version import __version__
 from .config import (
     AgentConfig,
-    ConfigError,
     DataConfig,
     FreezeConfig,
     LoRAConfig,
@@ -46,6 +45,10 @@ from .config import (
     PreferenceConfig,
     QuantizationConfig,
     TrainingConfig,
+)
+from .errors import (
+    ConfigError,
+    UsageError,  # noqa: F401 (re-exported)
 )
 
 __all__ = ["main", "load_run_config", "build_parser"]
@@ -59,10 +62,6 @@ TRAINER_SECTIONS = {"quantization": "quantization_config", "lora_plus": "lora_pl
 # callbacks: a list of registered names, or {name: ..., option: value, ...} mappings
 # version: written into run_config.yaml (which is itself a valid run config) by the version that ran it
 TOP_LEVEL = ("method", *SECTIONS, "callbacks", "version")
-
-
-class UsageError(ConfigError):
-    """A command-line mistake."""
 
 
 def _parse_value(text: str) -> Any:
@@ -566,9 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .data.conversation import DataFormatError
-    from .registry import FineTuneRegistryError
-    from .trainers.base import DiskFullError, TrainingError, TrainingInterrupted
+    from .errors import DataFormatError, DiskFullError, FineTuneRegistryError, TrainingError, TrainingInterrupted
 
     _quiet_libraries()
     # Exit codes: 2 bad input (nothing was started), 1 training failed (e.g. the loss became NaN) or an

@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from .errors import ConfigError  # noqa: F401 (re-exported)
+
 __all__ = [
     "ConfigError",
     "AgentConfig",
@@ -30,10 +32,6 @@ __all__ = [
     "FreezeConfig",
     "config_help",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the field and what is allowed."""
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = None,

@@ -14,7 +14,8 @@ import textwrap
 import typing
 from typing import Any
 
-from .config import ConfigError, _did_you_mean, _type_name, config_help
+from .config import _did_you_mean, _type_name, config_help
+from .errors import ConfigError
 
 __all__ = ["describe_fields", "render_options", "TOP_LEVEL_HELP"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from .errors import FineTuneRegistryError  # noqa: F401 (re-exported)
 from .interface import DatasetLoader, FineTuner, TrainingCallback, TrainingStrategy
 
 __all__ = [
@@ -20,13 +21,6 @@ __all__ = [
     "get_trainer_class", "get_loader_class", "get_callback_class", "get_strategy_class",
     "registered_classes",
 ]
-
-
-class FineTuneRegistryError(KeyError):
-    """An unknown name was asked for, or a name was registered twice."""
-
-    def __str__(self) -> str:  # KeyError would print the message with quotes around it
-        return str(self.args[0]) if self.args else ""
 
 
 _PKG = "sage_libs.sage_finetune"

@@ -28,7 +28,7 @@ def hf_report_to(report_to: list[str]) -> list[str]:
     before anything is loaded)."""
     import importlib.util
 
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     for name in OURS:
         if name in report_to and importlib.util.find_spec(name) is None:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from transformers import TrainerCallback
 
-from ..trainers.base import NonFiniteLossError
+from ..errors import NonFiniteLossError, RunFinished, Terminated  # noqa: F401 (re-exported)
 
 __all__ = ["NonFiniteGuard", "InterruptCallback", "RunFinished", "Terminated", "terminate_raises"]
 
@@ -97,18 +97,6 @@ class NonFiniteGuard(TrainerCallback):
             "more warm-up and gradient clipping (training.max_grad_norm); check the data near this step "
             f"(empty, huge or corrupted samples); {precision}.", step=step,
             checkpoint=None if last is None else str(last))
-
-
-class RunFinished(Exception):
-    """Raised at the start of a training loop resumed from the final checkpoint of its run: there is
-    no step left to train (the HF Trainer would train one more step)."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived outside the training loop (data preparation, model loading, the final save):
-    the run stops at once, cleaning up what it was writing."""
-
-    signum = signal.SIGTERM
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import DataFormatError  # noqa: F401 (re-exported)
+
 __all__ = ["Message", "Conversation", "DataFormatError", "ROLES"]
 
 ROLES = ("system", "user", "assistant", "tool")
-
-
-class DataFormatError(ValueError):
-    """A record cannot be read; the message starts with where it is (file:line or record N)."""
 
 
 @dataclass

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .conversation import Conversation, DataFormatError, Message
+from ..errors import DataFormatError
+from .conversation import Conversation, Message
 
 __all__ = ["detect_format", "to_conversation", "FORMAT_FIELDS"]
 

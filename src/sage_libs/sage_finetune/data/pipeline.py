@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..errors import (
+    DataFormatError,
+    MixedFormatError,  # noqa: F401 (re-exported)
+)
 from ..utils.input_checks import formatting_func_error, template_error
-from .conversation import Conversation, DataFormatError
+from .conversation import Conversation
 from .formats import detect_format, record_text, to_conversation
 from .render import IGNORE_INDEX, ChatRenderer
 
@@ -23,10 +27,6 @@ __all__ = ["PrepareStats", "MixedFormatError", "tokenize_records", "prepare_reco
            "is_tokenized", "record_location"]
 
 logger = logging.getLogger(__name__)
-
-
-class MixedFormatError(DataFormatError):
-    """Records of one dataset come in different formats (never skipped by on_error=skip)."""
 
 
 @dataclass

@@ -28,7 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .conversation import Conversation, DataFormatError, Message
+from ..errors import DataFormatError
+from .conversation import Conversation, Message
 from .render import IGNORE_INDEX, ChatRenderer
 
 __all__ = ["PreferencePair", "PreferenceStats", "is_preference_record", "to_preference_pair",

@@ -75,7 +75,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .conversation import Conversation, DataFormatError
+from ..errors import DataFormatError, MaskError, TemplateError  # noqa: F401 (re-exported)
+from .conversation import Conversation
 
 __all__ = ["IGNORE_INDEX", "FALLBACK_CHAT_TEMPLATE", "ChatRenderer", "RenderResult", "TemplateError",
            "REASONING_MODES", "CONTROL_TOKEN_MODES", "select_named_template"]
@@ -107,15 +108,6 @@ FALLBACK_CHAT_TEMPLATE = (
 _MUTANTS = ("\ue000", "\ue001", "\ue002")  # private-use characters that stand in for a message's text
 _PLACEHOLDER = "\ue00f"  # stands in for each character of control-token text inside messages
 _PROBE_USER = {"role": "user", "content": "?"}
-
-
-class TemplateError(DataFormatError):
-    """The chat template cannot render a conversation, or renders it so that the trained tokens
-    cannot be located exactly; the message names the record and the template behaviour."""
-
-
-class _MaskError(TemplateError):
-    """The spans cannot be located exactly (the text itself renders fine)."""
 
 
 @dataclass
@@ -222,8 +214,12 @@ class ChatRenderer:
             return self._fast or None
         self._fast = False
         try:
-            from transformers.utils.chat_template_utils import (_compile_jinja_template, _normalize_chat_messages,
-                                                                _plain_template_data, render_jinja_template)
+            from transformers.utils.chat_template_utils import (
+                _compile_jinja_template,
+                _normalize_chat_messages,
+                _plain_template_data,
+                render_jinja_template,
+            )
         except ImportError:
             return None
         tok = self.tokenizer
@@ -338,7 +334,7 @@ class ChatRenderer:
                     continue
             try:
                 turn_spans, turn_insert = self._turn(job, i)
-            except _MaskError:
+            except MaskError:
                 if self.train_on_prompt:  # every token is trained anyway
                     continue
                 raise
@@ -391,7 +387,7 @@ class ChatRenderer:
 
     def _locate(self, job: "_Job", i: int, prefix: str, upto: str) -> tuple[int, int, int]:
         """Where turn ``i``'s reply is when the fast path's prefix checks fail: ``(start, end)`` in
-        ``upto`` and the shift to ``full``'s coordinates, or a :class:`_MaskError` naming the cause."""
+        ``upto`` and the shift to ``full``'s coordinates, or a :class:`MaskError` naming the cause."""
         full, where = job.full, job.where
         # 1. where the reply starts in its own render
         if upto.startswith(prefix):
@@ -419,7 +415,7 @@ class ChatRenderer:
         if found is not None:
             return start, end, found - start
         shown = f"inside the conversation ...{inside!r}" if inside else "inside the conversation it is not there"
-        raise _MaskError(
+        raise MaskError(
             f"{where}: assistant turn {i}: the chat template renders this reply differently inside the conversation "
             f"than as the last message (as the last message {upto[start:end]!r}; {shown}): it changes earlier "
             "replies once more messages follow (Qwen3's template, for one, drops the thinking block of replies "
@@ -441,7 +437,7 @@ class ChatRenderer:
             cut = min(cut, _lcp(prompt, other[len(bare):])) if other.startswith(bare) else 0
             cut = self._safe_cut(prompt, turn, cut)
         if cut == 0:
-            raise _MaskError(
+            raise MaskError(
                 f"{job.where}: assistant turn {i}: the chat template's generation prompt {prompt!r} is not how it "
                 f"starts the rendered reply ({turn[:len(prompt) + 12]!r}...), so the reply's first token cannot be "
                 "located exactly")
@@ -469,7 +465,7 @@ class ChatRenderer:
                 elif n == best:
                     tie = True
         if best == 0 or tie:
-            raise _MaskError(
+            raise MaskError(
                 f"{job.where}: assistant turn {i}: the chat template renders the messages before this reply "
                 f"differently once the reply follows them ({_tail(prefix, upto)}), so the reply's first token "
                 "cannot be located exactly")

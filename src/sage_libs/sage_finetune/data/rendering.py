@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .render import FALLBACK_CHAT_TEMPLATE
 
 __all__ = ["ChatTemplate", "RenderOptions", "resolve_chat_template", "render_options", "install_chat_template",

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["MultiSource", "loader_name", "loader_for", "record_sets", "split_records", "mixture_indices",
            "check_source_entries", "check_columns"]

@@ -28,7 +28,8 @@ import json
 import re
 from typing import Any
 
-from .conversation import Conversation, DataFormatError, Message
+from ..errors import DataFormatError
+from .conversation import Conversation, Message
 
 __all__ = ["FINISH", "REACT_SYSTEM_PROMPT", "trajectory_to_conversation", "parse_action", "tool_names",
            "next_action_cases",

@@ -8,16 +8,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..data.conversation import DataFormatError
+from ..errors import (
+    DataFileError,  # noqa: F401 (re-exported)
+    DataFormatError,
+)
 from ..interface import DatasetLoader
 
 __all__ = ["RecordList", "FileLoader", "iter_jsonl", "DataFileError"]
 
 logger = logging.getLogger(__name__)
-
-
-class DataFileError(DataFormatError):
-    """A data file cannot be read (missing, empty, not UTF-8, malformed JSON)."""
 
 
 class RecordList(list):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..data.conversation import DataFormatError
+from ..errors import DataFormatError
 from .base import FileLoader
 
 __all__ = ["HFDatasetLoader"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..data.conversation import DataFormatError
+from ..errors import DataFormatError
 from .base import FileLoader
 
 __all__ = ["InstructionLoader"]

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from .base import DataFileError, FileLoader, _check_file
+from ..errors import DataFileError
+from .base import FileLoader, _check_file
 
 __all__ = ["ParquetLoader"]
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data.conversation import DataFormatError
 from ..data.formats import detect_format
+from ..errors import DataFormatError
 from .base import FileLoader
 
 __all__ = ["TrajectoryLoader", "load_tools"]

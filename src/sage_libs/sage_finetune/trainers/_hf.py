@@ -10,8 +10,13 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from ._fast import install_doc_attention, real_token_count, selective_causal_lm_loss, supports_selective_logits, \
-    tune_malloc
+from ._fast import (
+    install_doc_attention,
+    real_token_count,
+    selective_causal_lm_loss,
+    supports_selective_logits,
+    tune_malloc,
+)
 
 __all__ = ["SFTTrainerCore"]
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .objective import ObjectiveTrainer
 from ..utils.io import atomic_write_json
 from .base import _is_main_process
+from .objective import ObjectiveTrainer
 
 __all__ = ["AgentTrainer", "evaluate_next_actions"]
 
@@ -94,7 +94,8 @@ class AgentTrainer(ObjectiveTrainer):
     def __init__(self, method: str | None = None, agent_config: Any = None,
                  agent_eval_max_new_tokens: int | None = None, agent_eval_max_trajectories: int | None = None,
                  **kwargs: Any) -> None:
-        from ..config import AgentConfig, ConfigError
+        from ..config import AgentConfig
+        from ..errors import ConfigError
         from ..registry import get_trainer_class
         from .base import coerce_config
 

@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError, DataConfig, LoRAConfig, TrainingConfig
+from ..config import DataConfig, LoRAConfig, TrainingConfig
 from ..data.sources import MultiSource, split_records
+from ..errors import ConfigError, DiskFullError, NonFiniteLossError, TrainingError, TrainingInterrupted  # noqa: F401 (re-exported)
 from ..interface import FineTuner
 from ..utils.io import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -29,40 +30,6 @@ __all__ = ["BaseTrainer", "coerce_config", "TrainingError", "NonFiniteLossError"
            "DiskFullError"]
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training started but cannot go on (the CLI exits with code 1; bad input before the start is a
-    :class:`ConfigError`, code 2)."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss (or a trained weight) became NaN or inf. ``step`` is the optimizer step it happened
-    at; ``checkpoint`` the last good checkpoint on disk, if any (nothing is saved after it)."""
-
-    def __init__(self, message: str, *, step: int | None = None, checkpoint: str | None = None) -> None:
-        super().__init__(message)
-        self.step, self.checkpoint = step, checkpoint
-
-
-class DiskFullError(TrainingError):
-    """A write failed for lack of space; ``checkpoint`` is the last complete checkpoint, if any."""
-
-    def __init__(self, message: str, *, checkpoint: str | None = None) -> None:
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM: ``signum``) stopped training after a checkpoint was saved at ``step``. A
-    KeyboardInterrupt, so that code which catches Exception does not swallow the user's interrupt."""
-
-    def __init__(self, message: str, *, step: int, checkpoint: str | None, signum: int = 2) -> None:
-        super().__init__(message)
-        self.step, self.checkpoint, self.signum = step, checkpoint, signum
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def coerce_config(cls: type, value: Any, name: str) -> Any:
@@ -598,7 +565,7 @@ class BaseTrainer(FineTuner):
             before = trainer.evaluate()
             metrics["eval_loss_before"] = before["eval_loss"]
             metrics["perplexity_before"] = _perplexity(before["eval_loss"])
-        from ..callbacks.safety import RunFinished
+        from ..errors import RunFinished
 
         interrupt = getattr(self, "_interrupt", None)
         start = time.perf_counter()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ConfigError, FreezeConfig
+from ..config import FreezeConfig
+from ..errors import ConfigError
 from .base import coerce_config
 from .full import FullTrainer
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import BaseTrainer
 
 __all__ = ["FullTrainer"]

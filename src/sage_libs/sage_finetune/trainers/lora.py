@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..utils.io import atomic_dir
 from .base import BaseTrainer, _is_main_process
 

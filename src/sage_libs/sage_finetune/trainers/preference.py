@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .objective import ObjectiveTrainer
 
 __all__ = ["PreferenceTrainer"]

@@ -20,8 +20,9 @@ import importlib.util
 import os
 from typing import Any
 
-from ..config import ConfigError, QuantizationConfig
-from .base import TrainingError, coerce_config
+from ..config import QuantizationConfig
+from ..errors import ConfigError, TrainingError
+from .base import coerce_config
 from .lora import LoRATrainer
 
 __all__ = ["QLoRATrainer", "keep_4bit_layout_trainable", "repacked_4bit_layers"]

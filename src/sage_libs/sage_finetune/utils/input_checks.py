@@ -9,8 +9,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError
-from ..data.conversation import DataFormatError
+from ..errors import ConfigError, DataFormatError
 
 __all__ = ["check_chat_template", "check_data_argument", "check_lora_rank", "template_error",
            "formatting_func_error"]

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["TOKENIZER_FILES", "looks_like_local_path", "pickle_weight_files", "check_model_dir",
            "check_adapter_dir", "max_positions"]

@@ -201,7 +201,7 @@ def choose_checkpoint(output_dir: str | os.PathLike, identity: RunIdentity, *, p
     """``resume_from_checkpoint: true``: the newest complete checkpoint of ``output_dir`` written by a
     run of this identity. Incomplete ones and another config's are passed over with a warning; a
     ConfigError (exit 2) when none is left, naming what differs."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
     from .checkpoint import checkpoint_problems, find_checkpoints
 
     log = _log
@@ -291,7 +291,7 @@ def checkpoint_shape_problems(checkpoint: str | os.PathLike, expected: dict[str,
 def check_checkpoint_fits(model: Any, checkpoint: str | os.PathLike) -> None:
     """A checkpoint whose tensors do not fit ``model`` (lora.r 8 -> 4, other target modules) is bad
     input: a ConfigError (exit 2), raised before anything in output_dir is rewritten."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict

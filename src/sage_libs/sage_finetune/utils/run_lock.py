@@ -29,7 +29,9 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..config import ConfigError
+from ..errors import (
+    OutputDirBusy,  # noqa: F401 (re-exported)
+)
 
 __all__ = ["LOCK_NAME", "OutputDirBusy", "run_lock", "lock_holder", "holds_lock", "lock_only",
            "remove_stale_temporaries"]
@@ -38,10 +40,6 @@ LOCK_NAME = ".sage-finetune.lock"
 
 _held: dict[str, list[Any]] = {}  # resolved output dir -> [open file, depth]
 _guard = threading.Lock()
-
-
-class OutputDirBusy(ConfigError):
-    """Another live run holds the output folder."""
 
 
 def _key(path: Path) -> str:

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["load_function", "split_function_spec", "resolve_function_file", "trust_config_dir", "check_function_file"]
 
