@@ -13,7 +13,7 @@ next-token label trained; AdamW over the LoRA parameters. Variants, each in its 
 * ``hf``: the model's own forward with ``labels`` (logits at every position, transformers' loss);
 * ``selective``: our selective path, ``training.chunked_lm_loss: false`` (logits at the trained
   positions only, all at once);
-* ``chunked``: ``training.chunked_lm_loss: true`` (:mod:`sage_finetune.trainers._chunked_ce`;
+* ``chunked``: ``training.chunked_lm_loss: true`` (:mod:`sage_finetune.perf.chunked_ce`;
   gradients computed in the forward pass, Liger's schedule, the default);
 * ``chunked_recompute``: the same with ``recompute=True`` (logits computed again in backward, Cut
   Cross-Entropy's schedule).
@@ -53,8 +53,9 @@ def run_one(variant: str, seq: int, layers: int, steps: int, threads: int) -> di
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from sage_libs.sage_finetune.trainers import _chunked_ce
-    from sage_libs.sage_finetune.trainers._fast import selective_causal_lm_loss, tune_malloc
+    from sage_libs.sage_finetune.perf import chunked_ce as _chunked_ce
+    from sage_libs.sage_finetune.perf.allocator import tune_malloc
+    from sage_libs.sage_finetune.perf.selective_logits import selective_causal_lm_loss
 
     if variant == "chunked_recompute":
         import functools

@@ -234,6 +234,7 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
     prep = {}
     if variant.startswith("ours"):
         import datasets  # noqa: F401 - imported before timing, as in TRL's runs
+
         from sage_libs.sage_finetune import DataConfig, TrainingConfig, create_trainer
         from sage_libs.sage_finetune.data import pipeline  # noqa: F401
 
@@ -328,6 +329,7 @@ def child_prep(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
     torch.set_num_threads(threads)
     if variant.startswith("prep_ours"):
         import datasets  # noqa: F401 - imported before timing, as in TRL's runs
+
         from sage_libs.sage_finetune import DataConfig, TrainingConfig, create_trainer
         from sage_libs.sage_finetune.data import pipeline  # noqa: F401
 

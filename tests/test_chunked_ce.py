@@ -12,8 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sage_libs.sage_finetune.data.collate import PaddingCollator  # noqa: E402
-from sage_libs.sage_finetune.trainers import _chunked_ce, _fast  # noqa: E402
-from sage_libs.sage_finetune.trainers._chunked_ce import chunked_linear_cross_entropy  # noqa: E402
+from sage_libs.sage_finetune.perf import chunked_ce as _chunked_ce  # noqa: E402
+from sage_libs.sage_finetune.perf import selective_logits  # noqa: E402
+from sage_libs.sage_finetune.perf.chunked_ce import chunked_linear_cross_entropy  # noqa: E402
+
 from .test_perf_paths import _examples  # noqa: E402 - the same literal batches as the plain-path equivalence tests
 
 F = torch.nn.functional
@@ -168,7 +170,7 @@ def _lora_model(model_dir, tie=False):
 
 def _step(model, batch, chunked, num_items=None):
     model.zero_grad(set_to_none=True)
-    loss = _fast.selective_causal_lm_loss(model, dict(batch), num_items, chunked=chunked)
+    loss = selective_logits.selective_causal_lm_loss(model, dict(batch), num_items, chunked=chunked)
     loss.backward()
     return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -179,7 +181,7 @@ def test_lora_step_chunked_on_equals_off(tiny_model_dir, num_items, monkeypatch)
     batch = PaddingCollator(pad_token_id=0)(_examples())
     n = None if num_items is None else torch.tensor(num_items)
     monkeypatch.setattr(_chunked_ce, "CHUNK_BYTES", 7 * 4 * 512)  # 7 rows a chunk: several, uneven
-    assert _fast.lm_head_for_chunking(model) is not None
+    assert selective_logits.lm_head_for_chunking(model) is not None
     calls = []
     real = _chunked_ce.ChunkedLinearCrossEntropy.apply
     monkeypatch.setattr(_chunked_ce.ChunkedLinearCrossEntropy, "apply", lambda *a: calls.append(1) or real(*a))
@@ -204,7 +206,7 @@ def test_full_finetune_tied_head_chunked_on_equals_off(tiny_model_dir):
     config.tie_word_embeddings = True
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     assert model.lm_head.weight is model.get_input_embeddings().weight
-    assert _fast.lm_head_for_chunking(model) is model.lm_head
+    assert selective_logits.lm_head_for_chunking(model) is model.lm_head
     batch = PaddingCollator(pad_token_id=0)(_examples(2))
     loss_off, grads_off = _step(model, batch, False)
     loss_on, grads_on = _step(model, batch, True)
@@ -220,7 +222,7 @@ def test_wrapped_head_falls_back(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
-    assert _fast.lm_head_for_chunking(model) is None
+    assert selective_logits.lm_head_for_chunking(model) is None
     batch = PaddingCollator(pad_token_id=0)(_examples())
     loss_on, _ = _step(model, batch, True)
     loss_off, _ = _step(model, batch, False)
@@ -247,7 +249,7 @@ def test_trainer_chunked_lm_loss_on_equals_off(tiny_model_dir, tmp_path, monkeyp
                                  lora_config=LoRAConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                                                         target_modules="all-linear"))
         metrics = trainer.train(str(EXAMPLE_DATA / "chat_train.jsonl"), str(EXAMPLE_DATA / "chat_eval.jsonl"))
-        assert trainer.hf_trainer.chunked_lm_loss is chunked
+        assert trainer.fast_paths.chunked_lm_loss is chunked
         weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         runs[chunked] = (metrics, weights, len(calls))
     (m_on, w_on, calls_on), (m_off, w_off, calls_total) = runs[True], runs[False]

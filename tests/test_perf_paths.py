@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sage_libs.sage_finetune.data.collate import PackedCollator, PaddingCollator  # noqa: E402
-from sage_libs.sage_finetune.trainers import _fast  # noqa: E402
+from sage_libs.sage_finetune.perf import allocator, doc_attention, selective_logits, token_count  # noqa: E402
 
 EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 AGENT_DATA = Path(__file__).resolve().parents[1] / "examples" / "agent"
@@ -65,9 +65,9 @@ def test_selective_logits_loss_and_gradients_equal_the_models_own(tiny_model_dir
     plain.backward()
     plain_grads = _lora_grads(model)
     model.zero_grad(set_to_none=True)
-    fast = _fast.selective_causal_lm_loss(model, dict(batch), kwargs.get("num_items_in_batch"))
+    fast = selective_logits.selective_causal_lm_loss(model, dict(batch), kwargs.get("num_items_in_batch"))
     fast.backward()
-    assert _fast.supports_selective_logits(model)
+    assert selective_logits.supports_selective_logits(model)
     assert fast.item() == pytest.approx(plain.item(), rel=1e-5)
     _assert_grads_close(_lora_grads(model), plain_grads, rtol=1e-5, atol=1e-7)
 
@@ -84,11 +84,11 @@ def test_padding_free_doc_attention_loss_and_gradients_equal_padded(tiny_model_d
     grads_padded = _lora_grads(model)
     model.zero_grad(set_to_none=True)
 
-    assert _fast.install_doc_attention(model)
-    assert model.config._attn_implementation == _fast.DOC_ATTENTION
+    assert doc_attention.install_doc_attention(model)
+    assert model.config._attn_implementation == doc_attention.DOC_ATTENTION
     flat = PackedCollator(pad_token_id=0, flatten=True)(examples)
     assert flat["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples))
-    loss_flat = _fast.selective_causal_lm_loss(model, flat)
+    loss_flat = selective_logits.selective_causal_lm_loss(model, flat)
     loss_flat.backward()
     assert loss_flat.item() == pytest.approx(loss_padded.item(), rel=1e-5)
     _assert_grads_close(_lora_grads(model), grads_padded, rtol=1e-4, atol=1e-6)
@@ -100,7 +100,7 @@ def test_doc_attention_logits_equal_per_document_logits(tiny_model_dir, flatten)
 
     model = _lora_model(tiny_model_dir)
     model.eval()
-    assert _fast.install_doc_attention(model)
+    assert doc_attention.install_doc_attention(model)
     docs = [e["input_ids"] for e in _examples(2, lengths=(17, 5, 30, 1, 12, 9))]
     packed = pack_columns({"input_ids": docs, "labels": docs}, capacity=40)
     rows = [{k: packed[k][r] for k in ("input_ids", "labels", "position_ids")} for r in range(len(packed["length"]))]
@@ -123,7 +123,7 @@ def test_doc_attention_leaves_padded_batches_and_generation_alone(tiny_model_dir
     batch = PaddingCollator(pad_token_id=0)(_examples(3))
     with torch.no_grad():
         before = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        assert _fast.install_doc_attention(model)
+        assert doc_attention.install_doc_attention(model)
         after = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(after[mask], before[mask], rtol=1e-5, atol=1e-5)
@@ -140,7 +140,7 @@ def test_real_token_count_ignores_only_the_padding_tail():
     # pad == eos == 2: the eos ending document 1 is real; the tail (positions 0, 1) is padding
     ids = torch.tensor([[7, 8, 2, 9, 2, 2, 2], [4, 5, 6, 7, 8, 9, 10]])
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1], [0, 1, 2, 3, 0, 1, 2]])
-    assert int(_fast.real_token_count(ids, pos, 2)) == 5 + 7
+    assert int(token_count.real_token_count(ids, pos, 2)) == 5 + 7
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,10 +165,9 @@ def test_trainer_fast_defaults_match_the_plain_path(tiny_model_dir, tmp_path):
     fast, m_fast, w_fast = _train(tiny_model_dir, tmp_path / "fast")
     plain, m_plain, w_plain = _train(tiny_model_dir, tmp_path / "plain", padding_free=False, selective_logits=False,
                                      malloc_tuning=False)
-    hf_fast, hf_plain = fast.hf_trainer, plain.hf_trainer
-    assert hf_fast.selective_logits and hf_fast.doc_attention and hf_fast.data_collator.flatten
-    assert not hf_plain.selective_logits and not hf_plain.doc_attention
-    assert type(hf_plain.data_collator) is PaddingCollator
+    assert fast.fast_paths.selective_logits and fast.fast_paths.doc_attention and fast.hf_trainer.data_collator.flatten
+    assert not plain.fast_paths.selective_logits and not plain.fast_paths.doc_attention
+    assert type(plain.hf_trainer.data_collator) is PaddingCollator
     assert m_fast["train_loss"] == pytest.approx(m_plain["train_loss"], rel=1e-5)
     assert m_fast["eval_loss"] == pytest.approx(m_plain["eval_loss"], rel=1e-5)
     assert m_fast["train_tokens"] == m_plain["train_tokens"]  # real tokens, counted without padding
@@ -180,11 +179,11 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
-    monkeypatch.setattr(_fast, "_malloc_tuned", False)
+    monkeypatch.setattr(allocator, "_malloc_tuned", False)
     monkeypatch.setenv("SAGE_FINETUNE_MALLOC_TUNING", "0")
-    assert _fast.tune_malloc() is False
+    assert allocator.tune_malloc() is False
     monkeypatch.delenv("SAGE_FINETUNE_MALLOC_TUNING")
-    assert _fast.tune_malloc() is True
+    assert allocator.tune_malloc() is True
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,8 +9,13 @@ import pytest
 from sage_libs.sage_finetune.data.conversation import DataFormatError
 from sage_libs.sage_finetune.data.formats import to_conversation
 from sage_libs.sage_finetune.data.pipeline import tokenize_records
-from sage_libs.sage_finetune.data.render import (FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, ChatRenderer, TemplateError,
-                                                 select_named_template)
+from sage_libs.sage_finetune.data.render import (
+    FALLBACK_CHAT_TEMPLATE,
+    IGNORE_INDEX,
+    ChatRenderer,
+    TemplateError,
+    select_named_template,
+)
 from sage_libs.sage_finetune.utils.tiny import CHATML_TEMPLATE
 
 from .test_render import MULTI_TURN

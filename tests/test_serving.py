@@ -30,9 +30,9 @@ ANSWER = "The answer is 7."
 
 @pytest.fixture(scope="module")
 def base_without_template(tmp_path_factory):
-    from sage_libs.sage_finetune.utils.tiny import build_tiny_model
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sage_libs.sage_finetune.utils.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("base-no-template")
     build_tiny_model(out, corpus_files=sorted(EXAMPLE_DATA.glob("*.jsonl")), vocab_size=512, chat_template=None)

@@ -192,7 +192,7 @@ def test_training_resumes_past_a_half_written_checkpoint(three_checkpoints, tiny
 # --------------------------------------------------------------------------------------------
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path, capsys,
                                                                              monkeypatch):
-    from sage_libs.sage_finetune.trainers._hf import SFTTrainerCore
+    from sage_libs.sage_finetune.trainers.hf_core import SFTTrainerCore
 
     real = SFTTrainerCore.compute_loss
 

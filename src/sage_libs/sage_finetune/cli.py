@@ -29,36 +29,32 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from . import run_files
 from ._version import __version__
 from .config import (
+    SECTIONS,
     AgentConfig,
     DataConfig,
-    FreezeConfig,
-    LoRAConfig,
-    LoRAPlusConfig,
     PreferenceConfig,
-    QuantizationConfig,
     TrainingConfig,
 )
 from .errors import (
     ConfigError,
     UsageError,  # noqa: F401 (re-exported)
+    did_you_mean,
 )
+from .utils.processes import is_main_process
 
 __all__ = ["main", "load_run_config", "build_parser"]
 
-SECTIONS = {"training": TrainingConfig, "lora": LoRAConfig, "data": DataConfig,
-            "quantization": QuantizationConfig, "lora_plus": LoRAPlusConfig, "freeze": FreezeConfig,
-            "agent": AgentConfig, "preference": PreferenceConfig}
-# Optional sections that only some methods take: section -> the create_trainer keyword it becomes.
-TRAINER_SECTIONS = {"quantization": "quantization_config", "lora_plus": "lora_plus_config",
-                    "freeze": "freeze_config", "agent": "agent_config", "preference": "preference_config"}
+# Optional sections that only some methods take (a trainer's ``extra_section``): section -> the
+# create_trainer keyword it becomes
+TRAINER_SECTIONS = {s: f"{s}_config" for s in SECTIONS if s not in ("training", "lora", "data")}
 # callbacks: a list of registered names, or {name: ..., option: value, ...} mappings
 # version: written into run_config.yaml (which is itself a valid run config) by the version that ran it
 TOP_LEVEL = ("method", *SECTIONS, "callbacks", "version")
@@ -88,25 +84,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             section, _, name = key.partition(".")
             if section not in SECTIONS:
                 raise UsageError(f"override {item!r}: unknown section {section!r}"
-                                 + _hint(section, SECTIONS) + f"; sections: {', '.join(SECTIONS)}")
+                                 + did_you_mean(section, SECTIONS) + f"; sections: {', '.join(SECTIONS)}")
         else:
             owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
             if len(owners) != 1:
                 every = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
                 what = "is in several sections" if owners else "is not a known option"
                 raise UsageError(f"override {item!r}: {key!r} {what}; write section.key"
-                                 + _hint(key, every))
+                                 + did_you_mean(key, every))
             section, name = owners[0], key
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise UsageError(f"config section {section!r} must be a mapping")
         raw[section][name] = value
     return raw
-
-
-def _hint(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, Any]:
@@ -146,7 +137,7 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
     where = str(path or "the command line")
     for key in raw:
         if key not in TOP_LEVEL:
-            raise UsageError(f"{where}: unknown top-level key {key!r}" + _hint(str(key), TOP_LEVEL)
+            raise UsageError(f"{where}: unknown top-level key {key!r}" + did_you_mean(str(key), TOP_LEVEL)
                              + f"; expected {', '.join(TOP_LEVEL)}")
     written_by = raw.pop("version", None)
     if written_by is not None and str(written_by) != __version__:
@@ -189,7 +180,7 @@ def _callback_specs(raw: Any, where: str) -> list[dict[str, Any]]:
             raise UsageError(f"{where}: callbacks[{i}] must be a name or a mapping with a 'name'")
         if spec["name"] not in registered_callbacks():
             raise UsageError(f"{where}: callbacks[{i}]: unknown callback {spec['name']!r}"
-                             + _hint(spec["name"], registered_callbacks())
+                             + did_you_mean(spec["name"], registered_callbacks())
                              + f"; registered callbacks: {', '.join(registered_callbacks())}")
         specs.append(spec)
     return specs
@@ -208,7 +199,7 @@ def _make_callbacks(specs: list[dict[str, Any]]) -> list[Any]:
         unknown = [k for k in options if k not in accepted]
         if unknown:
             raise UsageError(f"callbacks[{i}] ({spec['name']}): unknown option {unknown[0]!r}"
-                             + _hint(unknown[0], accepted) + f"; options: {', '.join(accepted)}")
+                             + did_you_mean(unknown[0], accepted) + f"; options: {', '.join(accepted)}")
         try:
             callbacks.append(cls(**options))
         except (ValueError, TypeError, ImportError) as exc:
@@ -254,10 +245,11 @@ def _make_trainer(cfg: dict[str, Any]) -> Any:
 
 
 def _trainer_options(method: str) -> list[str]:
+    """The keyword argument of the method's own config section (``freeze`` -> ``freeze_config``)."""
     from .registry import get_trainer_class
 
-    known = getattr(get_trainer_class(method), "known_options", None)
-    return known() if known else []
+    option = getattr(get_trainer_class(method), "section_option", None)
+    return [o for o in [option() if option else None] if o]
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -276,25 +268,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.overrides)
     trainer = _make_trainer(cfg)
     out = Path(cfg["training"].output_dir)
-    adapter = out / ("adapter" if getattr(trainer, "uses_lora", False) else "model")
+    uses_lora = getattr(trainer, "uses_lora", False)
+    adapter = run_files.weights_dir(out, uses_lora)
     # one lock for the whole run, the final save included; SIGTERM stops it cleanly at any point
     with terminate_raises(), trainer.hold_output_dir():
         metrics = trainer.train()
         try:
             trainer.save_model(adapter)
-            written = [adapter, out / "metrics.json", out / "trainer_log.jsonl", out / "loss.png",
-                       out / "run_config.yaml", out / "train.log"]
             if args.merge:
-                written.append(Path(trainer.merge_and_save(out / "merged")))
+                trainer.merge_and_save(out / run_files.MERGED)
         except Exception as exc:
             _raise_if_disk_full(exc, trainer, out)
             raise
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the main process reports, once
+    if not is_main_process():  # under torchrun the main process reports, once
         return 0
     print("\nTraining finished.")
     _print_metrics(metrics)
     print("Wrote:")
-    for path in written:
+    for path in run_files.written_files(out, uses_lora, merged=args.merge):
         if path.exists():
             print(f"  {path}")
     return 0

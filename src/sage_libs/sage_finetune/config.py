@@ -11,16 +11,18 @@ This module imports only the standard library.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import logging
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from .errors import ConfigError  # noqa: F401 (re-exported)
+from .errors import ConfigError, did_you_mean  # noqa: F401 (re-exported)
 
 __all__ = [
+    "SECTIONS",
+    "coerce_config",
     "ConfigError",
     "AgentConfig",
     "PreferenceConfig",
@@ -144,7 +146,7 @@ class _Config:
                 if value not in meta["choices"]:
                     raise ConfigError(
                         f"{name}.{f.name}: {value!r} is not one of {', '.join(map(repr, meta['choices']))}"
-                        + _did_you_mean(value, meta["choices"])
+                        + did_you_mean(value, meta["choices"])
                     )
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}.{f.name}: must be a finite number, got {value!r}")
@@ -173,7 +175,7 @@ class _Config:
             key = unknown[0]
             place = f" in {where}" if where else ""
             raise ConfigError(
-                f"{cls.__name__}: unknown option {key!r}{place}" + _did_you_mean(key, names)
+                f"{cls.__name__}: unknown option {key!r}{place}" + did_you_mean(key, names)
                 + f". Known options: {', '.join(names)}"
             )
         try:
@@ -199,11 +201,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
-
-
-def _did_you_mean(word: str, candidates: Any) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def config_help(cls: type) -> list[tuple[str, str, Any]]:
@@ -533,3 +530,41 @@ class PreferenceConfig(_Config):
                               f"not {self.method!r}")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise ConfigError(f"preference.label_smoothing applies to loss_type sigmoid only, not {self.loss_type!r}")
+
+
+# The sections of a run config (YAML) and their classes: the one table the CLI, ``sage-finetune
+# options``, run_config.yaml and the trainers' own sections (``BaseTrainer.extra_section``) read.
+SECTIONS: dict[str, type] = {"training": TrainingConfig, "lora": LoRAConfig, "data": DataConfig,
+                             "quantization": QuantizationConfig, "lora_plus": LoRAPlusConfig, "freeze": FreezeConfig,
+                             "agent": AgentConfig, "preference": PreferenceConfig}
+
+
+# -- configs from elsewhere (dicts, SAGE's dataclasses) ------------------------------------------------
+def coerce_config(cls: type, value: Any, name: str) -> Any:
+    """Accept our dataclass, a dict, or another config object with the same field names (e.g.
+    SAGE's ``TrainingConfig``)."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls.from_dict(value, where=name)
+    if dataclasses.is_dataclass(value):
+        return cls.from_dict(_installed_trackers_only(dataclasses.asdict(value)), where=name)
+    if hasattr(value, "to_dict"):
+        return cls.from_dict(_installed_trackers_only(dict(value.to_dict())), where=name)
+    raise ConfigError(f"{name}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
+
+
+def _installed_trackers_only(fields: dict[str, Any]) -> dict[str, Any]:
+    """SAGE's TrainingConfig defaults to report_to=["tensorboard"]; a SAGE user without the
+    tensorboard package should still train, so trackers that are not installed are dropped
+    (with a warning) for configs coming from another library. Our own config fails loudly."""
+    import importlib.util
+
+    trackers = fields.get("report_to")
+    if isinstance(trackers, list):
+        missing = [t for t in trackers if t in ("tensorboard", "wandb") and importlib.util.find_spec(t) is None]
+        if missing:
+            logging.getLogger(__name__).warning("report_to: %s not installed, not reporting there (pip install %s)",
+                                                ", ".join(missing), " ".join(missing))
+            fields = {**fields, "report_to": [t for t in trackers if t not in missing]}
+    return fields

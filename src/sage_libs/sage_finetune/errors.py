@@ -18,7 +18,7 @@ __all__ = [
     "ConfigError", "UsageError", "OutputDirBusy", "FineTuneRegistryError",
     "DataFormatError", "DataFileError", "MixedFormatError", "TemplateError", "MaskError",
     "TrainingError", "NonFiniteLossError", "DiskFullError",
-    "TrainingInterrupted", "Terminated", "RunFinished",
+    "TrainingInterrupted", "Terminated", "RunFinished", "did_you_mean",
 ]
 
 
@@ -108,3 +108,12 @@ class Terminated(KeyboardInterrupt):
 class RunFinished(Exception):
     """Raised at the start of a training loop resumed from the final checkpoint of its run: there is
     no step left to train (the HF Trainer would train one more step). Caught by the trainer."""
+
+
+def did_you_mean(word: object, candidates: object) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``candidates`` to ``word``, or ``""``: the one hint
+    every "unknown name" message ends with."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)  # type: ignore[union-attr]
+    return f" (did you mean {close[0]!r}?)" if close else ""

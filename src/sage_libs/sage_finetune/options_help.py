@@ -14,8 +14,8 @@ import textwrap
 import typing
 from typing import Any
 
-from .config import _did_you_mean, _type_name, config_help
-from .errors import ConfigError
+from .config import _type_name, config_help
+from .errors import ConfigError, did_you_mean
 
 __all__ = ["describe_fields", "render_options", "TOP_LEVEL_HELP"]
 
@@ -106,7 +106,7 @@ def render_options(query: str | None, sections: dict[str, type], *, width: int |
         owners = [s for s, cls in sections.items() if query in {f.name for f in dataclasses.fields(cls)}]
         if not owners:
             every = names + [f.name for cls in sections.values() for f in dataclasses.fields(cls)]
-            raise ConfigError(f"options {query!r}: not a config section or option" + _did_you_mean(query, every)
+            raise ConfigError(f"options {query!r}: not a config section or option" + did_you_mean(query, every)
                               + f"; sections: {', '.join(names)}")
         return "\n".join(line for s in owners for line in _one_option(s, query, sections, width))
     if query is not None and "." in query:
@@ -134,10 +134,10 @@ def render_options(query: str | None, sections: dict[str, type], *, width: int |
 
 def _one_option(section: str, name: str, sections: dict[str, type], width: int) -> list[str]:
     if section not in sections:
-        raise ConfigError(f"options {section}.{name}: unknown section {section!r}" + _did_you_mean(section, sections)
+        raise ConfigError(f"options {section}.{name}: unknown section {section!r}" + did_you_mean(section, sections)
                           + f"; sections: {', '.join(sections)}")
     rows = {row["name"]: row for row in describe_fields(sections[section])}
     if name not in rows:
         raise ConfigError(f"options {section}.{name}: {sections[section].__name__} has no option {name!r}"
-                          + _did_you_mean(name, rows))
+                          + did_you_mean(name, rows))
     return _field_lines(section, rows[name], width)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from .errors import FineTuneRegistryError  # noqa: F401 (re-exported)
+from .errors import FineTuneRegistryError, did_you_mean  # noqa: F401 (re-exported)
 from .interface import DatasetLoader, FineTuner, TrainingCallback, TrainingStrategy
 
 __all__ = [
@@ -70,12 +70,8 @@ class _Registry:
         return entry if isinstance(entry, str) else f"{entry.__module__}.{entry.__qualname__}"
 
     def _unknown(self, name: str) -> str:
-        import difflib
-
         names = self.names()
-        close = difflib.get_close_matches(str(name), names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown {self.kind} {name!r}{hint}; registered {self.kind}s: {', '.join(names) or '(none)'}"
+        return f"unknown {self.kind} {name!r}{did_you_mean(name, names)}; registered {self.kind}s: {', '.join(names) or '(none)'}"
 
 
 _trainers = _Registry("trainer", FineTuner)

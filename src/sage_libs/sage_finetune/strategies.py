@@ -50,7 +50,7 @@ class LoRAStrategy(TrainingStrategy):
     def _config(self, config: Any) -> LoRAConfig:
         if config is None:
             return self.lora_config
-        from .trainers.base import coerce_config
+        from .config import coerce_config
 
         lc = coerce_config(LoRAConfig, config, "lora_config")
         return lc.replace(**self.overrides) if self.overrides else lc

@@ -13,9 +13,10 @@ class CallbackBridge(TrainerCallback):
     """Translates HF Trainer events into our hook calls, with the isage-finetune trainer as the
     first argument. A hook returning True stops training after the current step."""
 
-    def __init__(self, owner: Any, callbacks: list[Any]) -> None:
-        self.owner = owner
+    def __init__(self, owner: Any, callbacks: list[Any], step_losses: Any) -> None:
+        self.owner = owner  # the isage-finetune trainer: the first argument of every hook
         self.callbacks = list(callbacks)
+        self.step_losses = step_losses  # hf_core.StepLosses: the micro-batch losses of the current step
 
     def _each(self, hook: str, *args: Any, control: Any = None, **kwargs: Any) -> None:
         results = [getattr(cb, hook)(self.owner, *args, **kwargs) for cb in self.callbacks if hasattr(cb, hook)]
@@ -39,7 +40,7 @@ class CallbackBridge(TrainerCallback):
         self._each("on_step_begin", state.global_step)
 
     def on_step_end(self, args, state, control, **kw):
-        self._each("on_step_end", state.global_step, self.owner._pop_step_loss(), control=control)
+        self._each("on_step_end", state.global_step, self.step_losses.pop_mean(), control=control)
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         self._each("on_evaluate", dict(metrics or {}), control=control)

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from transformers import TrainerCallback
 
@@ -54,13 +54,14 @@ class NonFiniteGuard(TrainerCallback):
     costs one device sync per optimizer step.
     """
 
-    def __init__(self, owner: Any) -> None:
-        self.owner = owner
+    def __init__(self, training_config: Any, accumulated_loss: Callable[[], Any]) -> None:
+        self.training_config = training_config
+        self.accumulated_loss = accumulated_loss  # the HF Trainer's running loss (hf_core.SFTTrainerCore)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
         import torch
 
-        loss = getattr(self.owner.hf_trainer, "_tr_loss", None)
+        loss = self.accumulated_loss()
         if isinstance(loss, torch.Tensor):
             if _on_any_rank(not bool(torch.isfinite(loss).all()), args.device):
                 self._stop(args, state, f"the training loss is {float(loss.detach().float().sum())}")
@@ -82,7 +83,7 @@ class NonFiniteGuard(TrainerCallback):
     def _stop(self, args, state, what: str, step: int | None = None) -> None:
         from ..utils.checkpoint import last_complete_checkpoint
 
-        tc = self.owner.training_config
+        tc = self.training_config
         step = state.global_step + 1 if step is None else step
         plain = not (tc.deepspeed or tc.fsdp)
         last, _ = last_complete_checkpoint(args.output_dir, training_state=plain, weights=plain)

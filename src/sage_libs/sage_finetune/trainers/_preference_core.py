@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.render import IGNORE_INDEX
-from ._hf import SFTTrainerCore
+from .hf_core import SFTTrainerCore
 
 __all__ = ["sequence_logps", "preference_loss", "PreferenceTrainerCore", "NEEDS_REFERENCE"]
 

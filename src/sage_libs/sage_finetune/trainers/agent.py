@@ -16,11 +16,10 @@ With ``eval_on_start`` the same numbers are measured before training (``*_before
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ..utils.io import atomic_write_json
-from .base import _is_main_process
+from .. import run_files
+from ..utils.processes import is_main_process
 from .objective import ObjectiveTrainer
 
 __all__ = ["AgentTrainer", "evaluate_next_actions"]
@@ -90,14 +89,14 @@ class AgentTrainer(ObjectiveTrainer):
     """
 
     method = "agent"
+    extra_section = "agent"
 
     def __init__(self, method: str | None = None, agent_config: Any = None,
                  agent_eval_max_new_tokens: int | None = None, agent_eval_max_trajectories: int | None = None,
                  **kwargs: Any) -> None:
-        from ..config import AgentConfig
+        from ..config import AgentConfig, coerce_config
         from ..errors import ConfigError
         from ..registry import get_trainer_class
-        from .base import coerce_config
 
         config = coerce_config(AgentConfig, agent_config, "agent_config") or AgentConfig()
         changes = {k: v for k, v in {"method": method, "eval_max_new_tokens": agent_eval_max_new_tokens,
@@ -110,9 +109,6 @@ class AgentTrainer(ObjectiveTrainer):
         self.max_new_tokens = self.agent_config.eval_max_new_tokens
         self.max_trajectories = self.agent_config.eval_max_trajectories
 
-    @classmethod
-    def known_options(cls) -> list[str]:
-        return ["agent_config", "agent_eval_max_new_tokens", "agent_eval_max_trajectories"]
 
     def _conversations(self, eval_dataset: Any) -> list[Any]:
         """Held-out trajectories as conversations, rendered like training renders them."""
@@ -158,8 +154,8 @@ class AgentTrainer(ObjectiveTrainer):
             metrics.update(before)
             metrics.update(self.evaluate_agent(eval_dataset))
             metrics["method"] = f"agent/{inner.method}"
-            if _is_main_process():
-                atomic_write_json(os.path.join(inner.training_config.output_dir, "metrics.json"), metrics)
+            if is_main_process():
+                run_files.write_metrics(inner.training_config.output_dir, metrics)
         return metrics
 
     def evaluate(self, eval_dataset: Any) -> dict[str, Any]:

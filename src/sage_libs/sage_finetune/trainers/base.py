@@ -5,120 +5,42 @@
     apply_adapter(model)  -> model            (LoRA/DoRA/...: PEFT; full: unfreeze)
     create_optimizer(m)   -> optimizer|None   (LoRA+: per-matrix learning rates)
 
-Everything else (data preparation, the HF Trainer, evaluation, outputs, saving) lives here once.
+A run (:meth:`BaseTrainer.train`): preflight checks (:mod:`.preflight`) -> output folder lock ->
+resume decision -> tokenizer and data (:mod:`..data.datasets`) -> model -> fast paths (:mod:`..perf`)
+-> the HF Trainer (:mod:`.hf_core`, arguments from :mod:`.hf_args`) -> outputs (:mod:`..run_files`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import math
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
-from ..config import DataConfig, LoRAConfig, TrainingConfig
+from .. import run_files
+from ..config import SECTIONS, DataConfig, LoRAConfig, TrainingConfig, coerce_config
 from ..data.sources import MultiSource, split_records
-from ..errors import ConfigError, DiskFullError, NonFiniteLossError, TrainingError, TrainingInterrupted  # noqa: F401 (re-exported)
+from ..errors import (  # noqa: F401 (re-exported)
+    ConfigError,
+    DiskFullError,
+    NonFiniteLossError,
+    TrainingError,
+    TrainingInterrupted,
+    did_you_mean,
+)
 from ..interface import FineTuner
-from ..utils.io import atomic_dir, atomic_write_json, atomic_write_text
+from ..utils.io import atomic_dir
+from ..utils.processes import is_main_process, main_process_first
+from .preflight import check_output_dir, check_run_inputs, warn_about_schedule
 
-__all__ = ["BaseTrainer", "coerce_config", "TrainingError", "NonFiniteLossError", "TrainingInterrupted",
-           "DiskFullError"]
+__all__ = ["BaseTrainer", "TrainingError", "NonFiniteLossError", "TrainingInterrupted", "DiskFullError"]
 
 logger = logging.getLogger(__name__)
 
-
-def coerce_config(cls: type, value: Any, name: str) -> Any:
-    """Accept our dataclass, a dict, or another config object with the same field names (e.g.
-    SAGE's ``TrainingConfig``)."""
-    if value is None or isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        return cls.from_dict(value, where=name)
-    if dataclasses.is_dataclass(value):
-        return cls.from_dict(_installed_trackers_only(dataclasses.asdict(value)), where=name)
-    if hasattr(value, "to_dict"):
-        return cls.from_dict(_installed_trackers_only(dict(value.to_dict())), where=name)
-    raise ConfigError(f"{name}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
-
-
-_BASE_OPTIONS = ("training_config", "lora_config", "data_config", "callbacks", "formatting_func")
-
-
-def _installed_trackers_only(fields: dict[str, Any]) -> dict[str, Any]:
-    """SAGE's TrainingConfig defaults to report_to=["tensorboard"]; a SAGE user without the
-    tensorboard package should still train, so trackers that are not installed are dropped
-    (with a warning) for configs coming from another library. Our own config fails loudly."""
-    import importlib.util
-
-    trackers = fields.get("report_to")
-    if isinstance(trackers, list):
-        missing = [t for t in trackers if t in ("tensorboard", "wandb") and importlib.util.find_spec(t) is None]
-        if missing:
-            logger.warning("report_to: %s not installed, not reporting there (pip install %s)",
-                           ", ".join(missing), " ".join(missing))
-            fields = {**fields, "report_to": [t for t in trackers if t not in missing]}
-    return fields
-
-
-def _main_process_first() -> Any:
-    """In a multi-process run (torchrun, accelerate, deepspeed): a context in which the main
-    process goes first and the others wait for it; a no-op in a single process."""
-    import contextlib
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return contextlib.nullcontext()
-    from accelerate import PartialState
-
-    return PartialState().main_process_first()
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-class _RunLogFile(logging.FileHandler):
-    """OUTPUT_DIR/train.log: INFO and above from every library (the console shows warnings only)."""
-
-
-def _stop_log_file() -> None:
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _RunLogFile)]:
-        root.removeHandler(handler)
-        handler.close()
-
-
-def _log_to_file(path: Path, append: bool = False) -> None:
-    """Send log records to ``path`` until the run ends (``append``: a resumed run continues the log
-    of the run it resumes)."""
-    ours = logging.getLogger("sage_libs.sage_finetune")
-    _stop_log_file()
-    handler = _RunLogFile(path, mode="a" if append else "w", encoding="utf-8")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    if ours.getEffectiveLevel() > logging.INFO:
-        ours.setLevel(logging.INFO)  # our INFO records reach the file; the console handler still filters them
-
-
-def _use_cpu(tc: TrainingConfig) -> bool:
-    """``training.use_cpu``, or on when several processes were launched (torchrun) and there is no
-    GPU: without it the HF Trainer does not set up DDP on the CPU and every process would train on
-    all the data, as N separate jobs."""
-    if tc.use_cpu:
-        return True
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        if _is_main_process():
-            logger.info("%s processes and no GPU: training as one DDP job on the CPU (gloo), as with "
-                        "training.use_cpu: true", os.environ["WORLD_SIZE"])
-        return True
-    return False
+_BASE_ARGUMENTS = ("training_config", "lora_config", "data_config", "callbacks", "formatting_func")
 
 
 class BaseTrainer(FineTuner):
@@ -130,14 +52,19 @@ class BaseTrainer(FineTuner):
         data_config: :class:`DataConfig`: formats, masking, chat template.
         callbacks: :class:`TrainingCallback` objects (or HF ``TrainerCallback`` objects).
         formatting_func: record -> text, list of messages, or a record in a known format.
+        <section>_config: the method's own config section, when it has one (:attr:`extra_section`).
     """
 
     method = "base"
     uses_lora = False
+    #: The method's own config section besides training/lora/data (a key of ``config.SECTIONS``):
+    #: passed as ``<section>_config=`` (a config, a dict or SAGE's), read from the YAML ``<section>:``,
+    #: kept as ``self.<section>_config`` and written into run_config.yaml.
+    extra_section: ClassVar[str | None] = None
 
     def __init__(self, training_config: Any = None, lora_config: Any = None, data_config: Any = None,
                  callbacks: list[Any] | None = None, formatting_func: Callable | None = None,
-                 **options: Any) -> None:
+                 **section_config: Any) -> None:
         if training_config is None:
             raise ConfigError(f"create_trainer({self.method!r}): training_config is required "
                               "(TrainingConfig(model_name_or_path=..., output_dir=...))")
@@ -146,6 +73,7 @@ class BaseTrainer(FineTuner):
         if self.uses_lora and self.lora_config is None:
             self.lora_config = LoRAConfig()
         self.data_config: DataConfig = coerce_config(DataConfig, data_config, "data_config") or DataConfig()
+        self._take_section_config(section_config)
         self.callbacks = list(callbacks or [])
         self.formatting_func = formatting_func
         if self.data_config.formatting_func:
@@ -156,33 +84,30 @@ class BaseTrainer(FineTuner):
             from ..utils.user_code import load_function
 
             self.formatting_func = load_function(self.data_config.formatting_func, "data.formatting_func")
-        self.options = options
-        self._check_options()
         self.model: Any = None
         self.tokenizer: Any = None
         self.hf_trainer: Any = None
+        self.fast_paths: Any = None
         self.data_stats: dict[str, Any] = {}
-        self._step_losses: list[float] = []
         # more top-level run_config.yaml entries, set by whoever wraps this trainer (the agent
         # trainer, the CLI's callbacks section) so that the file can reproduce the run
         self.run_config_extra: dict[str, Any] = {}
 
-    def _check_options(self) -> None:
-        """Reject keyword options this trainer does not know (subclasses extend ``known_options``)."""
-        known = self.known_options()
-        unknown = [k for k in self.options if k not in known]
-        if unknown:
-            import difflib
-
-            close = difflib.get_close_matches(unknown[0], [*_BASE_OPTIONS, *known], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"create_trainer({self.method!r}): unknown option {unknown[0]!r}{hint}; "
-                              f"known: {', '.join(_BASE_OPTIONS)}"
-                              + (", " + ", ".join(known) if known else ""))
-
     @classmethod
-    def known_options(cls) -> list[str]:
-        return []
+    def section_option(cls) -> str | None:
+        """The keyword argument of :attr:`extra_section` (``freeze`` -> ``freeze_config``)."""
+        return f"{cls.extra_section}_config" if cls.extra_section else None
+
+    def _take_section_config(self, given: dict[str, Any]) -> None:
+        option = self.section_option()
+        unknown = [k for k in given if k != option]
+        if unknown:
+            known = [*_BASE_ARGUMENTS, *([option] if option else [])]
+            raise ConfigError(f"create_trainer({self.method!r}): unknown option {unknown[0]!r}"
+                              f"{did_you_mean(unknown[0], known)}; known: {', '.join(known)}")
+        if option:
+            cls = SECTIONS[self.extra_section]
+            setattr(self, option, coerce_config(cls, given.get(option), option) or cls())
 
     # ----------------------------------------------------------------------------------------
     # Hooks
@@ -292,10 +217,6 @@ class BaseTrainer(FineTuner):
             model.enable_input_require_grads()
         self.model = self.apply_adapter(model)
 
-    def trainable_parameters(self) -> dict[str, Any]:
-        self.setup()
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-
     # ----------------------------------------------------------------------------------------
     # Data
     # ----------------------------------------------------------------------------------------
@@ -308,67 +229,37 @@ class BaseTrainer(FineTuner):
     def prepare_dataset(self, data: Any, split: str = "train") -> Any:
         """Records, a path (or list of paths), or already tokenized data -> a tokenized
         ``datasets.Dataset`` with ``input_ids``, ``labels`` and ``length``."""
-        from datasets import Dataset, concatenate_datasets
-
-        from ..data.pipeline import PrepareStats, is_tokenized, prepare_records
+        from ..data.datasets import prepare_split
 
         if data is None:
             return None
-        parts, stats_parts, mixes, sources = [], [], [], []
-        for records in self._record_sets(data, split):
-            mixes.append(getattr(records, "mix", None))
-            sources.append(getattr(records, "source", None))
-            if is_tokenized(records):
-                parts.append(records if isinstance(records, Dataset) else Dataset.from_list([dict(x) for x in records]))
-                continue
-            dc, options = self.data_config, self.render_options()
-            dataset, stats = prepare_records(  # through the tokenized-data cache (data.cache, data.cache_dir)
-                records, self.tokenizer, cache=dc.cache, cache_dir=dc.cache_dir, **options.tokenize_kwargs())
-            stats.skipped_invalid += getattr(records, "skipped", 0)  # lines the loader could not parse
-            stats_parts.append(stats)
-            if len(dataset) == 0:
-                source = getattr(records, "source", None) or f"{split} data"
-                raise ConfigError(f"{source}: no trainable examples ({stats.records} records, "
-                                  f"{stats.skipped_invalid} invalid, {stats.dropped_no_trained_tokens} with every "
-                                  "trained token cut by max_seq_length)")
-            parts.append(dataset)
-        if stats_parts:
-            self.data_stats[split] = PrepareStats.merge(stats_parts).to_dict()
-        if split == "train" and any(mixes):  # weighted / counted sources (data.train_file entries)
-            from ..data.sources import mixture_indices
-
-            picks = mixture_indices([len(p) for p in parts], mixes, self.training_config.seed)
-            self.data_stats.setdefault("train", {})["mixture"] = [
-                {"source": src, "examples": len(part), "used": len(idx), **(mix or {})}
-                for src, part, idx, mix in zip(sources, parts, picks, mixes)]
-            parts = [part.select(idx) for part, idx in zip(parts, picks)]
-        dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-        if split == "train" and self.data_config.packing:
-            dataset = self._pack(dataset)
+        options = self.render_options()
+        dataset, stats = prepare_split(self._record_sets(data, split), split, tokenizer=self.tokenizer,
+                                       render_options=options, data_config=self.data_config,
+                                       seed=self.training_config.seed,
+                                       max_seq_length=self.training_config.max_seq_length)
+        if stats:
+            self.data_stats[split] = stats
         return dataset
-
-    def _pack(self, dataset: Any) -> Any:
-        from datasets import Dataset
-
-        from ..data.packing import pack_columns
-
-        capacity = self.training_config.max_seq_length
-        packed = Dataset.from_dict(pack_columns({"input_ids": dataset["input_ids"], "labels": dataset["labels"]},
-                                                capacity))
-        stats = self.data_stats.setdefault("train", {})
-        stats["packed_rows"] = len(packed)
-        stats["packing_efficiency"] = round(sum(packed["length"]) / (len(packed) * capacity), 4)
-        return packed
 
     def dataset_tools(self) -> list[dict[str, Any]] | None:
         """The dataset-wide tool schemas of ``data.tools_file``."""
         return self.render_options().tools
 
+    def plan_fast_paths(self) -> Any:
+        """Decide and install this run's fast paths (:mod:`..perf`) once the model is loaded."""
+        from ..perf import install_fast_paths, plan_fast_paths
+
+        if self.fast_paths is None:
+            tc = self.training_config
+            self.fast_paths = install_fast_paths(
+                self.model, plan_fast_paths(self.model, tc, self.data_config, sharded=bool(tc.deepspeed or tc.fsdp)))
+        return self.fast_paths
+
     def data_collator(self) -> Any:
         from ..data.collate import PackedCollator, PaddingCollator
-        from ._fast import resolve_padding_free
 
-        flat = resolve_padding_free(self.data_config, self.training_config, self.model)  # data.padding_free
+        flat = self.plan_fast_paths().padding_free  # data.padding_free
         if self.data_config.packing or flat:
             # also right for the unpacked eval rows: each is one document plus a padding tail
             return PackedCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=flat)
@@ -378,49 +269,12 @@ class BaseTrainer(FineTuner):
     # The HF Trainer
     # ----------------------------------------------------------------------------------------
     def training_arguments(self, has_eval: bool) -> Any:
-        import torch
-        from transformers import TrainingArguments
+        from .hf_args import training_arguments
 
-        from ..callbacks.reporting import hf_report_to  # tensorboard and wandb: our callbacks (_hf_callbacks)
+        return training_arguments(self.training_config, has_eval=has_eval,
+                                  group_by_length=self.data_config.group_by_length)
 
-        tc = self.training_config
-        if tc.fp16 and not torch.cuda.is_available():
-            raise ConfigError("training.fp16: float16 mixed precision needs a CUDA GPU and none is available; "
-                              "set fp16: false (or bf16: true on a CPU with bfloat16 support)")
-        kwargs: dict[str, Any] = dict(
-            output_dir=tc.output_dir, num_train_epochs=tc.num_train_epochs, max_steps=tc.max_steps,
-            per_device_train_batch_size=tc.per_device_train_batch_size,
-            per_device_eval_batch_size=tc.per_device_eval_batch_size,
-            gradient_accumulation_steps=tc.gradient_accumulation_steps, learning_rate=tc.learning_rate,
-            weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps, lr_scheduler_type=tc.lr_scheduler_type,
-            max_grad_norm=tc.max_grad_norm, optim=tc.optim, fp16=tc.fp16, bf16=tc.bf16,
-            logging_steps=tc.logging_steps, logging_first_step=True,
-            eval_strategy=tc.eval_strategy if has_eval else "no", eval_steps=tc.eval_steps,
-            save_strategy=tc.save_strategy, save_steps=tc.save_steps, save_total_limit=tc.save_total_limit,
-            seed=tc.seed, data_seed=tc.seed, report_to=hf_report_to(tc.report_to) or "none", run_name=tc.run_name,
-            dataloader_num_workers=tc.dataloader_num_workers, dataloader_pin_memory=torch.cuda.is_available(),
-            activation_checkpointing=tc.gradient_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
-            use_cpu=_use_cpu(tc), disable_tqdm=tc.disable_tqdm, remove_unused_columns=False,
-            neftune_noise_alpha=tc.neftune_noise_alpha,
-            include_num_input_tokens_seen="non_padding", label_names=["labels"],
-            train_sampling_strategy="group_by_length" if self.data_config.group_by_length else "random",
-            length_column_name="length",
-            # the HF Trainer would replace a NaN/inf step loss by the running mean; NonFiniteGuard must see it
-            logging_nan_inf_filter=False,
-        )
-        if tc.deepspeed:
-            kwargs["deepspeed"] = tc.deepspeed
-        if tc.fsdp:
-            kwargs["fsdp"] = tc.fsdp
-            if tc.fsdp_config:
-                kwargs["fsdp_config"] = tc.fsdp_config
-        try:
-            return TrainingArguments(**kwargs)
-        except ValueError as exc:  # HF's own checks of option combinations
-            raise ConfigError(f"training: {exc}") from None
-
-    def _hf_callbacks(self) -> list[Any]:
+    def _hf_callbacks(self, step_losses: Any) -> list[Any]:
         from transformers import TrainerCallback
 
         from ..callbacks.bridge import CallbackBridge
@@ -432,28 +286,33 @@ class BaseTrainer(FineTuner):
         theirs = [cb for cb in self.callbacks if isinstance(cb, TrainerCallback)]
         theirs += tracker_callbacks(self.training_config.report_to, self.callbacks)  # report_to tensorboard/wandb
         self._interrupt = InterruptCallback()
-        out = [RunLogCallback(Path(self.training_config.output_dir) / "trainer_log.jsonl"), self._interrupt,
-               NonFiniteGuard(self), *theirs]
+        guard = NonFiniteGuard(self.training_config, lambda: self.hf_trainer.accumulated_loss())
+        out = [RunLogCallback(Path(self.training_config.output_dir) / run_files.TRAINER_LOG), self._interrupt,
+               guard, *theirs]
         if ours:
-            out.append(CallbackBridge(self, ours))
+            out.append(CallbackBridge(self, ours, step_losses))
         return out
 
     def hf_trainer_core(self) -> tuple[type, dict[str, Any]]:
         """The HF Trainer subclass :meth:`build_hf_trainer` builds, and extra keyword arguments for it
         (the preference trainer swaps in its loss here)."""
-        from ._hf import SFTTrainerCore
+        from .hf_core import SFTTrainerCore
 
         return SFTTrainerCore, {}
 
     def build_hf_trainer(self, train_dataset: Any = None, eval_dataset: Any = None) -> Any:
+        from .hf_core import StepLosses
+
         self.setup()
         optimizer = self.create_optimizer(self.model)
         core, extra = self.hf_trainer_core()
+        step_losses = StepLosses() if self.callbacks else None  # a .item() per micro-batch: only when someone listens
         self.hf_trainer = core(
-            owner=self, model=self.model, args=self.training_arguments(eval_dataset is not None),
+            model=self.model, args=self.training_arguments(eval_dataset is not None),
             train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=self.data_collator(),
-            processing_class=self.tokenizer, callbacks=self._hf_callbacks(),
-            optimizers=(optimizer, None), **extra)
+            processing_class=self.tokenizer, callbacks=self._hf_callbacks(step_losses),
+            optimizers=(optimizer, None), fast_paths=self.plan_fast_paths(), step_losses=step_losses,
+            before_checkpoint=self._before_checkpoint, **extra)
         # our console output instead of HF's log dicts and nested bars (see callbacks/console.py)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -463,14 +322,6 @@ class BaseTrainer(FineTuner):
         self.hf_trainer.remove_callback(PrinterCallback)
         self.hf_trainer.add_callback(ConsoleCallback(bar=not self.training_config.disable_tqdm))
         return self.hf_trainer
-
-    def _pop_step_loss(self) -> float | None:
-        """Mean loss of the micro-batches of the optimizer step that just ended (for callbacks)."""
-        if not self._step_losses:
-            return None
-        loss = sum(self._step_losses) / len(self._step_losses)
-        self._step_losses.clear()
-        return loss
 
     # ----------------------------------------------------------------------------------------
     # Public API
@@ -483,12 +334,12 @@ class BaseTrainer(FineTuner):
         """
         if config is not None:
             self.training_config = coerce_config(TrainingConfig, config, "config")
-            self.model, self.hf_trainer = None, None
+            self.model, self.hf_trainer, self.fast_paths = None, None, None
         tc, dc = self.training_config, self.data_config
         from ..utils.run_lock import lock_only, remove_stale_temporaries
 
         out = Path(tc.output_dir)
-        created = _is_main_process() and (not out.exists() or lock_only(out))
+        created = is_main_process() and (not out.exists() or lock_only(out))
         self._loop_started = False
         try:
             if train_dataset is None:
@@ -499,7 +350,7 @@ class BaseTrainer(FineTuner):
                 eval_dataset = dc.eval_file
             self.check_inputs(train_dataset, eval_dataset)
             with self.hold_output_dir():
-                if _is_main_process():
+                if is_main_process():
                     for path in remove_stale_temporaries(out):
                         logger.warning("removed %s, left behind by a run that was killed while writing it", path)
                 with self._disk_full_guard():  # whichever write hits a full disk: one line, what to do
@@ -511,15 +362,15 @@ class BaseTrainer(FineTuner):
                 shutil.rmtree(out, ignore_errors=True)
             raise
         finally:
-            _stop_log_file()
+            run_files.stop_log_file()
 
     def hold_output_dir(self) -> Any:
         """A context holding ``output_dir``'s lock: a second live run on the folder stops at once
         (:class:`OutputDirBusy`, exit code 2). Re-entrant; the CLI holds it across train and save."""
         from ..utils.run_lock import run_lock
 
-        _check_output_dir(self.training_config.output_dir)
-        return run_lock(self.training_config.output_dir, enabled=_is_main_process())
+        check_output_dir(self.training_config.output_dir)
+        return run_lock(self.training_config.output_dir, enabled=is_main_process())
 
     def _train_locked(self, train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
         from ..utils.run_identity import RunIdentity
@@ -533,7 +384,7 @@ class BaseTrainer(FineTuner):
             pairs = [split_records(r, dc.eval_split_ratio, tc.seed) for r in self._record_sets(train_dataset, "train")]
             train_dataset = MultiSource(tr for tr, _ in pairs)
             eval_dataset = MultiSource(ev for _, ev in pairs)
-        with _main_process_first():  # the main process tokenizes (and caches); the others wait, then reuse
+        with main_process_first():  # the main process tokenizes (and caches); the others wait, then reuse
             train_ds = self.prepare_dataset(train_dataset, "train")
             eval_ds = self.prepare_dataset(eval_dataset, "eval")
         self.setup()
@@ -542,7 +393,7 @@ class BaseTrainer(FineTuner):
             from ..utils.run_identity import check_checkpoint_fits
 
             check_checkpoint_fits(self.model, resume)  # lora.r 8 -> 4: exit 2 before anything is rewritten
-        if _is_main_process():
+        if is_main_process():
             from ..utils.checkpoint import move_aside_previous_run
             from ..utils.run_identity import write_identity
 
@@ -554,17 +405,17 @@ class BaseTrainer(FineTuner):
                                    "(a fresh run never mixes its files with another run's; delete that folder if "
                                    "you do not need it)", moved)
             else:
-                _trim_log(out / "trainer_log.jsonl", _checkpoint_step(resume))
-            _log_to_file(out / "train.log", append=bool(resume))
+                run_files.trim_log(out, run_files.checkpoint_step(resume))
+            run_files.log_to_file(out, append=bool(resume))
             write_identity(out, self._identity)
-            self.write_run_config(out / "run_config.yaml")
+            self.write_run_config(out)
         trainer = self.build_hf_trainer(train_ds, eval_ds)
-        self._warn_about_schedule(len(train_ds))
+        warn_about_schedule(tc, len(train_ds))
         metrics: dict[str, Any] = {"method": self.method}
         if eval_ds is not None and tc.eval_on_start:
             before = trainer.evaluate()
             metrics["eval_loss_before"] = before["eval_loss"]
-            metrics["perplexity_before"] = _perplexity(before["eval_loss"])
+            metrics["perplexity_before"] = run_files.perplexity(before["eval_loss"])
         from ..errors import RunFinished
 
         interrupt = getattr(self, "_interrupt", None)
@@ -601,13 +452,13 @@ class BaseTrainer(FineTuner):
             last = trainer.state.log_history[-2:-1] or [{}]
             ev = last[0] if last[0].get("step") == trainer.state.global_step and "eval_loss" in last[0] else None
             ev = ev or trainer.evaluate()
-            metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]),
+            metrics.update(eval_loss=ev["eval_loss"], perplexity=run_files.perplexity(ev["eval_loss"]),
                            eval_samples=len(eval_ds))
         for callback in self.callbacks:  # what a callback reports about the run (early_stop: stopped_early)
             if callable(getattr(callback, "final_metrics", None)):
                 metrics.update(callback.final_metrics())
         metrics["data"] = self.data_stats
-        if _is_main_process():
+        if is_main_process():
             self.write_outputs(metrics)
         return metrics
 
@@ -616,7 +467,7 @@ class BaseTrainer(FineTuner):
 
         tc = self.training_config
         text, last = disk_full_details(message, tc.output_dir, getattr(self, "_identity", None),
-                                       plain=not (tc.deepspeed or tc.fsdp), remove_incomplete=_is_main_process())
+                                       plain=not (tc.deepspeed or tc.fsdp), remove_incomplete=is_main_process())
         return DiskFullError(text, checkpoint=last)
 
     @contextlib.contextmanager
@@ -637,124 +488,29 @@ class BaseTrainer(FineTuner):
     def _before_checkpoint(self, path: str) -> None:
         """Called by the HF Trainer core before it writes ``checkpoint-N``: the run's identity goes in
         first, so that every checkpoint can be attributed to the config that wrote it."""
-        if getattr(self, "_identity", None) is not None and _is_main_process():
+        if getattr(self, "_identity", None) is not None and is_main_process():
             from ..utils.run_identity import write_identity
 
             os.makedirs(path, exist_ok=True)
             write_identity(path, self._identity)
 
     def resume_checkpoint(self, identity: Any = None) -> str | None:
-        """The checkpoint directory ``training.resume_from_checkpoint`` names, checked before anything
-        is loaded (the HF Trainer would only fail after data preparation and model loading).
+        """The checkpoint ``training.resume_from_checkpoint`` names (:func:`..utils.run_identity.resolve_resume`;
+        ``identity`` None: that of this trainer's config and ``data.train_file``)."""
+        from ..utils.run_identity import RunIdentity, resolve_resume
 
-        ``true`` takes the newest complete checkpoint written by a run of the same identity
-        (:class:`RunIdentity`; None: the identity of this trainer's config and ``data.train_file``);
-        checkpoints of another config are skipped with a warning, and when only such checkpoints
-        exist it is an error. A path is resumed as asked, with a warning if another config wrote it.
-        """
         tc = self.training_config
-        value = tc.resume_from_checkpoint
-        if not value:
+        if not tc.resume_from_checkpoint:
             return None
-        from ..utils.checkpoint import checkpoint_problems
-        from ..utils.run_identity import RunIdentity, choose_checkpoint, warn_if_written_by_another
-
         if identity is None:
             identity = RunIdentity.from_resolved_config(self.resolved_config(), self.data_config.train_file)
         # DeepSpeed and FSDP save weights and optimizer state in their own sharded layouts
-        plain = not (tc.deepspeed or tc.fsdp)
-        if value is True:
-            return str(choose_checkpoint(tc.output_dir, identity, plain=plain))
-        if not os.path.isfile(os.path.join(value, "trainer_state.json")) and not any(
-                os.path.isfile(os.path.join(value, n)) for n in ("optimizer.pt", "adapter_model.safetensors",
-                                                                  "model.safetensors")):
-            raise ConfigError(f"training.resume_from_checkpoint: {value!r} is not a checkpoint folder (one with "
-                              "trainer_state.json, such as OUTPUT_DIR/checkpoint-500)")
-        problems = checkpoint_problems(value, training_state=plain, weights=plain)
-        if problems:
-            raise ConfigError(f"training.resume_from_checkpoint: {value} is incomplete ({'; '.join(problems)}), "
-                              "probably written by a run that was killed while saving; resume from an earlier "
-                              "checkpoint, or use true to pick the newest complete one")
-        warn_if_written_by_another(value, identity)
-        return str(value)
+        return resolve_resume(tc.resume_from_checkpoint, tc.output_dir, identity, plain=not (tc.deepspeed or tc.fsdp))
 
     def check_inputs(self, train_data: Any = None, eval_data: Any = None) -> None:
-        """Everything that can be checked before the data is read and the model is loaded: paths,
-        devices and option combinations. A mistake then costs seconds, not a model load, and the
-        run has written nothing yet."""
-        from ..utils.model_files import check_model_dir, max_positions
-
-        tc, dc = self.training_config, self.data_config
-        _check_output_dir(tc.output_dir)
-        check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights)
-        self._check_precision()
-        limit, rope_scaled = max_positions(tc.model_name_or_path)
-        if limit is not None and not rope_scaled and tc.max_seq_length > limit:
-            what = "packed rows (data.packing)" if dc.packing else "samples"
-            raise ConfigError(
-                f"training.max_seq_length: {tc.max_seq_length} is more than the model's max_position_embeddings "
-                f"({limit}, in {tc.model_name_or_path}/config.json); {what} that long would use positions the model "
-                f"never learned; set max_seq_length to at most {limit}")
-        from ..utils.input_checks import check_chat_template, check_data_argument, check_lora_rank
-
-        for option, data in (("data.train_file", train_data), ("data.eval_file", eval_data)):
-            check_data_argument("train(): " + ("train_dataset" if "train" in option else "eval_dataset"), data)
-            for path in _local_paths(data):
-                _check_data_file(option, path)
-        template = dc.chat_template
-        # a bare name may name one of the tokenizer's templates (checked when the tokenizer loads)
-        looks_like_path = template and ("/" in template or os.sep in template or Path(template).suffix)
-        if looks_like_path and "{" not in template and not os.path.isfile(template):
-            raise ConfigError(f"data.chat_template: {template}: no such file; expected a Jinja template file or "
-                              "the template text itself")
-        check_chat_template(template)
-        if self.lora_config is not None and self.uses_lora:
-            check_lora_rank(self.lora_config.r, tc.model_name_or_path)
-        if dc.tools_file and not os.path.isfile(dc.tools_file):
-            raise ConfigError(f"data.tools_file: {dc.tools_file}: no such file; expected a JSON list of tool schemas")
-        if tc.deepspeed:
-            import importlib.util
-
-            if isinstance(tc.deepspeed, str) and not os.path.isfile(tc.deepspeed):
-                raise ConfigError(f"training.deepspeed: {tc.deepspeed}: no such file; expected a DeepSpeed JSON config")
-            if importlib.util.find_spec("deepspeed") is None:
-                raise ConfigError("training.deepspeed is set but the deepspeed package is not installed; "
-                                  "pip install deepspeed (the [deepspeed] extra)")
-        from transformers.training_args import OptimizerNames
-
-        optimizers = [o.value for o in OptimizerNames]
-        if tc.optim not in optimizers:
-            import difflib
-
-            close = difflib.get_close_matches(tc.optim, optimizers, n=1)
-            raise ConfigError(f"training.optim: unknown optimizer {tc.optim!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + "; e.g. adamw_torch, adamw_torch_fused, adafactor, sgd, paged_adamw_8bit")
-        # HF's own checks of option combinations, now rather than after the model load
-        self.training_arguments(eval_data is not None or dc.eval_split_ratio > 0)
-
-    def _check_precision(self) -> None:
-        import torch
-
-        tc = self.training_config
-        if tc.fp16 and not torch.cuda.is_available():
-            raise ConfigError("training.fp16: float16 mixed precision needs a CUDA GPU and none is available; "
-                              "set fp16: false (or bf16: true with use_cpu: true on a CPU with bfloat16 support)")
-        if not tc.bf16:
-            return
-        if torch.cuda.is_available() and not tc.use_cpu:
-            if not torch.cuda.is_bf16_supported():
-                raise ConfigError("training.bf16: this GPU has no bfloat16 support (it needs compute capability "
-                                  "8.0 or newer, such as A100, H100, RTX 30xx); use fp16: true instead")
-            return
-        from transformers.utils import is_torch_bf16_available_on_device
-
-        if not is_torch_bf16_available_on_device("cpu"):
-            raise ConfigError("training.bf16: this CPU cannot compute in bfloat16 and no CUDA GPU is available; "
-                              "set bf16: false")
-        if not tc.use_cpu:
-            raise ConfigError("training.bf16: no CUDA GPU is available; bfloat16 mixed precision on the CPU needs "
-                              "training.use_cpu: true (or set bf16: false)")
+        """Everything that can be checked before the data is read and the model is loaded
+        (:func:`.preflight.check_run_inputs`)."""
+        check_run_inputs(self, train_data, eval_data)
 
     def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
         """``eval_loss`` (mean over trained tokens) and ``perplexity`` on ``eval_dataset``."""
@@ -762,7 +518,7 @@ class BaseTrainer(FineTuner):
         if self.hf_trainer is None:
             self.build_hf_trainer(None, eval_ds)
         ev = self.hf_trainer.evaluate(eval_dataset=eval_ds)
-        return {"eval_loss": ev["eval_loss"], "perplexity": _perplexity(ev["eval_loss"]),
+        return {"eval_loss": ev["eval_loss"], "perplexity": run_files.perplexity(ev["eval_loss"]),
                 "eval_samples": len(eval_ds), "eval_runtime": ev.get("eval_runtime")}
 
     def save_model(self, output_dir: str | os.PathLike) -> str:
@@ -777,10 +533,10 @@ class BaseTrainer(FineTuner):
             self.set_generation_stops(self.model)
         if self.hf_trainer is not None and (self.hf_trainer.is_deepspeed_enabled or self.hf_trainer.is_fsdp_enabled):
             self.hf_trainer.save_model(str(output_dir))
-            if _is_main_process():
+            if is_main_process():
                 self.tokenizer.save_pretrained(str(output_dir))
             return str(output_dir)
-        if not _is_main_process():
+        if not is_main_process():
             return str(output_dir)
         with atomic_dir(output_dir) as tmp:
             self.write_weights(tmp)
@@ -848,108 +604,15 @@ class BaseTrainer(FineTuner):
                                "training": self.training_config.to_dict(), "data": self.data_config.to_dict()}
         if self.lora_config is not None:
             out["lora"] = self.lora_config.to_dict()
+        if self.extra_section:
+            out[self.extra_section] = getattr(self, self.section_option()).to_dict()
         out.update(self.run_config_extra)
         return out
 
-    def write_run_config(self, path: Path) -> None:
-        import yaml
-
-        atomic_write_text(path, yaml.safe_dump(self.resolved_config(), sort_keys=False))
+    def write_run_config(self, output_dir: Path) -> None:
+        run_files.write_run_config(output_dir, self.resolved_config())
 
     def write_outputs(self, metrics: dict[str, Any]) -> None:
-        from ..callbacks.run_log import read_log
-        from ..utils.plotting import plot_loss
-
-        out = Path(self.training_config.output_dir)
-        atomic_write_json(out / "metrics.json", metrics)
-        plot_loss(read_log(out / "trainer_log.jsonl"), out / "loss.png",
-                  title=f"{self.method}: {Path(self.training_config.model_name_or_path).name}")
-
-    def _warn_about_schedule(self, n_samples: int) -> None:
+        """metrics.json and loss.png."""
         tc = self.training_config
-        per_step = tc.per_device_train_batch_size * tc.gradient_accumulation_steps
-        steps = tc.max_steps if tc.max_steps > 0 else math.ceil(math.ceil(n_samples / per_step) * tc.num_train_epochs)
-        if isinstance(tc.warmup_steps, int) and tc.warmup_steps >= steps:
-            logger.warning("warmup_steps=%d >= the %d optimizer steps of this run: the learning rate never "
-                           "reaches its peak; use fewer steps or a ratio such as 0.03", tc.warmup_steps, steps)
-
-
-_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-def _local_paths(data: Any) -> list[str]:
-    """The file paths among a train()/evaluate() data argument (records and datasets are skipped)."""
-    if isinstance(data, (str, os.PathLike)):
-        return [os.fspath(data)]
-    from ..data.sources import is_source_list
-
-    if is_source_list(data):
-        return [os.fspath(d["path"] if isinstance(d, dict) else d) for d in data]
-    return []
-
-
-def _check_data_file(option: str, path: str) -> None:
-    """A path with a data-file suffix must be a readable file (other strings may be hub ids or
-    saved-dataset folders, which their loader checks)."""
-    from ..utils.model_files import looks_like_local_path
-
-    p = Path(path)
-    if p.suffix not in _DATA_SUFFIXES:
-        if not p.exists() and looks_like_local_path(path):
-            raise ConfigError(f"{option}: {p}: no such file or directory")
-        return
-    if p.is_dir():
-        raise ConfigError(f"{option}: {p} is a directory; expected a {', '.join(_DATA_SUFFIXES)} file "
-                          "(or a folder written by Dataset.save_to_disk, without a file suffix)")
-    if not p.exists():
-        raise ConfigError(f"{option}: {p}: no such file")
-    if not os.access(p, os.R_OK):
-        raise ConfigError(f"{option}: {p}: not readable (permission denied)")
-
-
-def _check_output_dir(path: str) -> None:
-    p = Path(path).expanduser()
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"training.output_dir: {p} is an existing file; expected a directory (an existing one, "
-                          "or a path to create)")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"training.output_dir: cannot create {p}: {parent} is a file, not a directory")
-            target = p if p.exists() else parent
-            if not os.access(target, os.W_OK | os.X_OK):
-                raise ConfigError(f"training.output_dir: {target} is not writable")
-            return
-
-
-def _checkpoint_step(path: str) -> int | None:
-    import json
-
-    try:
-        return int(json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _trim_log(path: Path, step: int | None) -> None:
-    """A resumed run appends to trainer_log.jsonl; drop the entries the interrupted run logged after
-    the checkpoint it resumes from, which the resumed run logs again."""
-    import json
-
-    if step is None or not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = []
-    for line in lines:
-        try:
-            entry_step = json.loads(line).get("step", 0)
-        except ValueError:
-            continue  # a line cut short by the kill
-        if isinstance(entry_step, int) and entry_step <= step:
-            kept.append(line)
-    if len(kept) != len(lines):
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 50 else float("inf")
+        run_files.write_outputs(tc.output_dir, metrics, title=f"{self.method}: {Path(tc.model_name_or_path).name}")

@@ -7,7 +7,6 @@ from typing import Any
 
 from ..config import FreezeConfig
 from ..errors import ConfigError
-from .base import coerce_config
 from .full import FullTrainer
 
 __all__ = ["FreezeTrainer", "decoder_layers"]
@@ -40,15 +39,8 @@ class FreezeTrainer(FullTrainer):
     """
 
     method = "freeze"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.freeze_config: FreezeConfig = coerce_config(
-            FreezeConfig, self.options.get("freeze_config"), "freeze_config") or FreezeConfig()
-
-    @classmethod
-    def known_options(cls) -> list[str]:
-        return [*super().known_options(), "freeze_config"]
+    extra_section = "freeze"
+    freeze_config: FreezeConfig
 
     def apply_adapter(self, model: Any) -> Any:
         fc = self.freeze_config
@@ -68,8 +60,3 @@ class FreezeTrainer(FullTrainer):
         if fc.train_lm_head and head is not None:
             head.requires_grad_(True)
         return model
-
-    def resolved_config(self) -> dict[str, Any]:
-        out = super().resolved_config()
-        out["freeze"] = self.freeze_config.to_dict()
-        return out

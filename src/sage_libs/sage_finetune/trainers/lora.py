@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..utils.io import atomic_dir
-from .base import BaseTrainer, _is_main_process
+from ..utils.processes import is_main_process
+from .base import BaseTrainer
 
 __all__ = ["LoRATrainer", "linear_module_names", "check_target_modules", "check_modules_to_save", "peft_lora_config"]
 
@@ -103,7 +104,7 @@ class LoRATrainer(BaseTrainer):
         from peft import PeftModel
 
         self.setup()
-        if not _is_main_process():
+        if not is_main_process():
             return str(output_dir)
         base = self.load_merge_base()
         with tempfile.TemporaryDirectory(prefix="sage-ft-adapter-") as adapter_dir:

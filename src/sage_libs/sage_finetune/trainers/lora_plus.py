@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import LoRAPlusConfig
-from .base import coerce_config
 from .lora import LoRATrainer
 
 __all__ = ["LoRAPlusTrainer"]
@@ -21,31 +20,20 @@ class LoRAPlusTrainer(LoRATrainer):
     """
 
     method = "lora_plus"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lora_plus_config: LoRAPlusConfig = coerce_config(
-            LoRAPlusConfig, self.options.get("lora_plus_config"), "lora_plus_config") or LoRAPlusConfig()
-
-    @classmethod
-    def known_options(cls) -> list[str]:
-        return [*super().known_options(), "lora_plus_config"]
+    extra_section = "lora_plus"
+    lora_plus_config: LoRAPlusConfig
 
     def create_optimizer(self, model: Any) -> Any:
         """The optimizer named by ``training.optim`` (with its betas/eps), in LoRA+ parameter groups:
         lora_A at ``learning_rate``, lora_B (and 1-d adapter weights) at ``learning_rate * lora_lr_ratio``."""
         from peft.optimizers import create_loraplus_optimizer
-        from transformers import Trainer
+
+        from .hf_args import optimizer_class_and_kwargs
 
         tc, lp = self.training_config, self.lora_plus_config
-        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.training_arguments(False), model)
+        optimizer_cls, kwargs = optimizer_class_and_kwargs(tc, model)
         kwargs.pop("lr", None)
         if lp.lora_lr_embedding is not None:
             kwargs["loraplus_lr_embedding"] = lp.lora_lr_embedding
         return create_loraplus_optimizer(model, optimizer_cls, lr=tc.learning_rate, loraplus_lr_ratio=lp.lora_lr_ratio,
                                          loraplus_weight_decay=tc.weight_decay, **kwargs)
-
-    def resolved_config(self) -> dict[str, Any]:
-        out = super().resolved_config()
-        out["lora_plus"] = self.lora_plus_config.to_dict()
-        return out

@@ -17,6 +17,12 @@ class ObjectiveTrainer(FineTuner):
     ``training_config``...) to ``self.inner``; subclasses set ``inner`` and override what differs."""
 
     inner: Any
+    #: the objective's own config section (``agent``, ``preference``); see ``BaseTrainer.extra_section``
+    extra_section: str | None = None
+
+    @classmethod
+    def section_option(cls) -> str | None:
+        return f"{cls.extra_section}_config" if cls.extra_section else None
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":  # not set yet (e.g. while __init__ fails): no recursion

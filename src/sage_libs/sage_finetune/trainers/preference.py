@@ -120,9 +120,7 @@ class _PreferenceMixin:
 
     def data_collator(self) -> Any:
         from ..data.preference import PreferenceCollator
-        from ._fast import resolve_padding_free
-
-        flat = resolve_padding_free(self.data_config, self.training_config, self.model)
+        flat = self.plan_fast_paths().padding_free
         return PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=flat)
 
     # -- outputs ------------------------------------------------------------------------------------
@@ -160,11 +158,12 @@ class PreferenceTrainer(ObjectiveTrainer):
     method underneath (default ``lora``). Other keyword arguments go to that method's trainer."""
 
     method = "dpo"
+    extra_section = "preference"
 
     def __init__(self, method: str | None = None, preference_config: Any = None, **kwargs: Any) -> None:
-        from ..config import PreferenceConfig
+        from ..config import PreferenceConfig, coerce_config
         from ..registry import get_trainer_class
-        from .base import BaseTrainer, coerce_config
+        from .base import BaseTrainer
 
         config = coerce_config(PreferenceConfig, preference_config, "preference_config") or PreferenceConfig()
         if method is not None:
@@ -179,6 +178,3 @@ class PreferenceTrainer(ObjectiveTrainer):
         self.inner.preference_config = config
         self.inner.run_config_extra.update(method="dpo", preference=config.to_dict())
 
-    @classmethod
-    def known_options(cls) -> list[str]:
-        return ["preference_config"]

@@ -22,7 +22,6 @@ from typing import Any
 
 from ..config import QuantizationConfig
 from ..errors import ConfigError, TrainingError
-from .base import coerce_config
 from .lora import LoRATrainer
 
 __all__ = ["QLoRATrainer", "keep_4bit_layout_trainable", "repacked_4bit_layers"]
@@ -82,17 +81,14 @@ class QLoRATrainer(LoRATrainer):
 
     method = "qlora"
 
+    extra_section = "quantization"
+    quantization_config: QuantizationConfig
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.quantization_config: QuantizationConfig = coerce_config(
-            QuantizationConfig, self.options.get("quantization_config"), "quantization_config") or QuantizationConfig()
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError("qlora: the bitsandbytes package is not installed; "
                               "pip install bitsandbytes (the [qlora] extra: pip install -e '.[qlora]' in a checkout)")
-
-    @classmethod
-    def known_options(cls) -> list[str]:
-        return [*super().known_options(), "quantization_config"]
 
     def _use_cuda(self) -> bool:
         import torch
@@ -138,10 +134,5 @@ class QLoRATrainer(LoRATrainer):
         # (training.gradient_checkpointing -> TrainingArguments).
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
-    def _hf_callbacks(self) -> list[Any]:
-        return [*super()._hf_callbacks(), _repacked_weight_guard()]
-
-    def resolved_config(self) -> dict[str, Any]:
-        out = super().resolved_config()
-        out["quantization"] = self.quantization_config.to_dict()
-        return out
+    def _hf_callbacks(self, step_losses: Any) -> list[Any]:
+        return [*super()._hf_callbacks(step_losses), _repacked_weight_guard()]

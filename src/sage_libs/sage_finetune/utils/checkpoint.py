@@ -23,6 +23,8 @@ import re
 import zipfile
 from pathlib import Path
 
+from .. import run_files
+
 __all__ = ["CHECKPOINT_RE", "TRAINING_STATE_FILES", "checkpoint_problems", "find_checkpoints",
            "last_complete_checkpoint", "move_aside_previous_run", "PREVIOUS_RUNS", "RUN_OUTPUTS"]
 
@@ -131,8 +133,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, *, training_state: b
 
 PREVIOUS_RUNS = "previous-runs"
 # What a run writes into output_dir (besides checkpoint-N): moved aside with its checkpoints
-RUN_OUTPUTS = ("adapter", "model", "merged", "metrics.json", "trainer_log.jsonl", "loss.png", "run_config.yaml",
-               "run_identity.json", "train.log")
+RUN_OUTPUTS = run_files.RUN_OUTPUTS
 
 
 def move_aside_previous_run(output_dir: str | os.PathLike) -> Path | None:
@@ -151,7 +152,7 @@ def move_aside_previous_run(output_dir: str | os.PathLike) -> Path | None:
     fingerprint = "unknown"
     for folder in (root, *checkpoints):
         try:
-            fingerprint = json.loads((folder / "run_identity.json").read_text(encoding="utf-8"))["fingerprint"][:8]
+            fingerprint = json.loads((folder / run_files.RUN_IDENTITY).read_text(encoding="utf-8"))["fingerprint"][:8]
             break
         except (OSError, ValueError, KeyError, TypeError):
             continue

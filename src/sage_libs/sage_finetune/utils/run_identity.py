@@ -24,13 +24,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IDENTITY_FILE", "RunIdentity", "read_identity", "write_identity", "identity_differences",
+from .. import run_files
+
+__all__ = ["IDENTITY_FILE", "resolve_resume", "RunIdentity", "read_identity", "write_identity", "identity_differences",
            "data_fingerprint", "checkpoint_shape_problems", "check_checkpoint_fits", "choose_checkpoint",
            "last_own_checkpoint", "warn_if_written_by_another", "disk_full_details"]
 
 _log = logging.getLogger("sage_libs.sage_finetune.trainers.base")
 
-IDENTITY_FILE = "run_identity.json"
+IDENTITY_FILE = run_files.RUN_IDENTITY
 
 # TrainingConfig fields that do not change what is trained (outputs, logging, execution details).
 _TRAINING_EXCLUDED = frozenset((
@@ -326,3 +328,32 @@ def disk_full_details(message: str, output_dir: str | os.PathLike, identity: Run
             "training.resume_from_checkpoint=true" if last is not None
             else "no complete checkpoint was written; free some space and start the run again")
     return f"{message}; {kept}", None if last is None else str(last)
+
+
+def resolve_resume(value: Any, output_dir: str | os.PathLike, identity: RunIdentity, *, plain: bool = True) -> str | None:
+    """The checkpoint folder ``training.resume_from_checkpoint`` names, checked before anything is
+    loaded (the HF Trainer would only fail after data preparation and model loading).
+
+    ``true`` takes the newest complete checkpoint written by a run of the same ``identity``;
+    checkpoints of another config are skipped with a warning, and when only such checkpoints exist
+    it is an error. A path is resumed as asked, with a warning if another config wrote it.
+    ``plain``: False under DeepSpeed/FSDP, whose sharded layouts are not checked file by file."""
+    from ..errors import ConfigError
+    from .checkpoint import checkpoint_problems
+
+    if not value:
+        return None
+    if value is True:
+        return str(choose_checkpoint(output_dir, identity, plain=plain))
+    if not os.path.isfile(os.path.join(value, "trainer_state.json")) and not any(
+            os.path.isfile(os.path.join(value, n)) for n in ("optimizer.pt", "adapter_model.safetensors",
+                                                              "model.safetensors")):
+        raise ConfigError(f"training.resume_from_checkpoint: {value!r} is not a checkpoint folder (one with "
+                          "trainer_state.json, such as OUTPUT_DIR/checkpoint-500)")
+    problems = checkpoint_problems(value, training_state=plain, weights=plain)
+    if problems:
+        raise ConfigError(f"training.resume_from_checkpoint: {value} is incomplete ({'; '.join(problems)}), "
+                          "probably written by a run that was killed while saving; resume from an earlier "
+                          "checkpoint, or use true to pick the newest complete one")
+    warn_if_written_by_another(value, identity)
+    return str(value)

@@ -1,61 +1,75 @@
 """Our subclass of the HF Trainer: the training loop stays theirs; we observe it and compute the
-same loss with less work (see :mod:`._fast`)."""
+same loss with less work (:mod:`..perf`).
+
+Every place where this package touches a private part of ``transformers.Trainer`` is in this file:
+``_save_checkpoint`` / ``_get_output_dir`` (the run identity goes into a checkpoint first),
+``_track_num_input_tokens`` (real-token counting), ``_prepare_inputs`` / ``_get_num_items_in_batch``
+(the loss-only evaluation step) and ``_tr_loss`` (:meth:`SFTTrainerCore.accumulated_loss`, read by the
+non-finite guard). Upgrading transformers means checking these.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import Trainer
 
-from ._fast import (
-    install_doc_attention,
-    real_token_count,
-    selective_causal_lm_loss,
-    supports_selective_logits,
-    tune_malloc,
-)
+from ..perf import FastPaths
+from ..perf.selective_logits import selective_causal_lm_loss
+from ..perf.token_count import real_token_count
 
-__all__ = ["SFTTrainerCore"]
+__all__ = ["SFTTrainerCore", "StepLosses"]
 
 logger = logging.getLogger(__name__)
 
 
+class StepLosses:
+    """The micro-batch losses of the optimizer step in progress, for callbacks' ``on_step_end``."""
+
+    def __init__(self) -> None:
+        self._losses: list[float] = []
+
+    def add(self, loss: float) -> None:
+        self._losses.append(loss)
+
+    def pop_mean(self) -> float | None:
+        """Mean loss of the micro-batches of the step that just ended (None: none recorded)."""
+        if not self._losses:
+            return None
+        loss = sum(self._losses) / len(self._losses)
+        self._losses.clear()
+        return loss
+
+
 class SFTTrainerCore(Trainer):
-    """``transformers.Trainer`` that reports each micro-batch loss to its owner (so user callbacks
-    receive ``on_step_end(trainer, step, loss)``), and by default:
+    """``transformers.Trainer`` that computes the causal LM loss through the run's fast paths
+    (selective logits, chunked LM loss; decided by :func:`..perf.plan_fast_paths`), records each
+    micro-batch loss in ``step_losses`` (when callbacks listen) and calls ``before_checkpoint(path)``
+    before it writes ``checkpoint-N``."""
 
-    * computes the loss from logits at the trained positions only (``training.selective_logits``),
-      in chunks without a ``(tokens, vocab)`` logits tensor when those are large
-      (``training.chunked_lm_loss``);
-    * runs per-document attention when batches are padding-free or packed rows (position_ids, no
-      attention_mask) and the model uses sdpa;
-    * keeps freed memory in the process between steps on glibc (``training.malloc_tuning``).
-    """
-
-    def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fast_paths: FastPaths | None = None, step_losses: StepLosses | None = None,
+                 before_checkpoint: Callable[[str], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.owner = owner
-        tc = getattr(owner, "training_config", None)
-        self.selective_logits = bool(getattr(tc, "selective_logits", True)) and supports_selective_logits(self.model)
-        # sharded weights (FSDP, DeepSpeed ZeRO-3) are gathered for the head's own forward/backward only
-        self.chunked_lm_loss = getattr(tc, "chunked_lm_loss", None)
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            self.chunked_lm_loss = False
-        if getattr(tc, "malloc_tuning", True):
-            tune_malloc()
-        self.doc_attention = False
-        if getattr(self.data_collator, "emits_position_ids", False):
-            self.doc_attention = install_doc_attention(self.model)
+        self.fast_paths = fast_paths or FastPaths()
+        self.step_losses = step_losses
+        self.before_checkpoint = before_checkpoint
+
+    @property
+    def selective_logits(self) -> bool:
+        return self.fast_paths.selective_logits
+
+    @property
+    def doc_attention(self) -> bool:
+        return self.fast_paths.doc_attention
 
     # -- loss -----------------------------------------------------------------------------------
     def _selective_ok(self, inputs: dict[str, Any]) -> bool:
         """The selective path computes exactly the model's own loss; anything that needs the full
         logits or a different loss (label smoothing, a custom loss, context/sequence parallelism)
         takes the HF Trainer's path."""
-        if not self.selective_logits or "labels" not in inputs or self.label_smoother is not None \
+        if not self.fast_paths.selective_logits or "labels" not in inputs or self.label_smoother is not None \
                 or self.compute_loss_func is not None or getattr(self.args, "use_liger_kernel", False):
             return False
         pc = getattr(self.accelerator, "parallelism_config", None)
@@ -65,7 +79,7 @@ class SFTTrainerCore(Trainer):
         if return_outputs or not self._selective_ok(inputs):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        loss = selective_causal_lm_loss(model, inputs, num_items_in_batch, chunked=self.chunked_lm_loss)
+        loss = selective_causal_lm_loss(model, inputs, num_items_in_batch, chunked=self.fast_paths.chunked_lm_loss)
         # as Trainer.compute_loss: num_items_in_batch counts every rank's tokens and DDP averages
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs \
                 and num_items_in_batch is not None:
@@ -82,20 +96,26 @@ class SFTTrainerCore(Trainer):
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         return loss.detach().mean(), None, None
 
+    def accumulated_loss(self) -> Any:
+        """The loss accumulated since the last logging step (a tensor), or None on a Trainer
+        version without it."""
+        return getattr(self, "_tr_loss", None)
+
     # -- checkpoints ----------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
-        # the owner records which run wrote the checkpoint before any of its files
-        hook = getattr(self.owner, "_before_checkpoint", None)
-        if hook is not None:
-            hook(os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}"))
+        if self.before_checkpoint is not None:  # the run's identity goes in before any of its files
+            import os
+
+            self.before_checkpoint(os.path.join(self._get_output_dir(trial=trial),
+                                                f"checkpoint-{self.state.global_step}"))
         super()._save_checkpoint(model, trial)
 
     # -- observation ----------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.owner.callbacks:  # a .item() per micro-batch syncs the device: only when someone listens
+        if self.step_losses is not None:  # a .item() per micro-batch syncs the device: only when someone listens
             scale = self.args.gradient_accumulation_steps if num_items_in_batch is None else 1
-            self.owner._step_losses.append(float(loss.detach()) * scale)
+            self.step_losses.add(float(loss.detach()) * scale)
         return loss
 
     def _track_num_input_tokens(self, inputs):

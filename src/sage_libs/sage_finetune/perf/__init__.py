@@ -1,0 +1,105 @@
+"""Fast paths of the training loop. Each computes exactly what the plain path computes, less of what
+it throws away; ``tests/perf/`` checks losses and gradients against the plain path.
+
+==========================  =================================================  ==========================
+path                        what it saves                                      option
+==========================  =================================================  ==========================
+selective logits            the LM head and loss at trained positions only      ``training.selective_logits``
+chunked LM loss             no ``(tokens, vocab)`` logits at all (chunks)       ``training.chunked_lm_loss``
+padding-free batches        no padding; one row per batch                       ``data.padding_free``
+per-document attention      attention cost of each document, not of the row     (with padding-free / packing)
+allocator tuning            page faults of each step's activations (glibc)      ``training.malloc_tuning``
+==========================  =================================================  ==========================
+
+A run decides all of them once, after the model is loaded (:func:`plan_fast_paths`: options, the
+model's probed capabilities, the device), installs what changes process or model state in one
+explicit step (:func:`install_fast_paths`), and logs the decisions. The HF Trainer subclass
+(:mod:`..trainers.hf_core`) only reads the resulting :class:`FastPaths`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FastPaths", "plan_fast_paths", "install_fast_paths"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """The fast paths one run uses (see the module docstring)."""
+
+    selective_logits: bool = False
+    chunked_lm_loss: bool | None = False  # None: by size, per batch (chunked_ce.use_chunked_lm_loss)
+    padding_free: bool = False
+    doc_attention: bool = False
+    malloc_tuning: bool = False
+    notes: tuple[str, ...] = ()  # why a path is off, for the log
+
+    def describe(self) -> str:
+        chunked = {None: "by size", True: "on", False: "off"}[self.chunked_lm_loss]
+        flags = [f"selective logits {'on' if self.selective_logits else 'off'}",
+                 f"chunked LM loss {chunked if self.selective_logits else 'off'}",
+                 f"padding-free batches {'on' if self.padding_free else 'off'}",
+                 f"per-document attention {'on' if self.doc_attention else 'off'}",
+                 f"malloc tuning {'on' if self.malloc_tuning else 'off'}"]
+        return "; ".join(flags) + (f" ({'; '.join(self.notes)})" if self.notes else "")
+
+
+def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, sharded: bool = False,
+                    packing_or_flat_rows: bool | None = None) -> FastPaths:
+    """Decide the fast paths of a run of ``model`` (loaded, adapter applied). ``sharded``: weights
+    are sharded across processes (FSDP, DeepSpeed), where the head's weight is gathered for its own
+    forward and backward only, so the chunked loss is off. ``packing_or_flat_rows``: the batches
+    carry ``position_ids`` and no ``attention_mask`` (None: decide padding-free here)."""
+    from .doc_attention import doc_attention_supported, resolve_padding_free
+    from .selective_logits import probe_model
+
+    tc, notes = training_config, []
+    selective = bool(getattr(tc, "selective_logits", True))
+    if selective:
+        probe = probe_model(model)
+        if not probe.selective:
+            selective = False
+            notes.append(f"selective logits: {probe.why}")
+    chunked = getattr(tc, "chunked_lm_loss", None)
+    if sharded:
+        chunked = False
+    padding_free = resolve_padding_free(data_config, training_config, model)
+    flat_rows = bool(getattr(data_config, "packing", False)) or padding_free \
+        if packing_or_flat_rows is None else packing_or_flat_rows
+    doc_attention = False
+    if flat_rows:
+        why = doc_attention_supported(model)
+        doc_attention = why is None or _uses_doc_attention(model)
+        if not doc_attention:
+            notes.append(f"per-document attention: {why}")
+    return FastPaths(selective_logits=selective, chunked_lm_loss=chunked, padding_free=padding_free,
+                     doc_attention=doc_attention, malloc_tuning=bool(getattr(tc, "malloc_tuning", True)),
+                     notes=tuple(notes))
+
+
+def _uses_doc_attention(model: Any) -> bool:
+    from .doc_attention import DOC_ATTENTION
+    from .selective_logits import base_causal_lm
+
+    return getattr(base_causal_lm(model).config, "_attn_implementation", None) == DOC_ATTENTION
+
+
+def install_fast_paths(model: Any, paths: FastPaths) -> FastPaths:
+    """Apply what changes state: switch the model to per-document attention, tune the allocator
+    (process-wide). Returns ``paths`` with what actually applied, and logs it."""
+    from dataclasses import replace
+
+    from .allocator import tune_malloc
+    from .doc_attention import install_doc_attention
+
+    if paths.doc_attention:
+        paths = replace(paths, doc_attention=install_doc_attention(model))
+    if paths.malloc_tuning:
+        paths = replace(paths, malloc_tuning=tune_malloc())
+    logger.info("fast paths: %s", paths.describe())
+    return paths

@@ -1,0 +1,129 @@
+"""What a run writes into ``training.output_dir``, under which names, and how.
+
+    OUTPUT_DIR/
+      adapter/ or model/     the weights (:func:`weights_dir`: adapter methods write an adapter)
+      merged/                the adapter merged into the base (``train --merge``)
+      checkpoint-N/          the HF Trainer's checkpoints (+ run_identity.json)
+      metrics.json           final metrics (:func:`write_metrics`)
+      trainer_log.jsonl      one line per logging step / evaluation (callbacks.run_log)
+      loss.png               the loss curve (:func:`write_outputs`)
+      run_config.yaml        the resolved config; itself a valid run config
+      run_identity.json      which config and data wrote this folder (utils.run_identity)
+      train.log              INFO-level log of every library (:func:`log_to_file`)
+      previous-runs/         earlier runs' files, moved aside by a fresh run (utils.checkpoint)
+
+Every file is written atomically (utils.io): a killed run never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .utils.io import atomic_write_json, atomic_write_text
+
+__all__ = ["ADAPTER", "MODEL", "MERGED", "METRICS", "TRAINER_LOG", "LOSS_PLOT", "RUN_CONFIG", "RUN_IDENTITY",
+           "TRAIN_LOG", "RUN_OUTPUTS", "weights_dir", "written_files", "write_metrics", "write_run_config",
+           "write_outputs", "log_to_file", "stop_log_file", "trim_log", "checkpoint_step", "perplexity"]
+
+ADAPTER, MODEL, MERGED = "adapter", "model", "merged"
+METRICS = "metrics.json"
+TRAINER_LOG = "trainer_log.jsonl"
+LOSS_PLOT = "loss.png"
+RUN_CONFIG = "run_config.yaml"
+RUN_IDENTITY = "run_identity.json"
+TRAIN_LOG = "train.log"
+# everything a run writes besides checkpoint-N (moved aside together by a fresh run in the same folder)
+RUN_OUTPUTS = (ADAPTER, MODEL, MERGED, METRICS, TRAINER_LOG, LOSS_PLOT, RUN_CONFIG, RUN_IDENTITY, TRAIN_LOG)
+
+
+def weights_dir(output_dir: str | os.PathLike, uses_lora: bool) -> Path:
+    """Where the trained weights go: ``adapter/`` for adapter methods, ``model/`` otherwise."""
+    return Path(output_dir) / (ADAPTER if uses_lora else MODEL)
+
+
+def written_files(output_dir: str | os.PathLike, uses_lora: bool, merged: bool = False) -> list[Path]:
+    """The files a finished ``train`` has written, in the order the CLI lists them."""
+    out = Path(output_dir)
+    files = [weights_dir(out, uses_lora), out / METRICS, out / TRAINER_LOG, out / LOSS_PLOT, out / RUN_CONFIG,
+             out / TRAIN_LOG]
+    return files + ([out / MERGED] if merged else [])
+
+
+def write_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
+    atomic_write_json(Path(output_dir) / METRICS, metrics)
+
+
+def write_run_config(output_dir: str | os.PathLike, resolved: dict[str, Any]) -> None:
+    import yaml
+
+    atomic_write_text(Path(output_dir) / RUN_CONFIG, yaml.safe_dump(resolved, sort_keys=False))
+
+
+def write_outputs(output_dir: str | os.PathLike, metrics: dict[str, Any], *, title: str) -> None:
+    """metrics.json and loss.png (from the run's trainer_log.jsonl)."""
+    from .callbacks.run_log import read_log
+    from .utils.plotting import plot_loss
+
+    out = Path(output_dir)
+    write_metrics(out, metrics)
+    plot_loss(read_log(out / TRAINER_LOG), out / LOSS_PLOT, title=title)
+
+
+class _RunLogFile(logging.FileHandler):
+    """OUTPUT_DIR/train.log: INFO and above from every library (the console shows warnings only)."""
+
+
+def stop_log_file() -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _RunLogFile)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def log_to_file(output_dir: str | os.PathLike, append: bool = False) -> None:
+    """Send log records to OUTPUT_DIR/train.log until :func:`stop_log_file` (``append``: a resumed run
+    continues the log of the run it resumes)."""
+    ours = logging.getLogger("sage_libs.sage_finetune")
+    stop_log_file()
+    handler = _RunLogFile(Path(output_dir) / TRAIN_LOG, mode="a" if append else "w", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    if ours.getEffectiveLevel() > logging.INFO:
+        ours.setLevel(logging.INFO)  # our INFO records reach the file; the console handler still filters them
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The optimizer step a checkpoint folder was saved at (None: unreadable)."""
+    try:
+        return int(json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def trim_log(output_dir: str | os.PathLike, step: int | None) -> None:
+    """A resumed run appends to trainer_log.jsonl; drop the entries the interrupted run logged after
+    the checkpoint it resumes from, which the resumed run logs again."""
+    path = Path(output_dir) / TRAINER_LOG
+    if step is None or not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            entry_step = json.loads(line).get("step", 0)
+        except ValueError:
+            continue  # a line cut short by the kill
+        if isinstance(entry_step, int) and entry_step <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")

@@ -1,0 +1,117 @@
+"""Everything that can be checked before the data is read and the model is loaded: paths, devices,
+option combinations. A mistake then costs seconds, not a model load, and the run has written
+nothing yet (:func:`check_run_inputs`, called first by ``train``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["check_run_inputs", "check_output_dir", "check_data_file", "local_paths", "warn_about_schedule"]
+
+logger = logging.getLogger(__name__)
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def check_run_inputs(trainer: Any, train_data: Any = None, eval_data: Any = None) -> None:
+    """The checks of one run of ``trainer`` (a :class:`..base.BaseTrainer`) on this data."""
+    from ..utils.input_checks import check_chat_template, check_data_argument, check_lora_rank
+    from ..utils.model_files import check_model_dir, max_positions
+    from .hf_args import check_optimizer_name
+
+    tc, dc = trainer.training_config, trainer.data_config
+    check_output_dir(tc.output_dir)
+    check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights)
+    limit, rope_scaled = max_positions(tc.model_name_or_path)
+    if limit is not None and not rope_scaled and tc.max_seq_length > limit:
+        what = "packed rows (data.packing)" if dc.packing else "samples"
+        raise ConfigError(
+            f"training.max_seq_length: {tc.max_seq_length} is more than the model's max_position_embeddings "
+            f"({limit}, in {tc.model_name_or_path}/config.json); {what} that long would use positions the model "
+            f"never learned; set max_seq_length to at most {limit}")
+    for option, data in (("data.train_file", train_data), ("data.eval_file", eval_data)):
+        check_data_argument("train(): " + ("train_dataset" if "train" in option else "eval_dataset"), data)
+        for path in local_paths(data):
+            check_data_file(option, path)
+    template = dc.chat_template
+    # a bare name may name one of the tokenizer's templates (checked when the tokenizer loads)
+    looks_like_path = template and ("/" in template or os.sep in template or Path(template).suffix)
+    if looks_like_path and "{" not in template and not os.path.isfile(template):
+        raise ConfigError(f"data.chat_template: {template}: no such file; expected a Jinja template file or "
+                          "the template text itself")
+    check_chat_template(template)
+    if trainer.lora_config is not None and trainer.uses_lora:
+        check_lora_rank(trainer.lora_config.r, tc.model_name_or_path)
+    if dc.tools_file and not os.path.isfile(dc.tools_file):
+        raise ConfigError(f"data.tools_file: {dc.tools_file}: no such file; expected a JSON list of tool schemas")
+    if tc.deepspeed:
+        import importlib.util
+
+        if isinstance(tc.deepspeed, str) and not os.path.isfile(tc.deepspeed):
+            raise ConfigError(f"training.deepspeed: {tc.deepspeed}: no such file; expected a DeepSpeed JSON config")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError("training.deepspeed is set but the deepspeed package is not installed; "
+                              "pip install deepspeed (the [deepspeed] extra)")
+    check_optimizer_name(tc)
+    # precision on this machine and HF's own checks of option combinations, now rather than after the model load
+    trainer.training_arguments(eval_data is not None or dc.eval_split_ratio > 0)
+
+
+def local_paths(data: Any) -> list[str]:
+    """The file paths among a train()/evaluate() data argument (records and datasets are skipped)."""
+    if isinstance(data, (str, os.PathLike)):
+        return [os.fspath(data)]
+    from ..data.sources import is_source_list
+
+    if is_source_list(data):
+        return [os.fspath(d["path"] if isinstance(d, dict) else d) for d in data]
+    return []
+
+
+def check_data_file(option: str, path: str) -> None:
+    """A path with a data-file suffix must be a readable file (other strings may be hub ids or
+    saved-dataset folders, which their loader checks)."""
+    from ..utils.model_files import looks_like_local_path
+
+    p = Path(path)
+    if p.suffix not in DATA_SUFFIXES:
+        if not p.exists() and looks_like_local_path(path):
+            raise ConfigError(f"{option}: {p}: no such file or directory")
+        return
+    if p.is_dir():
+        raise ConfigError(f"{option}: {p} is a directory; expected a {', '.join(DATA_SUFFIXES)} file "
+                          "(or a folder written by Dataset.save_to_disk, without a file suffix)")
+    if not p.exists():
+        raise ConfigError(f"{option}: {p}: no such file")
+    if not os.access(p, os.R_OK):
+        raise ConfigError(f"{option}: {p}: not readable (permission denied)")
+
+
+def check_output_dir(path: str) -> None:
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"training.output_dir: {p} is an existing file; expected a directory (an existing one, "
+                          "or a path to create)")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"training.output_dir: cannot create {p}: {parent} is a file, not a directory")
+            target = p if p.exists() else parent
+            if not os.access(target, os.W_OK | os.X_OK):
+                raise ConfigError(f"training.output_dir: {target} is not writable")
+            return
+
+
+def warn_about_schedule(tc: Any, n_samples: int) -> None:
+    """A warm-up as long as the whole run is almost always a mistake (warmup_steps meant as a ratio)."""
+    per_step = tc.per_device_train_batch_size * tc.gradient_accumulation_steps
+    steps = tc.max_steps if tc.max_steps > 0 else math.ceil(math.ceil(n_samples / per_step) * tc.num_train_epochs)
+    if isinstance(tc.warmup_steps, int) and tc.warmup_steps >= steps:
+        logger.warning("warmup_steps=%d >= the %d optimizer steps of this run: the learning rate never "
+                       "reaches its peak; use fewer steps or a ratio such as 0.03", tc.warmup_steps, steps)
