@@ -337,6 +337,34 @@ def test_lora_plus_param_groups(runs):
     assert cfg["lora_plus"] == {"lora_lr_ratio": 16.0, "lora_lr_embedding": None}
 
 
+def test_lora_plus_strategy_groups_equal_the_trainers(tiny_model_dir, tmp_path):
+    """One LoRA+ semantics (methods/lora_plus.py): the SAGE strategy's parameter groups are the
+    trainer optimizer's, parameter for parameter (lr and weight decay), incl. 1-d DoRA magnitudes
+    at the B learning rate (PEFT's grouping; they are not norms or biases, so they keep weight decay)."""
+    from sage_libs.sage_finetune import create_strategy
+
+    lora = dict(LORA, target_modules=["q_proj", "v_proj"], use_dora=True)
+    tc = training_config(tiny_model_dir, tmp_path / "o", learning_rate=1e-3, weight_decay=0.05)
+    trainer = create_trainer("lora_plus", training_config=tc, lora_config=LoRAConfig(**lora),
+                             lora_plus_config={"lora_lr_ratio": 8})
+    trainer.setup()
+    optimizer = trainer.create_optimizer(trainer.model)
+    strategy = create_strategy("lora_plus", learning_rate=1e-3, lora_lr_ratio=8, **lora)
+    from transformers import AutoModelForCausalLM
+
+    model = strategy.prepare_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    groups = strategy.get_optimizer_grouped_parameters(model, weight_decay=0.05)
+
+    def by_name(model, groups):
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+
+    ours, theirs = by_name(trainer.model, optimizer.param_groups), by_name(model, groups)
+    assert ours == theirs
+    magnitudes = [n for n in ours if "lora_magnitude_vector" in n]
+    assert magnitudes and all(ours[n] == (pytest.approx(8e-3), 0.05) for n in magnitudes)
+
+
 def test_lora_plus_embedding_lr_and_validation(tiny_model_dir, tmp_path):
     tc = training_config(tiny_model_dir, tmp_path / "o", learning_rate=1e-3)
     trainer = create_trainer("lora_plus", training_config=tc,
@@ -368,7 +396,7 @@ def test_full_uses_gradient_checkpointing_and_refuses_lora_config(runs, tiny_mod
 def test_freeze_finds_layers_generically_and_validates(tiny_model_dir, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from sage_libs.sage_finetune.trainers.freeze import decoder_layers
+    from sage_libs.sage_finetune.methods.freeze import decoder_layers
 
     tc = training_config(tiny_model_dir, tmp_path / "o")
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=64, n_positions=32))

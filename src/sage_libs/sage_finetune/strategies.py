@@ -8,7 +8,9 @@ SAGE components (and anyone not using our trainers) call::
     ...
     merged = strategy.merge_and_unload(model)
 
-The trainers use the same PEFT configuration code (:func:`trainers.lora.peft_lora_config`).
+Every rule comes from :mod:`.methods`, the same code the trainers call: which modules LoRA targets
+(and the checks of target_modules / modules_to_save), LoRA+'s parameter groups, freeze selection,
+and the HF Trainer's weight-decay groups.
 """
 
 from __future__ import annotations
@@ -20,20 +22,6 @@ from .interface import TrainingStrategy
 
 __all__ = ["LoRAStrategy", "DoRAStrategy", "RSLoRAStrategy", "PiSSAStrategy", "LoRAPlusStrategy", "FullStrategy"]
 
-_NO_DECAY = ("bias", "norm", "lora_magnitude_vector")
-
-
-def _decay_groups(named: list[tuple[str, Any]], weight_decay: float, lr: float | None = None) -> list[dict[str, Any]]:
-    """Weight decay for matrices, none for biases, norms and DoRA magnitudes (as the HF Trainer does)."""
-    decay = [p for n, p in named if not any(k in n.lower() for k in _NO_DECAY)]
-    rest = [p for n, p in named if any(k in n.lower() for k in _NO_DECAY)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    if lr is not None:
-        for g in groups:
-            g["lr"] = lr
-    return [g for g in groups if g["params"]]
-
-
 class LoRAStrategy(TrainingStrategy):
     """LoRA adapters through PEFT. Keyword arguments are :class:`LoRAConfig` fields; a config
     passed to :meth:`prepare_model` (ours, SAGE's or a dict) replaces them."""
@@ -42,6 +30,9 @@ class LoRAStrategy(TrainingStrategy):
 
     def __init__(self, **lora_options: Any) -> None:
         self.lora_config = LoRAConfig(**{**lora_options, **self.overrides})
+        # PiSSA/OLoRA: the adapter as initialised (methods.lora.apply_lora); pass it to
+        # methods.lora.save_lora_adapter to save an adapter for the original base
+        self.initial_adapter: Any = None
 
     @property
     def name(self) -> str:
@@ -56,19 +47,18 @@ class LoRAStrategy(TrainingStrategy):
         return lc.replace(**self.overrides) if self.overrides else lc
 
     def prepare_model(self, model: Any, config: Any = None) -> Any:
-        from peft import get_peft_model
+        from .methods.lora import apply_lora
 
-        from .trainers.lora import check_target_modules, peft_lora_config
-
-        lc = self._config(config)
-        check_target_modules(model, lc.resolved_target_modules)
-        return get_peft_model(model, peft_lora_config(lc))
+        model, self.initial_adapter = apply_lora(model, self._config(config))
+        return model
 
     def get_trainable_parameters(self, model: Any) -> Iterator[Any]:
         return (p for p in model.parameters() if p.requires_grad)
 
     def get_optimizer_grouped_parameters(self, model: Any, weight_decay: float = 0.01) -> list[dict[str, Any]]:
-        return _decay_groups([(n, p) for n, p in model.named_parameters() if p.requires_grad], weight_decay)
+        from .methods.optim import decay_parameter_groups
+
+        return decay_parameter_groups(model, weight_decay)
 
     def merge_and_unload(self, model: Any) -> Any:
         return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
@@ -102,22 +92,24 @@ class PiSSAStrategy(LoRAStrategy):
 
 
 class LoRAPlusStrategy(LoRAStrategy):
-    """LoRA+: parameter groups give B matrices ``lora_lr_ratio`` x ``learning_rate``."""
+    """LoRA+: the ``lora_plus`` trainer's parameter groups (:mod:`.methods.lora_plus`): lora_B and 1-d
+    adapter weights at ``lora_lr_ratio`` x ``learning_rate``, LoRA'd embeddings at ``lora_lr_embedding``."""
 
-    def __init__(self, learning_rate: float = 2e-4, lora_lr_ratio: float = 16.0, **lora_options: Any) -> None:
+    def __init__(self, learning_rate: float = 2e-4, lora_lr_ratio: float = 16.0,
+                 lora_lr_embedding: float | None = None, **lora_options: Any) -> None:
         super().__init__(**lora_options)
         self.learning_rate, self.lora_lr_ratio = learning_rate, lora_lr_ratio
+        self.lora_lr_embedding = lora_lr_embedding
 
     @property
     def name(self) -> str:
         return "lora_plus"
 
     def get_optimizer_grouped_parameters(self, model: Any, weight_decay: float = 0.01) -> list[dict[str, Any]]:
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        b = [(n, p) for n, p in named if "lora_B" in n]
-        other = [(n, p) for n, p in named if "lora_B" not in n]
-        return (_decay_groups(other, weight_decay, self.learning_rate)
-                + _decay_groups(b, weight_decay, self.learning_rate * self.lora_lr_ratio))
+        from .methods.lora_plus import lora_plus_parameter_groups
+
+        return lora_plus_parameter_groups(model, lr=self.learning_rate, lr_ratio=self.lora_lr_ratio,
+                                          weight_decay=weight_decay, lr_embedding=self.lora_lr_embedding)
 
 
 class FullStrategy(TrainingStrategy):
@@ -128,12 +120,14 @@ class FullStrategy(TrainingStrategy):
         return "full"
 
     def prepare_model(self, model: Any, config: Any = None) -> Any:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
+        from .methods.optim import unfreeze_all
+
+        return unfreeze_all(model)
 
     def get_trainable_parameters(self, model: Any) -> Iterator[Any]:
         return (p for p in model.parameters() if p.requires_grad)
 
     def get_optimizer_grouped_parameters(self, model: Any, weight_decay: float = 0.01) -> list[dict[str, Any]]:
-        return _decay_groups([(n, p) for n, p in model.named_parameters() if p.requires_grad], weight_decay)
+        from .methods.optim import decay_parameter_groups
+
+        return decay_parameter_groups(model, weight_decay)

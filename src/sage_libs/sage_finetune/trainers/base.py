@@ -158,9 +158,9 @@ class BaseTrainer(FineTuner):
 
     def apply_adapter(self, model: Any) -> Any:
         """Decide which parameters train. The base trains all of them."""
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
+        from ..methods.optim import unfreeze_all
+
+        return unfreeze_all(model)
 
     def create_optimizer(self, model: Any) -> Any:
         """Return an optimizer, or None to let the HF Trainer build AdamW from the config."""

@@ -24,16 +24,13 @@ class LoRAPlusTrainer(LoRATrainer):
     lora_plus_config: LoRAPlusConfig
 
     def create_optimizer(self, model: Any) -> Any:
-        """The optimizer named by ``training.optim`` (with its betas/eps), in LoRA+ parameter groups:
-        lora_A at ``learning_rate``, lora_B (and 1-d adapter weights) at ``learning_rate * lora_lr_ratio``."""
-        from peft.optimizers import create_loraplus_optimizer
-
+        """The optimizer named by ``training.optim`` (with its betas/eps), in LoRA+ parameter groups
+        (:mod:`..methods.lora_plus`: lora_A at ``learning_rate``; lora_B and 1-d adapter weights at
+        ``learning_rate * lora_lr_ratio``)."""
+        from ..methods.lora_plus import create_lora_plus_optimizer
         from .hf_args import optimizer_class_and_kwargs
 
         tc, lp = self.training_config, self.lora_plus_config
         optimizer_cls, kwargs = optimizer_class_and_kwargs(tc, model)
-        kwargs.pop("lr", None)
-        if lp.lora_lr_embedding is not None:
-            kwargs["loraplus_lr_embedding"] = lp.lora_lr_embedding
-        return create_loraplus_optimizer(model, optimizer_cls, lr=tc.learning_rate, loraplus_lr_ratio=lp.lora_lr_ratio,
-                                         loraplus_weight_decay=tc.weight_decay, **kwargs)
+        return create_lora_plus_optimizer(model, optimizer_cls, kwargs, lr=tc.learning_rate, lr_ratio=lp.lora_lr_ratio,
+                                          weight_decay=tc.weight_decay, lr_embedding=lp.lora_lr_embedding)
