@@ -7,7 +7,7 @@ Built-in entries are stored as ``"module:Class"`` strings and imported on first 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any
 
 from .errors import FineTuneRegistryError, did_you_mean  # noqa: F401 (re-exported)
 from .interface import DatasetLoader, FineTuner, TrainingCallback, TrainingStrategy
@@ -123,37 +123,102 @@ def registered_classes() -> dict[str, dict[str, type]]:
             for reg in (_trainers, _loaders, _callbacks, _strategies)}
 
 
-def _api(reg: _Registry) -> tuple[Callable, ...]:
-    def register(name: str, cls: type, *, overwrite: bool = False) -> None:
-        reg.register(name, cls, overwrite=overwrite)
-
-    def unregister(name: str) -> None:
-        reg.unregister(name)
-
-    def create(name: str, **kwargs: Any) -> Any:
-        return reg.create(name, **kwargs)
-
-    def registered() -> list[str]:
-        return reg.names()
-
-    def get(name: str) -> type:
-        return reg.get(name)
-
-    for fn, verb in ((register, "register_"), (unregister, "unregister_"), (create, "create_"),
-                     (registered, "registered_"), (get, "get_")):
-        plural = "strategies" if reg.kind == "strategy" else f"{reg.kind}s"
-        fn.__name__ = f"{verb}{plural}" if verb == "registered_" else f"{verb}{reg.kind}"
-        fn.__doc__ = {
-            "register_": f"Register a {reg.kind} class under ``name`` (duplicate -> FineTuneRegistryError).",
-            "unregister_": f"Remove the {reg.kind} registered under ``name``.",
-            "create_": f"Instantiate the {reg.kind} registered under ``name`` with ``kwargs``.",
-            "registered_": f"Sorted names of all registered {reg.kind}s.",
-            "get_": f"The {reg.kind} class registered under ``name``.",
-        }[verb]
-    return register, unregister, create, registered, get
+# -- the public functions, one set per kind ------------------------------------------------------------
+def register_trainer(name: str, cls: type[FineTuner], *, overwrite: bool = False) -> None:
+    """Register a trainer class under ``name`` (a name registered twice: :class:`FineTuneRegistryError`)."""
+    _trainers.register(name, cls, overwrite=overwrite)
 
 
-register_trainer, unregister_trainer, create_trainer, registered_trainers, get_trainer_class = _api(_trainers)
-register_loader, unregister_loader, create_loader, registered_loaders, get_loader_class = _api(_loaders)
-register_callback, unregister_callback, create_callback, registered_callbacks, get_callback_class = _api(_callbacks)
-register_strategy, unregister_strategy, create_strategy, registered_strategies, get_strategy_class = _api(_strategies)
+def unregister_trainer(name: str) -> None:
+    """Remove the trainer registered under ``name``."""
+    _trainers.unregister(name)
+
+
+def create_trainer(name: str, **kwargs: Any) -> Any:
+    """An instance of the trainer registered under ``name``, built with ``kwargs``."""
+    return _trainers.create(name, **kwargs)
+
+
+def registered_trainers() -> list[str]:
+    """The sorted names of all registered trainers."""
+    return _trainers.names()
+
+
+def get_trainer_class(name: str) -> type[FineTuner]:
+    """The trainer class registered under ``name`` (imported on first use)."""
+    return _trainers.get(name)
+
+
+def register_loader(name: str, cls: type[DatasetLoader], *, overwrite: bool = False) -> None:
+    """Register a loader class under ``name`` (a name registered twice: :class:`FineTuneRegistryError`)."""
+    _loaders.register(name, cls, overwrite=overwrite)
+
+
+def unregister_loader(name: str) -> None:
+    """Remove the loader registered under ``name``."""
+    _loaders.unregister(name)
+
+
+def create_loader(name: str, **kwargs: Any) -> Any:
+    """An instance of the loader registered under ``name``, built with ``kwargs``."""
+    return _loaders.create(name, **kwargs)
+
+
+def registered_loaders() -> list[str]:
+    """The sorted names of all registered loaders."""
+    return _loaders.names()
+
+
+def get_loader_class(name: str) -> type[DatasetLoader]:
+    """The loader class registered under ``name`` (imported on first use)."""
+    return _loaders.get(name)
+
+
+def register_callback(name: str, cls: type[TrainingCallback], *, overwrite: bool = False) -> None:
+    """Register a callback class under ``name`` (a name registered twice: :class:`FineTuneRegistryError`)."""
+    _callbacks.register(name, cls, overwrite=overwrite)
+
+
+def unregister_callback(name: str) -> None:
+    """Remove the callback registered under ``name``."""
+    _callbacks.unregister(name)
+
+
+def create_callback(name: str, **kwargs: Any) -> Any:
+    """An instance of the callback registered under ``name``, built with ``kwargs``."""
+    return _callbacks.create(name, **kwargs)
+
+
+def registered_callbacks() -> list[str]:
+    """The sorted names of all registered callbacks."""
+    return _callbacks.names()
+
+
+def get_callback_class(name: str) -> type[TrainingCallback]:
+    """The callback class registered under ``name`` (imported on first use)."""
+    return _callbacks.get(name)
+
+
+def register_strategy(name: str, cls: type[TrainingStrategy], *, overwrite: bool = False) -> None:
+    """Register a strategy class under ``name`` (a name registered twice: :class:`FineTuneRegistryError`)."""
+    _strategies.register(name, cls, overwrite=overwrite)
+
+
+def unregister_strategy(name: str) -> None:
+    """Remove the strategy registered under ``name``."""
+    _strategies.unregister(name)
+
+
+def create_strategy(name: str, **kwargs: Any) -> Any:
+    """An instance of the strategy registered under ``name``, built with ``kwargs``."""
+    return _strategies.create(name, **kwargs)
+
+
+def registered_strategies() -> list[str]:
+    """The sorted names of all registered strategies."""
+    return _strategies.names()
+
+
+def get_strategy_class(name: str) -> type[TrainingStrategy]:
+    """The strategy class registered under ``name`` (imported on first use)."""
+    return _strategies.get(name)
