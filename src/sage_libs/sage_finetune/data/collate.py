@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .render import IGNORE_INDEX
+from .conversation import IGNORE_INDEX
 
 __all__ = ["PaddingCollator", "PackedCollator"]
 

@@ -7,9 +7,10 @@ from typing import Any
 
 from ..errors import DataFormatError  # noqa: F401 (re-exported)
 
-__all__ = ["Message", "Conversation", "DataFormatError", "ROLES"]
+__all__ = ["Message", "Conversation", "DataFormatError", "ROLES", "IGNORE_INDEX"]
 
 ROLES = ("system", "user", "assistant", "tool")
+IGNORE_INDEX = -100  # the label of a token that is not trained (what torch's cross-entropy skips)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 
-from .render import IGNORE_INDEX
+from .conversation import IGNORE_INDEX
 
 __all__ = ["best_fit_decreasing", "pack_columns", "packing_efficiency"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .conversation import IGNORE_INDEX
 from .pipeline import PrepareStats
-from .render import IGNORE_INDEX
 
 __all__ = ["DataReport", "build_report", "text_histogram", "highlight_trained", "plot_length_histogram"]
 

@@ -17,7 +17,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.render import IGNORE_INDEX
+from ..data.conversation import IGNORE_INDEX
 
 __all__ = ["selective_causal_lm_loss", "supports_selective_logits", "lm_head_for_chunking", "probe_model",
            "ModelProbe", "base_causal_lm"]

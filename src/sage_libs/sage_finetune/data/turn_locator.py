@@ -1,0 +1,274 @@
+"""Where each trained reply sits in a rendered conversation, for any chat template: steps 2-4 of
+:mod:`.render`'s description (prefix renders, templates that render earlier turns differently,
+generation prompts that end inside the reply, replies left open by the template). A part of
+:class:`.render.ChatRenderer`, kept in its own module for size; it reads the renderer's tokenizer,
+options and control-token tables."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import MaskError, TemplateError
+from .text_spans import _MUTANTS, _diff, _lcp, _lcs, _mutated, _rstrip_end, _tail
+
+if TYPE_CHECKING:
+    from .render import _Job
+
+__all__ = ["TurnLocator"]
+
+_PROBE_USER = {"role": "user", "content": "?"}
+
+
+class TurnLocator:
+    """The span-locating methods of :class:`.render.ChatRenderer`."""
+
+    def _prepare(self, job: "_Job") -> tuple[str, list[tuple[int, int]], list[tuple[int, int]] | None]:
+        """(text, trained spans, control-token text to tokenize as text) of one conversation."""
+        hits = self._control_text(job)
+        full = job.full
+        spans: list[tuple[int, int]] = []
+        insert: tuple[int, str] | None = None
+        cache, chat = job.cache, job.chat
+        for i in self._trained_turns(chat):
+            # the common case inline (see _turn): prefixes agree and the reply ends with a control token
+            prefix = cache.get((i, True)) if i else ""
+            upto = cache.get((i + 1, False))
+            if prefix is not None and upto is not None and upto.startswith(prefix) and full.startswith(upto):
+                start = len(prefix)
+                end = _rstrip_end(upto, start, len(upto))
+                if end > start and self._ends_with_special(upto, end) and "reasoning_content" not in chat[i] \
+                        and not self._blank(upto, start, end):
+                    spans.append((start, end))
+                    continue
+            try:
+                turn_spans, turn_insert = self._turn(job, i)
+            except MaskError:
+                if self.train_on_prompt:  # every token is trained anyway
+                    continue
+                raise
+            spans.extend(turn_spans)
+            insert = turn_insert or insert
+        text = full if insert is None else full[:insert[0]] + insert[1] + full[insert[0]:]
+        literal = None
+        if hits and self.control_tokens_in_content == "text":
+            literal = self._literal_spans(job, full)
+        return text, spans, literal
+
+    def _turn(self, job: "_Job", i: int) -> tuple[list[tuple[int, int]], tuple[int, str] | None]:
+        """The spans (in ``full``) of assistant turn ``i``, and text to insert into ``full`` to close
+        it (a last reply that the template leaves open, see the module docstring)."""
+        cache = job.cache
+        prefix = (cache.get((i, True)) or job.render(i, True)) if i else ""
+        upto = cache.get((i + 1, False)) or job.render(i + 1, False)
+        full = cache.get((len(job.chat), False)) or job.full
+        if upto.startswith(prefix) and full.startswith(upto):
+            start, end, shift = len(prefix), _rstrip_end(upto, len(prefix), len(upto)), 0
+        else:
+            start, end, shift = self._locate(job, i, prefix, upto)
+        if end <= start or self._blank(upto, start, end):
+            return [], None
+        insert = None
+        if not self._ends_with_special(upto, end):
+            marker = self._closing_marker(job, i, upto, end, shift)
+            if marker:
+                if i == len(job.chat) - 1:  # full is upto here, and upto[end:] is the whitespace the marker starts with
+                    insert = (len(upto), marker[len(upto) - end:])
+                end += len(marker)
+        if "reasoning_content" in job.chat[i]:
+            return self._reasoning_spans(job, i, (start + shift, end + shift), full), insert
+        return [(start + shift, end + shift)], insert
+
+    def _reasoning_spans(self, job: "_Job", i: int, span: tuple[int, int], text: str) -> list[tuple[int, int]]:
+        reasoning = job.chat[i].get("reasoning_content")
+        if not isinstance(reasoning, str) or not reasoning.strip():
+            return [span]
+        found = text.find(reasoning.strip(), span[0], span[1])
+        if found < 0:
+            raise TemplateError(
+                f"{job.where}: message {i} (assistant) has reasoning_content, but the chat template does not render "
+                "it in this reply, so it would be silently dropped. Set data.reasoning: drop to train the reply "
+                "without its reasoning, or use a chat template that renders reasoning_content (e.g. Qwen3's)")
+        if self.reasoning != "mask":
+            return [span]
+        stop = found + len(reasoning.strip())
+        return [s for s in ((span[0], found), (stop, span[1])) if s[1] > s[0]]
+
+    def _locate(self, job: "_Job", i: int, prefix: str, upto: str) -> tuple[int, int, int]:
+        """Where turn ``i``'s reply is when the fast path's prefix checks fail: ``(start, end)`` in
+        ``upto`` and the shift to ``full``'s coordinates, or a :class:`MaskError` naming the cause."""
+        full, where = job.full, job.where
+        # 1. where the reply starts in its own render
+        if upto.startswith(prefix):
+            start = len(prefix)
+        else:
+            bare = job.render(i, False)
+            if upto.startswith(bare) and prefix.startswith(bare):
+                start = self._start_after_prefill(job, i, bare, prefix[len(bare):], upto)
+            else:
+                start = self._start_after_prompt(job, i, prefix, upto)
+        end = _rstrip_end(upto, start, len(upto))
+        if full.startswith(upto[:end]):
+            return start, end, 0
+        # 2. text written after the last message only (Phi-3: the eos when no generation prompt follows)
+        continued = job.render(i + 1, True)
+        cut = self._safe_cut(upto, continued, _lcp(upto, continued))
+        closing = upto[cut:]
+        if start < cut < len(upto) and closing.strip() and full.endswith(closing) \
+                and self._special_at(upto, cut + len(closing) - len(closing.lstrip())):
+            end = _rstrip_end(upto, start, cut)
+            if full.startswith(upto[:end]):
+                return start, end, 0
+        # 3. earlier messages render differently depending on what comes last (Mistral v0.3)
+        found, inside = self._find_in_full(job, i, upto, start, end)
+        if found is not None:
+            return start, end, found - start
+        shown = f"inside the conversation ...{inside!r}" if inside else "inside the conversation it is not there"
+        raise MaskError(
+            f"{where}: assistant turn {i}: the chat template renders this reply differently inside the conversation "
+            f"than as the last message (as the last message {upto[start:end]!r}; {shown}): it changes earlier "
+            "replies once more messages follow (Qwen3's template, for one, drops the thinking block of replies "
+            "before the last user message), so the trained tokens cannot be located exactly. Train only the last "
+            "reply (data.mask_history: true), or set data.chat_template to a template that renders earlier and last "
+            "replies alike")
+
+    def _start_after_prefill(self, job: "_Job", i: int, bare: str, prompt: str, upto: str) -> int:
+        """Where reply ``i`` starts when the generation prompt ``prompt`` ends with text the rendered
+        turn does not start with (DeepSeek's ``<｜Assistant｜><think>\\n``): where the two part. The
+        rest of the prompt is a prefill the template adds at generation time only."""
+        turn = upto[len(bare):]
+        cut = _lcp(prompt, turn)
+        if cut:  # a reply that starts like the prompt's tail must not move the start: compare a plain reply's
+            try:
+                other = job.render_messages(job.chat[:i] + [{"role": "assistant", "content": _MUTANTS[0] * 3}])
+            except TemplateError:
+                other = ""
+            cut = min(cut, _lcp(prompt, other[len(bare):])) if other.startswith(bare) else 0
+            cut = self._safe_cut(prompt, turn, cut)
+        if cut == 0:
+            raise MaskError(
+                f"{job.where}: assistant turn {i}: the chat template's generation prompt {prompt!r} is not how it "
+                f"starts the rendered reply ({turn[:len(prompt) + 12]!r}...), so the reply's first token cannot be "
+                "located exactly")
+        return len(bare) + cut
+
+    def _start_after_prompt(self, job: "_Job", i: int, prefix: str, upto: str) -> int:
+        """Where reply ``i`` starts in ``upto`` when the template renders the earlier messages
+        differently once the reply follows them (Mistral v0.3 puts the system prompt into the user
+        message only while it is the last message): right after the longest tail of ``prefix`` that
+        ends before the reply's text, which is found by changing that text."""
+        mutant = _mutated(job.chat[i])
+        best, where_best, tie = 0, -1, False
+        if mutant is not None and prefix:
+            try:
+                other = job.render_messages(job.chat[:i] + [mutant])
+            except TemplateError:
+                other = upto
+            text_at = _lcp(upto, other)
+            for x in range(max(0, text_at - 256), text_at + 1):
+                if upto[x - 1:x] != prefix[-1:]:
+                    continue
+                n = _lcs(prefix, upto[:x])
+                if n > best:
+                    best, where_best, tie = n, x, False
+                elif n == best:
+                    tie = True
+        if best == 0 or tie:
+            raise MaskError(
+                f"{job.where}: assistant turn {i}: the chat template renders the messages before this reply "
+                f"differently once the reply follows them ({_tail(prefix, upto)}), so the reply's first token "
+                "cannot be located exactly")
+        return where_best
+
+    def _find_in_full(self, job: "_Job", i: int, upto: str, start: int, end: int) -> tuple[int | None, str]:
+        """Locate reply ``i`` in ``full`` by changing its text and comparing renders: the reply
+        must read ``upto[start:end]`` there, character for character. Returns (position or None,
+        what the reply's place in ``full`` reads, for the error message)."""
+        mutant = _mutated(job.chat[i])
+        if mutant is None:
+            return None, ""
+        try:
+            upto_m = job.render_messages(job.chat[:i] + [mutant])
+            full_m = job.render_messages(job.chat[:i] + [mutant] + job.chat[i + 1:])
+        except TemplateError:
+            return None, ""
+        full = job.full
+        a_u, b_u = _diff(upto, upto_m)
+        a_f, b_f = _diff(full, full_m)
+        if not (start <= a_u <= b_u <= end) or a_f == b_f == len(full):
+            return None, ""
+        lo, hi = max(0, a_f - (a_u - start)), b_f + (end - b_u)
+        if full[lo:hi] == upto[start:end]:
+            return lo, full[lo:hi]
+        return None, full[max(0, a_f - 12):hi]
+
+    def _closing_marker(self, job: "_Job", i: int, upto: str, end: int, shift: int) -> str:
+        """The end-of-turn token (with any whitespace before it) that closes reply ``i`` inside the
+        conversation although its own render ends without one, or ''."""
+        if i == len(job.chat) - 1:
+            try:
+                follow = job.render_messages(job.chat + [_PROBE_USER])
+            except TemplateError:
+                return ""
+            if not follow.startswith(upto[:end]):
+                return ""
+            marker = self._marker_at(follow, end)
+        else:
+            marker = self._marker_at(job.full, end + shift)
+        if marker is None:
+            return ""
+        if marker.lstrip() == self._eos:
+            return marker
+        continued = job.render(i + 1, True)
+        if continued.startswith(upto[:end]) and self._marker_at(continued, end) == marker:
+            return marker
+        return ""  # the next message's header, not an end-of-turn token
+
+    # -- control tokens ---------------------------------------------------------------------------
+    def _ends_with_special(self, text: str, end: int) -> bool:
+        specials = self._specials
+        n = self._last_length  # replies usually end with the same token: try its length first
+        if n <= end and text[end - n:end] in specials:
+            return True
+        for n in self._special_lengths:
+            if n <= end and text[end - n:end] in specials:
+                self._last_length = n
+                return True
+        return False
+
+    def _special_at(self, text: str, pos: int) -> str | None:
+        specials = self._specials
+        for n in self._special_lengths:
+            if text[pos:pos + n] in specials:
+                return text[pos:pos + n]
+        return None
+
+    def _marker_at(self, text: str, pos: int) -> str | None:
+        """Whitespace then a control token at ``text[pos:]``: that text, or None."""
+        j = pos
+        while j < len(text) and text[j].isspace():
+            j += 1
+        token = self._special_at(text, j)
+        return text[pos:j + len(token)] if token else None
+
+    def _blank(self, text: str, start: int, end: int) -> bool:
+        """``text[start:end]`` is only whitespace and control tokens."""
+        while start < end and text[start].isspace():
+            start += 1
+        if start == end:
+            return True
+        if text[start] not in self._special_firsts or end - start > 256:
+            return False
+        return not self._special_re.sub("", text[start:end]).strip()
+
+    def _safe_cut(self, a: str, b: str, cut: int) -> int:
+        """``cut`` moved back so that it splits no control token in ``a`` or ``b``."""
+        moved = True
+        while moved:
+            moved = False
+            for text in (a, b):
+                for n in self._special_lengths:
+                    for p in range(max(0, cut - n + 1), min(cut, len(text) - n + 1)):
+                        if text[p:p + n] in self._specials:
+                            cut, moved = p, True
+                            break
+        return cut
