@@ -137,6 +137,9 @@ def test_console_is_one_line_per_log_event_and_nothing_else(tmp_path, tiny_model
     assert lines[0].startswith("before training  eval_loss ") and len(lines) == 1 + 4 + 2, lines  # 4 losses, 2 evals
     assert [x.split()[1] for x in lines[1:]] == ["1/4", "2/4", "2/4", "3/4", "4/4", "4/4"], lines
     assert "Training finished." in result.stdout and "train.log" in result.stdout
+    # INFO lines (the run's fast-path decisions among them) go to train.log, not to the console
+    run_log = (Path(load_run_config(str(cfg))["training"].output_dir) / "train.log").read_text()
+    assert "fast paths: selective logits on" in run_log and "fast paths" not in both
 
 
 def test_console_callback_lines():

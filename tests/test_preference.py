@@ -300,13 +300,13 @@ def test_dpo_run_writes_reward_metrics(tiny_model_dir, tmp_path):
 
 
 def test_cli_preference_section(tmp_path, tiny_model_dir):
-    from sage_libs.sage_finetune.cli import _make_trainer, load_run_config
     from sage_libs.sage_finetune.config import ConfigError
+    from sage_libs.sage_finetune.run_config import load_run_config, make_trainer
 
     config = tmp_path / "dpo.yaml"
     config.write_text(f"method: dpo\ntraining: {{model_name_or_path: {tiny_model_dir}, output_dir: {tmp_path / 'o'}}}\n"
                       "preference: {method: full, loss_type: ipo, beta: 0.2}\n")
-    trainer = _make_trainer(load_run_config(str(config)))
+    trainer = make_trainer(load_run_config(str(config)))
     assert trainer.preference_config.loss_type == "ipo" and trainer.inner.method == "full"
     assert trainer.resolved_config()["preference"]["beta"] == 0.2
     with pytest.raises(ConfigError, match="label_smoothing applies to loss_type sigmoid only"):

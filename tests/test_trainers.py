@@ -601,26 +601,27 @@ def test_new_config_fields_have_help():
 def test_cli_sections_reach_the_trainer(tiny_model_dir, tmp_path):
     import yaml
 
-    from sage_libs.sage_finetune.cli import _make_trainer, load_run_config, main
+    from sage_libs.sage_finetune.cli import main
+    from sage_libs.sage_finetune.run_config import load_run_config, make_trainer
 
     path = tmp_path / "run.yaml"
     base = {"training": {"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "o")}}
     path.write_text(yaml.safe_dump({"method": "qlora", **base, "quantization": {"load_in_8bit": True}}))
     cfg = load_run_config(str(path), ["quantization.load_in_8bit=false", "quantization.bnb_4bit_quant_type=fp4"])
-    trainer = _make_trainer(cfg)
+    trainer = make_trainer(cfg)
     assert trainer.method == "qlora" and trainer.quantization_config.bnb_4bit_quant_type == "fp4"
     assert trainer.quantization_config.load_in_4bit
     for method, section, body, attr in (("lora_plus", "lora_plus", {"lora_lr_ratio": 4}, "lora_plus_config"),
                                         ("freeze", "freeze", {"trainable_layers": 1}, "freeze_config")):
         path.write_text(yaml.safe_dump({"method": method, **base, section: body}))
-        trainer = _make_trainer(load_run_config(str(path)))
+        trainer = make_trainer(load_run_config(str(path)))
         assert getattr(trainer, attr).to_dict().items() >= body.items()
     assert load_run_config(str(path))["quantization"] is None
 
     path.write_text(yaml.safe_dump({"method": "lora", **base, "quantization": {"load_in_4bit": True}}))
     with pytest.raises(ConfigError, match="config section 'quantization' is not used by method 'lora'; "
                                           "it is for method qlora"):
-        _make_trainer(load_run_config(str(path)))
+        make_trainer(load_run_config(str(path)))
     path.write_text(yaml.safe_dump({"method": "qlora", **base, "quantization": {"bnb_4bit_quant_typ": "nf4"}}))
     assert main(["train", str(path)]) == 2
     assert not (tmp_path / "o").exists()

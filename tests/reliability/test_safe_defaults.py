@@ -15,7 +15,8 @@ from ._helpers import assert_weights_are_safetensors, write_config
 torch = pytest.importorskip("torch")
 
 from sage_libs.sage_finetune import ConfigError, LoRAConfig, TrainingConfig, create_trainer  # noqa: E402
-from sage_libs.sage_finetune.cli import _make_trainer, load_run_config, main  # noqa: E402
+from sage_libs.sage_finetune.cli import main  # noqa: E402
+from sage_libs.sage_finetune.run_config import load_run_config, make_trainer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_formatting_func_from_a_file_beside_the_config(tiny_model_dir, tmp_path,
     monkeypatch.chdir(elsewhere)  # the file is found beside the config, not in the current directory
     run = load_run_config(str(cfg))
     assert run["data"].formatting_func == f"{project / 'my_format.py'}:to_messages"
-    trainer = _make_trainer(run)
+    trainer = make_trainer(run)
     assert trainer.formatting_func({"q": "x", "a": "y"})[1] == {"role": "assistant", "content": "y"}
     dataset = trainer.prepare_dataset(str(data))
     assert len(dataset) == 2 and trainer.data_stats["train"]["formats"] == {"formatting_func": 2}
