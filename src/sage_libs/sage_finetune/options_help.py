@@ -14,7 +14,7 @@ import textwrap
 import typing
 from typing import Any
 
-from .config import _type_name, config_help
+from .config_fields import _type_name, config_help
 from .errors import ConfigError, did_you_mean
 
 __all__ = ["describe_fields", "render_options", "TOP_LEVEL_HELP"]
