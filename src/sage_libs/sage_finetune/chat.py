@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 
-__all__ = ["ChatSession", "load_chat_model", "generate_reply", "continue_ids", "stop_token_ids"]
+__all__ = ["ChatSession", "load_chat_model", "generate_reply", "continue_ids", "stop_token_ids",
+           "add_generation_stops"]
 
 
 def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: str = "auto",
@@ -168,3 +169,16 @@ class ChatSession:
 
     def reset(self) -> None:
         self.history.clear()
+
+
+def add_generation_stops(model: Any, stop_ids: list[int]) -> None:
+    """List ``stop_ids`` (a template's end-of-turn tokens) in ``model.generation_config.eos_token_id``,
+    so that plain ``generate`` (and servers that read generation_config.json) stops at the end of a
+    reply instead of running on to the base model's eos."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return
+    current = config.eos_token_id
+    ids = [] if current is None else list(current) if isinstance(current, (list, tuple)) else [current]
+    ids += [i for i in stop_ids if i not in ids]
+    config.eos_token_id = ids[0] if len(ids) == 1 else ids

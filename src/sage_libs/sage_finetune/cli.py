@@ -62,13 +62,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     # one lock for the whole run, the final save included; SIGTERM stops it cleanly at any point
     with terminate_raises(), trainer.hold_output_dir():
         metrics = trainer.train()
-        try:
+        with trainer.disk_full_guard():  # a full disk: one line, what was kept, how to write it again
             trainer.save_model(adapter)
             if args.merge:
                 trainer.merge_and_save(out / run_files.MERGED)
-        except Exception as exc:
-            _raise_if_disk_full(exc, trainer, out)
-            raise
     if not is_main_process():  # under torchrun the main process reports, once
         return 0
     print("\nTraining finished.")
@@ -78,15 +75,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if path.exists():
             print(f"  {path}")
     return 0
-
-
-def _raise_if_disk_full(exc: BaseException, trainer: Any, out: Path) -> None:
-    """A final save that failed for lack of space: say so, and how to write it again."""
-    from .utils.io import disk_full_message
-
-    message = disk_full_message(exc, out)
-    if message is not None:
-        raise getattr(trainer, "inner", trainer)._disk_full(message) from exc
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

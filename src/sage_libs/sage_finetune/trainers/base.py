@@ -12,17 +12,13 @@ resume decision -> tokenizer and data (:mod:`..data.datasets`) -> model -> fast 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from .. import run_files
 from ..config import SECTIONS, DataConfig, LoRAConfig, TrainingConfig, coerce_config
-from ..data.sources import MultiSource, split_records
 from ..errors import (  # noqa: F401 (re-exported)
     ConfigError,
     DiskFullError,
@@ -33,8 +29,8 @@ from ..errors import (  # noqa: F401 (re-exported)
 )
 from ..interface import FineTuner
 from ..utils.io import atomic_dir
-from ..utils.processes import is_main_process, main_process_first
-from .preflight import check_output_dir, check_run_inputs, warn_about_schedule
+from ..utils.processes import is_main_process
+from .preflight import check_output_dir, check_run_inputs
 
 __all__ = ["BaseTrainer", "TrainingError", "NonFiniteLossError", "TrainingInterrupted", "DiskFullError"]
 
@@ -113,48 +109,21 @@ class BaseTrainer(FineTuner):
     # Hooks
     # ----------------------------------------------------------------------------------------
     def load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
+        from .loading import load_tokenizer
 
-        from ..utils.model_files import check_model_dir
-
-        tc = self.training_config
-        check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tc.model_name_or_path, trust_remote_code=tc.trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"training.model_name_or_path: cannot load a tokenizer from "
-                              f"{tc.model_name_or_path!r}: {exc}") from exc
-        if tokenizer.pad_token is None:
-            # Padding positions are masked by attention_mask and labels=-100, so reusing eos is safe.
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "right"
-        return tokenizer
+        return load_tokenizer(self.training_config)
 
     def model_load_kwargs(self) -> dict[str, Any]:
-        import torch
+        """``from_pretrained`` keyword arguments (QLoRA adds its quantization)."""
+        from .loading import model_load_kwargs
 
-        tc = self.training_config
-        kwargs: dict[str, Any] = {"trust_remote_code": tc.trust_remote_code}
-        # safetensors only, unless pickled weights are explicitly allowed (None: prefer safetensors)
-        kwargs["use_safetensors"] = None if tc.allow_pickle_weights else True
-        kwargs["dtype"] = "auto" if tc.model_dtype == "auto" else getattr(torch, tc.model_dtype)
-        if tc.attn_implementation:
-            kwargs["attn_implementation"] = tc.attn_implementation
-        return kwargs
+        return model_load_kwargs(self.training_config)
 
     def load_base_model(self) -> Any:
-        from transformers import AutoModelForCausalLM
+        from .loading import load_causal_lm
 
-        tc = self.training_config
-        try:
-            model = AutoModelForCausalLM.from_pretrained(tc.model_name_or_path, **self.model_load_kwargs())
-        except OSError as exc:
-            hint = ("; only safetensors weights are loaded unless training.allow_pickle_weights is true"
-                    if "safetensors" in str(exc) and not tc.allow_pickle_weights else "")
-            raise ConfigError(f"training.model_name_or_path: cannot load a model from "
-                              f"{tc.model_name_or_path!r}: {exc}{hint}") from exc
-        model.config.use_cache = False  # the KV cache is useless in training and breaks packed position_ids
-        return model
+        return load_causal_lm(self.training_config.model_name_or_path, self.model_load_kwargs(),
+                              allow_pickle_weights=self.training_config.allow_pickle_weights)
 
     def apply_adapter(self, model: Any) -> Any:
         """Decide which parameters train. The base trains all of them."""
@@ -275,23 +244,11 @@ class BaseTrainer(FineTuner):
                                   group_by_length=self.data_config.group_by_length)
 
     def _hf_callbacks(self, step_losses: Any) -> list[Any]:
-        from transformers import TrainerCallback
+        """The HF callbacks of a run (:func:`..callbacks.wiring.run_callbacks`); QLoRA adds its guard."""
+        from ..callbacks.wiring import run_callbacks
 
-        from ..callbacks.bridge import CallbackBridge
-        from ..callbacks.reporting import tracker_callbacks
-        from ..callbacks.run_log import RunLogCallback
-        from ..callbacks.safety import InterruptCallback, NonFiniteGuard
-
-        ours = [cb for cb in self.callbacks if not isinstance(cb, TrainerCallback)]
-        theirs = [cb for cb in self.callbacks if isinstance(cb, TrainerCallback)]
-        theirs += tracker_callbacks(self.training_config.report_to, self.callbacks)  # report_to tensorboard/wandb
-        self._interrupt = InterruptCallback()
-        guard = NonFiniteGuard(self.training_config, lambda: self.hf_trainer.accumulated_loss())
-        out = [RunLogCallback(Path(self.training_config.output_dir) / run_files.TRAINER_LOG), self._interrupt,
-               guard, *theirs]
-        if ours:
-            out.append(CallbackBridge(self, ours, step_losses))
-        return out
+        callbacks, self._interrupt = run_callbacks(self, step_losses, lambda: self.hf_trainer.accumulated_loss())
+        return callbacks
 
     def hf_trainer_core(self) -> tuple[type, dict[str, Any]]:
         """The HF Trainer subclass :meth:`build_hf_trainer` builds, and extra keyword arguments for it
@@ -335,34 +292,9 @@ class BaseTrainer(FineTuner):
         if config is not None:
             self.training_config = coerce_config(TrainingConfig, config, "config")
             self.model, self.hf_trainer, self.fast_paths = None, None, None
-        tc, dc = self.training_config, self.data_config
-        from ..utils.run_lock import lock_only, remove_stale_temporaries
+        from .run import run_training
 
-        out = Path(tc.output_dir)
-        created = is_main_process() and (not out.exists() or lock_only(out))
-        self._loop_started = False
-        try:
-            if train_dataset is None:
-                if not dc.train_file:
-                    raise ConfigError("train(): no training data; pass train_dataset or set data.train_file")
-                train_dataset = dc.train_file
-            if eval_dataset is None and dc.eval_file:
-                eval_dataset = dc.eval_file
-            self.check_inputs(train_dataset, eval_dataset)
-            with self.hold_output_dir():
-                if is_main_process():
-                    for path in remove_stale_temporaries(out):
-                        logger.warning("removed %s, left behind by a run that was killed while writing it", path)
-                with self._disk_full_guard():  # whichever write hits a full disk: one line, what to do
-                    return self._train_locked(train_dataset, eval_dataset)
-        except BaseException:
-            # nothing worth keeping was written yet: a run that fails before its first step leaves no
-            # output directory behind (when it did not exist before)
-            if created and not self._loop_started:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-        finally:
-            run_files.stop_log_file()
+        return run_training(self, train_dataset, eval_dataset)
 
     def hold_output_dir(self) -> Any:
         """A context holding ``output_dir``'s lock: a second live run on the folder stops at once
@@ -372,118 +304,15 @@ class BaseTrainer(FineTuner):
         check_output_dir(self.training_config.output_dir)
         return run_lock(self.training_config.output_dir, enabled=is_main_process())
 
-    def _train_locked(self, train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
-        from ..utils.run_identity import RunIdentity
-
-        tc, dc = self.training_config, self.data_config
-        self._identity = RunIdentity.from_resolved_config(self.resolved_config(), train_dataset)
-        resume = self.resume_checkpoint(self._identity)
-        # Data errors surface before the (possibly slow) model load; only the tokenizer is needed.
-        self.setup_tokenizer()
-        if eval_dataset is None and dc.eval_split_ratio > 0:
-            pairs = [split_records(r, dc.eval_split_ratio, tc.seed) for r in self._record_sets(train_dataset, "train")]
-            train_dataset = MultiSource(tr for tr, _ in pairs)
-            eval_dataset = MultiSource(ev for _, ev in pairs)
-        with main_process_first():  # the main process tokenizes (and caches); the others wait, then reuse
-            train_ds = self.prepare_dataset(train_dataset, "train")
-            eval_ds = self.prepare_dataset(eval_dataset, "eval")
-        self.setup()
-        out = Path(tc.output_dir)
-        if resume and not (tc.deepspeed or tc.fsdp):
-            from ..utils.run_identity import check_checkpoint_fits
-
-            check_checkpoint_fits(self.model, resume)  # lora.r 8 -> 4: exit 2 before anything is rewritten
-        if is_main_process():
-            from ..utils.checkpoint import move_aside_previous_run
-            from ..utils.run_identity import write_identity
-
-            out.mkdir(parents=True, exist_ok=True)
-            if not resume:  # a fresh run starts in an empty folder; a resumed one appends to its log
-                moved = move_aside_previous_run(out)
-                if moved is not None:
-                    logger.warning("output_dir held the checkpoints and outputs of an earlier run; moved them to %s "
-                                   "(a fresh run never mixes its files with another run's; delete that folder if "
-                                   "you do not need it)", moved)
-            else:
-                run_files.trim_log(out, run_files.checkpoint_step(resume))
-            run_files.log_to_file(out, append=bool(resume))
-            write_identity(out, self._identity)
-            self.write_run_config(out)
-        trainer = self.build_hf_trainer(train_ds, eval_ds)
-        warn_about_schedule(tc, len(train_ds))
-        metrics: dict[str, Any] = {"method": self.method}
-        if eval_ds is not None and tc.eval_on_start:
-            before = trainer.evaluate()
-            metrics["eval_loss_before"] = before["eval_loss"]
-            metrics["perplexity_before"] = run_files.perplexity(before["eval_loss"])
-        from ..errors import RunFinished
-
-        interrupt = getattr(self, "_interrupt", None)
-        start = time.perf_counter()
-        self._loop_started = True
-        try:
-            with interrupt.catch_signals() if interrupt is not None else contextlib.nullcontext():
-                result = trainer.train(resume_from_checkpoint=resume)
-        except RunFinished:  # resumed from the final checkpoint: no step left, its weights are the result
-            logger.warning("%s is the end of this run (step %d of %d): nothing left to train; the outputs are "
-                           "written from it", resume, trainer.state.global_step, trainer.state.max_steps)
-            result = None
-        runtime = time.perf_counter() - start
-        if interrupt is not None and interrupt.stopped_at is not None and \
-                trainer.state.global_step < trainer.state.max_steps:
-            step = trainer.state.global_step
-            checkpoint = out / f"checkpoint-{step}"
-            saved = f"checkpoint saved: {checkpoint}" if checkpoint.is_dir() else "no checkpoint could be saved"
-            raise TrainingInterrupted(
-                f"training {interrupt.verb} at step {step} of {trainer.state.max_steps}; {saved}. Resume with "
-                f"training.resume_from_checkpoint=true (same output_dir {tc.output_dir})",
-                step=step, checkpoint=str(checkpoint) if checkpoint.is_dir() else None, signum=interrupt.signum)
-        tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        metrics.update(
-            train_loss=result.training_loss if result else (sum(losses) / len(losses) if losses else None),
-            train_runtime=round(runtime, 3), global_step=trainer.state.global_step,
-            epoch=trainer.state.epoch, train_samples=len(train_ds), train_tokens=tokens,
-            train_tokens_per_second=round(tokens / runtime, 2) if runtime > 0 and result else None,
-            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-        )
-        if eval_ds is not None:
-            # reuse an evaluation the loop already ran at the final step instead of repeating it
-            last = trainer.state.log_history[-2:-1] or [{}]
-            ev = last[0] if last[0].get("step") == trainer.state.global_step and "eval_loss" in last[0] else None
-            ev = ev or trainer.evaluate()
-            metrics.update(eval_loss=ev["eval_loss"], perplexity=run_files.perplexity(ev["eval_loss"]),
-                           eval_samples=len(eval_ds))
-        for callback in self.callbacks:  # what a callback reports about the run (early_stop: stopped_early)
-            if callable(getattr(callback, "final_metrics", None)):
-                metrics.update(callback.final_metrics())
-        metrics["data"] = self.data_stats
-        if is_main_process():
-            self.write_outputs(metrics)
-        return metrics
-
-    def _disk_full(self, message: str) -> "DiskFullError":
-        from ..utils.run_identity import disk_full_details
+    def disk_full_guard(self) -> Any:
+        """A context in which a write that fails for lack of space becomes one :class:`DiskFullError`
+        line: what was removed, the last complete checkpoint, how to resume (the CLI wraps the final
+        save in it as well)."""
+        from ..utils.run_identity import disk_full_guard
 
         tc = self.training_config
-        text, last = disk_full_details(message, tc.output_dir, getattr(self, "_identity", None),
-                                       plain=not (tc.deepspeed or tc.fsdp), remove_incomplete=is_main_process())
-        return DiskFullError(text, checkpoint=last)
-
-    @contextlib.contextmanager
-    def _disk_full_guard(self) -> Any:
-        """A write that fails for lack of space becomes one :class:`DiskFullError` line."""
-        try:
-            yield
-        except DiskFullError:
-            raise
-        except BaseException as exc:
-            from ..utils.io import disk_full_message
-
-            message = disk_full_message(exc, self.training_config.output_dir)
-            if message is None:
-                raise
-            raise self._disk_full(message) from exc
+        return disk_full_guard(tc.output_dir, getattr(self, "_identity", None), plain=not (tc.deepspeed or tc.fsdp),
+                               main_process=is_main_process())
 
     def _before_checkpoint(self, path: str) -> None:
         """Called by the HF Trainer core before it writes ``checkpoint-N``: the run's identity goes in
@@ -531,29 +360,24 @@ class BaseTrainer(FineTuner):
         self.setup()
         if not self.uses_lora:  # a whole model is written: it stops where its replies end
             self.set_generation_stops(self.model)
-        if self.hf_trainer is not None and (self.hf_trainer.is_deepspeed_enabled or self.hf_trainer.is_fsdp_enabled):
-            self.hf_trainer.save_model(str(output_dir))
+        hf = self.hf_trainer
+        if hf is not None and (hf.is_deepspeed_enabled or hf.is_fsdp_enabled):
+            hf.save_model(str(output_dir))
             if is_main_process():
                 self.tokenizer.save_pretrained(str(output_dir))
             return str(output_dir)
-        if not is_main_process():
-            return str(output_dir)
-        with atomic_dir(output_dir) as tmp:
-            self.write_weights(tmp)
-            self.tokenizer.save_pretrained(tmp)
+        if is_main_process():
+            with atomic_dir(output_dir) as tmp:
+                self.write_weights(tmp)
+                self.tokenizer.save_pretrained(tmp)
         return str(output_dir)
 
     def set_generation_stops(self, model: Any) -> None:
-        """List the template's end-of-turn token(s) in ``model.generation_config.eos_token_id``, so
-        that plain ``generate`` (and servers that read generation_config.json) stops at the end of a
-        reply instead of running on to the base model's eos."""
-        config = getattr(model, "generation_config", None)
-        if config is None:
-            return
-        current = config.eos_token_id
-        ids = [] if current is None else list(current) if isinstance(current, (list, tuple)) else [current]
-        ids += [i for i in self.end_of_turn_token_ids() if i not in ids]
-        config.eos_token_id = ids[0] if len(ids) == 1 else ids
+        """The template's end-of-turn token(s) into ``model.generation_config.eos_token_id``
+        (:func:`..chat.add_generation_stops`)."""
+        from ..chat import add_generation_stops
+
+        add_generation_stops(model, self.end_of_turn_token_ids())
 
     def write_weights(self, output_dir: str | os.PathLike) -> None:
         """What :meth:`save_model` writes besides the tokenizer (LoRA: the adapter)."""
@@ -565,17 +389,10 @@ class BaseTrainer(FineTuner):
 
     def load_model(self, model_path: str | os.PathLike) -> None:
         """Load a model directory written by :meth:`save_model` or :meth:`merge_and_save`."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from .loading import load_saved_model
 
-        from ..utils.model_files import check_model_dir
-
-        path = Path(model_path)
-        if not path.is_dir():
-            raise ConfigError(f"load_model: {path} is not a directory")
-        check_model_dir(str(path), allow_pickle_weights=self.training_config.allow_pickle_weights, option="load_model")
-        self.adopt_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=self.training_config.trust_remote_code),
-                             saved=True)
-        self.model = AutoModelForCausalLM.from_pretrained(path, **self.model_load_kwargs())
+        tokenizer, self.model = load_saved_model(model_path, self.training_config, self.model_load_kwargs())
+        self.adopt_tokenizer(tokenizer, saved=True)
         self.hf_trainer = None
 
     def generate(self, prompt: Any, *, max_new_tokens: int = 64, chat: bool = True, **kwargs: Any) -> str:

@@ -44,7 +44,7 @@ def check_precision(tc: TrainingConfig) -> None:
 def check_optimizer_name(tc: TrainingConfig) -> None:
     from transformers.training_args import OptimizerNames
 
-    from ..config import did_you_mean
+    from ..errors import did_you_mean
 
     optimizers = [o.value for o in OptimizerNames]
     if tc.optim not in optimizers:

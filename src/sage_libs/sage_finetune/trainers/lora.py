@@ -10,6 +10,7 @@ from typing import Any
 from ..utils.io import atomic_dir
 from ..utils.processes import is_main_process
 from .base import BaseTrainer
+from .loading import load_causal_lm
 
 __all__ = ["LoRATrainer"]
 
@@ -60,10 +61,11 @@ class LoRATrainer(BaseTrainer):
     def load_merge_base(self) -> Any:
         """The unquantized base to merge into (QLoRA overrides nothing here: this already loads it
         in the checkpoint's own precision)."""
-        from transformers import AutoModelForCausalLM
+        from .loading import model_load_kwargs
 
         tc = self.training_config
-        return AutoModelForCausalLM.from_pretrained(tc.model_name_or_path, **BaseTrainer.model_load_kwargs(self))
+        return load_causal_lm(tc.model_name_or_path, model_load_kwargs(tc), allow_pickle_weights=tc.allow_pickle_weights,
+                              training=False)
 
     def load_model(self, model_path: str | os.PathLike) -> None:
         """Load an adapter directory onto the base model (or a full model directory)."""

@@ -17,16 +17,17 @@ evaluation settings), ``resume_from_checkpoint`` itself, and execution details (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import run_files
 
-__all__ = ["IDENTITY_FILE", "resolve_resume", "RunIdentity", "read_identity", "write_identity", "identity_differences",
+__all__ = ["IDENTITY_FILE", "resolve_resume", "disk_full_guard", "RunIdentity", "read_identity", "write_identity", "identity_differences",
            "data_fingerprint", "checkpoint_shape_problems", "check_checkpoint_fits", "choose_checkpoint",
            "last_own_checkpoint", "warn_if_written_by_another", "disk_full_details"]
 
@@ -357,3 +358,23 @@ def resolve_resume(value: Any, output_dir: str | os.PathLike, identity: RunIdent
                           "checkpoint, or use true to pick the newest complete one")
     warn_if_written_by_another(value, identity)
     return str(value)
+
+
+@contextlib.contextmanager
+def disk_full_guard(output_dir: str | os.PathLike, identity: RunIdentity | None, *, plain: bool = True,
+                    main_process: bool = True) -> Iterator[None]:
+    """Within the block, a write that fails for lack of space becomes one :class:`DiskFullError` line
+    (:func:`disk_full_details`); the main process removes the incomplete checkpoint."""
+    from ..errors import DiskFullError
+    from .io import disk_full_message
+
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except BaseException as exc:
+        message = disk_full_message(exc, output_dir)
+        if message is None:
+            raise
+        text, last = disk_full_details(message, output_dir, identity, plain=plain, remove_incomplete=main_process)
+        raise DiskFullError(text, checkpoint=last) from exc

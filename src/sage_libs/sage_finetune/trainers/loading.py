@@ -1,0 +1,75 @@
+"""Loading the tokenizer and the model for training, and a saved run back: safetensors only unless
+``training.allow_pickle_weights``, ``trust_remote_code`` off unless asked, errors that name the option."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["load_tokenizer", "model_load_kwargs", "load_causal_lm", "load_saved_model"]
+
+
+def load_tokenizer(tc: Any) -> Any:
+    """The tokenizer of ``training.model_name_or_path``, padding on the right (with eos if it has no pad)."""
+    from transformers import AutoTokenizer
+
+    from ..utils.model_files import check_model_dir
+
+    check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tc.model_name_or_path, trust_remote_code=tc.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"training.model_name_or_path: cannot load a tokenizer from "
+                          f"{tc.model_name_or_path!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        # Padding positions are masked by attention_mask and labels=-100, so reusing eos is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def model_load_kwargs(tc: Any) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments of a training config."""
+    import torch
+
+    kwargs: dict[str, Any] = {"trust_remote_code": tc.trust_remote_code}
+    # safetensors only, unless pickled weights are explicitly allowed (None: prefer safetensors)
+    kwargs["use_safetensors"] = None if tc.allow_pickle_weights else True
+    kwargs["dtype"] = "auto" if tc.model_dtype == "auto" else getattr(torch, tc.model_dtype)
+    if tc.attn_implementation:
+        kwargs["attn_implementation"] = tc.attn_implementation
+    return kwargs
+
+
+def load_causal_lm(name_or_path: str, kwargs: dict[str, Any], *, allow_pickle_weights: bool = False,
+                   option: str = "training.model_name_or_path", training: bool = True) -> Any:
+    """``AutoModelForCausalLM.from_pretrained``; ``training``: without the KV cache (a model loaded
+    to be merged and saved keeps its config as it was)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as exc:
+        hint = ("; only safetensors weights are loaded unless training.allow_pickle_weights is true"
+                if "safetensors" in str(exc) and not allow_pickle_weights else "")
+        raise ConfigError(f"{option}: cannot load a model from {name_or_path!r}: {exc}{hint}") from exc
+    if training:
+        model.config.use_cache = False  # the KV cache is useless in training and breaks packed position_ids
+    return model
+
+
+def load_saved_model(model_path: str | os.PathLike, tc: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The tokenizer and model of a directory written by ``save_model`` / ``merge_and_save``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..utils.model_files import check_model_dir
+
+    path = Path(model_path)
+    if not path.is_dir():
+        raise ConfigError(f"load_model: {path} is not a directory")
+    check_model_dir(str(path), allow_pickle_weights=tc.allow_pickle_weights, option="load_model")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=tc.trust_remote_code)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -1,0 +1,137 @@
+"""One training run of a trainer, start to end: the order in which :class:`.base.BaseTrainer`'s hooks
+are called, and what is checked, locked, written and reported around them.
+
+    preflight checks (no data read, no model loaded)      check_inputs -> .preflight
+    the output folder's lock                              hold_output_dir -> utils.run_lock
+    which checkpoint to resume, if any                    resume_checkpoint -> utils.run_identity
+    tokenizer and data (errors before the model load)     prepare_dataset -> data.datasets
+    model and adapter                                     setup -> load_base_model, apply_adapter
+    the output folder (fresh or resumed)                  run_files.start_run_folder
+    fast paths, the HF Trainer, its callbacks             build_hf_trainer -> perf, .hf_core, callbacks.wiring
+    evaluation before, the loop, evaluation after         .run_metrics
+    metrics.json and loss.png                             write_outputs -> run_files
+
+A run that fails before its first step leaves no output folder behind (when there was none); one
+that runs out of disk space says so in one line (disk_full_guard).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import run_files
+from ..data.sources import MultiSource, split_records
+from ..errors import ConfigError
+from ..utils.processes import is_main_process, main_process_first
+from .preflight import warn_about_schedule
+from .run_metrics import final_evaluation, interrupted, loop_metrics
+
+__all__ = ["run_training"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_training(trainer: Any, train_dataset: Any = None, eval_dataset: Any = None) -> dict[str, Any]:
+    """Train ``trainer`` (a :class:`.base.BaseTrainer`) and return its metrics."""
+    tc, dc = trainer.training_config, trainer.data_config
+    from ..utils.run_lock import lock_only, remove_stale_temporaries
+
+    out = Path(tc.output_dir)
+    created = is_main_process() and (not out.exists() or lock_only(out))
+    trainer._loop_started = False
+    try:
+        if train_dataset is None:
+            if not dc.train_file:
+                raise ConfigError("train(): no training data; pass train_dataset or set data.train_file")
+            train_dataset = dc.train_file
+        if eval_dataset is None and dc.eval_file:
+            eval_dataset = dc.eval_file
+        trainer.check_inputs(train_dataset, eval_dataset)
+        with trainer.hold_output_dir():
+            if is_main_process():
+                for path in remove_stale_temporaries(out):
+                    logger.warning("removed %s, left behind by a run that was killed while writing it", path)
+            with trainer.disk_full_guard():  # whichever write hits a full disk: one line, what to do
+                return _train_locked(trainer, train_dataset, eval_dataset)
+    except BaseException:
+        # nothing worth keeping was written yet: a run that fails before its first step leaves no
+        # output directory behind (when it did not exist before)
+        if created and not trainer._loop_started:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        run_files.stop_log_file()
+
+
+def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
+    """The run, once its inputs are checked and its folder is locked."""
+    from ..utils.run_identity import RunIdentity
+
+    tc = trainer.training_config
+    trainer._identity = RunIdentity.from_resolved_config(trainer.resolved_config(), train_dataset)
+    resume = trainer.resume_checkpoint(trainer._identity)
+    train_ds, eval_ds = _prepare_data(trainer, train_dataset, eval_dataset)
+    trainer.setup()
+    if resume and not (tc.deepspeed or tc.fsdp):
+        from ..utils.run_identity import check_checkpoint_fits
+
+        check_checkpoint_fits(trainer.model, resume)  # lora.r 8 -> 4: exit 2 before anything is rewritten
+    if is_main_process():
+        run_files.start_run_folder(tc.output_dir, resume=resume, identity=trainer._identity,
+                                   resolved_config=trainer.resolved_config())
+    hf = trainer.build_hf_trainer(train_ds, eval_ds)
+    warn_about_schedule(tc, len(train_ds))
+    metrics: dict[str, Any] = {"method": trainer.method}
+    if eval_ds is not None and tc.eval_on_start:
+        before = hf.evaluate()
+        metrics.update(eval_loss_before=before["eval_loss"], perplexity_before=run_files.perplexity(before["eval_loss"]))
+    result, runtime = _run_loop(trainer, hf, resume)
+    metrics.update(loop_metrics(hf, result, runtime, len(train_ds), trainer.model))
+    if eval_ds is not None:
+        metrics.update(final_evaluation(hf, len(eval_ds)))
+    for callback in trainer.callbacks:  # what a callback reports about the run (early_stop: stopped_early)
+        if callable(getattr(callback, "final_metrics", None)):
+            metrics.update(callback.final_metrics())
+    metrics["data"] = trainer.data_stats
+    if is_main_process():
+        trainer.write_outputs(metrics)
+    return metrics
+
+
+def _prepare_data(trainer: Any, train_dataset: Any, eval_dataset: Any) -> tuple[Any, Any]:
+    """Both splits tokenized. Data errors surface before the (possibly slow) model load: only
+    the tokenizer is needed."""
+    tc, dc = trainer.training_config, trainer.data_config
+    trainer.setup_tokenizer()
+    if eval_dataset is None and dc.eval_split_ratio > 0:
+        pairs = [split_records(r, dc.eval_split_ratio, tc.seed) for r in trainer._record_sets(train_dataset, "train")]
+        train_dataset = MultiSource(tr for tr, _ in pairs)
+        eval_dataset = MultiSource(ev for _, ev in pairs)
+    with main_process_first():  # the main process tokenizes (and caches); the others wait, then reuse
+        return trainer.prepare_dataset(train_dataset, "train"), trainer.prepare_dataset(eval_dataset, "eval")
+
+
+def _run_loop(trainer: Any, hf: Any, resume: str | None) -> tuple[Any, float]:
+    """The HF Trainer's loop, with Ctrl-C/SIGTERM turned into a checkpoint and a resume command."""
+    from ..errors import RunFinished
+
+    interrupt = getattr(trainer, "_interrupt", None)
+    start = time.perf_counter()
+    trainer._loop_started = True
+    try:
+        with interrupt.catch_signals() if interrupt is not None else contextlib.nullcontext():
+            result = hf.train(resume_from_checkpoint=resume)
+    except RunFinished:  # resumed from the final checkpoint: no step left, its weights are the result
+        logger.warning("%s is the end of this run (step %d of %d): nothing left to train; the outputs are "
+                       "written from it", resume, hf.state.global_step, hf.state.max_steps)
+        result = None
+    runtime = time.perf_counter() - start
+    stop = interrupted(hf, interrupt, trainer.training_config.output_dir)
+    if stop is not None:
+        raise stop
+    return result, runtime
