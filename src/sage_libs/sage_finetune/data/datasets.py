@@ -59,10 +59,10 @@ def pack_dataset(dataset: Any, capacity: int, summary: dict[str, Any]) -> Any:
     """Rows of whole examples up to ``capacity`` tokens (:func:`.packing.pack_columns`)."""
     from datasets import Dataset
 
-    from .packing import pack_columns
+    from .packing import pack_columns, packing_efficiency
 
     packed = Dataset.from_dict(pack_columns({"input_ids": dataset["input_ids"], "labels": dataset["labels"]},
                                             capacity))
     summary["packed_rows"] = len(packed)
-    summary["packing_efficiency"] = round(sum(packed["length"]) / (len(packed) * capacity), 4)
+    summary["packing_efficiency"] = round(packing_efficiency(packed["length"], capacity), 4)
     return packed

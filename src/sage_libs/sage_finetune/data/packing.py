@@ -49,9 +49,9 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 def pack_columns(columns: dict[str, list], capacity: int) -> dict[str, list]:
     """Tokenized columns (``input_ids``, ``labels``) -> packed rows with ``position_ids``,
-    ``length`` (tokens in the row) and ``num_docs``."""
+    and ``length`` (tokens in the row); a row's documents start where its position is 0."""
     ids, labels = columns["input_ids"], columns["labels"]
-    out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "length": [], "num_docs": []}
+    out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "length": []}
     for members in best_fit_decreasing([len(x) for x in ids], capacity):
         row_ids: list[int] = []
         row_labels: list[int] = []
@@ -66,12 +66,10 @@ def pack_columns(columns: dict[str, list], capacity: int) -> dict[str, list]:
         out["labels"].append(row_labels)
         out["position_ids"].append(row_pos)
         out["length"].append(len(row_ids))
-        out["num_docs"].append(len(members))
     return out
 
 
-def packing_efficiency(lengths: list[int], capacity: int) -> float:
-    """Share of row capacity filled with real tokens after packing (1.0 = no padding)."""
-    bins = best_fit_decreasing(lengths, capacity)
-    return sum(lengths) / (len(bins) * capacity) if bins else 0.0
+def packing_efficiency(row_lengths: list[int], capacity: int) -> float:
+    """Share of the rows' capacity filled with real tokens (1.0 = no padding)."""
+    return sum(row_lengths) / (len(row_lengths) * capacity) if row_lengths else 0.0
 

@@ -10,8 +10,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import (
     DataFileError,  # noqa: F401 (re-exported)
-    DataFormatError,
-)
+    )
 from ..interface import DatasetLoader
 
 __all__ = ["RecordList", "FileLoader", "iter_jsonl", "DataFileError"]
@@ -158,24 +157,20 @@ class FileLoader(DatasetLoader):
                    tools: list[dict[str, Any]] | None = None, reasoning: str = "train",
                    control_tokens_in_content: str = "text", **kwargs: Any) -> Any:
         """Records -> a ``datasets.Dataset`` with ``input_ids``, ``labels`` (-100 where not
-        trained) and ``length``. Statistics are kept in ``self.last_stats``."""
-        from datasets import Dataset
-
-        from ..data.pipeline import tokenize_records
+        trained) and ``length``, exactly as a trainer prepares them (:func:`..data.pipeline.prepare_records`,
+        without the cache). Statistics are kept in ``self.last_stats``."""
+        from ..data.datasets import require_examples
+        from ..data.pipeline import prepare_records
         from ..data.rendering import resolve_chat_template
 
         # a template file, Jinja text, a named template of the tokenizer, or its own / the fallback
         chat_template = resolve_chat_template(chat_template, tokenizer, option="chat_template").text
-        columns, stats = tokenize_records(
-            dataset, tokenizer, fmt=self.format, max_seq_length=max_seq_length, train_on_prompt=train_on_prompt,
-            mask_history=mask_history, chat_template=chat_template, system_prompt=system_prompt,
-            formatting_func=formatting_func, on_error=self.on_error, agent_format=agent_format,
-            tools=tools if tools is not None else self.options.get("tools"), reasoning=reasoning,
-            control_tokens_in_content=control_tokens_in_content)
+        prepared, stats = prepare_records(
+            dataset, tokenizer, cache=False, fmt=self.format, max_seq_length=max_seq_length,
+            train_on_prompt=train_on_prompt, mask_history=mask_history, chat_template=chat_template,
+            system_prompt=system_prompt, formatting_func=formatting_func, on_error=self.on_error,
+            agent_format=agent_format, tools=tools if tools is not None else self.options.get("tools"),
+            reasoning=reasoning, control_tokens_in_content=control_tokens_in_content)
         self.last_stats = stats
-        if not columns["input_ids"]:
-            raise DataFormatError(
-                f"{getattr(dataset, 'source', None) or 'dataset'}: no trainable examples after preprocessing "
-                f"({stats.records} records, {stats.skipped_invalid} invalid, "
-                f"{stats.dropped_no_trained_tokens} with no trained token left after truncation)")
-        return Dataset.from_dict(columns)
+        require_examples(len(prepared), stats, getattr(dataset, "source", None) or "dataset")
+        return prepared
