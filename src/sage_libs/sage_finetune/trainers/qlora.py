@@ -17,11 +17,11 @@ block scales in bfloat16, so evaluating through it would not measure the weights
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Any
 
 from ..config import QuantizationConfig
 from ..errors import ConfigError, TrainingError
+from ..utils.processes import local_rank
 from .lora import LoRATrainer
 
 __all__ = ["QLoRATrainer", "keep_4bit_layout_trainable", "repacked_4bit_layers"]
@@ -121,7 +121,7 @@ class QLoRATrainer(LoRATrainer):
         kwargs["quantization_config"] = self.bnb_config()
         # Quantized weights cannot be moved after loading: place the whole model on this process's
         # device now (under torchrun each rank holds a full copy on its own GPU).
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if self._use_cuda() else "cpu"
+        kwargs["device_map"] = {"": local_rank()} if self._use_cuda() else "cpu"
         return kwargs
 
     def load_base_model(self) -> Any:
