@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_DATA = REPO / "examples" / "data"
+from .paths import EXAMPLE_DATA, REPO  # noqa: F401
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -74,3 +73,18 @@ def cpu_flags() -> str:
 
 def pytest_report_header(config):
     return f"CPU flags: {cpu_flags()}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread_in_reliability_tests(request):
+    """Tests under reliability/ run with one torch thread, as the CLI subprocesses they compare with get
+    (OMP_NUM_THREADS=1): the tiny model gains nothing from more on a shared 2-core machine, and equal
+    thread counts keep the float results comparable."""
+    if "reliability" not in request.node.path.parts:
+        yield
+        return
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ import yaml
 
 from sage_libs.sage_finetune.cli import load_run_config, main
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+from .paths import EXAMPLE_DATA  # noqa: E402
 
 
 def write_config(tmp_path, model_dir, **sections):

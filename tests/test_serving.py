@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 from sage_libs.sage_finetune import DataConfig, LoRAConfig, TrainingConfig, create_loader, create_trainer  # noqa: E402
 from sage_libs.sage_finetune.data.render import FALLBACK_CHAT_TEMPLATE  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from .paths import REPO  # noqa: E402
+
 EXAMPLE_DATA = REPO / "examples" / "data"
 AGENT = REPO / "examples" / "agent"
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import yaml
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
+from ..paths import EXAMPLE_DATA  # noqa: F401 (used by the reliability tests)
 
 # Pickle-format files the HF Trainer puts in checkpoint-N folders: optimizer, scheduler, AMP scaler and
 # RNG state (loaded back with torch.load(weights_only=True)) and the pickled TrainingArguments (never

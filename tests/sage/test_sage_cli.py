@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
+from ..paths import EXAMPLE_DATA  # noqa: E402
 
 
 def _sage_script() -> str | None:

@@ -5,11 +5,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
+from ..paths import EXAMPLE_DATA  # noqa: E402
 
 try:
     import sage.libs.finetune  # noqa: F401

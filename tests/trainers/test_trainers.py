@@ -1,4 +1,4 @@
-"""The trainer variants on the tiny model: qlora, dora, lora_plus, full, freeze; LoRA options
+"""Every method on the tiny model (one METHODS table: lora, qlora, dora, lora_plus, full, freeze); LoRA options
 (rsLoRA, gaussian/PiSSA/OLoRA init, modules_to_save, NEFTune); checkpoint resume; CLI sections.
 
 Each method trains a few steps (CPU): the loss falls, exactly the intended parameters change, and
@@ -22,7 +22,8 @@ from sage_libs.sage_finetune import (  # noqa: E402
     registered_trainers,
 )
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+from ..paths import EXAMPLE_DATA  # noqa: E402
+
 PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\nThe answer is 7.",
            "The capital of France is", "Monday Tuesday Wednesday"]
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0)
@@ -60,6 +61,8 @@ def is_lora_matrix(name: str) -> bool:
 
 # method -> (trainer kwargs besides training_config, training changes, which parameters should train)
 METHODS = {
+    "lora": (dict(lora_config=LoRAConfig(**LORA, target_modules=["q_proj", "v_proj", "down_proj"])), {},
+             is_lora_matrix),
     "qlora": (dict(lora_config=LoRAConfig(**LORA, target_modules="all-linear"),
                    quantization_config={"load_in_4bit": True, "bnb_4bit_compute_dtype": "float32",
                                         "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}),
@@ -153,7 +156,7 @@ def test_saved_model_reloads_with_identical_logits(runs, method, tmp_path):
     torch.testing.assert_close(logits(fresh.model, enc), logits(trainer.model, enc), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["dora", "lora_plus", "full", "freeze"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "qlora"])  # qlora: its own merge test below
 def test_merged_model_matches(runs, method, tmp_path):
     from transformers import AutoModelForCausalLM
 

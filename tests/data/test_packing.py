@@ -5,6 +5,8 @@ import pytest
 from sage_libs.sage_finetune.data.collate import PackedCollator
 from sage_libs.sage_finetune.data.packing import best_fit_decreasing, pack_columns, packing_efficiency
 
+from ..paths import EXAMPLE_DATA  # noqa: E402
+
 
 def test_best_fit_decreasing_literal():
     # longest first (indices: 7@1, 5@3, 4@4, 3@0, 2@5, 1@2), each into the fullest bin it fits:
@@ -122,11 +124,10 @@ def test_packed_and_unpacked_loss_agree(tiny_model_dir):
 
 
 def test_lora_training_with_packing(tiny_model_dir, tmp_path):
-    from pathlib import Path
 
     from sage_libs.sage_finetune import DataConfig, LoRAConfig, TrainingConfig, create_trainer
 
-    data = Path(__file__).resolve().parents[1] / "examples" / "data"
+    data = EXAMPLE_DATA
     tc = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "o"), max_steps=6,
                         per_device_train_batch_size=2, learning_rate=1e-2, warmup_steps=0, max_seq_length=256,
                         eval_on_start=True, eval_steps=100, save_strategy="no", disable_tqdm=True)

@@ -1,12 +1,11 @@
 """AgentTrainer: any method underneath, next-action metrics, CLI wiring."""
 
-from pathlib import Path
 
 import pytest
 
 from sage_libs.sage_finetune import ConfigError, DataConfig, LoRAConfig, TrainingConfig, create_loader, create_trainer
 
-AGENT = Path(__file__).resolve().parents[1] / "examples" / "agent"
+from ..paths import AGENT_DATA as AGENT  # noqa: E402
 
 
 def tc(model_dir, tmp_path, **kw):

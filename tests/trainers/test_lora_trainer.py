@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from sage_libs.sage_finetune import LoRAConfig, TrainingConfig, create_loader, create_trainer  # noqa: E402
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+from ..paths import EXAMPLE_DATA  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,14 @@
 """Parquet and 🤗 datasets loaders, and the data inspector."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from sage_libs.sage_finetune import create_loader
 from sage_libs.sage_finetune.data.conversation import DataFormatError
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+from ..paths import EXAMPLE_DATA  # noqa: E402
+
 RECORDS = [json.loads(x) for x in (EXAMPLE_DATA / "alpaca_eval.jsonl").read_text().splitlines()]
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
-REPO = Path(__file__).resolve().parents[1]
+from ..paths import EXAMPLE_DATA, REPO  # noqa: E402
 
 
 def free_port() -> int:

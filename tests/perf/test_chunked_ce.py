@@ -5,7 +5,6 @@ different order); float64: torch.autograd.gradcheck (its defaults: eps 1e-6, ato
 the tiny Llama with LoRA: loss rel 1e-5, LoRA gradients rtol 1e-5 / atol 1e-7 (as the selective
 logits test in test_perf_paths.py)."""
 
-from pathlib import Path
 
 import pytest
 
@@ -16,10 +15,10 @@ from sage_libs.sage_finetune.perf import chunked_ce as _chunked_ce  # noqa: E402
 from sage_libs.sage_finetune.perf import selective_logits  # noqa: E402
 from sage_libs.sage_finetune.perf.chunked_ce import chunked_linear_cross_entropy  # noqa: E402
 
+from ..paths import EXAMPLE_DATA  # noqa: E402
 from .test_perf_paths import _examples  # noqa: E402 - the same literal batches as the plain-path equivalence tests
 
 F = torch.nn.functional
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 RTOL, ATOL = 1e-5, 1e-6
 
 

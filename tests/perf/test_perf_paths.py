@@ -6,7 +6,6 @@ the same sums in a different order), logits of padding-free rows to 1e-5; the to
 of batched rendering and of the cache are identical (exact)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,7 @@ torch = pytest.importorskip("torch")
 from sage_libs.sage_finetune.data.collate import PackedCollator, PaddingCollator  # noqa: E402
 from sage_libs.sage_finetune.perf import allocator, doc_attention, selective_logits, token_count  # noqa: E402
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
-AGENT_DATA = Path(__file__).resolve().parents[1] / "examples" / "agent"
+from ..paths import EXAMPLE_DATA  # noqa: E402
 
 
 def _lora_model(model_dir, attn="sdpa"):
@@ -219,7 +217,7 @@ def test_batched_rendering_equals_one_record_at_a_time(tiny_tokenizer, options):
 def test_batched_rendering_with_tools_equals_one_record_at_a_time(tiny_tokenizer):
     from sage_libs.sage_finetune.data.pipeline import tokenize_records
 
-    from .test_render import TOOL_CONVERSATION
+    from ..data.test_render import TOOL_CONVERSATION
 
     records = [TOOL_CONVERSATION, {"messages": TOOL_CONVERSATION["messages"][1:3]},
                {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}] * 3

@@ -8,7 +8,6 @@ on any CPU by making bitsandbytes believe it has (the layer switch it reads from
 construction), which runs the same repacking code. The pytest header prints the CPU flags.
 """
 
-from pathlib import Path
 
 import pytest
 
@@ -18,9 +17,9 @@ bnb_modules = pytest.importorskip("bitsandbytes.nn.modules")
 from sage_libs.sage_finetune import LoRAConfig, TrainingConfig, TrainingError, create_loader, create_trainer  # noqa: E402
 from sage_libs.sage_finetune.trainers import qlora  # noqa: E402
 
-from .conftest import cpu_flags  # noqa: E402
+from ..conftest import cpu_flags  # noqa: E402
+from ..paths import EXAMPLE_DATA  # noqa: E402
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 HAS_AVX512_BF16 = "avx512_bf16=yes" in cpu_flags()
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from sage_libs.sage_finetune import LoRAConfig, TrainingCallback, TrainingConfig, create_trainer
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+from ..paths import EXAMPLE_DATA  # noqa: E402
 
 
 def make(tiny_model_dir, tmp_path, callbacks, **training):

@@ -1,14 +1,13 @@
 """Data sources: weighted / counted mixtures of files and column mappings (data/sources.py)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from sage_libs.sage_finetune import ConfigError, DataConfig, TrainingConfig, create_trainer
 from sage_libs.sage_finetune.data.sources import mixture_indices
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+from ..paths import EXAMPLE_DATA  # noqa: E402
 
 
 def test_mixture_indices_literal():

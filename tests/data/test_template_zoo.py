@@ -33,9 +33,9 @@ from sage_libs.sage_finetune.data.conversation import DataFormatError
 from sage_libs.sage_finetune.data.formats import to_conversation
 from sage_libs.sage_finetune.data.render import IGNORE_INDEX, ChatRenderer, TemplateError
 
+from ..paths import REPO  # noqa: E402
+from ..paths import TEMPLATES as ASSETS
 from .test_render_templates import trained  # the trained text segments of a sample, for failure messages
-
-ASSETS = Path(__file__).parent / "assets" / "templates"
 
 
 # -- templates ---------------------------------------------------------------------------------------
@@ -424,7 +424,7 @@ def main() -> None:  # pragma: no cover - a report for humans
 
     from sage_libs.sage_finetune.utils.tiny import build_tiny_model
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     tiny = build_tiny_model(Path(tempfile.mkdtemp()), corpus_files=sorted((root / "examples" / "data").glob("*.jsonl")),
                             vocab_size=512)
     total = {"exact": 0, "refused": 0, "failed": 0}

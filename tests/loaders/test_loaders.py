@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 
@@ -7,7 +6,7 @@ from sage_libs.sage_finetune import create_loader
 from sage_libs.sage_finetune.data.conversation import DataFormatError
 from sage_libs.sage_finetune.data.render import IGNORE_INDEX
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+from ..paths import EXAMPLE_DATA  # noqa: E402
 
 
 def write(path, lines):

@@ -18,9 +18,8 @@ from sage_libs.sage_finetune.data.render import (
 )
 from sage_libs.sage_finetune.utils.tiny import CHATML_TEMPLATE
 
+from ..paths import TEMPLATES as ASSETS  # noqa: E402
 from .test_render import MULTI_TURN
-
-ASSETS = Path(__file__).parent / "assets" / "templates"
 
 NO_SYSTEM = {"messages": MULTI_TURN["messages"][1:]}
 CALL = {"id": "call12345", "type": "function", "function": {"name": "calculator", "arguments": '{"x": "2+2"}'}}
