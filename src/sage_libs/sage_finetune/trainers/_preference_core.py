@@ -6,6 +6,10 @@ is the sum of its scored tokens' log-probabilities (logits computed at those pos
 the model supports it). The reference log-probabilities come from, in this order: columns computed
 once before training (``precompute_ref_log_probs``), a frozen copy (full fine-tuning), or the same
 model with its adapter disabled (adapter methods: no second copy).
+
+KTO (unpaired examples, :class:`..data.preference.UnpairedPreferenceCollator` batches): one forward
+with gradients over the examples, one without over the mismatched sequences of the KL estimate, and
+the reference's forwards over both.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import torch.nn.functional as F
 from ..data.render import IGNORE_INDEX
 from ._hf import SFTTrainerCore
 
-__all__ = ["SequenceLogps", "sequence_logps", "preference_loss", "PreferenceTrainerCore", "NEEDS_REFERENCE"]
+__all__ = ["SequenceLogps", "sequence_logps", "preference_loss", "kto_kl_estimate", "kto_loss", "PreferenceTrainerCore", "NEEDS_REFERENCE"]
 
-NEEDS_REFERENCE = {"sigmoid": True, "ipo": True, "orpo": False, "simpo": False}
+NEEDS_REFERENCE = {"sigmoid": True, "ipo": True, "orpo": False, "simpo": False, "kto": True}
 
 
 class SequenceLogps(NamedTuple):
@@ -127,10 +131,34 @@ def preference_loss(loss_type: str, logps: torch.Tensor, counts: torch.Tensor, r
     return loss, beta * avg_chosen.detach(), beta * avg_rejected.detach()
 
 
+def kto_kl_estimate(kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point: the batch mean of ``log pi(y'|x) - log ref(y'|x)`` over the mismatched
+    (prompt, completion) sequences; a constant of the loss (no gradient), as in the paper and TRL."""
+    return (kl_logps - ref_kl_logps).mean().detach()
+
+
+def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor, *,
+             beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, desirable_rewards, undesirable_rewards)`` for one sequence per example.
+
+    With ``r = log pi(y|x) - log ref(y|x)`` and ``z = kl`` (clamped at 0 by the caller): a desirable
+    example costs ``w_d (1 - s(b (r - z)))``, an undesirable one ``w_u (1 - s(b (z - r)))``. The loss is
+    the mean over the batch's examples (the weights do not renormalise it, as in TRL). Rewards:
+    ``b r`` of the desirable, then of the undesirable examples."""
+    ratio = logps - ref_logps
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio))))
+    rewards = beta * ratio.detach()
+    return losses.mean(), rewards[desirable], rewards[~desirable]
+
+
 class PreferenceTrainerCore(SFTTrainerCore):
     """The HF Trainer with the preference loss in ``compute_loss``; logs ``rewards/chosen``,
     ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen`` and
-    ``logps/rejected`` (means over the pairs since the last log; ``eval_``-prefixed in evaluation)."""
+    ``logps/rejected`` (means over the pairs since the last log; ``eval_``-prefixed in evaluation).
+    KTO: the same over desirable (chosen) and undesirable (rejected) examples, no accuracy (no
+    pairs), margins of batch means, and ``kl``, the KL estimate."""
 
     def __init__(self, *args: Any, preference: Any, ref_model: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -192,6 +220,8 @@ class PreferenceTrainerCore(SFTTrainerCore):
     # -- loss -------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pc = self.preference
+        if pc.loss_type == "kto":
+            return self._kto_loss(model, inputs, return_outputs)
         n = self._n_sequences(inputs)
         orpo = pc.loss_type == "orpo"
         logps, counts, whole_sums, whole_counts = sequence_logps(model, inputs, n, self.selective_logits,
@@ -211,6 +241,34 @@ class PreferenceTrainerCore(SFTTrainerCore):
         record["rewards/accuracies"] += gather((chosen_rewards > rejected_rewards).float()).tolist()
         record["logps/chosen"] += gather(chosen_logps).tolist()
         record["logps/rejected"] += gather(rejected_logps).tolist()
+        return (loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}) \
+            if return_outputs else loss
+
+    def _kto_loss(self, model, inputs, return_outputs=False):
+        pc = self.preference
+        desirable = inputs["kto_label"].bool()
+        n = desirable.numel()
+        kl_inputs = {key[3:]: value for key, value in inputs.items() if key.startswith("kl_")}
+        logps = sequence_logps(model, inputs, n, self.selective_logits).sums
+        with torch.no_grad():  # the KL estimate is a constant of the loss: no activations kept for it
+            kl_logps = sequence_logps(model, kl_inputs, n, self.selective_logits).sums
+        ref = self.reference_logps(model, inputs, n)
+        ref_kl = self.reference_logps(model, kl_inputs, n)
+        # one estimate over every rank's batch, as TRL (a 0-d tensor is gathered as one value per rank)
+        kl = self.accelerator.gather_for_metrics(kto_kl_estimate(kl_logps, ref_kl)).mean().clamp(min=0)
+        loss, chosen_rewards, rejected_rewards = kto_loss(
+            logps, ref, desirable, kl, beta=pc.beta, desirable_weight=pc.desirable_weight,
+            undesirable_weight=pc.undesirable_weight)
+        record = self._pref_metrics["train" if model.training else "eval"]
+        gather = self.accelerator.gather_for_metrics
+        chosen_rewards, rejected_rewards = gather(chosen_rewards), gather(rejected_rewards)
+        record["rewards/chosen"] += chosen_rewards.tolist()
+        record["rewards/rejected"] += rejected_rewards.tolist()
+        if chosen_rewards.numel() and rejected_rewards.numel():  # unpaired: the margin of the batch means
+            record["rewards/margins"].append((chosen_rewards.mean() - rejected_rewards.mean()).item())
+        record["logps/chosen"] += gather(logps.detach()[desirable]).tolist()
+        record["logps/rejected"] += gather(logps.detach()[~desirable]).tolist()
+        record["kl"].append(kl.item())
         return (loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}) \
             if return_outputs else loss
 
