@@ -4,6 +4,7 @@ reward metrics."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -74,3 +75,25 @@ def test_method_trains_under_dpo(tiny_model_dir, tmp_path, name):
             assert torch.equal(p, before[n]) and not p.requires_grad, n
     else:  # adapters: the reference is the base model with the adapter disabled, no copy
         assert ref is None
+
+
+def test_shipped_preference_data_is_regenerated_exactly_and_parses(tmp_path, tiny_tokenizer):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sage_libs.sage_finetune.data.preference import tokenize_preference_records, tokenize_unpaired_records
+    from sage_libs.sage_finetune.loaders.jsonl import JSONLLoader
+
+    shipped = Path(__file__).resolve().parents[1] / "examples" / "preference"
+    subprocess.run([sys.executable, str(shipped / "make_preference_data.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    for name in ("pref_train.jsonl", "pref_eval.jsonl", "kto_train.jsonl"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
+    train, held_out = (JSONLLoader().load(shipped / f"pref_{s}.jsonl") for s in ("train", "eval"))
+    assert not {json.dumps(r["prompt"]) for r in train} & {json.dumps(r["prompt"]) for r in held_out}
+    for records in (train, held_out):
+        _, stats = tokenize_preference_records(records, tiny_tokenizer)
+        assert stats.pairs == len(records) and stats.skipped_invalid == 0
+    _, stats = tokenize_unpaired_records(JSONLLoader().load(shipped / "kto_train.jsonl"), tiny_tokenizer)
+    assert stats.examples == len(train) and stats.desirable == stats.undesirable == len(train) // 2
