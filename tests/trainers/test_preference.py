@@ -249,7 +249,7 @@ def test_reference_free_losses_follow_their_formulas():
     def log_odds(a):
         return a - math.log(1 - math.exp(a))
 
-    loss, _, _ = preference_loss("orpo", logps, counts, None, beta=0.1)
+    loss, _, _ = preference_loss("orpo", logps, counts, None, beta=0.1, chosen_nll=torch.tensor(13.0 / 5.0))
     nll = (4.0 + 9.0) / 5.0
     ratio = sum(math.log(1 / (1 + math.exp(-(log_odds(c) - log_odds(r))))) for c, r in zip(avg_c, avg_r)) / 2
     assert loss.item() == pytest.approx(nll - 0.1 * ratio, rel=1e-6)

@@ -329,13 +329,19 @@ class PreferenceConfig(_Config):
                                "frozen copy, unless precompute_ref_log_probs is true.")
     loss_type: str = _opt("sigmoid", "sigmoid: DPO (with label_smoothing > 0: conservative DPO); ipo: IPO "
                                      "(length-averaged log-ratios); orpo: ORPO and simpo: SimPO (both without a "
-                                     "reference model).", choices=("sigmoid", "ipo", "orpo", "simpo"))
+                                     "reference model); kto: KTO on unpaired records (prompt, completion, label).",
+                          choices=("sigmoid", "ipo", "orpo", "simpo", "kto"))
     beta: float = _opt(0.1, "DPO's beta (how far the policy may move from the reference); IPO's tau; ORPO's lambda "
                             "(weight of the odds-ratio term); SimPO's beta (reward scale, the paper uses 2 to 2.5).",
                        gt=0)
     label_smoothing: float = _opt(0.0, "sigmoid loss only: the assumed probability that a preference label is "
                                        "flipped (conservative DPO); 0: plain DPO.", ge=0, lt=0.5)
     simpo_gamma: float = _opt(0.5, "simpo loss only: the target reward margin gamma.", ge=0)
+    desirable_weight: float = _opt(1.0, "kto loss only: the weight of the desirable (label: true) examples' losses. "
+                                        "With unbalanced data, KTO suggests desirable_weight * n_desirable / "
+                                        "(undesirable_weight * n_undesirable) between 1 and 4/3.", gt=0)
+    undesirable_weight: float = _opt(1.0, "kto loss only: the weight of the undesirable (label: false) examples' "
+                                          "losses.", gt=0)
     precompute_ref_log_probs: bool = _opt(False, "Compute the reference log-probabilities of every pair once before "
                                                  "training (no reference forward per step, no frozen copy for full "
                                                  "fine-tuning).")
@@ -348,6 +354,12 @@ class PreferenceConfig(_Config):
                               f"not {self.method!r}")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise ConfigError(f"preference.label_smoothing applies to loss_type sigmoid only, not {self.loss_type!r}")
+        if (self.desirable_weight, self.undesirable_weight) != (1.0, 1.0) and self.loss_type != "kto":
+            raise ConfigError(f"preference.desirable_weight / undesirable_weight apply to loss_type kto only, not "
+                              f"{self.loss_type!r}")
+        if self.loss_type == "kto" and self.precompute_ref_log_probs:
+            raise ConfigError("preference.precompute_ref_log_probs: not with loss_type kto; its KL estimate scores "
+                              "prompts with other records' completions of the same batch, known only per batch")
 
 
 # The sections of a run config (YAML) and their classes: the one table the CLI, ``sage-finetune

@@ -14,6 +14,12 @@ Record shapes (the preference formats TRL documents, plus raw HH-RLHF text):
 After the prompt, each side must be exactly one assistant message (text and/or ``tool_calls``).
 ``tools`` (a list of tool schemas) is passed to the chat template as in SFT records.
 
+Unpaired records (KTO, TRL's unpaired preference format): ``{"prompt": ..., "completion": ...,
+"label": true | false}``, prompt and completion as above (the completion: one assistant message, or
+the whole conversation beginning with the prompt); ``label`` says whether the completion is
+desirable. For KTO a paired record counts as two unpaired ones (chosen: true, rejected: false), as
+TRL's KTOTrainer unpairs paired data.
+
 Tokens: each side is rendered as ``prompt + [reply]`` with :class:`.render.ChatRenderer` (the same
 template and rules as SFT), and only the last assistant turn is labelled: the reply's tokens and
 the end-of-turn token(s) the template closes it with. Tokens after the last labelled one (template
@@ -33,9 +39,12 @@ from .conversation import Conversation, Message
 from .render import IGNORE_INDEX, ChatRenderer
 
 __all__ = ["PreferencePair", "PreferenceStats", "is_preference_record", "to_preference_pair",
-           "tokenize_preference_records", "PREFERENCE_COLUMNS"]
+           "tokenize_preference_records", "PREFERENCE_COLUMNS", "UnpairedExample", "UnpairedStats",
+           "is_unpaired_record", "to_unpaired_examples", "tokenize_unpaired_records", "UNPAIRED_COLUMNS",
+           "kl_partners", "UnpairedPreferenceCollator"]
 
 PREFERENCE_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+UNPAIRED_COLUMNS = ("completion_input_ids", "completion_labels", "label")
 
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 
@@ -73,6 +82,10 @@ class PreferenceStats:
 
 def is_preference_record(record: Any) -> bool:
     return isinstance(record, dict) and "chosen" in record and "rejected" in record
+
+
+def is_unpaired_record(record: Any) -> bool:
+    return isinstance(record, dict) and "completion" in record and "label" in record
 
 
 # -- records -> pairs -------------------------------------------------------------------------------
@@ -121,8 +134,11 @@ def to_preference_pair(record: Any, *, where: str = "record", system_prompt: str
     missing = [k for k in ("chosen", "rejected") if k not in record]
     if missing:
         keys = ", ".join(sorted(map(str, record))) or "none"
+        hint = "; this is an unpaired record (completion, label): set preference.loss_type: kto" \
+            if is_unpaired_record(record) else ""
         raise DataFormatError(f"{where}: missing field {missing[0]!r}; a preference record needs 'chosen' and "
-                              f"'rejected' (and 'prompt' unless both are full conversations); record fields: {keys}")
+                              f"'rejected' (and 'prompt' unless both are full conversations); record fields: {keys}"
+                              f"{hint}")
     tools = record.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise DataFormatError(f"{where}: field 'tools' must be a list of tool schemas")
@@ -233,6 +249,128 @@ def tokenize_preference_records(records: Any, tokenizer: Any, *, chat_template: 
     return columns, stats
 
 
+# -- unpaired records (KTO) -------------------------------------------------------------------------
+@dataclass
+class UnpairedExample:
+    """A prompt, one assistant reply to it, and whether that reply is desirable."""
+
+    prompt: list[Message]
+    completion: Message
+    label: bool
+    tools: list[dict[str, Any]] | None = None
+
+    def conversation(self) -> Conversation:
+        return Conversation([*self.prompt, self.completion], tools=self.tools)
+
+
+@dataclass
+class UnpairedStats:
+    records: int = 0
+    examples: int = 0
+    desirable: int = 0
+    undesirable: int = 0
+    skipped_invalid: int = 0
+    truncated: int = 0
+    dropped_no_scored_tokens: int = 0
+    tokens: int = 0
+    scored_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "errors"}
+        out["first_errors"] = self.errors[:5]
+        return out
+
+
+def _completion(prompt: list[Message], raw: Any, where: str) -> Message:
+    """The one assistant message of an unpaired record's ``completion`` (given alone, or as the whole
+    conversation beginning with the prompt messages)."""
+    side = _messages(raw, where, "completion", "assistant")
+    if side[0].role != "assistant":
+        k = len(prompt)
+        if len(side) <= k or not all(_same(a, b) for a, b in zip(side[:k], prompt)):
+            raise DataFormatError(f"{where}: 'completion' starts with a {side[0].role} message that is not the "
+                                  "prompt's; give the reply only, or the whole conversation beginning with the "
+                                  "prompt messages")
+        side = side[k:]
+    if len(side) != 1 or side[0].role != "assistant":
+        raise DataFormatError(f"{where}: after the prompt, 'completion' must be one assistant message; got "
+                              f"{len(side)} message(s) ({_describe(side)})")
+    return side[0]
+
+
+def to_unpaired_examples(record: Any, *, where: str = "record",
+                         system_prompt: str | None = None) -> list[UnpairedExample]:
+    """One record -> validated :class:`UnpairedExample` s: one for an unpaired record
+    (``prompt``, ``completion``, ``label``), two for a preference pair (chosen: desirable, rejected:
+    undesirable)."""
+    if is_preference_record(record) and not is_unpaired_record(record):
+        pair = to_preference_pair(record, where=where, system_prompt=system_prompt)
+        return [UnpairedExample(pair.prompt, pair.chosen, True, pair.tools),
+                UnpairedExample(pair.prompt, pair.rejected, False, pair.tools)]
+    if not isinstance(record, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in ("prompt", "completion", "label") if k not in record]
+    if missing:
+        keys = ", ".join(sorted(map(str, record))) or "none"
+        raise DataFormatError(f"{where}: missing field {missing[0]!r}; an unpaired preference record (KTO) needs "
+                              "'prompt', 'completion' and 'label' (true: a desirable completion, false: an "
+                              f"undesirable one), or give pairs with 'chosen' and 'rejected'; record fields: {keys}")
+    label = record["label"]
+    if not isinstance(label, bool):  # 0/1 or "true" are more often a mistake (a score column) than a label
+        raise DataFormatError(f"{where}: field 'label' must be true or false, got {label!r} "
+                              f"({type(label).__name__})")
+    tools = record.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise DataFormatError(f"{where}: field 'tools' must be a list of tool schemas")
+    prompt = _messages(record["prompt"], where, "prompt", "user")
+    completion = _completion(prompt, record["completion"], where)
+    if system_prompt and prompt[0].role != "system":
+        prompt = [Message("system", system_prompt), *prompt]
+    example = UnpairedExample(prompt, completion, label, tools=tools or None)
+    example.conversation().validate(where)
+    return [example]
+
+
+def tokenize_unpaired_records(records: Any, tokenizer: Any, *, chat_template: str | None = None,
+                              max_seq_length: int | None = None, system_prompt: str | None = None,
+                              on_error: str = "raise", locate: Any = None) -> tuple[dict[str, list], UnpairedStats]:
+    """Unpaired (or paired, see :func:`to_unpaired_examples`) records -> columns
+    :data:`UNPAIRED_COLUMNS` (+ ``length``) and statistics; masks and truncation as
+    :func:`tokenize_preference_records` (only the completion and its end-of-turn scored)."""
+    renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length, mask_history=True)
+    columns: dict[str, list] = {name: [] for name in (*UNPAIRED_COLUMNS, "length")}
+    stats = UnpairedStats()
+    for index, record in enumerate(records):
+        stats.records += 1
+        where = locate(records, index) if locate is not None else f"record {index}"
+        try:
+            examples = to_unpaired_examples(record, where=where, system_prompt=system_prompt)
+            sides = [_scored_side(renderer, ex.conversation(), where) for ex in examples]
+        except DataFormatError as exc:
+            if on_error != "skip":
+                raise
+            stats.skipped_invalid += 1
+            stats.errors.append(str(exc))
+            continue
+        for example, side in zip(examples, sides):
+            if side is None:
+                stats.dropped_no_scored_tokens += 1
+                continue
+            ids, labels, cut = side
+            stats.truncated += bool(cut)
+            stats.examples += 1
+            stats.desirable += example.label
+            stats.undesirable += not example.label
+            stats.tokens += len(ids)
+            stats.scored_tokens += sum(lab != IGNORE_INDEX for lab in labels)
+            columns["completion_input_ids"].append(ids)
+            columns["completion_labels"].append(labels)
+            columns["label"].append(example.label)
+            columns["length"].append(len(ids))
+    return columns, stats
+
+
 # -- batches ----------------------------------------------------------------------------------------
 @dataclass
 class PreferenceCollator:
@@ -257,6 +395,16 @@ class PreferenceCollator:
 
         seqs = [(list(ex["chosen_input_ids"]), list(ex["chosen_labels"])) for ex in examples] + \
                [(list(ex["rejected_input_ids"]), list(ex["rejected_labels"])) for ex in examples]
+        out = self._collate(seqs)
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            if key in examples[0]:
+                out[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
+        return out
+
+    def _collate(self, seqs: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
+        """``(ids, labels)`` sequences -> one batch (sequence ``k`` is ``seqs[k]``)."""
+        import torch
+
         if self.flatten:
             ids = [t for s, _ in seqs for t in s]
             labels = [t for _, lab in seqs for t in lab]
@@ -279,11 +427,47 @@ class PreferenceCollator:
                 out["labels"][row, :len(s)] = torch.tensor(lab)
                 out["attention_mask"][row, :len(s)] = 1
                 out["sequence_ids"][row, :len(s)] = row
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
-            if key in examples[0]:
-                out[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
         return out
 
     def _pad(self, length: int) -> int:
         m = self.pad_to_multiple_of
         return -(-length // m) * m if m else length
+
+
+def kl_partners(n: int) -> list[int]:
+    """KTO's KL estimate scores example ``i``'s prompt with the completion of example
+    ``kl_partners(n)[i]`` of the same batch: the completions rotated by one, ``(x_1, y_n), (x_2, y_1),
+    ..., (x_n, y_{n-1})``, as TRL's KTOTrainer pairs them (so the mismatched completions are the
+    batch's own)."""
+    return [(i - 1) % n for i in range(n)]
+
+
+def _prompt_and_completion(ids: list[int], labels: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """A tokenized unpaired example -> prompt ids, completion ids, completion labels (the completion
+    starts at the first scored token)."""
+    start = next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)
+    return ids[:start], ids[start:], labels[start:]
+
+
+@dataclass
+class UnpairedPreferenceCollator(PreferenceCollator):
+    """A batch of unpaired examples (KTO) -> the examples' sequences in the layout of
+    :class:`PreferenceCollator` (sequence ``k`` is example ``k``), ``kto_label`` (True: desirable),
+    and the same keys prefixed ``kl_`` for the mismatched sequences of the KL estimate (sequence
+    ``k``: example ``k``'s prompt + the completion of example :func:`kl_partners` ``[k]``; scored on
+    that completion, cut to ``max_length``)."""
+
+    max_length: int | None = None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        seqs = [(list(ex["completion_input_ids"]), list(ex["completion_labels"])) for ex in examples]
+        parts = [_prompt_and_completion(ids, labels) for ids, labels in seqs]
+        cut = self.max_length
+        mismatched = [((parts[i][0] + parts[j][1])[:cut], ([IGNORE_INDEX] * len(parts[i][0]) + parts[j][2])[:cut])
+                      for i, j in enumerate(kl_partners(len(examples)))]
+        out = self._collate(seqs)
+        out.update({f"kl_{key}": value for key, value in self._collate(mismatched).items()})
+        out["kto_label"] = torch.tensor([bool(ex["label"]) for ex in examples])
+        return out

@@ -6,12 +6,16 @@ is the sum of its scored tokens' log-probabilities (logits computed at those pos
 the model supports it). The reference log-probabilities come from, in this order: columns computed
 once before training (``precompute_ref_log_probs``), a frozen copy (full fine-tuning), or the same
 model with its adapter disabled (adapter methods: no second copy).
+
+KTO (unpaired examples, :class:`..data.preference.UnpairedPreferenceCollator` batches): one forward
+with gradients over the examples, one without over the mismatched sequences of the KL estimate, and
+the reference's forwards over both.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,19 +23,38 @@ import torch.nn.functional as F
 from ..data.render import IGNORE_INDEX
 from .hf_core import SFTTrainerCore
 
-__all__ = ["sequence_logps", "preference_loss", "PreferenceTrainerCore", "NEEDS_REFERENCE"]
+__all__ = ["SequenceLogps", "sequence_logps", "preference_loss", "kto_kl_estimate", "kto_loss", "PreferenceTrainerCore", "NEEDS_REFERENCE"]
 
-NEEDS_REFERENCE = {"sigmoid": True, "ipo": True, "orpo": False, "simpo": False}
+NEEDS_REFERENCE = {"sigmoid": True, "ipo": True, "orpo": False, "simpo": False, "kto": True}
 
 
-def sequence_logps(model: Any, inputs: dict[str, Any], n_sequences: int, selective: bool = True
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sums, counts)``: per sequence, the summed log-probability of its scored tokens and their
-    number. ``inputs`` is a :class:`..data.preference.PreferenceCollator` batch."""
-    labels, owners_all = inputs["labels"], inputs["sequence_ids"]
-    keep = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    targets = labels[:, 1:][keep[:, :-1]]
+class SequenceLogps(NamedTuple):
+    """Per sequence: the summed log-probability of its scored tokens and their number; ``whole_*``:
+    the same over every token of the sequence but the first (prompt included), for the sequences
+    that asked for it (ORPO's NLL term), else None."""
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+    whole_sums: torch.Tensor | None = None
+    whole_counts: torch.Tensor | None = None
+
+
+def sequence_logps(model: Any, inputs: dict[str, Any], n_sequences: int, selective: bool = True,
+                   whole_upto: int = 0) -> SequenceLogps:
+    """Log-probabilities of the ``n_sequences`` sequences of a :class:`..data.preference.PreferenceCollator`
+    batch. ``whole_upto`` > 0: sequences ``0 .. whole_upto-1`` are also scored over all their tokens
+    (the logits at their prompt positions are computed too; the others' are not)."""
+    ids, labels, owners_all = inputs["input_ids"], inputs["labels"], inputs["sequence_ids"]
+    # position t is kept when it predicts token t+1 of the same sequence and that token is wanted
+    scored = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    scored[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    keep = scored
+    if whole_upto:
+        nxt = owners_all[:, 1:]
+        whole = torch.zeros_like(scored)
+        whole[:, :-1] = (owners_all[:, :-1] == nxt) & (nxt >= 0) & (nxt < whole_upto)
+        keep = scored | whole
+    targets = ids[:, 1:][keep[:, :-1]]
     owners = owners_all[:, 1:][keep[:, :-1]]
     forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
     forward["use_cache"] = False
@@ -44,22 +67,38 @@ def sequence_logps(model: Any, inputs: dict[str, Any], n_sequences: int, selecti
         logits = model(**forward).logits[keep]
     logits = logits if logits.dtype == torch.float64 else logits.float()  # at least float32
     token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    sums = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owners, token_logps)
-    counts = torch.zeros(n_sequences, dtype=token_logps.dtype, device=token_logps.device).index_add(
-        0, owners, torch.ones_like(token_logps))
-    return sums, counts
+
+    def per_sequence(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(n_sequences, dtype=values.dtype, device=values.device)
+        return out.index_add(0, owners[where], values[where])
+
+    is_scored = scored[keep]
+    ones = torch.ones_like(token_logps)
+    sums, counts = per_sequence(token_logps, is_scored), per_sequence(ones, is_scored)
+    if not whole_upto:
+        return SequenceLogps(sums, counts)
+    is_whole = whole[keep]
+    return SequenceLogps(sums, counts, per_sequence(token_logps, is_whole), per_sequence(ones, is_whole))
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, accurate on both sides of ``-log 2`` (Maechler 2012): near 0
+    ``1 - exp(x)`` cancels, so ``expm1``; far below, ``exp(x)`` is tiny, so ``log1p``."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
 def preference_loss(loss_type: str, logps: torch.Tensor, counts: torch.Tensor, ref_logps: torch.Tensor | None, *,
-                    beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.0
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.0,
+                    chosen_nll: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, chosen_rewards, rejected_rewards)`` for ``2B`` sequences (chosen first).
 
     - ``sigmoid`` (DPO): ``-(1-e) log s(b D) - e log s(-b D)`` with ``D`` the chosen minus the rejected
       log-ratio to the reference; ``e = label_smoothing`` > 0 is conservative DPO (cDPO).
     - ``ipo``: ``(D' - 1/(2b))^2`` with ``D'`` the difference of per-token (length-averaged) log-ratios.
-    - ``orpo``: mean NLL of the chosen tokens ``- b * log s(log-odds ratio)`` of the per-token average
-      log-probabilities; no reference.
+    - ``orpo``: ``chosen_nll - b * log s(log-odds ratio)`` of the per-token average log-probabilities;
+      no reference. ``chosen_nll`` is the SFT term, the mean NLL over the chosen sequences' tokens
+      (the trainer passes it over the whole sequence, prompt included, as TRL's ORPOTrainer and the
+      ORPO authors' code do).
     - ``simpo``: ``-log s(b (avg_c - avg_r) - gamma)``, per-token averages; no reference.
 
     The loss is the mean over pairs. Rewards: ``b`` times the log-ratio (DPO, IPO) or times the
@@ -80,11 +119,11 @@ def preference_loss(loss_type: str, logps: torch.Tensor, counts: torch.Tensor, r
         return losses.mean(), beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
     avg_chosen, avg_rejected = chosen / n_chosen.clamp(min=1), rejected / n_rejected.clamp(min=1)
     if loss_type == "orpo":
+        if chosen_nll is None:
+            raise ValueError("loss_type 'orpo' needs chosen_nll, the mean NLL of the chosen sequences")
         # log odds(p) = log p - log(1 - p), p the per-token average probability of a reply
-        log_odds = (avg_chosen - avg_rejected) - (torch.log(-torch.expm1(avg_chosen))
-                                                  - torch.log(-torch.expm1(avg_rejected)))
-        nll = -chosen.sum() / n_chosen.sum().clamp(min=1)
-        loss = nll - beta * F.logsigmoid(log_odds).mean()
+        log_odds = (avg_chosen - avg_rejected) - (log1mexp(avg_chosen) - log1mexp(avg_rejected))
+        loss = chosen_nll - beta * F.logsigmoid(log_odds).mean()
     elif loss_type == "simpo":
         loss = -F.logsigmoid(beta * (avg_chosen - avg_rejected) - simpo_gamma).mean()
     else:
@@ -92,10 +131,34 @@ def preference_loss(loss_type: str, logps: torch.Tensor, counts: torch.Tensor, r
     return loss, beta * avg_chosen.detach(), beta * avg_rejected.detach()
 
 
+def kto_kl_estimate(kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point: the batch mean of ``log pi(y'|x) - log ref(y'|x)`` over the mismatched
+    (prompt, completion) sequences; a constant of the loss (no gradient), as in the paper and TRL."""
+    return (kl_logps - ref_kl_logps).mean().detach()
+
+
+def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor, *,
+             beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, desirable_rewards, undesirable_rewards)`` for one sequence per example.
+
+    With ``r = log pi(y|x) - log ref(y|x)`` and ``z = kl`` (clamped at 0 by the caller): a desirable
+    example costs ``w_d (1 - s(b (r - z)))``, an undesirable one ``w_u (1 - s(b (z - r)))``. The loss is
+    the mean over the batch's examples (the weights do not renormalise it, as in TRL). Rewards:
+    ``b r`` of the desirable, then of the undesirable examples."""
+    ratio = logps - ref_logps
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio))))
+    rewards = beta * ratio.detach()
+    return losses.mean(), rewards[desirable], rewards[~desirable]
+
+
 class PreferenceTrainerCore(SFTTrainerCore):
     """The HF Trainer with the preference loss in ``compute_loss``; logs ``rewards/chosen``,
     ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen`` and
-    ``logps/rejected`` (means over the pairs since the last log; ``eval_``-prefixed in evaluation)."""
+    ``logps/rejected`` (means over the pairs since the last log; ``eval_``-prefixed in evaluation).
+    KTO: the same over desirable (chosen) and undesirable (rejected) examples, no accuracy (no
+    pairs), margins of batch means, and ``kl``, the KL estimate."""
 
     def __init__(self, *args: Any, preference: Any, ref_model: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -157,12 +220,17 @@ class PreferenceTrainerCore(SFTTrainerCore):
     # -- loss -------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pc = self.preference
+        if pc.loss_type == "kto":
+            return self._kto_loss(model, inputs, return_outputs)
         n = self._n_sequences(inputs)
-        logps, counts = sequence_logps(model, inputs, n, self.selective_logits)
+        orpo = pc.loss_type == "orpo"
+        logps, counts, whole_sums, whole_counts = sequence_logps(model, inputs, n, self.selective_logits,
+                                                                 whole_upto=n // 2 if orpo else 0)
         ref = self.reference_logps(model, inputs, n) if NEEDS_REFERENCE[pc.loss_type] else None
+        chosen_nll = -whole_sums.sum() / whole_counts.sum().clamp(min=1) if orpo else None
         loss, chosen_rewards, rejected_rewards = preference_loss(
             pc.loss_type, logps, counts, ref, beta=pc.beta, label_smoothing=pc.label_smoothing,
-            simpo_gamma=pc.simpo_gamma)
+            simpo_gamma=pc.simpo_gamma, chosen_nll=chosen_nll)
         mode = "train" if model.training else "eval"
         gather = self.accelerator.gather_for_metrics
         chosen_logps, rejected_logps = logps.detach().chunk(2)
@@ -173,6 +241,34 @@ class PreferenceTrainerCore(SFTTrainerCore):
         record["rewards/accuracies"] += gather((chosen_rewards > rejected_rewards).float()).tolist()
         record["logps/chosen"] += gather(chosen_logps).tolist()
         record["logps/rejected"] += gather(rejected_logps).tolist()
+        return (loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}) \
+            if return_outputs else loss
+
+    def _kto_loss(self, model, inputs, return_outputs=False):
+        pc = self.preference
+        desirable = inputs["kto_label"].bool()
+        n = desirable.numel()
+        kl_inputs = {key[3:]: value for key, value in inputs.items() if key.startswith("kl_")}
+        logps = sequence_logps(model, inputs, n, self.selective_logits).sums
+        with torch.no_grad():  # the KL estimate is a constant of the loss: no activations kept for it
+            kl_logps = sequence_logps(model, kl_inputs, n, self.selective_logits).sums
+        ref = self.reference_logps(model, inputs, n)
+        ref_kl = self.reference_logps(model, kl_inputs, n)
+        # one estimate over every rank's batch, as TRL (a 0-d tensor is gathered as one value per rank)
+        kl = self.accelerator.gather_for_metrics(kto_kl_estimate(kl_logps, ref_kl)).mean().clamp(min=0)
+        loss, chosen_rewards, rejected_rewards = kto_loss(
+            logps, ref, desirable, kl, beta=pc.beta, desirable_weight=pc.desirable_weight,
+            undesirable_weight=pc.undesirable_weight)
+        record = self._pref_metrics["train" if model.training else "eval"]
+        gather = self.accelerator.gather_for_metrics
+        chosen_rewards, rejected_rewards = gather(chosen_rewards), gather(rejected_rewards)
+        record["rewards/chosen"] += chosen_rewards.tolist()
+        record["rewards/rejected"] += rejected_rewards.tolist()
+        if chosen_rewards.numel() and rejected_rewards.numel():  # unpaired: the margin of the batch means
+            record["rewards/margins"].append((chosen_rewards.mean() - rejected_rewards.mean()).item())
+        record["logps/chosen"] += gather(logps.detach()[desirable]).tolist()
+        record["logps/rejected"] += gather(logps.detach()[~desirable]).tolist()
+        record["kl"].append(kl.item())
         return (loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}) \
             if return_outputs else loss
 

@@ -1,4 +1,4 @@
-"""``dpo``: preference optimization (DPO, conservative DPO, IPO, ORPO, SimPO) with any method underneath.
+"""``dpo``: preference optimization (DPO, conservative DPO, IPO, ORPO, SimPO, KTO) with any method underneath.
 
 ``create_trainer("dpo", method="lora", preference_config=PreferenceConfig(beta=0.1), training_config=...,
 lora_config=...)`` trains the method's trainer (LoRA adapter, QLoRA loading, full fine-tuning, ...)
@@ -6,7 +6,9 @@ unchanged except for three things, a small delta over :class:`.base.BaseTrainer`
 
 - data: preference records (:mod:`..data.preference`) instead of SFT records: each pair becomes a
   chosen and a rejected sequence, rendered with the run's chat template, only the reply and its
-  end-of-turn scored;
+  end-of-turn scored; with ``loss_type: kto``, unpaired records (prompt, completion, label) become
+  one sequence each (KTO lives here rather than under its own trainer name because everything but
+  the data and the loss, the method underneath and the reference policy, is shared);
 - batches: :class:`..data.preference.PreferenceCollator` (chosen and rejected in one forward,
   padding-free on the CPU like SFT);
 - the loss: :class:`._preference_core.PreferenceTrainerCore`, a subclass of the SFT core whose
@@ -30,7 +32,23 @@ __all__ = ["PreferenceTrainer"]
 logger = logging.getLogger(__name__)
 
 _PREFERENCE_EVAL_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                         "logps/chosen", "logps/rejected")
+                         "logps/chosen", "logps/rejected", "kl")
+
+
+def kto_weight_advice(n_desirable: int, n_undesirable: int, desirable_weight: float,
+                      undesirable_weight: float) -> str | None:
+    """A warning when unbalanced data is not compensated by the weights: KTO (Ethayarajh et al.
+    2024, eq. 8) wants ``w_d n_d / (w_u n_u)`` in ``[1, 4/3]``. None when it is, or when one side is
+    absent (no ratio to keep)."""
+    if not n_desirable or not n_undesirable:
+        return None
+    ratio = desirable_weight * n_desirable / (undesirable_weight * n_undesirable)
+    if 1.0 <= ratio <= 4 / 3 + 1e-9:
+        return None
+    low, high = n_undesirable * undesirable_weight / n_desirable, 4 / 3 * n_undesirable * undesirable_weight / n_desirable
+    return (f"KTO: {n_desirable} desirable and {n_undesirable} undesirable examples with desirable_weight "
+            f"{desirable_weight:g} and undesirable_weight {undesirable_weight:g} give a weighted ratio of {ratio:.2f}; "
+            f"KTO suggests 1 to 1.33, e.g. preference.desirable_weight between {low:.2f} and {high:.2f}")
 
 
 class _PreferenceMixin:
@@ -83,6 +101,10 @@ class _PreferenceMixin:
         if self.formatting_func is not None:
             raise ConfigError("formatting_func: not used by preference training; give records with prompt, chosen "
                               "and rejected fields (see the README section on preference training)")
+        if self.preference_config.loss_type == "kto" and self.training_config.per_device_train_batch_size < 2:
+            raise ConfigError("training.per_device_train_batch_size: KTO needs at least 2 examples per batch; its KL "
+                              "estimate scores each prompt with another example's completion (with 1 it would be the "
+                              "example's own reward)")
         super().check_inputs(train_data, eval_data)
 
     def prepare_dataset(self, data: Any, split: str = "train") -> Any:
@@ -91,24 +113,33 @@ class _PreferenceMixin:
         from datasets import Dataset, concatenate_datasets
 
         from ..data.pipeline import record_location
-        from ..data.preference import PREFERENCE_COLUMNS, tokenize_preference_records
+        from ..data.preference import (
+            PREFERENCE_COLUMNS,
+            UNPAIRED_COLUMNS,
+            tokenize_preference_records,
+            tokenize_unpaired_records,
+        )
 
         if data is None:
             return None
+        kto = self.preference_config.loss_type == "kto"
+        wanted, tokenize = (UNPAIRED_COLUMNS, tokenize_unpaired_records) if kto else \
+            (PREFERENCE_COLUMNS, tokenize_preference_records)
         parts, totals = [], {}
         for records in self._record_sets(data, split):
             names = getattr(records, "column_names", None)
-            if names is not None and all(c in names for c in PREFERENCE_COLUMNS):
+            if names is not None and all(c in names for c in wanted):
                 parts.append(records)  # already tokenized
                 continue
             options = self.render_options()
-            columns, stats = tokenize_preference_records(
+            columns, stats = tokenize(
                 records, self.tokenizer, chat_template=options.chat_template.text,
                 max_seq_length=self.training_config.max_seq_length, system_prompt=options.system_prompt,
                 on_error=options.on_error, locate=record_location)
-            if stats.pairs == 0:
+            if (stats.examples if kto else stats.pairs) == 0:
                 source = getattr(records, "source", None) or f"{split} data"
-                raise ConfigError(f"{source}: no preference pairs to train on ({stats.records} records, "
+                what = "unpaired preference examples" if kto else "preference pairs"
+                raise ConfigError(f"{source}: no {what} to train on ({stats.records} records, "
                                   f"{stats.skipped_invalid} invalid, {stats.dropped_no_scored_tokens} with every scored "
                                   "token cut by max_seq_length)")
             for key, value in stats.to_dict().items():
@@ -116,11 +147,21 @@ class _PreferenceMixin:
                     (totals.get(key, []) + value)[:5]
             parts.append(Dataset.from_dict(columns))
         self.data_stats[split] = totals
+        if kto and split == "train" and "desirable" in totals:
+            pc = self.preference_config
+            advice = kto_weight_advice(totals["desirable"], totals["undesirable"], pc.desirable_weight,
+                                       pc.undesirable_weight)
+            if advice:
+                logger.warning(advice)
         return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
     def data_collator(self) -> Any:
-        from ..data.preference import PreferenceCollator
+        from ..data.preference import PreferenceCollator, UnpairedPreferenceCollator
+
         flat = self.plan_fast_paths().padding_free
+        if self.preference_config.loss_type == "kto":
+            return UnpairedPreferenceCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=flat,
+                                              max_length=self.training_config.max_seq_length)
         return PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=flat)
 
     # -- outputs ------------------------------------------------------------------------------------
@@ -142,7 +183,7 @@ class _PreferenceMixin:
         for key in ("perplexity", "perplexity_before"):  # exp of a preference loss means nothing
             metrics.pop(key, None)
         history = self.hf_trainer.state.log_history if self.hf_trainer is not None else []
-        evals = [e for e in history if "eval_rewards/accuracies" in e]
+        evals = [e for e in history if "eval_rewards/chosen" in e or "eval_rewards/rejected" in e]
         before = getattr(self.hf_trainer, "eval_before", None)
         if before and "eval_loss_before" in metrics:
             metrics.update({f"eval_{k}_before": before[f"eval_{k}"] for k in _PREFERENCE_EVAL_KEYS
