@@ -325,6 +325,13 @@ class BaseTrainer(FineTuner):
             model.enable_input_require_grads()
         self.model = self.apply_adapter(model)
 
+    def plan(self, train_dataset: Any = None, **options: Any) -> Any:
+        """Predict this run's peak memory and time without loading weights (planner, issue #18):
+        ``options`` are :func:`..planner.plan_trainer`'s (device, memory, processes, probe, tflops)."""
+        from ..planner.plan import plan_trainer
+
+        return plan_trainer(self, train_dataset, **options)
+
     def trainable_parameters(self) -> dict[str, Any]:
         self.setup()
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -569,6 +576,10 @@ class BaseTrainer(FineTuner):
         with _main_process_first():  # the main process tokenizes (and caches); the others wait, then reuse
             train_ds = self.prepare_dataset(train_dataset, "train")
             eval_ds = self.prepare_dataset(eval_dataset, "eval")
+        if tc.plan_check and _is_main_process():  # planner (issue #18): warn before a model that will not fit
+            from ..planner.check import check_before_load
+
+            check_before_load(self, train_ds)
         self.setup()
         out = Path(tc.output_dir)
         if resume and not (tc.deepspeed or tc.fsdp):
