@@ -29,6 +29,7 @@ class Lengths:
     max_seq_length: int
     packed: bool = False
     truncated: int = 0            # samples cut to max_seq_length by the preparation
+    distinct_tokens: int | None = None  # token ids the data uses (rows of the input embedding it reads)
     doc_lengths: list[list[int]] | None = None  # packed rows: the documents in each row
 
     def __len__(self) -> int:
@@ -64,6 +65,21 @@ def _trained_counts(labels_column: Any) -> list[int]:
         return [sum(1 for x in labels[1:] if x != IGNORE_INDEX) for labels in labels_column]
 
 
+def _distinct(*columns: Any) -> int | None:
+    try:
+        import numpy as np
+        import pyarrow as pa
+
+        seen = None
+        for col in columns:
+            arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            values = np.unique(np.asarray(arr.flatten()))
+            seen = values if seen is None else np.union1d(seen, values)
+        return int(len(seen)) if seen is not None else None
+    except Exception:  # noqa: BLE001 - unknown: every row counts
+        return None
+
+
 def lengths_of(dataset: Any, max_seq_length: int, *, packed: bool = False, stats: dict | None = None) -> Lengths:
     """:class:`Lengths` of a prepared ``datasets.Dataset`` (``input_ids``, ``labels``, ``length``)."""
     table = getattr(dataset, "data", None)
@@ -77,6 +93,7 @@ def lengths_of(dataset: Any, max_seq_length: int, *, packed: bool = False, stats
 
             lengths = [int(x) for x in pc.list_value_length(table.column("input_ids")).to_pylist()]
         trained = _trained_counts(labels)
+        distinct = _distinct(table.column("input_ids"))
     elif table is not None and hasattr(table, "column") and "chosen_labels" in getattr(table, "column_names", []):
         # preference pairs: chosen and rejected go through one forward, as two documents
         import pyarrow.compute as pc
@@ -87,11 +104,13 @@ def lengths_of(dataset: Any, max_seq_length: int, *, packed: bool = False, stats
         trained = [c + r for c, r in zip(_trained_counts(table.column("chosen_labels")),
                                          _trained_counts(table.column("rejected_labels")))]
         return Lengths(lengths, trained, max_seq_length, truncated=int((stats or {}).get("truncated", 0)),
-                       doc_lengths=[[c, r] for c, r in zip(chosen, rejected)])
+                       doc_lengths=[[c, r] for c, r in zip(chosen, rejected)],
+                       distinct_tokens=_distinct(table.column("chosen_input_ids"), table.column("rejected_input_ids")))
     else:
         rows = list(dataset)
         lengths = [len(r["input_ids"]) for r in rows]
         trained = [sum(1 for x in r["labels"][1:] if x != IGNORE_INDEX) for r in rows]
+        distinct = len({t for r in rows for t in r["input_ids"]})
     docs = None
     if packed and table is not None and "position_ids" in table.column_names:
         docs = []
@@ -99,7 +118,7 @@ def lengths_of(dataset: Any, max_seq_length: int, *, packed: bool = False, stats
             starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
             docs.append([b - a for a, b in zip(starts, starts[1:])])
     return Lengths(lengths, trained, max_seq_length, packed=packed,
-                   truncated=int((stats or {}).get("truncated", 0)), doc_lengths=docs)
+                   truncated=int((stats or {}).get("truncated", 0)), doc_lengths=docs, distinct_tokens=distinct)
 
 
 def largest_batch(lengths: Lengths, batch_size: int, *, padding_free: bool, max_seq_length: int | None = None) -> Batch:

@@ -35,6 +35,11 @@ steady state (second step on)."""
 CPU_HEAP_FRAGMENTATION_GC = 0.4
 """The same with gradient checkpointing (forward runs twice, without and with saving)."""
 
+CPU_DEQUANT_FRAGMENTATION = 1.0
+"""QLoRA on the CPU: bitsandbytes dequantizes each 4-bit weight to float32 in forward and again in
+backward; the heap grows by about one layer's dequantized weights per layer (measured: 1.0x on the
+207M model, 2.3x on the 32M one, whose activations are larger than its weights)."""
+
 CPU_HEAP_FRAGMENTATION_UNTUNED = 0.1
 """Without ``malloc_tuning`` glibc returns large freed blocks (mmap threshold) to the OS."""
 

@@ -76,6 +76,7 @@ class RunShape:
     zero_offload: bool = False
     malloc_tuning: bool = True
     lora_dropout_cpu: bool = True        # CPU dropout keeps a float mask (GPU: a bool mask)
+    mmap_weights: bool = True            # CPU: the checkpoint is read at its own dtype (memory-mapped)
 
     @property
     def is_lora(self) -> bool:
@@ -126,6 +127,11 @@ class MemoryPlan:
     phase: str                       # where the peak falls: "loss", "backward", "optimizer", "load"
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def needed(self) -> int:
+        """The peak without what the kernel can reclaim (clean checkpoint pages QLoRA no longer reads)."""
+        return self.peak - int(self.details.get("reclaimable", 0))
 
     def gib(self, key: str = "peak") -> float:
         return (self.peak if key == "peak" else self.components[key]) / GIB
@@ -219,16 +225,45 @@ def _layout(run: RunShape, spec: ModelSpec) -> _Layout:
     return _Layout(trainable, adapted_layers, adapted, emb, head, first, adapter_params, base)
 
 
-def _weights(run: RunShape, spec: ModelSpec, lay: _Layout) -> tuple[int, int]:
-    """(base weight bytes, adapter/copy bytes)."""
+PAGE = 4096
+
+
+def touched_bytes(rows: int, row_bytes: int, used_rows: int | None) -> int:
+    """Resident bytes of a memory-mapped ``rows x row_bytes`` matrix of which ``used_rows`` random
+    rows are read: the pages holding at least one of them (all of it when unknown)."""
+    total = rows * row_bytes
+    if used_rows is None or used_rows >= rows or total == 0:
+        return total
+    pages = max(1, math.ceil(total / PAGE))
+    rows_per_page = max(PAGE / max(row_bytes, 1), 1.0)
+    touched_pages = pages * (1 - (1 - 1 / pages) ** (used_rows * (row_bytes / PAGE if row_bytes > PAGE else 1)))
+    if rows_per_page == 1.0:
+        touched_pages = used_rows * math.ceil(row_bytes / PAGE)
+    return int(min(total, touched_pages * PAGE))
+
+
+def _weights(run: RunShape, spec: ModelSpec, lay: _Layout, embedding_rows: int | None = None) -> tuple[int, int]:
+    """(base weight bytes resident, adapter/copy bytes).
+
+    On the CPU a checkpoint loaded at its own dtype stays memory-mapped (transformers reads
+    safetensors zero-copy): a frozen input embedding then costs only the pages of the rows the
+    data's token ids touch. QLoRA on the CPU reads every linear weight once to quantize it, and the
+    mapping stays: those pages count as well as the 4-bit blocks."""
     wb = run.weight_bytes
     layer_linear = spec.num_layers * sum(m.in_features * m.out_features for m in spec.linears())
     other = spec.total_params - layer_linear
+    emb_bytes = spec.embedding_params * (4 if run.quant_bits else wb)
+    emb_resident = emb_bytes
+    if run.device == "cpu" and run.mmap_weights and not lay.embeddings_train:
+        emb_resident = touched_bytes(spec.vocab_size, spec.hidden_size * (4 if run.quant_bits else wb), embedding_rows)
     if run.quant_bits:
-        # prepare_model_for_kbit_training upcasts what is not quantized (embeddings, norms, head) to fp32
+        # prepare_model_for_kbit_training keeps what is not quantized (embeddings, norms, head) in float32
         base = quantized_weight_bytes(layer_linear, run.quant_bits, run.double_quant) + 4 * other
+        if run.device == "cpu" and run.mmap_weights:
+            base += wb * layer_linear  # the checkpoint's pages, read while quantizing
     else:
         base = spec.total_params * wb
+    base += emb_resident - emb_bytes
     extra = 4 * lay.adapter_params
     if run.is_lora and (lay.embeddings_train or lay.head_train):  # modules_to_save: a trained copy
         copies = (spec.embedding_params if lay.embeddings_train else 0) + (
@@ -261,14 +296,15 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
         return out
     drop = run.is_lora and run.lora_dropout > 0
 
-    def consumers_save(names: list[str], width: int, dtype: int) -> float:
+    def consumers_save(names: list[str], width: int, dtype: int, input_grad: bool = True) -> float:
         names = [n for n in names if n in lin]
         saved = 0.0
         shared = False
         for n in names:
             if n in adapted and drop:
-                # dropout(x) kept by lora_A, and its mask: a float tensor on the CPU, bool on CUDA
-                saved += width * a + width * (4 if run.lora_dropout_cpu else 1)
+                # dropout(x) kept by lora_A, and, when a gradient flows into x, its mask: a float
+                # tensor on the CPU, bool on CUDA
+                saved += width * a + (width * (4 if run.lora_dropout_cpu else 1) if input_grad else 0)
                 if full:
                     shared = True
             elif n in adapted or full:
@@ -294,7 +330,7 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
     else:
         out.transient += 4 * H  # x * rsqrt
     # --- q, k, v
-    out.saved += consumers_save(attn_in, H, res)
+    out.saved += consumers_save(attn_in, H, res, in_grad)
     qkv_grad = in_grad or full or any(n in adapted for n in attn_in)
     for n in attn_in:
         m = lin[n]
@@ -358,8 +394,10 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
         out.fixed_saved += sum(4 * m.in_features * m.out_features for m in linears if m.name in adapted)
         out.fixed_transient += 2 * sum(4 * m.in_features * m.out_features for m in linears if m.name in adapted)
     if run.quant_bits:
-        # each 4/8-bit weight is dequantized to the compute dtype in forward and again in backward
-        out.fixed_transient += 2 * sum(run.compute_weight_bytes * m.in_features * m.out_features for m in linears)
+        # each 4/8-bit weight is dequantized to the compute dtype in forward and again in backward;
+        # the glibc heap keeps about one layer's worth per layer (see constants)
+        out.fixed_transient += C.CPU_DEQUANT_FRAGMENTATION / C.CPU_HEAP_FRAGMENTATION * sum(
+            run.compute_weight_bytes * m.in_features * m.out_features for m in linears)
     return out
 
 
@@ -423,13 +461,13 @@ def _optimizer_bytes_per_param(optim: str) -> tuple[int, str]:
 
 
 def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int | None = None,
-                weights_file: int | None = None) -> MemoryPlan:
+                weights_file: int | None = None, embedding_rows: int | None = None) -> MemoryPlan:
     """The memory plan of one process training ``batch`` (the largest micro-batch)."""
     lay = _layout(run, spec)
     N = max(run.processes, 1)
     stage = run.zero_stage
     T = batch.tokens
-    base_w, adapter_w = _weights(run, spec, lay)
+    base_w, adapter_w = _weights(run, spec, lay, embedding_rows)
     trainable = lay.adapter_params + lay.trainable_base_params
     tb = 4 if (run.is_lora or run.quant_bits) else run.weight_bytes   # bytes of a trainable weight
     grads_total = trainable * tb
@@ -462,9 +500,14 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
         if recorded:
             transient_total += lb.transient * T + lb.fixed_transient
             in_grad = True
-        fixed_transient_max = max(fixed_transient_max, lb.fixed_transient / 2)
+        if run.quant_bits or run.use_dora:  # one dequantized weight (or DoRA's product) at a time
+            fixed_transient_max = max(fixed_transient_max, max(
+                (run.compute_weight_bytes if run.quant_bits else 4) * m.in_features * m.out_features
+                for m in spec.linears()) * (2 if run.use_dora else 1))
     cos_sin = 2 * T * spec.head_dim * 4
     final_norm = (4 * spec.hidden_size * T + 4 * T) if in_grad else 0
+    if run.method == "full":  # the final norm's weight trains too: it keeps its normalized input
+        final_norm += run.weight_bytes * spec.hidden_size * T
     loss_saved, loss_transient, chunked = _loss_bytes(run, spec, lay, batch)
     a = run.act_bytes
     H, I = spec.hidden_size, spec.intermediate_size
@@ -529,7 +572,13 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
                                "chunked_lm_loss": chunked, "trainable_params": trainable,
                                "adapter_params": lay.adapter_params, "first_grad_layer": lay.first_grad_layer,
                                "optimizer": state_what, "saved_per_layer": [int(s) for s in saved_layers],
-                               "forward_transients": int(transient_total)}
+                               "forward_transients": int(transient_total),
+                               "activations_after_forward": int(activations)}
+    if run.device == "cpu" and run.quant_bits and run.mmap_weights:
+        layer_linear = spec.num_layers * sum(m.in_features * m.out_features for m in spec.linears())
+        details["reclaimable"] = run.weight_bytes * layer_linear
+        notes.append(f"{run.weight_bytes * layer_linear / GIB:.2f} GiB of the base weights are the checkpoint's pages, "
+                     "read once to quantize: resident (counted in RSS) until the kernel needs the memory")
     if run.device == "cpu":
         frag = (C.CPU_HEAP_FRAGMENTATION_GC if run.gradient_checkpointing else C.CPU_HEAP_FRAGMENTATION) \
             * transient_total if run.malloc_tuning else C.CPU_HEAP_FRAGMENTATION_UNTUNED * transient_total
@@ -537,12 +586,6 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
         proc = C.CPU_PROCESS_BASELINE if baseline is None else baseline
         comps["process_baseline"] = int(proc)
         peak = sum(comps.values())
-        if run.quant_bits and weights_file:
-            # loading quantizes layer by layer from the memory-mapped checkpoint: its pages count too
-            load_peak = comps["process_baseline"] + weights_file + base_w
-            details["load_peak"] = int(load_peak)
-            if load_peak > peak:
-                peak, phase = load_peak, "load"
     else:
         # CUDA: max_memory_allocated counts tensors only; the caching allocator and the context add
         allocated = sum(comps.values())

@@ -140,6 +140,7 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
         if device == "cpu" and attn == "sdpa" and _doc_attention_ok(spec, model_config):
             attention = "doc"
     stage, offload = _zero(tc.deepspeed)
+    mmap = wdtype == spec.dtype and Path(str(tc.model_name_or_path)).expanduser().is_dir()
     run = RunShape(method=method, device=device, processes=max(int(processes), 1),
                    weight_bytes=dtype_bytes(wdtype), autocast_bytes=autocast,
                    gradient_checkpointing=tc.gradient_checkpointing, selective_logits=tc.selective_logits,
@@ -147,7 +148,7 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
                    packing=dc.packing, optim=tc.optim, zero_stage=stage, zero_offload=offload,
                    malloc_tuning=tc.malloc_tuning and os.environ.get("SAGE_FINETUNE_MALLOC_TUNING", "1").lower()
                    not in ("0", "false", "no", "off"),
-                   lora_dropout_cpu=device == "cpu")
+                   lora_dropout_cpu=device == "cpu", mmap_weights=mmap)
     if method in ("lora", "qlora", "dora", "lora_plus") and lc is not None:
         run.lora_r, run.lora_targets, run.lora_dropout = lc.r, lc.resolved_target_modules, lc.lora_dropout
         run.use_dora = bool(lc.use_dora) or method == "dora"
@@ -226,7 +227,7 @@ class Plan:
 
     @property
     def fits(self) -> bool | None:
-        return None if self.budget is None else self.memory.peak <= self.budget
+        return None if self.budget is None else self.memory.needed <= self.budget
 
     @property
     def overrides(self) -> list[str]:
@@ -308,7 +309,8 @@ def plan_from_lengths(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch
     the configs and the data are read)."""
     max_len = max_seq_length or lengths.max_seq_length
     batch = largest_batch(lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_len)
-    memory = plan_memory(spec, run, batch, weights_file=weights_file, baseline=baseline)
+    memory = plan_memory(spec, run, batch, weights_file=weights_file, baseline=baseline,
+                         embedding_rows=lengths.distinct_tokens)
     time = None
     if throughput is not None:
         time = _time(spec, run, lengths, batch_size, grad_accum, throughput, epochs, max_steps, seed,
@@ -372,8 +374,9 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
         dtype = "bfloat16" if run.autocast_bytes == 2 and tc.bf16 else "float16" if tc.fp16 else (
             "float32" if run.weight_bytes == 4 else spec.dtype)
         try:
-            throughput = run_probe(spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.num_kv_heads,
-                                   spec.head_dim, dtype=dtype, device=device)
+            docs = [d for row in lengths.doc_lengths for d in row] if lengths.doc_lengths else lengths.lengths
+            median = sorted(docs)[len(docs) // 2] if docs else 512
+            throughput = run_probe(spec, run, doc_length=median, dtype=dtype, device=device)
         except Exception as exc:  # noqa: BLE001 - no probe, no time estimate; the memory plan stands
             import logging
 

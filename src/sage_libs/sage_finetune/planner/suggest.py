@@ -21,7 +21,8 @@ __all__ = ["suggestions"]
 def _evaluate(plan: Any, run: Any, batch_size: int, max_len: int, *, weights_file: int | None,
               baseline: int | None) -> int:
     batch = largest_batch(plan.lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_len)
-    return plan_memory(plan.spec, run, batch, weights_file=weights_file, baseline=baseline).peak
+    return plan_memory(plan.spec, run, batch, weights_file=weights_file, baseline=baseline,
+                       embedding_rows=plan.lengths.distinct_tokens).needed
 
 
 def _step_seconds(plan: Any, run: Any, batch_size: int, grad_accum: int, max_len: int, **kw: Any) -> float | None:
@@ -78,8 +79,8 @@ def suggestions(plan: Any, *, weights_file: int | None = None, baseline: int | N
 
     current = Option(label="as configured", batch_size=plan.batch_size, grad_accum=plan.grad_accum,
                      gradient_checkpointing=run.gradient_checkpointing, method=run.method, max_seq_length=max_len,
-                     truncates=already, peak=plan.memory.peak,
-                     step_seconds=plan.time.step_seconds if plan.time else None, fits=fits(plan.memory.peak))
+                     truncates=already, peak=plan.memory.needed,
+                     step_seconds=plan.time.step_seconds if plan.time else None, fits=fits(plan.memory.needed))
     out = [current]
     if budget is None:
         return out

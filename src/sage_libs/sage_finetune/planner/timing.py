@@ -38,6 +38,7 @@ class Cost:
     attention_flops: float = 0.0
     traffic_bytes: float = 0.0
     ops: float = 0.0
+    attention_calls: float = 0.0
     dequant_bytes: float = 0.0
     useful_flops: float = 0.0  # matmul + attention without recomputation (for MFU)
 
@@ -56,6 +57,7 @@ class Throughput:
     attention_flops: float           # FLOP/s of the attention kernel
     bandwidth: float                 # bytes/s of elementwise kernels
     op_seconds: float = 20e-6        # per tensor operation
+    attention_call_seconds: float = 0.0  # fixed cost of one attention kernel call (forward or backward)
     dequant_bytes_per_s: float = 2e9  # bitsandbytes dequantization (bytes of output per second)
     efficiency: float = 1.0          # measured step time over the model's, on the probe's mini step
     source: str = "given"
@@ -120,7 +122,10 @@ def step_cost(spec: ModelSpec, run: RunShape, batch: Batch) -> Cost:
                     fwd += 2.0 * run.lora_r * m.in_features * m.out_features  # B @ A for the weight norm
         att = 4.0 * Q * pairs
         cost.matmul_flops += fwd + (fwd if recorded and run.gradient_checkpointing else 0) + bwd
-        cost.attention_flops += att * (1 + (2 if recorded else 0) + (1 if recorded and run.gradient_checkpointing else 0))
+        passes = 1 + (2 if recorded else 0) + (1 if recorded and run.gradient_checkpointing else 0)
+        cost.attention_flops += att * passes
+        calls = 1 + (1 if recorded else 0) + (1 if recorded and run.gradient_checkpointing else 0)
+        cost.attention_calls += (batch.n_docs if run.attention == "doc" else batch.rows) * calls
         cost.useful_flops += fwd + bwd + att * (3 if recorded else 1)
         lb = _layer_bytes(run, spec, lay, layer, in_grad)
         per_token = lb.saved + lb.transient
@@ -150,5 +155,6 @@ def step_cost(spec: ModelSpec, run: RunShape, batch: Batch) -> Cost:
 def seconds(cost: Cost, tp: Throughput) -> float:
     t = (cost.matmul_flops / tp.matmul_flops + cost.attention_flops / tp.attention_flops
          + cost.traffic_bytes / tp.bandwidth + cost.ops * tp.op_seconds
+         + cost.attention_calls * tp.attention_call_seconds
          + cost.dequant_bytes / tp.dequant_bytes_per_s)
     return t / tp.efficiency
