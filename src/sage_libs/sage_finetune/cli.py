@@ -6,6 +6,7 @@
     sage-finetune chat MODEL_OR_ADAPTER_DIR [--prompt TEXT] [--system TEXT] [--max-new-tokens N]
     sage-finetune tiny-model DIR [--arch llama|qwen2] [--corpus FILE ...]
     sage-finetune options [SECTION | SECTION.OPTION]
+    sage-finetune plan CONFIG.yaml [--device cpu|cuda] [--memory 24GB] [--processes N]
 
 The config file is described in :mod:`.run_config`.
 
@@ -324,6 +325,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--pretrain-steps", type=int, default=0,
                    help="first train it as a plain LM on the corpus for N steps (a small 'base' model)")
     p.set_defaults(func=cmd_tiny_model)
+
+    # planner (issue #18): `sage-finetune plan`, defined in planner/cli.py
+    from .planner.cli import add_plan_command
+
+    add_plan_command(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,9 @@ class TrainingConfig(_Config):
         True, "Linux/glibc: keep memory freed between training steps in the process (mallopt M_MMAP_MAX=0 and a "
               "high trim threshold) instead of returning it to the OS and faulting it in again every step; "
               "false (or SAGE_FINETUNE_MALLOC_TUNING=0) leaves the allocator alone.")
+    plan_check: bool = _opt(
+        True, "Before loading the model, predict the run's peak memory (sage-finetune plan) and warn, with what to "
+              "change, when it exceeds the memory available; false: no check.")
 
     def _validate(self) -> None:
         if not self.model_name_or_path:

@@ -23,9 +23,20 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FastPaths", "plan_fast_paths", "install_fast_paths"]
+__all__ = ["FastPaths", "plan_fast_paths", "install_fast_paths", "CHUNK_BYTES", "AUTO_LOGITS_BYTES"]
 
 logger = logging.getLogger(__name__)
+
+# Defined here, where no torch is imported, so that the planner reads the same numbers.
+CHUNK_BYTES = 128 * 2**20
+"""Budget of one chunk's float32 logits in the chunked LM loss (:mod:`.chunked_ce`): 128 MiB, i.e.
+259 rows of a 129k vocabulary (1k of a 32k one). Every chunk streams the whole head weight through
+two matmuls; on the CPU chunks of 64 rows (32 MiB) made the head ~30% slower than the plain path,
+256 rows as fast (benchmarks/chunked_lm_loss.py)."""
+
+AUTO_LOGITS_BYTES = 256 * 2**20
+"""``chunked_lm_loss: null`` turns chunking on when all trained positions' float32 logits would
+take more than this (e.g. 520 trained tokens of a 129k vocabulary)."""
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,7 @@ __all__ = ["chunked_linear_cross_entropy", "ChunkedLinearCrossEntropy", "chunk_r
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 128 * 2**20
-"""Budget of one chunk's float32 logits: 128 MiB, i.e. 259 rows of a 129k vocabulary (1k of a 32k
-one). Every chunk streams the whole head weight through two matmuls; on the CPU chunks of 64 rows
-(32 MiB) made the head ~30% slower than the plain path, 256 rows as fast (benchmarks/chunked_lm_loss.py)."""
-
-AUTO_LOGITS_BYTES = 256 * 2**20
-"""``chunked_lm_loss: null`` turns chunking on when all trained positions' float32 logits would
-take more than this (e.g. 520 trained tokens of a 129k vocabulary)."""
+from . import AUTO_LOGITS_BYTES, CHUNK_BYTES  # noqa: E402 (module attributes: tests may patch them here)
 
 
 def chunk_rows_for(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:

@@ -186,6 +186,13 @@ class BaseTrainer(FineTuner):
             model.enable_input_require_grads()
         self.model = self.apply_adapter(model)
 
+    def plan(self, train_dataset: Any = None, **options: Any) -> Any:
+        """Predict this run's peak memory and time without loading weights (planner, issue #18):
+        ``options`` are :func:`..planner.plan_trainer`'s (device, memory, processes, probe, tflops)."""
+        from ..planner.plan import plan_trainer
+
+        return plan_trainer(self, train_dataset, **options)
+
     # ----------------------------------------------------------------------------------------
     # Data
     # ----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ are called, and what is checked, locked, written and reported around them.
     the output folder's lock                              hold_output_dir -> utils.run_lock
     which checkpoint to resume, if any                    resume_checkpoint -> utils.run_identity
     tokenizer and data (errors before the model load)     prepare_dataset -> data.datasets
+    will it fit? (a warning, training.plan_check)         planner.check
     model and adapter                                     setup -> load_base_model, apply_adapter
     the output folder (fresh or resumed)                  run_files.start_run_folder
     fast paths, the HF Trainer, its callbacks             build_hf_trainer -> perf, .hf_core, callbacks.wiring
@@ -76,6 +77,10 @@ def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[s
     trainer._identity = RunIdentity.from_resolved_config(trainer.resolved_config(), train_dataset)
     resume = trainer.resume_checkpoint(trainer._identity)
     train_ds, eval_ds = _prepare_data(trainer, train_dataset, eval_dataset)
+    if tc.plan_check and is_main_process():  # the planner: warn before a model that will not fit is loaded
+        from ..planner.check import check_before_load
+
+        check_before_load(trainer, train_ds)
     trainer.setup()
     if resume and not (tc.deepspeed or tc.fsdp):
         from ..utils.run_identity import check_checkpoint_fits

@@ -1,0 +1,401 @@
+"""A trainer's configs and data -> a :class:`Plan`: peak memory, time per step and per epoch, and
+what to change to fit a memory budget. No weights are loaded: the model's ``config.json`` gives
+its shapes, the run's own data preparation (tokenizer only, through the tokenized-data cache)
+gives the token lengths."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import constants as C
+from .batches import Lengths, epoch_total, largest_batch, lengths_of
+from .memory import GIB, MIB, Batch, MemoryPlan, RunShape, plan_memory
+from .spec import ModelSpec, dtype_bytes, weights_file_bytes
+from .timing import Cost, Throughput, seconds, step_cost
+
+__all__ = ["Plan", "TimePlan", "Option", "plan_trainer", "plan_from_lengths", "run_shape", "parse_memory",
+           "available_memory", "format_bytes"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+# ------------------------------------------------------------------------------------------------
+_UNITS = {"": GIB, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": MIB, "mb": MIB, "mib": MIB,
+          "g": GIB, "gb": GIB, "gib": GIB, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_memory(text: str | int | float) -> int:
+    """``24GB``, ``24GiB``, ``24g``, ``512MB``, ``24`` (GiB) -> bytes. GB and GiB both mean 2**30 bytes
+    (a "24GB" GPU holds 24 GiB)."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        from ..config import ConfigError
+
+        raise ConfigError(f"--memory {text!r}: expected a size such as 24GB, 80GiB or 512MB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_bytes(n: float) -> str:
+    if abs(n) >= GIB:
+        return f"{n / GIB:.2f} GiB"
+    return f"{n / MIB:.0f} MiB"
+
+
+def _cgroup_limit() -> int | None:
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            raw = Path(limit).read_text().strip()
+            if raw == "max" or int(raw) > 2**60:
+                return None
+            used = int(Path(usage).read_text().strip())
+            return max(int(raw) - used, 0)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_memory(device: str) -> tuple[int | None, str]:
+    """(bytes a new training process can use, where the number comes from)."""
+    if device == "cuda":
+        try:
+            import torch
+
+            free, total = torch.cuda.mem_get_info()
+            return int(free), f"free on {torch.cuda.get_device_name()} ({format_bytes(total)} total)"
+        except Exception:  # noqa: BLE001
+            return None, "unknown (no CUDA device)"
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    cg = _cgroup_limit()
+    if cg is not None and (avail is None or cg < avail):
+        return cg, "cgroup memory limit"
+    return avail, "MemAvailable" if avail is not None else "unknown"
+
+
+# ------------------------------------------------------------------------------------------------
+# Configs -> RunShape
+# ------------------------------------------------------------------------------------------------
+def _zero(deepspeed: Any) -> tuple[int, bool]:
+    if not deepspeed:
+        return 0, False
+    cfg = deepspeed
+    if isinstance(deepspeed, str):
+        try:
+            cfg = json.loads(Path(deepspeed).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0, False
+    zero = (cfg or {}).get("zero_optimization", {}) or {}
+    stage = zero.get("stage", 0)
+    offload = (zero.get("offload_optimizer") or {}).get("device") in ("cpu", "nvme")
+    return (int(stage) if str(stage).isdigit() else 0), offload
+
+
+def _doc_attention_ok(spec: ModelSpec, config: dict | None) -> bool:
+    """Mirror of ``perf.doc_attention.doc_attention_supported`` from config.json alone."""
+    config = config or {}
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    if text is not config:
+        return False
+    if text.get("attention_chunk_size"):
+        return False
+    if text.get("sliding_window") and text.get("use_sliding_window", True):
+        return False
+    layer_types = text.get("layer_types")
+    return not (layer_types and any(t != "full_attention" for t in layer_types))
+
+
+def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
+              model_config: dict | None = None) -> RunShape:
+    """The :class:`RunShape` of a trainer's configs on ``device``."""
+    inner = getattr(trainer, "inner", trainer)
+    tc, dc = inner.training_config, inner.data_config
+    method = getattr(inner, "method", "lora")
+    lc = getattr(inner, "lora_config", None)
+    qc = getattr(inner, "quantization_config", None)
+    fc = getattr(inner, "freeze_config", None)
+    wdtype = spec.dtype if tc.model_dtype == "auto" else tc.model_dtype
+    autocast = 2 if (tc.bf16 or tc.fp16) else None
+    attn = tc.attn_implementation or "sdpa"
+    padding_free = dc.padding_free
+    if padding_free is None:
+        padding_free = attn.startswith("flash_attention") or (
+            device == "cpu" and attn == "sdpa" and _doc_attention_ok(spec, model_config))
+    attention = attn
+    if padding_free or dc.packing:
+        if device == "cpu" and attn == "sdpa" and _doc_attention_ok(spec, model_config):
+            attention = "doc"
+    stage, offload = _zero(tc.deepspeed)
+    mmap = wdtype == spec.dtype and Path(str(tc.model_name_or_path)).expanduser().is_dir()
+    run = RunShape(method=method, device=device, processes=max(int(processes), 1),
+                   weight_bytes=dtype_bytes(wdtype), autocast_bytes=autocast,
+                   gradient_checkpointing=tc.gradient_checkpointing, selective_logits=tc.selective_logits,
+                   chunked_lm_loss=tc.chunked_lm_loss, attention=attention, padding_free=bool(padding_free),
+                   packing=dc.packing, optim=tc.optim, zero_stage=stage, zero_offload=offload,
+                   malloc_tuning=tc.malloc_tuning and os.environ.get("SAGE_FINETUNE_MALLOC_TUNING", "1").lower()
+                   not in ("0", "false", "no", "off"),
+                   lora_dropout_cpu=device == "cpu", mmap_weights=mmap)
+    if method in ("lora", "qlora", "dora", "lora_plus") and lc is not None:
+        run.lora_r, run.lora_targets, run.lora_dropout = lc.r, lc.resolved_target_modules, lc.lora_dropout
+        run.use_dora = bool(lc.use_dora) or method == "dora"
+        run.lora_layers = lc.layers_to_transform
+        run.modules_to_save = list(lc.modules_to_save or [])
+        run.lora_bias = lc.bias
+    if method == "qlora":
+        qc = qc or __import__("sage_libs.sage_finetune.config", fromlist=["QuantizationConfig"]).QuantizationConfig()
+        run.quant_bits = 8 if qc.load_in_8bit else 4
+        run.double_quant = bool(qc.bnb_4bit_use_double_quant)
+        compute = qc.bnb_4bit_compute_dtype or ("float32" if device == "cpu" else "bfloat16")
+        run.autocast_bytes = run.autocast_bytes or (dtype_bytes(compute) if compute != "float32" else None)
+        run.weight_bytes = 4 if device == "cpu" and run.weight_bytes == 4 else run.weight_bytes
+    if method == "freeze" and fc is not None:
+        run.freeze_layers, run.train_embeddings, run.train_lm_head = (fc.trainable_layers, fc.train_embeddings,
+                                                                       fc.train_lm_head)
+    return run
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class TimePlan:
+    step_seconds: float            # mean optimizer step (gradient accumulation included)
+    largest_step_seconds: float    # the step with the largest micro-batches
+    epoch_seconds: float
+    steps_per_epoch: int
+    total_steps: int
+    total_seconds: float
+    epoch_flops: float
+    throughput: Throughput | None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return 0.0
+
+
+@dataclass
+class Option:
+    """One line of the suggestions table: a change and what it gives."""
+
+    label: str
+    batch_size: int
+    grad_accum: int
+    gradient_checkpointing: bool
+    method: str
+    max_seq_length: int
+    truncates: int
+    peak: int
+    step_seconds: float | None
+    fits: bool | None
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    spec: ModelSpec
+    run: RunShape
+    lengths: Lengths
+    batch: Batch
+    memory: MemoryPlan
+    time: TimePlan | None
+    budget: int | None
+    budget_source: str
+    batch_size: int
+    grad_accum: int
+    max_seq_length: int
+    model: str
+    options: list[Option] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> int:
+        return self.memory.peak
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.budget is None else self.memory.needed <= self.budget
+
+    @property
+    def overrides(self) -> list[str]:
+        """The overrides of the first suggestion that fits (empty when the run fits as it is)."""
+        if self.fits is not False:
+            return []
+        for option in self.options:
+            if option.fits and option.overrides:
+                return option.overrides
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"model": self.model, "device": self.run.device, "processes": self.run.processes,
+               "method": self.run.method, "peak_bytes": self.memory.peak, "phase": self.memory.phase,
+               "components": self.memory.components, "details": self.memory.details,
+               "budget_bytes": self.budget, "budget_source": self.budget_source, "fits": self.fits,
+               "largest_batch": dataclasses.asdict(self.batch) | {"doc_lengths": None},
+               "samples": len(self.lengths), "tokens": self.lengths.total_tokens,
+               "options": [dataclasses.asdict(o) for o in self.options], "overrides": self.overrides,
+               "notes": self.notes + self.memory.notes}
+        if self.time is not None:
+            t = self.time
+            out["time"] = {"step_seconds": t.step_seconds, "largest_step_seconds": t.largest_step_seconds,
+                           "epoch_seconds": t.epoch_seconds, "steps_per_epoch": t.steps_per_epoch,
+                           "total_steps": t.total_steps, "total_seconds": t.total_seconds,
+                           "epoch_flops": t.epoch_flops,
+                           "throughput": dataclasses.asdict(t.throughput) if t.throughput else None}
+        return out
+
+    # -- text ------------------------------------------------------------------------------------
+    def render(self) -> str:
+        from .report import render_plan
+
+        return render_plan(self)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def _optimizer_step_seconds(run: RunShape, trainable: int, tp: Throughput) -> float:
+    """AdamW over the trainable weights (and gradient clipping): memory-bound, ~8 passes over
+    float32 weights, gradients and two states."""
+    return 32.0 * trainable / tp.bandwidth + C.STEP_OVERHEAD_SECONDS
+
+
+def _time(spec: ModelSpec, run: RunShape, lengths: Lengths, batch_size: int, grad_accum: int, tp: Throughput,
+          epochs: float, max_steps: int, seed: int, group_by_length: bool, largest: Batch,
+          trainable: int, max_seq_length: int | None = None, preference: bool = False) -> TimePlan:
+    aggregate, micro = epoch_total(lengths, batch_size, run, group_by_length=group_by_length, seed=seed,
+                                   max_seq_length=max_seq_length)
+    empty = Batch(rows=0, row_len=0, doc_lengths=[], trained=0, pairs=0.0, docs=0)
+    total = _batch_cost(spec, run, aggregate, preference) + _batch_cost(spec, run, empty, preference).scaled(
+        max(micro - 1, 0))
+    steps_per_epoch = max(1, math.ceil(micro / grad_accum))
+    opt = _optimizer_step_seconds(run, trainable, tp)
+    epoch = seconds(total, tp) + steps_per_epoch * opt
+    step = epoch / steps_per_epoch
+    largest_step = grad_accum * seconds(_batch_cost(spec, run, largest, preference), tp) + opt
+    total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
+    return TimePlan(step_seconds=step, largest_step_seconds=largest_step, epoch_seconds=epoch,
+                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, total_seconds=step * total_steps,
+                    epoch_flops=total.useful_flops, throughput=tp)
+
+
+def _batch_cost(spec: ModelSpec, run: RunShape, batch: Batch, preference: bool) -> Cost:
+    cost = step_cost(spec, run, batch)
+    if preference and run.is_lora:  # the reference: a forward with the adapter disabled, no graph
+        cost = cost + step_cost(spec, dataclasses.replace(run, method="freeze", freeze_layers=0,
+                                                          gradient_checkpointing=False), batch).scaled(1 / 3)
+    return cost
+
+
+def plan_from_lengths(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch_size: int, grad_accum: int = 1,
+                      budget: int | None = None, budget_source: str = "given", throughput: Throughput | None = None,
+                      epochs: float = 1.0, max_steps: int = -1, seed: int = 42, group_by_length: bool = False,
+                      weights_file: int | None = None, model: str = "", max_seq_length: int | None = None,
+                      baseline: int | None = None, suggest: bool = True, preference: bool = False) -> Plan:
+    """The plan of ``run`` over data of these ``lengths`` (what :func:`plan_trainer` computes once
+    the configs and the data are read)."""
+    max_len = max_seq_length or lengths.max_seq_length
+    batch = largest_batch(lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_len)
+    memory = plan_memory(spec, run, batch, weights_file=weights_file, baseline=baseline,
+                         embedding_rows=lengths.distinct_tokens)
+    time = None
+    if throughput is not None:
+        time = _time(spec, run, lengths, batch_size, grad_accum, throughput, epochs, max_steps, seed,
+                     group_by_length, batch, memory.details["trainable_params"], max_len, preference)
+    plan = Plan(spec=spec, run=run, lengths=lengths, batch=batch, memory=memory, time=time, budget=budget,
+                budget_source=budget_source, batch_size=batch_size, grad_accum=grad_accum,
+                max_seq_length=max_len, model=model, notes=list(spec.notes))
+    if preference:
+        plan.notes.append("preference pairs: chosen and rejected in one forward, plus the reference forward")
+    if suggest:
+        from .suggest import suggestions
+
+        plan.options = suggestions(plan, weights_file=weights_file, baseline=baseline, epochs=epochs,
+                                   max_steps=max_steps, seed=seed, group_by_length=group_by_length,
+                                   preference=preference)
+    return plan
+
+
+def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None = None, memory: Any = None,
+                 processes: int | None = None, probe: bool = True, throughput: Throughput | None = None,
+                 tflops: float | None = None, suggest: bool = True, dataset: Any = None) -> Plan:
+    """The plan of ``trainer``'s run on ``train_dataset`` (default ``data.train_file``), without
+    loading any weight. ``device``: ``cpu`` or ``cuda`` (default: where training would run);
+    ``memory``: the budget (``"24GB"`` or bytes; default: what is available now); ``processes``:
+    data-parallel processes (default ``$WORLD_SIZE`` or 1); ``probe``: measure this machine's
+    throughput (~2 s) for the time estimate; ``tflops``: use this matmul throughput instead;
+    ``dataset``: the already prepared training dataset (skips data preparation)."""
+    from ..config import ConfigError
+    from .probe import run_probe
+
+    inner = getattr(trainer, "inner", trainer)
+    tc, dc = inner.training_config, inner.data_config
+    try:
+        config = __import__("sage_libs.sage_finetune.planner.spec", fromlist=["read_model_config"]).read_model_config(
+            tc.model_name_or_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"plan: training.model_name_or_path: {exc}") from None
+    spec = ModelSpec.from_config(config)
+    if device is None:
+        device = _default_device(tc)
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"plan: --device {device!r}: expected cpu or cuda")
+    processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
+    run = run_shape(trainer, spec, device, processes, config)
+    if dataset is None:
+        data = train_dataset if train_dataset is not None else dc.train_file
+        if data is None:
+            raise ConfigError("plan: no training data; set data.train_file or pass train_dataset")
+        inner.setup_tokenizer()
+        dataset = inner.prepare_dataset(data, "train")
+    stats = (getattr(inner, "data_stats", {}) or {}).get("train", {})
+    lengths = lengths_of(dataset, tc.max_seq_length, packed=dc.packing, stats=stats)
+    if memory is None:
+        budget, source = available_memory(device)
+    else:
+        budget, source = parse_memory(memory), "given"
+    if throughput is None and tflops:
+        throughput = Throughput(matmul_flops=tflops * 1e12, attention_flops=tflops * 0.25e12,
+                                bandwidth=C.DEFAULT_BANDWIDTH[device], source=f"given: {tflops} TFLOP/s")
+    if throughput is None and probe:
+        dtype = "bfloat16" if run.autocast_bytes == 2 and tc.bf16 else "float16" if tc.fp16 else (
+            "float32" if run.weight_bytes == 4 else spec.dtype)
+        try:
+            docs = [d for row in lengths.doc_lengths for d in row] if lengths.doc_lengths else lengths.lengths
+            median = sorted(docs)[len(docs) // 2] if docs else 512
+            throughput = run_probe(spec, run, doc_length=median, dtype=dtype, device=device)
+        except Exception as exc:  # noqa: BLE001 - no probe, no time estimate; the memory plan stands
+            import logging
+
+            logging.getLogger(__name__).warning("plan: the throughput probe failed (%s); no time estimate", exc)
+    preference = getattr(inner, "preference_config", None) is not None
+    return plan_from_lengths(spec, run, lengths, batch_size=tc.per_device_train_batch_size,
+                             grad_accum=tc.gradient_accumulation_steps, budget=budget, budget_source=source,
+                             throughput=throughput, epochs=tc.num_train_epochs, max_steps=tc.max_steps,
+                             seed=tc.seed, group_by_length=dc.group_by_length,
+                             weights_file=weights_file_bytes(tc.model_name_or_path), model=tc.model_name_or_path,
+                             suggest=suggest, preference=preference)
+
+
+def _default_device(tc: Any) -> str:
+    if tc.use_cpu:
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"

@@ -1,0 +1,205 @@
+"""The calibration probe: about two seconds of torch on this machine, at the plan's own shapes.
+
+It measures the rates :func:`.timing.seconds` divides by, then an efficiency factor:
+
+* the **matmul rate** of the compute dtype on ``(rows x hidden) @ (hidden x intermediate)``
+  products (the shapes of the model's MLP, capped to about a GFLOP each);
+* the **attention kernel** (causal sdpa, forward and backward, the model's heads) at two document
+  lengths: a fixed cost per call and a rate for the (query, key) pairs;
+* the **bandwidth** of elementwise kernels and the **cost of one small autograd operation**;
+* the **efficiency factor**: a miniature training step, one decoder layer of this model (its
+  width, heads, MLP and, for LoRA methods, adapters of the run's rank on the run's targets) on a
+  few hundred tokens of documents as long as the data's typical ones, timed forward and backward
+  and compared with what :func:`.timing.step_cost` predicts for it from the rates above. The plan's
+  time is the cost model's divided by this factor: what the rates miss on this machine (cache
+  effects, threading, other jobs sharing it) is measured, not assumed.
+
+Every timing is a median (a training run meets the machine as it is, other jobs included). Only
+this module imports torch; the planner's arithmetic does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from .memory import Batch, RunShape
+from .spec import ModelSpec
+from .timing import Throughput, seconds, step_cost
+
+__all__ = ["run_probe"]
+
+_cache: dict[tuple, Throughput] = {}
+
+
+def _median(fn: Any, reps: int, budget: float) -> float:
+    """The median of up to ``reps`` timed calls within ``budget`` seconds, after one warm-up."""
+    start = time.perf_counter()
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start > budget:
+            break
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _mini_spec(spec: ModelSpec, max_layer_params: float = 40e6) -> ModelSpec:
+    """One decoder layer of ``spec`` (scaled down in width when it is very large), no vocabulary."""
+    k = 1.0
+    if spec.layer_params() > max_layer_params:
+        k = (max_layer_params / spec.layer_params()) ** 0.5
+    hd = spec.head_dim
+    heads = max(1, int(spec.num_heads * k))
+    kv = max(1, min(spec.num_kv_heads, heads))
+    while heads % kv:
+        kv -= 1
+    hidden = spec.hidden_size if k == 1 else max(hd, heads * hd)
+    inter = spec.intermediate_size if k == 1 else max(hd, int(spec.intermediate_size * k))
+    return dataclasses.replace(spec, hidden_size=hidden, num_layers=1, num_heads=heads, num_kv_heads=kv,
+                               intermediate_size=inter, vocab_size=0, tie_word_embeddings=True, num_experts=0,
+                               notes=[])
+
+
+def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int = 512, dtype: str = "float32",
+              device: str = "cpu", budget: float = 2.0, cache: bool = True) -> Throughput:
+    """Measure this machine at the shapes of ``spec`` trained as ``run`` on documents of about
+    ``doc_length`` tokens (about ``budget`` seconds)."""
+    run = run or RunShape(method="lora", lora_r=16, lora_targets="all-linear", lora_dropout=0.0)
+    doc_length = max(16, min(int(doc_length), 1024))
+    mini = _mini_spec(spec)
+    key = (mini.hidden_size, mini.intermediate_size, mini.num_heads, mini.num_kv_heads, mini.head_dim, run.method,
+           run.lora_r, str(run.lora_targets), run.lora_dropout > 0, doc_length, dtype, device)
+    if cache and key in _cache:
+        return _cache[key]
+    import torch
+
+    dt = getattr(torch, dtype)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    H, I = mini.hidden_size, mini.intermediate_size
+    # ---- matmul
+    rows = max(64, min(1024, int(1e9 / (2 * H * I))))
+    a = torch.randn(rows, H, dtype=dt, device=dev)
+    b = torch.randn(H, I, dtype=dt, device=dev)
+    t_mm = _median(lambda: (a @ b, sync()), 15, 0.2 * budget)
+    matmul_rate = 2.0 * rows * H * I / t_mm
+    del a, b
+    # ---- attention: a fixed cost per call and a rate for the pairs, from two lengths
+    nh, nkv, hd = mini.num_heads, mini.num_kv_heads, mini.head_dim
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def att_time(n: int, share: float) -> float:
+        q = torch.randn(1, nh, n, hd, dtype=dt, device=dev, requires_grad=True)
+        k = torch.randn(1, nkv, n, hd, dtype=dt, device=dev, requires_grad=True)
+        v = torch.randn(1, nkv, n, hd, dtype=dt, device=dev, requires_grad=True)
+
+        def f() -> None:
+            sdpa(q, k, v, is_causal=True, enable_gqa=nh != nkv).sum().backward()
+            sync()
+
+        return _median(f, 9, share * budget)
+
+    n_small, n_large = 32, max(256, min(2 * doc_length, 1024))
+    t_small, t_large = att_time(n_small, 0.05), att_time(n_large, 0.15)
+    flops = lambda n: 12.0 * nh * hd * n * (n + 1) / 2  # noqa: E731 - forward + backward
+    attention_rate = (flops(n_large) - flops(n_small)) / max(t_large - t_small, 1e-9)
+    call_seconds = max(0.0, t_small - flops(n_small) / attention_rate) / 2  # a forward and a backward call
+    # ---- bandwidth and small autograd ops
+    elems = 4 * 2**20  # 16 MiB of float32
+    x, y = torch.randn(elems, device=dev), torch.randn(elems, device=dev)
+    z = torch.empty_like(x)
+    t_bw = _median(lambda: (torch.add(x, y, out=z), sync()), 9, 0.05 * budget)
+    bandwidth = 3 * 4 * elems / t_bw
+    del x, y, z
+    s = torch.ones(8, requires_grad=True)
+
+    def small() -> None:
+        out = s
+        for _ in range(30):
+            out = out * 1.0001
+        out.sum().backward()
+
+    op_seconds = _median(small, 9, 0.05 * budget) / 90  # 30 forward ops, ~60 backward nodes and accumulations
+    tp = Throughput(matmul_flops=matmul_rate, attention_flops=attention_rate, bandwidth=bandwidth,
+                    op_seconds=op_seconds, attention_call_seconds=call_seconds, source="probe",
+                    details={"matmul_shape": [rows, H, I], "threads": torch.get_num_threads(), "dtype": dtype,
+                             "mini_layer": [H, I, nh, nkv, hd], "doc_length": doc_length})
+    # ---- efficiency: one decoder layer of this run, measured against the cost model
+    tokens, measured = _mini_step(torch, mini, run, doc_length, dt, dev, sync, 0.5 * budget)
+    docs = [doc_length] * max(1, tokens // doc_length)
+    mini_run = dataclasses.replace(run, gradient_checkpointing=False, quant_bits=None, use_dora=False,
+                                   attention="doc", padding_free=True, lora_layers=None, modules_to_save=[])
+    predicted = seconds(step_cost(mini, mini_run, Batch(rows=1, row_len=sum(docs), doc_lengths=docs, trained=0)), tp)
+    tp.efficiency = max(0.2, min(predicted / measured, 3.0)) if measured > 0 else 1.0
+    tp.details.update(mini_step_s=measured, mini_step_predicted_s=predicted, mini_tokens=sum(docs))
+    if cache:
+        _cache[key] = tp
+    return tp
+
+
+def _mini_step(torch: Any, spec: ModelSpec, run: RunShape, doc_length: int, dt: Any, dev: Any, sync: Any,
+               budget: float) -> tuple[int, float]:
+    """Forward and backward of one Llama-style layer in plain torch, trained as ``run`` trains it
+    (LoRA adapters on the targeted projections, or every weight); returns (tokens, median seconds)."""
+    from .memory import _targets
+
+    F = torch.nn.functional
+    H, I, nh, nkv, hd = spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
+    docs = max(1, 512 // doc_length)
+    T = docs * doc_length
+    full = not run.is_lora
+    targets = _targets(run, spec) if run.is_lora else set()
+    r = run.lora_r
+    g = torch.Generator().manual_seed(0)
+
+    def weight(o: int, i: int, grad: bool) -> Any:
+        return (torch.randn(o, i, generator=g) * i ** -0.5).to(dt).to(dev).requires_grad_(grad)
+
+    shapes = {"q_proj": (nh * hd, H), "k_proj": (nkv * hd, H), "v_proj": (nkv * hd, H), "o_proj": (H, nh * hd),
+              "gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
+    p = {}
+    for name, (o, i) in shapes.items():
+        p[name] = [weight(o, i, full)]
+        if name in targets:
+            p[name] += [weight(r, i, True), torch.zeros(o, r, dtype=dt, device=dev, requires_grad=True)]
+    norms = [torch.ones(H, dtype=dt, device=dev, requires_grad=full) for _ in range(2)]
+    drop = run.is_lora and run.lora_dropout > 0
+    x0 = torch.randn(1, T, H, dtype=dt, device=dev)
+    cos = torch.randn(1, T, hd, dtype=dt, device=dev)
+    sin = torch.randn(1, T, hd, dtype=dt, device=dev)
+    sizes = [doc_length] * docs
+
+    def lin(x: Any, name: str) -> Any:
+        w = p[name]
+        out = F.linear(x, w[0])
+        if len(w) > 1:
+            out = out + F.linear(F.linear(F.dropout(x, run.lora_dropout) if drop else x, w[1]), w[2]) * 2.0
+        return out
+
+    def norm(x: Any, w: Any) -> Any:
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+    def rope(t: Any) -> Any:
+        half = t.shape[-1] // 2
+        return t * cos.unsqueeze(1) + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin.unsqueeze(1)
+
+    def step() -> None:
+        n1 = norm(x0, norms[0])
+        q = rope(lin(n1, "q_proj").view(1, T, nh, hd).transpose(1, 2))
+        k = rope(lin(n1, "k_proj").view(1, T, nkv, hd).transpose(1, 2))
+        v = lin(n1, "v_proj").view(1, T, nkv, hd).transpose(1, 2)
+        parts = zip(q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2))
+        a = torch.cat([F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=nh != nkv)
+                       .transpose(1, 2) for qq, kk, vv in parts], dim=1).reshape(1, T, nh * hd)
+        h = x0 + lin(a, "o_proj")
+        n2 = norm(h, norms[1])
+        out = h + lin(F.silu(lin(n2, "gate_proj")) * lin(n2, "up_proj"), "down_proj")
+        out.sum().backward()
+        sync()
+
+    return T, _median(step, 9, budget)

@@ -1,0 +1,485 @@
+"""The planner (issue #18): exact byte counts of each memory component for literal configs, the
+activation model against what autograd really saves, the suggestions, the CLI, the warning in
+train and ``training.plan_check: false``. The accuracy against measured runs is the ``slow`` test
+at the end (and ``benchmarks/plan_accuracy.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sage_libs.sage_finetune.planner import constants as C
+from sage_libs.sage_finetune.planner.batches import Lengths, largest_batch
+from sage_libs.sage_finetune.planner.memory import Batch, RunShape, plan_memory, quantized_weight_bytes
+from sage_libs.sage_finetune.planner.plan import parse_memory, plan_from_lengths
+from sage_libs.sage_finetune.planner.spec import ModelSpec
+
+from ..paths import EXAMPLE_DATA, REPO  # noqa: E402
+
+MIB = 2**20
+
+# A literal Llama config: hidden 64, 2 layers, 4 heads of 16, 2 kv heads, MLP 128, vocab 512, untied.
+LLAMA = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 512, "tie_word_embeddings": False,
+         "torch_dtype": "float32", "max_position_embeddings": 2048}
+H, Q, K, I, NH, HD, L, V = 64, 64, 32, 128, 4, 16, 2, 512
+LAYER_LINEAR = H * Q + 2 * H * K + Q * H + 3 * H * I      # 36864
+TOTAL = V * H + L * (LAYER_LINEAR + 2 * H) + H + V * H    # 139584
+
+
+def spec():
+    return ModelSpec.from_config(LLAMA)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shapes and weights
+# ------------------------------------------------------------------------------------------------
+def test_spec_counts_parameters_from_config_json_alone():
+    s = spec()
+    assert (s.q_width, s.kv_width, s.head_dim) == (Q, K, HD)
+    assert [(m.name, m.in_features, m.out_features) for m in s.linears()] == [
+        ("q_proj", 64, 64), ("k_proj", 64, 32), ("v_proj", 64, 32), ("o_proj", 64, 64),
+        ("gate_proj", 64, 128), ("up_proj", 64, 128), ("down_proj", 128, 64)]
+    assert s.total_params == TOTAL == 139584
+    tied = ModelSpec.from_config({**LLAMA, "tie_word_embeddings": True})
+    assert tied.total_params == TOTAL - V * H
+    qwen = ModelSpec.from_config({**LLAMA, "model_type": "qwen2"})  # q/k/v carry biases
+    assert qwen.total_params == TOTAL + L * (Q + 2 * K)
+
+
+def test_spec_matches_the_parameters_torch_builds(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert ModelSpec.from_pretrained(tiny_model_dir).total_params == sum(p.numel() for p in model.parameters())
+
+
+def test_quantized_weight_bytes():
+    n = 4096 * 4096
+    # NF4: half a byte per weight; double quantization: a uint8 absmax per 64 and a float32 per 256 blocks
+    assert quantized_weight_bytes(n, 4, True) == n // 2 + n // 64 + 4 * (n // 64 // 256) + 64
+    assert quantized_weight_bytes(n, 4, False) == n // 2 + 4 * (n // 64)
+    assert quantized_weight_bytes(n, 8, False) == n + 4 * (n // 4096)
+
+
+@pytest.mark.parametrize("text, expected", [("24GB", 24 * 2**30), ("24GiB", 24 * 2**30), ("512MB", 512 * MIB),
+                                            ("1.5g", int(1.5 * 2**30)), ("80", 80 * 2**30), (1000, 1000)])
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+def test_parse_memory_refuses_nonsense():
+    from sage_libs.sage_finetune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="expected a size such as 24GB"):
+        parse_memory("lots")
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact components for literal configs
+# ------------------------------------------------------------------------------------------------
+BATCH = Batch(rows=1, row_len=100, doc_lengths=[60, 40], trained=50)
+T = 100
+R = 4
+ADAPTER = R * ((H + Q) + 2 * (H + K) + (Q + H) + 2 * (H + I) + (I + H))  # per layer, all-linear
+
+
+def lora(**kw):
+    return RunShape(**{"method": "lora", "lora_r": R, "lora_targets": "all-linear", "lora_dropout": 0.0, **kw})
+
+
+def _lora_layer_saved(in_grad: bool) -> int:
+    """Bytes per token a LoRA (all-linear, no dropout) layer keeps for backward, float32."""
+    norm_in = (4 * H + 4) if in_grad else 0   # x and rsqrt, when a gradient flows in
+    n1 = 4 * H                                # the normed input, kept once for q, k, v's lora_A
+    qkv = 4 * (Q + 2 * K)                     # q, k after RoPE and v, kept by the attention kernel
+    attention = 4 * Q + 4 * NH                # its output and a float32 logsumexp per head
+    o_in = 4 * Q                              # the attention output, for o_proj's lora_A
+    h2 = 4 * H + 4                            # the residual, for the second norm
+    n2 = 4 * H
+    mlp = 3 * 4 * I + 4 * I                   # gate, act(gate), up; act*up for down_proj's lora_A
+    lora_mid = 7 * R * 4                      # each lora_A output, for lora_B
+    return norm_in + n1 + qkv + attention + o_in + h2 + n2 + mlp + lora_mid
+
+
+def test_lora_components_are_exact():
+    p = plan_memory(spec(), lora(), BATCH)
+    c = p.components
+    assert c["base_weights"] == 4 * TOTAL
+    assert c["trainable_weights"] == 4 * L * ADAPTER
+    assert c["optimizer_states"] == 8 * L * ADAPTER  # AdamW: two float32 states
+    layers = T * (_lora_layer_saved(False) + _lora_layer_saved(True))  # layer 0: nothing flows in
+    final_norm = T * (4 * H + 4)
+    rope = 2 * T * HD * 4
+    log_softmax = 4 * BATCH.trained * V  # selective logits: the trained positions only
+    assert c["activations"] == layers + final_norm + rope + log_softmax
+    assert p.phase == "loss"
+    assert c["step_transients"] == 2 * 4 * BATCH.trained * V  # the loss's and the logits' gradients
+    assert c["gradients"] == 0
+    assert c["allocator_overhead"] == int(C.CPU_HEAP_FRAGMENTATION * p.details["forward_transients"])
+    assert c["process_baseline"] == C.CPU_PROCESS_BASELINE
+    assert p.peak == sum(c.values())
+
+
+def test_full_logits_cost_every_position():
+    selective = plan_memory(spec(), lora(), BATCH).components["activations"]
+    full = plan_memory(spec(), lora(selective_logits=False), BATCH).components["activations"]
+    assert full - selective == 4 * (T - BATCH.trained) * V
+
+
+def test_full_fine_tuning_components_are_exact():
+    p = plan_memory(spec(), RunShape(method="full"), BATCH)
+    c = p.components
+    assert c["base_weights"] == 4 * TOTAL and c["trainable_weights"] == 0
+    assert c["optimizer_states"] == 8 * TOTAL
+    # every weight trains (the embeddings too, so a gradient flows into layer 0): each norm keeps its
+    # input, rsqrt and normalized input, q/k/v/o/gate/up/down their inputs
+    per_layer = ((4 * H + 4) + 4 * H + 4 * H + 4 * (Q + 2 * K) + 4 * Q + 4 * NH + 4 * Q + (4 * H + 4) + 4 * H
+                 + 4 * H + 3 * 4 * I + 4 * I)
+    final_norm = 4 * H + 4 + 4 * H
+    head_input = 4 * BATCH.trained * H  # the trained head keeps its input
+    expected = T * (2 * per_layer + final_norm) + 2 * T * HD * 4 + 4 * BATCH.trained * V + head_input
+    assert c["activations"] == expected
+
+
+def test_freeze_keeps_nothing_below_the_first_trained_layer():
+    p = plan_memory(spec(), RunShape(method="freeze", freeze_layers=1), BATCH)
+    saved = p.details["saved_per_layer"]
+    assert saved[0] == 0 and saved[1] > 0
+    assert p.components["optimizer_states"] == 8 * (LAYER_LINEAR + 2 * H)
+
+
+def test_gradient_checkpointing_keeps_layer_inputs_and_recomputes_one_layer():
+    on = plan_memory(spec(), lora(gradient_checkpointing=True), BATCH)
+    saved = L * T * H * 4 + T * (4 * H + 4) + 2 * T * HD * 4 + 4 * BATCH.trained * V
+    assert on.details["activations_after_forward"] == saved
+    off = plan_memory(spec(), lora(), BATCH)
+    assert on.peak < off.peak
+    if on.phase == "backward":  # the inputs below the last layer, and the last layer recomputed
+        assert on.components["step_transients"] >= on.details["saved_per_layer"][-1]
+
+
+def test_cpu_dropout_keeps_a_float_mask_per_adapted_input():
+    base = plan_memory(spec(), lora(), BATCH).components["activations"]
+    drop = plan_memory(spec(), lora(lora_dropout=0.1), BATCH).components["activations"]
+    # per layer: each of the 7 adapters keeps dropout(x) and its float32 mask instead of sharing x
+    # (n1, n2, the attention output and act*up are then not kept); layer 0's q/k/v need no mask,
+    # no gradient flows into their input
+    per_layer = 2 * 4 * (3 * H + Q + 2 * H + I) - 4 * (H + Q + H + I)
+    assert drop - base == T * (L * per_layer - 3 * 4 * H)
+
+
+def test_qlora_weights_are_4bit_blocks_plus_float32_rest():
+    linear = L * LAYER_LINEAR
+    quantized = quantized_weight_bytes(linear, 4, True) + 4 * (TOTAL - linear)
+    gpu = plan_memory(spec(), lora(method="qlora", quant_bits=4, device="cuda"), BATCH)
+    assert gpu.components["base_weights"] == quantized
+    # on the CPU the checkpoint's pages read while quantizing stay mapped: resident, but the kernel
+    # may drop them (clean file pages), so they do not count against the budget
+    cpu = plan_memory(spec(), lora(method="qlora", quant_bits=4), BATCH)
+    assert cpu.components["base_weights"] == quantized + 4 * linear
+    assert cpu.details["reclaimable"] == 4 * linear and cpu.needed == cpu.peak - 4 * linear
+
+
+def test_frozen_embeddings_cost_only_the_rows_the_data_touches():
+    big = ModelSpec.from_config({**LLAMA, "hidden_size": 1024, "vocab_size": 32000, "num_attention_heads": 16,
+                                 "num_key_value_heads": 16, "intermediate_size": 256})
+    all_rows = plan_memory(big, lora(), BATCH).components["base_weights"]
+    used = plan_memory(big, lora(), BATCH, embedding_rows=5000).components["base_weights"]
+    assert all_rows - used == (32000 - 5000) * 1024 * 4  # rows of 4 KiB: one page each
+    full = plan_memory(big, RunShape(method="full"), BATCH, embedding_rows=5000).components["base_weights"]
+    assert full == 4 * big.total_params  # trained embeddings are written: every row
+
+
+def test_zero3_shards_weights_gradients_and_states():
+    one = plan_memory(spec(), RunShape(method="full", device="cuda"), BATCH).components
+    four = plan_memory(spec(), RunShape(method="full", device="cuda", processes=4, zero_stage=3), BATCH).components
+    assert four["base_weights"] == one["base_weights"] // 4
+    assert four["optimizer_states"] == one["optimizer_states"] // 4
+
+
+def test_cuda_reports_the_allocated_tensors_separately():
+    p = plan_memory(spec(), lora(device="cuda", lora_dropout_cpu=False), BATCH)
+    allocated = p.details["cuda_max_allocated"]
+    assert p.components["process_baseline"] == C.CUDA_CONTEXT
+    assert p.peak == allocated + p.components["allocator_overhead"] + C.CUDA_CONTEXT
+
+
+# ------------------------------------------------------------------------------------------------
+# The activation model against autograd
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method, dropout", [("lora", 0.0), ("lora", 0.1), ("full", 0.0), ("freeze", 0.0)])
+def test_activations_match_what_autograd_saves(tiny_model_dir, method, dropout):
+    """Bytes of the tensors autograd keeps during the forward of a padding-free batch (parameters
+    excluded), against the planner's activations for the same batch: within 2%."""
+    torch = pytest.importorskip("torch")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from sage_libs.sage_finetune.data.collate import PackedCollator
+    from sage_libs.sage_finetune.perf import doc_attention, selective_logits
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model.config.use_cache = False
+    s = ModelSpec.from_pretrained(tiny_model_dir)
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"))
+        run = lora(lora_dropout=dropout)
+    elif method == "freeze":
+        model.requires_grad_(False)
+        model.model.layers[-1].requires_grad_(True)
+        run = RunShape(method="freeze", freeze_layers=1)
+    else:
+        run = RunShape(method="full")
+    model.train()
+    assert doc_attention.install_doc_attention(model)
+    g = torch.Generator().manual_seed(0)
+    lengths = [90, 60, 30]
+    examples = []
+    for n in lengths:
+        ids = torch.randint(5, 500, (n,), generator=g).tolist()
+        labels = [-100] * (n // 3) + ids[n // 3:]
+        examples.append({"input_ids": ids, "labels": labels})
+    batch = PackedCollator(pad_token_id=0, flatten=True)(examples)
+    trained = int((batch["labels"][:, 1:] != -100).sum())
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = selective_logits.selective_causal_lm_loss(model, dict(batch), chunked=False)
+    loss.backward()
+    measured = sum(saved.values())
+    planned = plan_memory(s, run, Batch(rows=1, row_len=sum(lengths), doc_lengths=lengths, trained=trained))
+    assert planned.components["activations"] == pytest.approx(measured, rel=0.02)
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches from lengths, and the suggestions
+# ------------------------------------------------------------------------------------------------
+def test_largest_batch_padding_free_and_padded():
+    lens = Lengths(lengths=[10, 50, 30, 40], trained=[5, 20, 25, 10], max_seq_length=64)
+    flat = largest_batch(lens, 2, padding_free=True)
+    assert (flat.rows, flat.row_len, flat.doc_lengths, flat.trained) == (1, 90, [50, 40], 45)
+    padded = largest_batch(lens, 3, padding_free=False)
+    assert (padded.rows, padded.row_len, padded.tokens) == (3, 50, 150)
+    cut = largest_batch(lens, 2, padding_free=True, max_seq_length=32)
+    assert cut.row_len == 64
+
+
+def _uniform(n=64, length=512):
+    return Lengths(lengths=[length] * n, trained=[length - 40] * n, max_seq_length=length)
+
+
+def test_suggestions_keep_the_global_batch_and_give_overrides():
+    s = spec()
+    run = lora(lora_dropout=0.0)
+    lens = _uniform()
+    at = {b: plan_from_lengths(s, run, lens, batch_size=b, suggest=False).peak for b in (2, 4, 8)}
+    budget = (at[4] + at[8]) // 2  # 8 per device does not fit, 4 does
+    plan = plan_from_lengths(s, run, lens, batch_size=8, grad_accum=2, budget=budget)
+    assert plan.fits is False
+    best = plan.options[1]
+    assert (best.label, best.batch_size, best.grad_accum, best.fits) == ("smaller batch", 4, 4, True)
+    assert best.overrides == ["training.per_device_train_batch_size=4", "training.gradient_accumulation_steps=4"]
+    assert plan.overrides == best.overrides
+    text = plan.render()
+    assert "DOES NOT FIT" in text and "training.per_device_train_batch_size=4 training.gradient_accumulation_steps=4" in text
+
+
+def test_suggestions_turn_on_checkpointing_then_qlora_then_cut_sequences():
+    s = spec()
+    lens = _uniform(length=2048)
+    run = lora()
+    one = plan_from_lengths(s, run, lens, batch_size=1, suggest=False).peak
+    gc = plan_from_lengths(s, lora(gradient_checkpointing=True), lens, batch_size=1, suggest=False).peak
+    plan = plan_from_lengths(s, run, lens, batch_size=1, budget=(one + gc) // 2)
+    labels = [o.label for o in plan.options]
+    assert "gradient checkpointing" in labels
+    option = plan.options[labels.index("gradient checkpointing")]
+    assert option.overrides == ["training.gradient_checkpointing=true"] and option.fits
+    cut = next(o for o in plan.options if o.label.startswith("cut sequences at"))
+    assert cut.truncates == 64 and cut.max_seq_length < 2048 and cut.fits  # every sample is longer than the cut
+    # weights alone over the budget: QLoRA is offered (with checkpointing)
+    big = ModelSpec.from_config({**LLAMA, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 8,
+                                 "num_attention_heads": 16, "num_key_value_heads": 16})
+    short = _uniform(length=128)
+    gpu = dict(device="cuda", lora_dropout_cpu=False)
+    q_budget = plan_from_lengths(big, lora(method="qlora", quant_bits=4, gradient_checkpointing=True, **gpu), short,
+                                 batch_size=1, suggest=False).peak + 10 * MIB
+    plan = plan_from_lengths(big, lora(**gpu), short, batch_size=1, budget=q_budget)
+    q = next(o for o in plan.options if o.method == "qlora")
+    assert q.fits and "method=qlora" in q.overrides
+
+
+def test_a_plan_that_fits_suggests_nothing():
+    plan = plan_from_lengths(spec(), lora(), _uniform(), batch_size=4, budget=64 * 2**30)
+    assert plan.fits and plan.overrides == [] and len(plan.options) == 1
+    assert "to fit" not in plan.render()
+
+
+def test_time_is_flops_over_throughput():
+    from sage_libs.sage_finetune.planner.timing import Throughput
+
+    tp = Throughput(matmul_flops=1e11, attention_flops=1e10, bandwidth=1e10, op_seconds=0.0)
+    lens = _uniform(n=16, length=256)
+    p1 = plan_from_lengths(spec(), lora(), lens, batch_size=4, throughput=tp, suggest=False)
+    p2 = plan_from_lengths(spec(), lora(), lens, batch_size=4, throughput=Throughput(2e11, 2e10, 2e10, 0.0),
+                           suggest=False)
+    assert p1.time.steps_per_epoch == 4
+    assert p1.time.step_seconds == pytest.approx(2 * p2.time.step_seconds - C.STEP_OVERHEAD_SECONDS, rel=1e-6)
+    assert p1.time.epoch_seconds == pytest.approx(4 * p1.time.step_seconds)
+    gc = plan_from_lengths(spec(), lora(gradient_checkpointing=True), lens, batch_size=4, throughput=tp, suggest=False)
+    assert gc.time.step_seconds > p1.time.step_seconds  # the forward runs twice
+
+
+def test_planning_imports_no_torch():
+    code = ("import sys\n"
+            "from sage_libs.sage_finetune.planner.plan import plan_from_lengths\n"
+            "from sage_libs.sage_finetune.planner.batches import Lengths\n"
+            "from sage_libs.sage_finetune.planner.spec import ModelSpec\n"
+            "from sage_libs.sage_finetune.planner.memory import RunShape\n"
+            f"s = ModelSpec.from_config({LLAMA!r})\n"
+            "p = plan_from_lengths(s, RunShape(), Lengths([100] * 8, [50] * 8, 128), batch_size=2, budget=2**30)\n"
+            "p.render()\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ------------------------------------------------------------------------------------------------
+# trainer.plan(), the CLI, and the check in train
+# ------------------------------------------------------------------------------------------------
+def _config(tmp_path, model_dir, **training):
+    cfg = {"method": "lora",
+           "training": {"model_name_or_path": str(model_dir), "output_dir": str(tmp_path / "out"), "max_steps": 2,
+                        "per_device_train_batch_size": 4, "max_seq_length": 256, "disable_tqdm": True,
+                        "use_cpu": True, **training},
+           "lora": {"r": 4, "target_modules": "all-linear"},
+           "data": {"train_file": str(EXAMPLE_DATA / "alpaca_train.jsonl"), "max_samples": 32}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_trainer_plan_from_python(tmp_path, tiny_model_dir):
+    from sage_libs.sage_finetune import create_trainer
+
+    trainer = create_trainer("lora", training_config={"model_name_or_path": str(tiny_model_dir),
+                                                      "output_dir": str(tmp_path / "out"), "use_cpu": True,
+                                                      "per_device_train_batch_size": 2},
+                             lora_config={"r": 4}, data_config={"max_samples": 16})
+    plan = trainer.plan(str(EXAMPLE_DATA / "alpaca_train.jsonl"), memory="8GB", tflops=0.05)
+    assert trainer.model is None  # nothing was loaded
+    assert len(plan.lengths) == 16 and plan.fits
+    assert plan.time is not None and plan.time.steps_per_epoch == 8 and plan.time.step_seconds > 0
+    d = plan.to_dict()
+    assert d["peak_bytes"] == plan.peak and d["method"] == "lora" and d["budget_bytes"] == 8 * 2**30
+
+
+def test_cli_plan_prints_the_breakdown_and_overrides(tmp_path, tiny_model_dir, capsys):
+    from sage_libs.sage_finetune.cli import main
+
+    cfg = _config(tmp_path, tiny_model_dir)
+    assert main(["plan", str(cfg), "--no-probe", "--memory", "64GB"]) == 0
+    out = capsys.readouterr().out
+    assert "memory (peak RSS, GiB)" in out and "activations (largest batch)" in out and ": fits" in out
+    assert "to fit" not in out and "time:" not in out
+    assert main(["plan", str(cfg), "training.per_device_train_batch_size=8", "--no-probe", "--json"]) == 0
+    peak = json.loads(capsys.readouterr().out)["peak_bytes"]
+    budget = f"{(peak - 2**20) // 2**20}MB"  # a MiB short
+    assert main(["plan", str(cfg), "training.per_device_train_batch_size=8", "--no-probe", "--memory", budget]) == 0
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out and "overrides (paste after the config file):" in out
+    assert "training.per_device_train_batch_size=" in out
+    assert main(["plan", str(cfg), "--tflops", "0.05", "--json", "--memory", "64GB"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["fits"] is True and d["time"]["step_seconds"] > 0 and d["components"]["base_weights"] > 0
+    assert not (tmp_path / "out").exists()  # planning writes nothing
+
+
+def test_cli_plan_bad_memory_is_exit_2(tmp_path, tiny_model_dir, capsys):
+    from sage_libs.sage_finetune.cli import main
+
+    assert main(["plan", str(_config(tmp_path, tiny_model_dir)), "--memory", "lots", "--no-probe"]) == 2
+    assert "expected a size such as 24GB" in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at_model_load(monkeypatch):
+    from sage_libs.sage_finetune.trainers.base import BaseTrainer
+
+    def setup(self):
+        raise _Stop()
+
+    monkeypatch.setattr(BaseTrainer, "setup", setup)
+
+
+def test_train_warns_before_loading_a_model_that_will_not_fit(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    from sage_libs.sage_finetune import create_trainer
+    from sage_libs.sage_finetune.planner import plan as plan_module
+
+    def trainer():
+        return create_trainer("lora", training_config={"model_name_or_path": str(tiny_model_dir),
+                                                       "output_dir": str(tmp_path / "out"), "use_cpu": True,
+                                                       "per_device_train_batch_size": 16, "max_seq_length": 256},
+                              lora_config={"r": 4}, data_config={"max_samples": 32})
+
+    data = str(EXAMPLE_DATA / "alpaca_train.jsonl")
+    peak = trainer().plan(data, probe=False, memory="64GB").peak
+    monkeypatch.setattr(plan_module, "available_memory", lambda device: (peak - 1, "test budget"))
+    _stop_at_model_load(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="sage_libs.sage_finetune.planner"), pytest.raises(_Stop):
+        trainer().train(data)
+    warning = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("plan_check:"))
+    assert "GiB of RAM" in warning and "test budget" in warning and "training.plan_check: false" in warning
+    assert "to fit, set training.per_device_train_batch_size=" in warning
+
+
+def test_plan_check_false_turns_the_check_off(tmp_path, tiny_model_dir, monkeypatch):
+    from sage_libs.sage_finetune import create_trainer
+    from sage_libs.sage_finetune.planner import check
+
+    calls = []
+    monkeypatch.setattr(check, "check_before_load", lambda *a: calls.append(a))
+    _stop_at_model_load(monkeypatch)
+    for enabled in (False, True):
+        trainer = create_trainer("lora", training_config={"model_name_or_path": str(tiny_model_dir),
+                                                          "output_dir": str(tmp_path / f"out{enabled}"),
+                                                          "use_cpu": True, "plan_check": enabled},
+                                 lora_config={"r": 4}, data_config={"max_samples": 8})
+        with pytest.raises(_Stop):
+            trainer.train(str(EXAMPLE_DATA / "alpaca_train.jsonl"))
+        assert len(calls) == int(enabled)
+
+
+# ------------------------------------------------------------------------------------------------
+# Accuracy against real runs (slow: ~6 min on 2 cores)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_predictions_match_measured_runs(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import plan_accuracy
+
+    result = plan_accuracy.measure(list(plan_accuracy.SLOW_TEST_CONFIGS), steps=4, repeats=1, work=str(tmp_path),
+                                   log=lambda *a: None)
+    print(plan_accuracy.table(result))
+    for name, row in result["rows"].items():
+        assert abs(row["rss_err"]) <= plan_accuracy.RSS_TOLERANCE, (name, row["pred_rss_mb"], row["meas_rss_mb"])
+        assert abs(row["time_err"]) <= plan_accuracy.TIME_TOLERANCE, (name, row["pred_step_s"], row["meas_step_s"])
