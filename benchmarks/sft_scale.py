@@ -18,6 +18,9 @@ parameters. Variants, each in its own interpreter (peak RSS = that run's VmHWM),
   ``activation_checkpointing_enable(use_reentrant=False)``);
 * ``every2``: every second layer (transformers' ``every_n_layers=2``).
 
+A run whose RSS passes ``--rss-limit-gb`` (default: the memory available when it starts, less 1.5 GB)
+is stopped and recorded as out of memory.
+
 Per run: RSS before the first step, peak RSS, what the steps added, step time (median of
 ``--steps`` after one warm-up step) and the first loss (equal across variants).
 """
@@ -48,6 +51,36 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
+def _mem_available_mb() -> float:
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+def start_rss_guard(limit_mb: float | None) -> float:
+    """Stop this process (exit 99, printing ``OOM-GUARD``) when its RSS passes ``limit_mb``; None:
+    what the machine has available now less 1.5 GB, plus what this process holds. On a shared
+    machine a run that would exhaust memory is recorded as out of memory instead of waking the
+    kernel's OOM killer (which might pick someone else's process)."""
+    import threading
+
+    if limit_mb is None:
+        limit_mb = _mem_available_mb() - 1536 + _rss_mb("VmRSS")
+
+    def watch() -> None:
+        while True:
+            rss = _rss_mb("VmRSS")
+            if rss > limit_mb:
+                print(f"OOM-GUARD rss {rss:.0f} MB > limit {limit_mb:.0f} MB", flush=True)
+                os._exit(99)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return limit_mb
+
+
 def _docs(seq: int) -> tuple[int, ...]:
     if seq in DOCS:
         return DOCS[seq]
@@ -66,6 +99,8 @@ def run_one(variant: str, seq: int, layers: int, steps: int, threads: int) -> di
 
     torch.set_num_threads(threads)
     tune_malloc()  # as the trainer does by default
+    limit = start_rss_guard(float(os.environ["SAGE_BENCH_RSS_LIMIT_MB"]) if os.environ.get("SAGE_BENCH_RSS_LIMIT_MB")
+                            else None)
     torch.manual_seed(0)
     config = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=layers, num_attention_heads=14,
                          num_key_value_heads=2, vocab_size=129280, max_position_embeddings=max(seq, 32768),
@@ -100,7 +135,7 @@ def run_one(variant: str, seq: int, layers: int, steps: int, threads: int) -> di
     return {"variant": variant, "seq": seq, "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak, 1),
             "step_added_mb": round(peak - rss_before, 1), "step_s_median": round(statistics.median(times[1:]), 3),
             "step_s_all": [round(t, 3) for t in times], "first_loss": losses[0],
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg": [round(x, 2) for x in os.getloadavg()], "rss_limit_mb": round(limit)}
 
 
 def main() -> None:
@@ -111,6 +146,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs per variant (alternated); medians reported")
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--rss-limit-gb", type=float, default=None,
+                    help="stop a run whose RSS passes this and record it as out of memory (default: what the "
+                         "machine has available when the run starts, less 1.5 GB)")
     ap.add_argument("--out", default=str(HERE / "results" / "sft_scale_checkpointing.json"))
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_seq", type=int, default=None, help=argparse.SUPPRESS)
@@ -119,6 +157,7 @@ def main() -> None:
         print(json.dumps(run_one(args._child, args._seq, args.layers, args.steps, args.threads)))
         return
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               SAGE_BENCH_RSS_LIMIT_MB=str(args.rss_limit_gb * 1024) if args.rss_limit_gb else "",
                PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     variants = [v for v in args.variants.split(",") if v]
     seqs = [int(s) for s in args.seqs.split(",") if s]
@@ -130,7 +169,11 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--_child", v, "--_seq", str(seq), "--layers", str(args.layers),
                        "--steps", str(args.steps), "--threads", str(args.threads)]
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                if proc.returncode != 0:
+                guard = [line for line in proc.stdout.splitlines() if line.startswith("OOM-GUARD")]
+                if guard or proc.returncode in (-9, 137):
+                    r = {"variant": v, "seq": seq, "failed": "out of memory",
+                         "detail": guard[-1] if guard else f"killed (exit {proc.returncode})"}
+                elif proc.returncode != 0:
                     r = {"variant": v, "seq": seq, "failed": f"exit {proc.returncode}", "stderr": proc.stderr[-2000:]}
                 else:
                     r = json.loads(proc.stdout.strip().splitlines()[-1])
