@@ -665,8 +665,10 @@ def print_tables(result: dict) -> str:
                      f"CPU-time ratio {s['cpu_speedup']:.2f}x")
     if result.get("trl_oom"):
         lines.append("")
-        lines.append(f"TRL out of memory: {', '.join(result['trl_oom'])} (memory limit "
-                     f"{result['config'].get('memory_limit_gb') or 'none: killed'})")
+        limit = result["config"].get("memory_limit_gb")
+        lines.append(f"TRL out of memory: {', '.join(result['trl_oom'])} (RSS limit "
+                     + (f"{limit} GB" if limit else "auto: the memory available when the run started, less 1.5 GB")
+                     + "; " + "; ".join(str(result["variants"][k].get("error")) for k in result["trl_oom"]) + ")")
     p = result.get("prep")
     if p:
         lines.append("")
