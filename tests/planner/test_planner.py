@@ -122,7 +122,7 @@ def test_lora_components_are_exact():
     assert p.phase == "loss"
     assert c["step_transients"] == 2 * 4 * BATCH.trained * V  # the loss's and the logits' gradients
     assert c["gradients"] == 0
-    assert c["allocator_overhead"] == int(C.CPU_HEAP_FRAGMENTATION * p.details["forward_transients"])
+    assert c["allocator_overhead"] == int(C.CPU_FRAG_ADAPTER * p.details["forward_transients"])
     assert c["process_baseline"] == C.CPU_PROCESS_BASELINE
     assert p.peak == sum(c.values())
 

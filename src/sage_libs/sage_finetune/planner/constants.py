@@ -25,23 +25,36 @@ CUDA_RESERVED_OVER_ALLOCATED = 0.10
 is typically 5-20% over the allocated peak in training loops."""
 
 # ---- glibc heap ---------------------------------------------------------------------------------
-CPU_HEAP_FRAGMENTATION = 0.5
-"""With ``malloc_tuning`` (no mmap, no trim), memory freed during the forward pass stays in the
-heap, and part of it cannot be reused while tensors saved for backward sit above it. Measured with
-glibc's ``mallinfo2`` around real steps: heap size minus the peak in use = 0.45-0.57 of the bytes
-the recorded layers allocate and free during forward (LoRA, DoRA, QLoRA, full and freeze), in
-steady state (second step on)."""
+# With ``malloc_tuning`` (no mmap, no trim) memory freed during a step stays in the heap, and part of
+# it cannot be reused while tensors saved for backward sit above it: the heap ends larger than the
+# peak of what is in use. Measured with glibc's ``mallinfo2`` around real steps (heap size minus the
+# peak in use, from the second step on) and expressed as a share of the bytes each kind of layer
+# allocates and frees during its forward (:func:`.memory._layer_bytes`):
+CPU_FRAG_ADAPTER = 0.48
+"""Layers whose base is frozen and that carry adapters (LoRA, DoRA, QLoRA): 0.44-0.49 measured."""
 
-CPU_HEAP_FRAGMENTATION_GC = 0.4
-"""The same with gradient checkpointing (forward runs twice, without and with saving)."""
+CPU_FRAG_ADAPTER_GC = 0.41
+"""The same with gradient checkpointing (forward without saving, then recomputed): 0.40-0.42."""
 
-CPU_DEQUANT_FRAGMENTATION = 1.0
+CPU_FRAG_TRAINED = 0.57
+"""Layers whose weights train (full, freeze's last layers)."""
+
+CPU_FRAG_TRAINED_GC = 1.0
+"""The same with gradient checkpointing: the weight gradients, allocated layer by layer during
+backward between recomputed activations, keep the heap growing for a few steps (0.8x after two,
+1.1x after three steps)."""
+
+CPU_FRAG_NOGRAD = 0.2
+"""Layers below the first trained one (freeze): nothing is kept, but their freed blocks sit below
+the trained layers' saved tensors."""
+
+CPU_FRAG_UNTUNED = 0.1
+"""Without ``malloc_tuning`` glibc returns large freed blocks (above its mmap threshold) to the OS."""
+
+CPU_DEQUANT_FRAGMENTATION = 0.5
 """QLoRA on the CPU: bitsandbytes dequantizes each 4-bit weight to float32 in forward and again in
 backward; the heap grows by about one layer's dequantized weights per layer (measured: 1.0x on the
 207M model, 2.3x on the 32M one, whose activations are larger than its weights)."""
-
-CPU_HEAP_FRAGMENTATION_UNTUNED = 0.1
-"""Without ``malloc_tuning`` glibc returns large freed blocks (mmap threshold) to the OS."""
 
 # ---- fast paths: the chunked LM loss's own numbers (perf/__init__.py, which imports no torch) --
 from ..perf import AUTO_LOGITS_BYTES as CHUNKED_AUTO_LOGITS_BYTES  # noqa: E402, F401

@@ -21,7 +21,7 @@ moment of it:
   temporaries, the gradients that accumulate during backward (full fine-tuning);
 * **the allocator**: on the CPU, glibc keeps freed memory in the process (``malloc_tuning``) and
   part of what a layer frees during forward stays stuck below tensors saved for backward
-  (:data:`.constants.CPU_HEAP_FRAGMENTATION` of the forward's transient bytes); on CUDA the
+  (:data:`.constants.CPU_FRAG_ADAPTER` and its siblings: a share of the forward's freed bytes); on CUDA the
   caching allocator reserves more than it hands out, and the context costs a fixed amount;
 * **the process**: Python, torch, transformers and the data (a measured constant).
 
@@ -281,6 +281,7 @@ class _LayerBytes:
     transient: float = 0.0    # per token, allocated and freed during the forward
     fixed_saved: float = 0.0  # per layer, independent of tokens (DoRA's weight-sized products)
     fixed_transient: float = 0.0  # per layer (dequantized 4-bit weights, DoRA's B@A)
+    nograd: bool = False      # below the first trained layer: nothing kept, transient = all it allocates
 
 
 def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_grad: bool) -> _LayerBytes:
@@ -292,7 +293,10 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
     adapted = lay.adapted if layer in lay.adapted_layers else set()
     out = _LayerBytes()
     if not in_grad and not full and not adapted:
-        # no autograd record, and everything this layer allocates is freed in order
+        # no autograd record: everything this layer allocates is freed during its forward
+        rec = _layer_bytes(run, spec, lay, layer, True)
+        out.transient = rec.saved + rec.transient
+        out.nograd = True
         return out
     drop = run.is_lora and run.lora_dropout > 0
 
@@ -396,7 +400,7 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
     if run.quant_bits:
         # each 4/8-bit weight is dequantized to the compute dtype in forward and again in backward;
         # the glibc heap keeps about one layer's worth per layer (see constants)
-        out.fixed_transient += C.CPU_DEQUANT_FRAGMENTATION / C.CPU_HEAP_FRAGMENTATION * sum(
+        out.fixed_transient += C.CPU_DEQUANT_FRAGMENTATION / C.CPU_FRAG_ADAPTER * sum(
             run.compute_weight_bytes * m.in_features * m.out_features for m in linears)
     return out
 
@@ -489,16 +493,25 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
     # activations of the largest batch
     saved_layers = []
     transient_total = 0.0
+    frag = 0.0  # glibc: the part of the forward's freed bytes the heap cannot reuse (see constants)
+    gc = run.gradient_checkpointing
     fixed_transient_max = 0.0
-    in_grad = lay.embeddings_train or (run.gradient_checkpointing and lay.first_grad_layer < spec.num_layers)
+    in_grad = lay.embeddings_train or (gc and lay.first_grad_layer < spec.num_layers)
     for layer in range(spec.num_layers):
         rec_before = in_grad
         lb = _layer_bytes(run, spec, lay, layer, rec_before)
-        recorded = lb.saved > 0 or rec_before
+        recorded = not lb.nograd
         saved = lb.saved * T + lb.fixed_saved + (_eager_saved(run, spec, batch) if recorded else 0)
         saved_layers.append(saved)
+        freed = lb.transient * T + lb.fixed_transient
+        transient_total += freed
+        if not recorded:
+            frag += C.CPU_FRAG_NOGRAD * freed
+        elif layer in lay.trainable_base_layers:
+            frag += (C.CPU_FRAG_TRAINED_GC if gc else C.CPU_FRAG_TRAINED) * freed
+        else:
+            frag += (C.CPU_FRAG_ADAPTER_GC if gc else C.CPU_FRAG_ADAPTER) * freed
         if recorded:
-            transient_total += lb.transient * T + lb.fixed_transient
             in_grad = True
         if run.quant_bits or run.use_dora:  # one dequantized weight (or DoRA's product) at a time
             fixed_transient_max = max(fixed_transient_max, max(
@@ -580,8 +593,8 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
         notes.append(f"{run.weight_bytes * layer_linear / GIB:.2f} GiB of the base weights are the checkpoint's pages, "
                      "read once to quantize: resident (counted in RSS) until the kernel needs the memory")
     if run.device == "cpu":
-        frag = (C.CPU_HEAP_FRAGMENTATION_GC if run.gradient_checkpointing else C.CPU_HEAP_FRAGMENTATION) \
-            * transient_total if run.malloc_tuning else C.CPU_HEAP_FRAGMENTATION_UNTUNED * transient_total
+        if not run.malloc_tuning:
+            frag = C.CPU_FRAG_UNTUNED * transient_total
         comps["allocator_overhead"] = int(frag)
         proc = C.CPU_PROCESS_BASELINE if baseline is None else baseline
         comps["process_baseline"] = int(proc)
