@@ -22,6 +22,11 @@ For each configuration, each in its own interpreter, back to back:
 ``--repeats`` alternates plan and run again; medians are reported, with every value in the JSON
 (``benchmarks/results/plan_accuracy.json``). The machine may be shared: the probe measures it as
 it is when the plan is made, right before the run, and the load average is recorded.
+
+``--threads 1 --clock cpu`` times the probe and the steps in CPU seconds of one thread
+(``time.process_time``) instead of wall-clock seconds: what the cost model predicts, independent of
+other jobs competing for the cores (on a busy machine the wall clock of a 2-thread step varies by
+2-3x from one step to the next).
 """
 
 from __future__ import annotations
@@ -148,6 +153,17 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
+def _setup_clock(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        from sage_libs.sage_finetune.planner import probe
+
+        probe._clock = time.process_time
+
+
 def child_plan(name: str, work: dict, out_dir: str, steps: int) -> dict:
     from sage_libs.sage_finetune import create_trainer
 
@@ -165,7 +181,7 @@ def child_plan(name: str, work: dict, out_dir: str, steps: int) -> dict:
             "trained": plan.batch.trained}
 
 
-def child_run(name: str, work: dict, out_dir: str, steps: int) -> dict:
+def child_run(name: str, work: dict, out_dir: str, steps: int, clock=time.perf_counter) -> dict:
     from transformers import TrainerCallback
 
     from sage_libs.sage_finetune import create_trainer
@@ -179,10 +195,10 @@ def child_run(name: str, work: dict, out_dir: str, steps: int) -> dict:
             self.rss_begin = _status_mb("VmRSS")
 
         def on_step_begin(self, *args, **kwargs):
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_step_end(self, *args, **kwargs):
-            self.times.append(time.perf_counter() - self.t0)
+            self.times.append(clock() - self.t0)
 
     timer = Steps()
     method, kwargs = trainer_kwargs(name, work, out_dir, steps)
@@ -201,8 +217,12 @@ def child_main(args: argparse.Namespace) -> None:
     logging.disable(logging.WARNING)
     work = json.loads(Path(args.work, "workload.json").read_text())
     out_dir = tempfile.mkdtemp(prefix=f"{args.config}-", dir=args.work)
-    fn = child_plan if args.child == "plan" else child_run
-    result = fn(args.config, work, os.path.join(out_dir, "run"), args.steps)
+    _setup_clock(args)
+    if args.child == "plan":
+        result = child_plan(args.config, work, os.path.join(out_dir, "run"), args.steps)
+    else:
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        result = child_run(args.config, work, os.path.join(out_dir, "run"), args.steps, clock)
     print("RESULT " + json.dumps(result))
 
 
@@ -210,9 +230,12 @@ def run_child(kind: str, name: str, args: argparse.Namespace, work_dir: Path) ->
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if getattr(args, "threads", None):
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", kind, "--config", name,
-                           "--work", str(work_dir), "--steps", str(args.steps)], capture_output=True, text=True,
-                          env=env)
+                           "--work", str(work_dir), "--steps", str(args.steps), "--clock", args.clock]
+                          + (["--threads", str(args.threads)] if getattr(args, "threads", None) else []),
+                          capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
@@ -224,14 +247,14 @@ def run_child(kind: str, name: str, args: argparse.Namespace, work_dir: Path) ->
 # Parent
 # ------------------------------------------------------------------------------------------------
 def measure(names: list[str], *, steps: int = 4, repeats: int = 1, work: str | None = None,
-            log=print) -> dict:
+            threads: int | None = None, clock: str = "wall", log=print) -> dict:
     """Plan and run each configuration ``repeats`` times (alternated); returns the result dict."""
     work_dir = Path(work or tempfile.mkdtemp(prefix="plan-accuracy-")).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     seqs = {CONFIGS[n][3] for n in names}
     samples = max(CONFIGS[n][2] * steps for n in names) + 8
     build_workload(work_dir, seqs, samples)
-    args = argparse.Namespace(steps=steps)
+    args = argparse.Namespace(steps=steps, threads=threads, clock=clock)
     rows: dict[str, dict] = {n: {"plans": [], "runs": [], "load": []} for n in names}
     for rep in range(repeats):
         for name in (names if rep % 2 == 0 else names[::-1]):
@@ -249,12 +272,14 @@ def measure(names: list[str], *, steps: int = 4, repeats: int = 1, work: str | N
         meas_t = statistics.median(r["step_s"] for r in row["runs"])
         row.update(pred_rss_mb=pred_rss, meas_rss_mb=meas_rss, rss_err=pred_rss / meas_rss - 1,
                    pred_step_s=pred_t, meas_step_s=meas_t, time_err=pred_t / meas_t - 1)
-    return {"rows": rows, "work": str(work_dir), "steps": steps, "repeats": repeats}
+    return {"rows": rows, "work": str(work_dir), "steps": steps, "repeats": repeats, "threads": threads,
+            "clock": clock}
 
 
 def table(result: dict) -> str:
+    unit = "CPU s" if result.get("clock") == "cpu" else "s"
     lines = ["| configuration | method | batch x seq | grad ckpt | RSS predicted MB | RSS measured MB | error | "
-             "step predicted s | step measured s | error |", "|" + "---|" * 10]
+             f"step predicted {unit} | step measured {unit} | error |", "|" + "---|" * 10]
     for name, row in result["rows"].items():
         model, method, batch, seq, gc, *_ = CONFIGS[name]
         lines.append(f"| {name} | {method} | {batch} x {seq} | {'on' if gc else 'off'} | {row['pred_rss_mb']:.0f} | "
@@ -275,6 +300,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="plan+run pairs per configuration (alternated)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--out", default=str(HERE / "results" / "plan_accuracy.json"))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in the probe and the runs "
+                                                                "(default: torch's, i.e. the cores)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="time steps and the probe in wall-clock seconds (default) or CPU seconds (with --threads 1)")
     ap.add_argument("--list", action="store_true", help="list the configurations and exit")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--config", default=None, help=argparse.SUPPRESS)
@@ -291,7 +320,8 @@ def main() -> None:
         raise SystemExit(f"unknown configuration {unknown[0]!r}; --list shows them")
     t0 = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]
-    result = measure(names, steps=args.steps, repeats=args.repeats, work=args.work)
+    result = measure(names, steps=args.steps, repeats=args.repeats, work=args.work, threads=args.threads,
+                     clock=args.clock)
     result.update(machine={"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
                   wall_s=round(time.perf_counter() - t0, 1), date=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -376,7 +376,8 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
         try:
             docs = [d for row in lengths.doc_lengths for d in row] if lengths.doc_lengths else lengths.lengths
             median = sorted(docs)[len(docs) // 2] if docs else 512
-            throughput = run_probe(spec, run, doc_length=median, dtype=dtype, device=device)
+            largest = largest_batch(lengths, tc.per_device_train_batch_size, padding_free=run.padding_free)
+            throughput = run_probe(spec, run, doc_length=median, tokens=largest.tokens, dtype=dtype, device=device)
         except Exception as exc:  # noqa: BLE001 - no probe, no time estimate; the memory plan stands
             import logging
 

@@ -4,15 +4,18 @@ It measures the rates :func:`.timing.seconds` divides by, then an efficiency fac
 
 * the **matmul rate** of the compute dtype on ``(rows x hidden) @ (hidden x intermediate)``
   products (the shapes of the model's MLP, capped to about a GFLOP each);
-* the **attention kernel** (causal sdpa, forward and backward, the model's heads) at two document
-  lengths: a fixed cost per call and a rate for the (query, key) pairs;
-* the **bandwidth** of elementwise kernels and the **cost of one small autograd operation**;
+* the **attention kernel** (causal sdpa, forward and backward, the model's heads) at three document
+  lengths: a fixed cost per call, a rate for the (query, key) pairs and a fixed cost per query row
+  (why short documents run at a lower rate than long ones);
+* the **bandwidth** of elementwise kernels, the **cost of one small autograd operation** and of a
+  random number (CPU dropout draws a mask per adapted input);
 * the **efficiency factor**: a miniature training step, one decoder layer of this model (its
-  width, heads, MLP and, for LoRA methods, adapters of the run's rank on the run's targets) on a
-  few hundred tokens of documents as long as the data's typical ones, timed forward and backward
-  and compared with what :func:`.timing.step_cost` predicts for it from the rates above. The plan's
-  time is the cost model's divided by this factor: what the rates miss on this machine (cache
-  effects, threading, other jobs sharing it) is measured, not assumed.
+  width, heads, MLP and, for LoRA methods, adapters of the run's rank on the run's targets, with
+  dropout when the run has it) on as many tokens of the batch as the budget allows, in documents as
+  long as the data's typical ones, timed forward and backward and compared with what
+  :func:`.timing.step_cost` predicts for it from the rates above. The plan's time is the cost
+  model's divided by this factor (limited to 0.8-1.25: a one-layer step of a few hundred tokens
+  carries overheads that a full step amortizes).
 
 Every timing is a median (a training run meets the machine as it is, other jobs included). Only
 this module imports torch; the planner's arithmetic does not.
@@ -31,18 +34,19 @@ from .timing import Throughput, seconds, step_cost
 __all__ = ["run_probe"]
 
 _cache: dict[tuple, Throughput] = {}
+_clock = time.perf_counter  # what the probe times with (wall clock; calibration scripts may use CPU time)
 
 
 def _median(fn: Any, reps: int, budget: float) -> float:
     """The median of up to ``reps`` timed calls within ``budget`` seconds, after one warm-up."""
-    start = time.perf_counter()
+    start = _clock()
     fn()
     times = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t = _clock()
         fn()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > budget:
+        times.append(_clock() - t)
+        if _clock() - start > budget:
             break
     times.sort()
     return times[len(times) // 2]
@@ -65,15 +69,15 @@ def _mini_spec(spec: ModelSpec, max_layer_params: float = 40e6) -> ModelSpec:
                                notes=[])
 
 
-def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int = 512, dtype: str = "float32",
-              device: str = "cpu", budget: float = 2.0, cache: bool = True) -> Throughput:
-    """Measure this machine at the shapes of ``spec`` trained as ``run`` on documents of about
-    ``doc_length`` tokens (about ``budget`` seconds)."""
+def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int = 512, tokens: int = 2048,
+              dtype: str = "float32", device: str = "cpu", budget: float = 2.0, cache: bool = True) -> Throughput:
+    """Measure this machine at the shapes of ``spec`` trained as ``run`` on batches of ``tokens``
+    tokens in documents of about ``doc_length`` (about ``budget`` seconds)."""
     run = run or RunShape(method="lora", lora_r=16, lora_targets="all-linear", lora_dropout=0.0)
     doc_length = max(16, min(int(doc_length), 1024))
     mini = _mini_spec(spec)
     key = (mini.hidden_size, mini.intermediate_size, mini.num_heads, mini.num_kv_heads, mini.head_dim, run.method,
-           run.lora_r, str(run.lora_targets), run.lora_dropout > 0, doc_length, dtype, device)
+           run.lora_r, str(run.lora_targets), run.lora_dropout > 0, doc_length, tokens, dtype, device)
     if cache and key in _cache:
         return _cache[key]
     import torch
@@ -104,11 +108,19 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
 
         return _median(f, 9, share * budget)
 
-    n_small, n_large = 32, max(256, min(2 * doc_length, 1024))
-    t_small, t_large = att_time(n_small, 0.05), att_time(n_large, 0.15)
+    # the kernel's time for a document of n tokens: c x (n(n+1)/2 + h x n) + a call's fixed cost;
+    # its efficiency grows with n (fixed work per query row), so two lengths fit the rate and h
+    n1, n2 = 256, 1024
+    t0, t1, t2 = att_time(32, 0.05), att_time(n1, 0.1), att_time(n2, 0.2)
+    p1, p2 = n1 * (n1 + 1) / 2, n2 * (n2 + 1) / 2
+    ratio = t2 / max(t1, 1e-9)
+    h = max(0.0, (p2 - ratio * p1) / max(ratio * n1 - n2, 1e-9)) if ratio * n1 > n2 else 0.0
+    h = min(h, 4096.0)
+    c = t2 / (p2 + h * n2)
     flops = lambda n: 12.0 * nh * hd * n * (n + 1) / 2  # noqa: E731 - forward + backward
-    attention_rate = (flops(n_large) - flops(n_small)) / max(t_large - t_small, 1e-9)
-    call_seconds = max(0.0, t_small - flops(n_small) / attention_rate) / 2  # a forward and a backward call
+    attention_rate = 12.0 * nh * hd / c
+    call_seconds = max(0.0, t0 - c * (32 * 33 / 2 + h * 32)) / 2  # a forward and a backward call
+    del flops
     # ---- bandwidth and small autograd ops
     elems = 4 * 2**20  # 16 MiB of float32
     x, y = torch.randn(elems, device=dev), torch.randn(elems, device=dev)
@@ -125,32 +137,45 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
         out.sum().backward()
 
     op_seconds = _median(small, 9, 0.05 * budget) / 90  # 30 forward ops, ~60 backward nodes and accumulations
+    mask = torch.empty(2**20, dtype=dt, device=dev)
+    random_seconds = _median(lambda: (mask.bernoulli_(0.9), sync()), 9, 0.03 * budget) / mask.numel()
+    del mask
     tp = Throughput(matmul_flops=matmul_rate, attention_flops=attention_rate, bandwidth=bandwidth,
-                    op_seconds=op_seconds, attention_call_seconds=call_seconds, source="probe",
+                    op_seconds=op_seconds, attention_call_seconds=call_seconds, random_seconds=random_seconds,
+                    attention_row_pairs=h,
+                    source="probe",
                     details={"matmul_shape": [rows, H, I], "threads": torch.get_num_threads(), "dtype": dtype,
                              "mini_layer": [H, I, nh, nkv, hd], "doc_length": doc_length})
-    # ---- efficiency: one decoder layer of this run, measured against the cost model
-    tokens, measured = _mini_step(torch, mini, run, doc_length, dt, dev, sync, 0.5 * budget)
-    docs = [doc_length] * max(1, tokens // doc_length)
+    # ---- efficiency: one decoder layer of this run, measured against the cost model; sized to take
+    # about a tenth of the budget at the measured matmul rate
+    affordable = 0.1 * budget * matmul_rate / (6.0 * max(mini.layer_params(), 1))
+    tokens = int(max(32, min(tokens, affordable, 4096)))  # as many as the real batch, when affordable
+    doc = min(doc_length, tokens)
+    n_docs = max(1, tokens // doc)
+    step = build_mini_step(torch, mini, run, doc, n_docs, dt, dev, sync)
+    measured = _median(step, 9, 0.5 * budget)
+    docs = [doc] * n_docs
     mini_run = dataclasses.replace(run, gradient_checkpointing=False, quant_bits=None, use_dora=False,
                                    attention="doc", padding_free=True, lora_layers=None, modules_to_save=[])
     predicted = seconds(step_cost(mini, mini_run, Batch(rows=1, row_len=sum(docs), doc_lengths=docs, trained=0)), tp)
-    tp.efficiency = max(0.2, min(predicted / measured, 3.0)) if measured > 0 else 1.0
+    # a one-layer step of a few hundred tokens carries overheads that a full step amortizes: the
+    # correction it suggests is limited to 25% either way
+    tp.efficiency = max(0.8, min(predicted / measured, 1.25)) if measured > 0 else 1.0
     tp.details.update(mini_step_s=measured, mini_step_predicted_s=predicted, mini_tokens=sum(docs))
     if cache:
         _cache[key] = tp
     return tp
 
 
-def _mini_step(torch: Any, spec: ModelSpec, run: RunShape, doc_length: int, dt: Any, dev: Any, sync: Any,
-               budget: float) -> tuple[int, float]:
-    """Forward and backward of one Llama-style layer in plain torch, trained as ``run`` trains it
-    (LoRA adapters on the targeted projections, or every weight); returns (tokens, median seconds)."""
+def build_mini_step(torch: Any, spec: ModelSpec, run: RunShape, doc_length: int, docs: int, dt: Any, dev: Any,
+                    sync: Any) -> Any:
+    """Forward and backward of one Llama-style layer in plain torch on ``docs`` documents of
+    ``doc_length`` tokens, trained as ``run`` trains it (LoRA adapters on the targeted projections,
+    or every weight): a function that runs one step."""
     from .memory import _targets
 
     F = torch.nn.functional
     H, I, nh, nkv, hd = spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
-    docs = max(1, 512 // doc_length)
     T = docs * doc_length
     full = not run.is_lora
     targets = _targets(run, spec) if run.is_lora else set()
@@ -202,4 +227,4 @@ def _mini_step(torch: Any, spec: ModelSpec, run: RunShape, doc_length: int, dt: 
         out.sum().backward()
         sync()
 
-    return T, _median(step, 9, budget)
+    return step

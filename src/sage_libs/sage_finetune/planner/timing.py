@@ -39,6 +39,8 @@ class Cost:
     traffic_bytes: float = 0.0
     ops: float = 0.0
     attention_calls: float = 0.0
+    attention_queries: float = 0.0  # 4 x width per query row and pass: the kernel's per-row work
+    random_elements: float = 0.0  # dropout masks drawn (bernoulli)
     dequant_bytes: float = 0.0
     useful_flops: float = 0.0  # matmul + attention without recomputation (for MFU)
 
@@ -58,6 +60,8 @@ class Throughput:
     bandwidth: float                 # bytes/s of elementwise kernels
     op_seconds: float = 20e-6        # per tensor operation
     attention_call_seconds: float = 0.0  # fixed cost of one attention kernel call (forward or backward)
+    attention_row_pairs: float = 0.0    # per query row, the kernel costs as much as this many more pairs
+    random_seconds: float = 2e-9     # per random number drawn (dropout masks)
     dequant_bytes_per_s: float = 2e9  # bitsandbytes dequantization (bytes of output per second)
     efficiency: float = 1.0          # measured step time over the model's, on the probe's mini step
     source: str = "given"
@@ -118,12 +122,15 @@ def step_cost(spec: ModelSpec, run: RunShape, batch: Batch) -> Cost:
                 fwd += lw
                 bwd += 2 * lw
                 ops += _OPS_PER_ADAPTER / 3
+                if run.lora_dropout > 0:
+                    cost.random_elements += m.in_features * T * (2 if recorded and run.gradient_checkpointing else 1)
                 if run.use_dora:
                     fwd += 2.0 * run.lora_r * m.in_features * m.out_features  # B @ A for the weight norm
         att = 4.0 * Q * pairs
         cost.matmul_flops += fwd + (fwd if recorded and run.gradient_checkpointing else 0) + bwd
         passes = 1 + (2 if recorded else 0) + (1 if recorded and run.gradient_checkpointing else 0)
         cost.attention_flops += att * passes
+        cost.attention_queries += 4.0 * Q * T * passes
         calls = 1 + (1 if recorded else 0) + (1 if recorded and run.gradient_checkpointing else 0)
         cost.attention_calls += (batch.n_docs if run.attention == "doc" else batch.rows) * calls
         cost.useful_flops += fwd + bwd + att * (3 if recorded else 1)
@@ -153,8 +160,9 @@ def step_cost(spec: ModelSpec, run: RunShape, batch: Batch) -> Cost:
 
 
 def seconds(cost: Cost, tp: Throughput) -> float:
-    t = (cost.matmul_flops / tp.matmul_flops + cost.attention_flops / tp.attention_flops
+    t = (cost.matmul_flops / tp.matmul_flops
+         + (cost.attention_flops + tp.attention_row_pairs * cost.attention_queries) / tp.attention_flops
          + cost.traffic_bytes / tp.bandwidth + cost.ops * tp.op_seconds
-         + cost.attention_calls * tp.attention_call_seconds
+         + cost.attention_calls * tp.attention_call_seconds + cost.random_elements * tp.random_seconds
          + cost.dequant_bytes / tp.dequant_bytes_per_s)
     return t / tp.efficiency
