@@ -368,6 +368,33 @@ def test_lora_plus_strategy_groups_equal_the_trainers(tiny_model_dir, tmp_path):
     assert magnitudes and all(ours[n] == (pytest.approx(8e-3), 0.05) for n in magnitudes)
 
 
+def test_dora_weight_decay_groups_equal_the_strategys(tiny_model_dir, tmp_path):
+    """One weight-decay rule (methods/optim.py): the DoRA trainer's optimizer and the SAGE strategy
+    decay the lora_A/lora_B matrices and leave the DoRA magnitudes (column norms) undecayed."""
+    from transformers import AutoModelForCausalLM
+
+    from sage_libs.sage_finetune import create_strategy
+
+    lora = dict(LORA, target_modules=["q_proj", "v_proj"])
+    tc = training_config(tiny_model_dir, tmp_path / "o", learning_rate=1e-3, weight_decay=0.05)
+    trainer = create_trainer("dora", training_config=tc, lora_config=LoRAConfig(**lora))
+    trainer.setup()
+    optimizer = trainer.build_hf_trainer().create_optimizer()  # the HF Trainer's AdamW, our rule
+    strategy = create_strategy("dora", **lora)
+    model = strategy.prepare_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    groups = strategy.get_optimizer_grouped_parameters(model, weight_decay=0.05)
+
+    def by_name(model, groups):
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+
+    ours, theirs = by_name(trainer.model, optimizer.param_groups), by_name(model, groups)
+    assert ours == theirs
+    magnitudes = {n for n in ours if "lora_magnitude_vector" in n}
+    assert magnitudes and {ours[n] for n in magnitudes} == {0.0}
+    assert {ours[n] for n in ours if n not in magnitudes} == {0.05}
+
+
 def test_lora_plus_embedding_lr_and_validation(tiny_model_dir, tmp_path):
     tc = training_config(tiny_model_dir, tmp_path / "o", learning_rate=1e-3)
     trainer = create_trainer("lora_plus", training_config=tc,

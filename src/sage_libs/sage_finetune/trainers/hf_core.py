@@ -64,6 +64,12 @@ class SFTTrainerCore(Trainer):
     def doc_attention(self) -> bool:
         return self.fast_paths.doc_attention
 
+    def get_decay_parameter_names(self, model) -> list[str]:
+        # the project's one weight-decay rule (HF's minus DoRA magnitudes), shared with the strategies
+        from ..methods.optim import decay_parameter_names
+
+        return decay_parameter_names(model)
+
     # -- loss -----------------------------------------------------------------------------------
     def _selective_ok(self, inputs: dict[str, Any]) -> bool:
         """The selective path computes exactly the model's own loss; anything that needs the full
