@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from ..data.render import IGNORE_INDEX
 from .hf_core import SFTTrainerCore
 
-__all__ = ["SequenceLogps", "sequence_logps", "preference_loss", "kto_kl_estimate", "kto_loss", "PreferenceTrainerCore", "NEEDS_REFERENCE"]
+__all__ = ["SequenceLogps", "sequence_logps", "preference_loss", "kto_kl_estimate", "kto_loss",
+           "PreferenceTrainerCore", "NEEDS_REFERENCE"]
 
 NEEDS_REFERENCE = {"sigmoid": True, "ipo": True, "orpo": False, "simpo": False, "kto": True}
 
@@ -254,23 +255,30 @@ class PreferenceTrainerCore(SFTTrainerCore):
             kl_logps = sequence_logps(model, kl_inputs, n, self.selective_logits).sums
         ref = self.reference_logps(model, inputs, n)
         ref_kl = self.reference_logps(model, kl_inputs, n)
-        # one estimate over every rank's batch, as TRL (a 0-d tensor is gathered as one value per rank)
-        kl = self.accelerator.gather_for_metrics(kto_kl_estimate(kl_logps, ref_kl)).mean().clamp(min=0)
+        # one estimate over every rank's batch, as TRL does
+        kl = self.accelerator.gather(kto_kl_estimate(kl_logps, ref_kl).reshape(1)).mean().clamp(min=0)
         loss, chosen_rewards, rejected_rewards = kto_loss(
             logps, ref, desirable, kl, beta=pc.beta, desirable_weight=pc.desirable_weight,
             undesirable_weight=pc.undesirable_weight)
         record = self._pref_metrics["train" if model.training else "eval"]
-        gather = self.accelerator.gather_for_metrics
-        chosen_rewards, rejected_rewards = gather(chosen_rewards), gather(rejected_rewards)
-        record["rewards/chosen"] += chosen_rewards.tolist()
-        record["rewards/rejected"] += rejected_rewards.tolist()
-        if chosen_rewards.numel() and rejected_rewards.numel():  # unpaired: the margin of the batch means
-            record["rewards/margins"].append((chosen_rewards.mean() - rejected_rewards.mean()).item())
-        record["logps/chosen"] += gather(logps.detach()[desirable]).tolist()
-        record["logps/rejected"] += gather(logps.detach()[~desirable]).tolist()
+        every_chosen, every_rejected = self._gather_ragged(chosen_rewards), self._gather_ragged(rejected_rewards)
+        record["rewards/chosen"] += every_chosen
+        record["rewards/rejected"] += every_rejected
+        if every_chosen and every_rejected:  # unpaired: the margin of the batch means
+            record["rewards/margins"].append(sum(every_chosen) / len(every_chosen)
+                                             - sum(every_rejected) / len(every_rejected))
+        record["logps/chosen"] += self._gather_ragged(logps.detach()[desirable])
+        record["logps/rejected"] += self._gather_ragged(logps.detach()[~desirable])
         record["kl"].append(kl.item())
         return (loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}) \
             if return_outputs else loss
+
+    def _gather_ragged(self, values: torch.Tensor) -> list[float]:
+        """Every rank's values, whose number differs between ranks (desirable or undesirable
+        examples of a batch): padded with NaN to one length for the gather, the padding dropped."""
+        padded = self.accelerator.pad_across_processes(values, pad_index=float("nan"))
+        every = self.accelerator.gather(padded)
+        return every[~torch.isnan(every)].tolist()
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -45,7 +45,8 @@ def kto_weight_advice(n_desirable: int, n_undesirable: int, desirable_weight: fl
     ratio = desirable_weight * n_desirable / (undesirable_weight * n_undesirable)
     if 1.0 <= ratio <= 4 / 3 + 1e-9:
         return None
-    low, high = n_undesirable * undesirable_weight / n_desirable, 4 / 3 * n_undesirable * undesirable_weight / n_desirable
+    low = n_undesirable * undesirable_weight / n_desirable  # the desirable_weight that gives a ratio of 1
+    high = 4 / 3 * low
     return (f"KTO: {n_desirable} desirable and {n_undesirable} undesirable examples with desirable_weight "
             f"{desirable_weight:g} and undesirable_weight {undesirable_weight:g} give a weighted ratio of {ratio:.2f}; "
             f"KTO suggests 1 to 1.33, e.g. preference.desirable_weight between {low:.2f} and {high:.2f}")
