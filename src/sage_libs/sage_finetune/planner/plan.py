@@ -182,10 +182,6 @@ class TimePlan:
     epoch_flops: float
     throughput: Throughput | None
 
-    @property
-    def tokens_per_second(self) -> float:
-        return 0.0
-
 
 @dataclass
 class Option:
