@@ -68,6 +68,13 @@ scheduler, the NaN check's device sync, callbacks."""
 DEFAULT_BANDWIDTH = {"cpu": 10e9, "cuda": 2e12}
 """Elementwise bandwidth assumed with ``--tflops`` (no probe)."""
 
+DEFAULT_OP_SECONDS = {"cpu": 8e-6, "cuda": 6e-6}
+"""Cost of one small tensor operation assumed with ``--tflops`` (CPU: dispatch and autograd; CUDA:
+a kernel launch)."""
+
+CPU_RANDOM_SECONDS = 9e-9
+"""One random number (a CPU dropout mask element) with ``--tflops``: 7-12 ns measured here."""
+
 PROBE_MINI_STEP_EFFICIENCY = 0.85
 """The probe's one-layer step ran at 0.80-1.02 (median 0.84) of the cost model's time on the
 development machine, one thread, timed in CPU seconds, while the full training steps of the 13
