@@ -164,8 +164,9 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     # development machine, alone, it ran at PROBE_MINI_STEP_EFFICIENCY of the cost model while full
     # steps ran at 1.0; the factor is this machine's mini step relative to that (other jobs sharing
     # the cores slow small operations more than large matmuls), within 0.67-1.25
-    ratio = predicted / measured if measured > 0 else C.PROBE_MINI_STEP_EFFICIENCY
-    tp.efficiency = max(0.67, min(ratio / C.PROBE_MINI_STEP_EFFICIENCY, 1.25))
+    reference = C.PROBE_MINI_STEP_EFFICIENCY[1 if torch.get_num_threads() == 1 else 2]
+    ratio = predicted / measured if measured > 0 else reference
+    tp.efficiency = max(0.67, min(ratio / reference, 1.25))
     tp.details.update(mini_step_s=measured, mini_step_predicted_s=predicted, mini_tokens=sum(docs))
     if cache:
         _cache[key] = tp
