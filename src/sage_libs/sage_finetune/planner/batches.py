@@ -126,12 +126,16 @@ def largest_batch(lengths: Lengths, batch_size: int, *, padding_free: bool, max_
     (with a random order this is the worst case; ``group_by_length`` puts it first). With
     ``max_seq_length`` below the prepared one, samples are cut to it."""
     cut = max_seq_length or lengths.max_seq_length
-    pairs = sorted(((min(n, cut), min(t, max(cut - 1, 0))) for n, t in zip(lengths.lengths, lengths.trained)),
-                   reverse=True)
+    cache = lengths.__dict__.setdefault("_sorted", {})
+    if cut not in cache:  # the suggestions evaluate many batch sizes: sort once per cut-off
+        pairs = sorted(((min(n, cut), min(t, max(cut - 1, 0))) for n, t in zip(lengths.lengths, lengths.trained)),
+                       reverse=True)
+        cache[cut] = (pairs, sorted((t for _, t in pairs), reverse=True))
+    pairs, trained_desc = cache[cut]
     if not pairs:
         return Batch(rows=1, row_len=1, doc_lengths=[1], trained=0)
     top = pairs[:batch_size]
-    trained = sum(sorted((t for _, t in pairs), reverse=True)[:batch_size])
+    trained = sum(trained_desc[:batch_size])
     if lengths.doc_lengths is not None:
         order = sorted(range(len(lengths.lengths)), key=lambda i: -lengths.lengths[i])[:batch_size]
         docs = [d for i in order for d in lengths.doc_lengths[i]]

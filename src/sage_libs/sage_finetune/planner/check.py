@@ -19,7 +19,14 @@ def check_before_load(trainer: Any, train_dataset: Any) -> Any:
     from .plan import plan_trainer
 
     try:
-        plan = plan_trainer(trainer, dataset=train_dataset, probe=False)
+        plan = plan_trainer(trainer, dataset=train_dataset, probe=False, suggest=False)
+        if plan.fits is False:  # what to change: only worth computing when it does not fit
+            from .suggest import suggestions
+
+            inner = getattr(trainer, "inner", trainer)
+            tc = inner.training_config
+            plan.options = suggestions(plan, epochs=tc.num_train_epochs, max_steps=tc.max_steps, seed=tc.seed,
+                                       group_by_length=inner.data_config.group_by_length, preference=False)
     except Exception as exc:  # noqa: BLE001 - an unknown architecture, an unreadable config: train anyway
         logger.debug("plan_check: no plan (%s)", exc)
         return None

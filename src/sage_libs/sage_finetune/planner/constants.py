@@ -67,3 +67,18 @@ scheduler, the NaN check's device sync, callbacks."""
 
 DEFAULT_BANDWIDTH = {"cpu": 10e9, "cuda": 2e12}
 """Elementwise bandwidth assumed with ``--tflops`` (no probe)."""
+
+DEFAULT_OP_SECONDS = {"cpu": 8e-6, "cuda": 6e-6}
+"""Cost of one small tensor operation assumed with ``--tflops`` (CPU: dispatch and autograd; CUDA:
+a kernel launch)."""
+
+CPU_RANDOM_SECONDS = 9e-9
+"""One random number (a CPU dropout mask element) with ``--tflops``: 7-12 ns measured here."""
+
+PROBE_MINI_STEP_EFFICIENCY = {1: 0.85, 2: 1.05}
+"""The probe's one-layer step, measured against the cost model, divided by the same ratio for full
+training steps, on the development machine: with one thread (CPU seconds) the mini step ran at
+0.80-1.02 of the model (median 0.84) and full steps at 0.8-1.2 of it; with two or more threads (wall
+clock, machine otherwise idle) the mini step ran at 0.80-1.0 and full steps at 0.76-0.95 (thread
+synchronisation of a full step's many operations). The probe's efficiency factor is its mini
+step's ratio divided by this reference (key: 1 thread, 2 or more)."""

@@ -539,6 +539,10 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
     shard = N if stage >= 2 else 1
     head_grad = (spec.head_params if lay.head_train and not spec.tie_word_embeddings else 0) * tb // shard
     fixed = fixed_transient_max  # a dequantized weight (qlora) or DoRA's product, at any moment
+    if run.autocast_bytes and run.weight_bytes == 4 and not run.quant_bits:
+        # autocast keeps a 16-bit copy of every float32 weight a matmul used, until the step ends
+        fixed += run.autocast_bytes * (spec.num_layers * sum(m.in_features * m.out_features for m in spec.linears())
+                                       + (spec.head_params or spec.embedding_params))
     phases: dict[str, tuple[float, float, float]] = {
         "loss": (0.0, activations, loss_transient + fixed)}
     kept = activations - loss_saved - final_norm

@@ -182,10 +182,6 @@ class TimePlan:
     epoch_flops: float
     throughput: Throughput | None
 
-    @property
-    def tokens_per_second(self) -> float:
-        return 0.0
-
 
 @dataclass
 class Option:
@@ -368,8 +364,11 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
     else:
         budget, source = parse_memory(memory), "given"
     if throughput is None and tflops:
-        throughput = Throughput(matmul_flops=tflops * 1e12, attention_flops=tflops * 0.25e12,
-                                bandwidth=C.DEFAULT_BANDWIDTH[device], source=f"given: {tflops} TFLOP/s")
+        bandwidth = C.DEFAULT_BANDWIDTH[device]
+        throughput = Throughput(matmul_flops=tflops * 1e12, attention_flops=tflops * 0.25e12, bandwidth=bandwidth,
+                                op_seconds=C.DEFAULT_OP_SECONDS[device],
+                                random_seconds=8.0 / bandwidth if device == "cuda" else C.CPU_RANDOM_SECONDS,
+                                source=f"given: {tflops} TFLOP/s")
     if throughput is None and probe:
         dtype = "bfloat16" if run.autocast_bytes == 2 and tc.bf16 else "float16" if tc.fp16 else (
             "float32" if run.weight_bytes == 4 else spec.dtype)

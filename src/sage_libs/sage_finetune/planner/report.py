@@ -89,7 +89,12 @@ def render_plan(plan: Any) -> str:
                          f"efficiency {tp.efficiency:.2f}; {t.epoch_flops / 1e12:.2f} useful TFLOP per epoch")
     if len(plan.options) > 1 or plan.fits is False:
         lines.append("")
-        lines.append(f"to fit {_gib(plan.budget)} GiB:" if plan.budget is not None else "options:")
+        if plan.budget is None:
+            lines.append("options:")
+        elif plan.fits:
+            lines.append(f"options within {_gib(plan.budget)} GiB:")
+        else:
+            lines.append(f"to fit {_gib(plan.budget)} GiB:")
         header = ("option", "batch", "accum", "grad ckpt", "method", "max len (truncates)", "peak GiB", "s/step",
                   "fits")
         rows = [header]

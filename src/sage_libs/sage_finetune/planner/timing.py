@@ -136,9 +136,8 @@ def step_cost(spec: ModelSpec, run: RunShape, batch: Batch) -> Cost:
         cost.useful_flops += fwd + bwd + att * (3 if recorded else 1)
         lb = _layer_bytes(run, spec, lay, layer, in_grad)
         per_token = lb.saved + lb.transient
-        if not recorded:
-            from .memory import RunShape as _R  # noqa: F401 - frozen layers: forward traffic only
-            per_token = (lb.transient or 0) + 24 * H
+        if not recorded:  # frozen layers below the first trained one: forward traffic only
+            per_token = lb.transient
         passes = 3 if recorded else 1
         if recorded and run.gradient_checkpointing:
             passes += 1
