@@ -107,6 +107,11 @@ class TrainingConfig(_Config):
         True, "Linux/glibc: keep memory freed between training steps in the process (mallopt M_MMAP_MAX=0 and a "
               "high trim threshold) instead of returning it to the OS and faulting it in again every step; "
               "false (or SAGE_FINETUNE_MALLOC_TUNING=0) leaves the allocator alone.")
+    compile_layers: bool = _opt(
+        False, "Compile each decoder layer in place with torch.compile (dynamic sequence length; the per-document "
+               "attention stays eager), fusing norms, RoPE, activations and LoRA scaling. Same losses; costs "
+               "compilation at the start (minutes on a few CPU cores), so it pays on long runs; needs a C++ "
+               "compiler on the CPU. Measured in benchmarks/layer_fusion.py.")
     plan_check: bool = _opt(
         True, "Before loading the model, predict the run's peak memory (sage-finetune plan) and warn, with what to "
               "change, when it exceeds the memory available; false: no check.")

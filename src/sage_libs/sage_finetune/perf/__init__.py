@@ -9,6 +9,7 @@ chunked LM loss             no ``(tokens, vocab)`` logits at all (chunks)       
 padding-free batches        no padding; one row per batch                       ``data.padding_free``
 per-document attention      attention cost of each document, not of the row     (with padding-free / packing)
 allocator tuning            page faults of each step's activations (glibc)      ``training.malloc_tuning``
+compiled decoder layers     non-matmul time (fused by inductor); off: compiles  ``training.compile_layers``
 ==========================  =================================================  ==========================
 
 A run decides all of them once, after the model is loaded (:func:`plan_fast_paths`: options, the
@@ -48,6 +49,7 @@ class FastPaths:
     padding_free: bool = False
     doc_attention: bool = False
     malloc_tuning: bool = False
+    compile_layers: bool = False
     notes: tuple[str, ...] = ()  # why a path is off, for the log
 
     def describe(self) -> str:
@@ -56,7 +58,8 @@ class FastPaths:
                  f"chunked LM loss {chunked if self.selective_logits else 'off'}",
                  f"padding-free batches {'on' if self.padding_free else 'off'}",
                  f"per-document attention {'on' if self.doc_attention else 'off'}",
-                 f"malloc tuning {'on' if self.malloc_tuning else 'off'}"]
+                 f"malloc tuning {'on' if self.malloc_tuning else 'off'}",
+                 f"compiled decoder layers {'on' if self.compile_layers else 'off'}"]
         return "; ".join(flags) + (f" ({'; '.join(self.notes)})" if self.notes else "")
 
 
@@ -88,9 +91,10 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
         doc_attention = why is None or _uses_doc_attention(model)
         if not doc_attention:
             notes.append(f"per-document attention: {why}")
+    compile_layers = bool(getattr(tc, "compile_layers", False))
     return FastPaths(selective_logits=selective, chunked_lm_loss=chunked, padding_free=padding_free,
                      doc_attention=doc_attention, malloc_tuning=bool(getattr(tc, "malloc_tuning", True)),
-                     notes=tuple(notes))
+                     compile_layers=compile_layers, notes=tuple(notes))
 
 
 def _uses_doc_attention(model: Any) -> bool:
@@ -102,7 +106,8 @@ def _uses_doc_attention(model: Any) -> bool:
 
 def install_fast_paths(model: Any, paths: FastPaths) -> FastPaths:
     """Apply what changes state: switch the model to per-document attention, tune the allocator
-    (process-wide). Returns ``paths`` with what actually applied, and logs it."""
+    (process-wide), compile the decoder layers. Returns ``paths`` with what actually applied, and
+    logs it."""
     from dataclasses import replace
 
     from .allocator import tune_malloc
@@ -112,5 +117,9 @@ def install_fast_paths(model: Any, paths: FastPaths) -> FastPaths:
         paths = replace(paths, doc_attention=install_doc_attention(model))
     if paths.malloc_tuning:
         paths = replace(paths, malloc_tuning=tune_malloc())
+    if paths.compile_layers:
+        from .compiled_layers import compile_decoder_layers
+
+        paths = replace(paths, compile_layers=compile_decoder_layers(model) > 0)
     logger.info("fast paths: %s", paths.describe())
     return paths

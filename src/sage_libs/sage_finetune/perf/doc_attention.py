@@ -96,10 +96,13 @@ def doc_attention_mask(batch_size: int, q_length: int, kv_length: int, q_offset:
 
 
 def _register() -> None:
+    import torch
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(DOC_ATTENTION, doc_attention_forward)
+    # never traced by torch.compile (compiled layers, .compiled_layers): the document list comes from
+    # the data, so a traced version would recompile for every new document layout
+    AttentionInterface.register(DOC_ATTENTION, torch.compiler.disable(doc_attention_forward))
     AttentionMaskInterface.register(DOC_ATTENTION, doc_attention_mask)
 
 

@@ -40,7 +40,7 @@ _TRAINING_EXCLUDED = frozenset((
     "output_dir", "resume_from_checkpoint", "logging_steps", "save_strategy", "save_steps", "save_total_limit",
     "report_to", "run_name", "disable_tqdm", "eval_strategy", "eval_steps", "eval_on_start",
     "per_device_eval_batch_size", "dataloader_num_workers", "use_cpu", "attn_implementation",
-    "selective_logits", "chunked_lm_loss", "malloc_tuning", "trust_remote_code", "allow_pickle_weights", "gradient_checkpointing",
+    "selective_logits", "chunked_lm_loss", "malloc_tuning", "compile_layers", "trust_remote_code", "allow_pickle_weights", "gradient_checkpointing",
     "deepspeed", "fsdp", "fsdp_config"))
 _DATA_EXCLUDED = frozenset(("eval_file", "cache", "cache_dir", "loader"))
 _TOP_EXCLUDED = frozenset(("version", "callbacks"))
