@@ -7,6 +7,8 @@ elementwise work, which may reorder float sums, hence rtol 1e-5 / atol 1e-6), a 
 another length and document layout reuses the compiled graphs (no recompilation), and the
 parameter names (what PEFT saves) are unchanged. Compilation takes ~half a minute here."""
 
+import shutil
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -25,6 +27,7 @@ def _step(model, batch):
     return loss.detach(), _lora_grads(model)
 
 
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="inductor needs a C++ compiler on the CPU")
 def test_compiled_layers_equal_eager_and_do_not_recompile(tiny_model_dir):
     import torch._dynamo
 
