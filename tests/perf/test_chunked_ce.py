@@ -271,3 +271,95 @@ def test_auto_setting_decides_by_logits_size(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(_chunked_ce, "AUTO_LOGITS_BYTES", 0)
     large, _ = _step(model, batch, None)
     assert calls and large == pytest.approx(small, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-token log-probabilities (the preference losses' sequence log-probs)
+# ------------------------------------------------------------------------------------------------
+def _plain_token_logps(hidden, weight, targets, bias=None):
+    logits = F.linear(hidden, weight, bias)
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def _token_logps_and_grads(fn, hidden, weight, bias, targets, upstream, **kw):
+    """Values, and the gradients of ``upstream . values`` (a different weight per row, as a
+    per-sequence sum followed by a loss gives)."""
+    hidden = hidden.clone().requires_grad_(True)
+    weight = weight.clone().requires_grad_(True)
+    bias = None if bias is None else bias.clone().requires_grad_(True)
+    values = fn(hidden, weight, targets, bias, **kw)
+    (values * upstream).sum().backward()
+    return values.detach(), hidden.grad, weight.grad, None if bias is None else bias.grad
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 4, 11, 64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_token_logps_match_plain_log_softmax(chunk_rows, bias):
+    hidden, weight, b, targets = _case(bias=bias)
+    upstream = torch.randn(targets.shape[0], generator=torch.Generator().manual_seed(1))
+    expect = _token_logps_and_grads(_plain_token_logps, hidden, weight, b, targets, upstream)
+    got = _token_logps_and_grads(_chunked_ce.chunked_linear_token_logps, hidden, weight, b, targets, upstream,
+                                 chunk_rows=chunk_rows)
+    assert got[0].dtype == torch.float32 and got[0].shape == targets.shape
+    for a, e in zip(got, expect):
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL)
+
+
+def test_token_logps_float64_gradcheck():
+    hidden, weight, b, targets = _case(n=5, h=3, v=7, dtype=torch.float64, bias=True)
+    args = [t.clone().requires_grad_(True) for t in (hidden, weight, b)]
+    assert torch.autograd.gradcheck(
+        lambda h, w, bb: _chunked_ce.chunked_linear_token_logps(h, w, targets, bb, chunk_rows=2), args)
+
+
+def _preference_batch(tokenizer, flatten):
+    from sage_libs.sage_finetune.data.preference import PreferenceCollator, tokenize_preference_records
+
+    pairs = [{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
+             {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "The number seven."},
+             {"prompt": "What is 10-4?", "chosen": "6", "rejected": "I do not know, maybe 14 or so."}]
+    columns, _ = tokenize_preference_records(pairs, tokenizer)
+    examples = [{k: v[i] for k, v in columns.items()} for i in range(len(pairs))]
+    return PreferenceCollator(pad_token_id=0, flatten=flatten)(examples)
+
+
+def _sequence_logps_and_grads(model, batch, n, **kw):
+    from sage_libs.sage_finetune.trainers._preference_core import sequence_logps
+
+    model.zero_grad(set_to_none=True)
+    out = sequence_logps(model, dict(batch), n, whole_upto=n // 2, **kw)
+    # a loss that weighs every sequence differently, and ORPO's whole-sequence sums
+    weights = torch.linspace(0.5, 2.0, n)
+    ((out.sums * weights).sum() - out.whole_sums.sum()).backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return [t.detach() for t in out], grads
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_preference_sequence_logps_chunked_equal_plain(tiny_model_dir, tiny_tokenizer, flatten, monkeypatch):
+    """sequence_logps with the chunked LM head: the same log-probs (scored and whole-sequence) and
+    LoRA gradients as the selective logits path and the full-logits path (rtol 1e-5; gradients: atol
+    1e-6 of each tensor's largest entry)."""
+    model = _lora_model(tiny_model_dir)
+    batch = _preference_batch(tiny_tokenizer, flatten)
+    n = 6
+    monkeypatch.setattr(_chunked_ce, "CHUNK_BYTES", 7 * 4 * 512)  # 7 rows a chunk: several, uneven
+    calls = []
+    real = _chunked_ce.ChunkedLinearTokenLogps.apply
+    monkeypatch.setattr(_chunked_ce.ChunkedLinearTokenLogps, "apply", lambda *a: calls.append(1) or real(*a))
+    plain = _sequence_logps_and_grads(model, batch, n, selective=False)
+    selective = _sequence_logps_and_grads(model, batch, n, selective=True, chunked=False)
+    assert not calls
+    chunked = _sequence_logps_and_grads(model, batch, n, selective=True, chunked=True)
+    assert calls
+    for other in (plain, selective):
+        for a, b in zip(chunked[0], other[0]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert chunked[1].keys() == other[1].keys() and chunked[1]
+        for name in chunked[1]:
+            # the loss sums log-probs (gradients up to ~20): float32 noise is relative to that scale
+            scale = float(other[1][name].abs().max())
+            torch.testing.assert_close(chunked[1][name], other[1][name], rtol=1e-5, atol=1e-6 * scale,
+                                       msg=lambda m, name=name: f"{name}: {m}")
+    assert "forward" not in model.get_base_model().lm_head.__dict__  # the head is itself again

@@ -24,6 +24,9 @@ Tokens: each side is rendered as ``prompt + [reply]`` with :class:`.render.ChatR
 template and rules as SFT), and only the last assistant turn is labelled: the reply's tokens and
 the end-of-turn token(s) the template closes it with. Tokens after the last labelled one (template
 layout such as the newline after ``<|im_end|>``) are cut, so a sequence ends where its score ends.
+A reply the template renders as nothing to train, or a pair whose two replies render to the same
+tokens (tool calls the template does not write), is refused with a message, never dropped or kept
+silently; only pairs that truncation left without a scored token are dropped (and counted).
 
 Pure Python apart from the tokenizer; no torch.
 """
@@ -34,7 +37,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DataFormatError
+from ..errors import DataFormatError, TemplateError
 from .conversation import Conversation, Message
 from .render import IGNORE_INDEX, ChatRenderer
 
@@ -199,15 +202,36 @@ def to_preference_pair(record: Any, *, where: str = "record", system_prompt: str
 
 
 # -- pairs -> tokens --------------------------------------------------------------------------------
-def _scored_side(renderer: ChatRenderer, conv: Conversation, where: str) -> tuple[list[int], list[int], bool] | None:
-    """ids and labels of one side: only the last assistant turn labelled, cut after its last
-    labelled token. None when truncation left nothing to score."""
+def _scored_side(renderer: ChatRenderer, conv: Conversation, where: str,
+                 side: str) -> tuple[list[int], list[int], bool] | None:
+    """ids and labels of one side (``side`` names it in errors): only the last assistant turn
+    labelled, cut after its last labelled token. None when truncation left nothing to score; a
+    reply the template renders as nothing to train is an error, not a drop: the pair would be lost
+    without a word (tool calls that the template does not write, for example)."""
     result = renderer(conv, where)
     if result is None:
+        _text, spans = renderer.render_text(conv, where)  # rare: truncation, or nothing rendered
+        if not spans:
+            raise TemplateError(
+                f"{where}: the chat template renders nothing to train for the {side} reply (it writes no "
+                "text for it: tool calls that the template does not render, for example); use a chat "
+                "template that renders it (data.chat_template)")
         return None
     ids, labels = result.input_ids, result.labels
     last = max(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)
     return ids[: last + 1], labels[: last + 1], result.truncated
+
+
+def _check_distinct(chosen: tuple[list[int], list[int], bool], rejected: tuple[list[int], list[int], bool],
+                    where: str) -> None:
+    """Two different replies that render to the same tokens (a template that writes the text of a
+    reply but not its tool calls) would be a pair that teaches nothing: refuse it by name. Truncated
+    sides are not compared: cutting two replies with a common start can make them equal."""
+    if chosen[0] == rejected[0] and not (chosen[2] or rejected[2]):
+        raise TemplateError(
+            f"{where}: chosen and rejected render to the same tokens with this chat template (it does not "
+            "write what differs between them: tool calls, for example); use a chat template that renders "
+            "them (data.chat_template)")
 
 
 def tokenize_preference_records(records: Any, tokenizer: Any, *, chat_template: str | None = None,
@@ -226,7 +250,10 @@ def tokenize_preference_records(records: Any, tokenizer: Any, *, chat_template: 
         where = locate(records, index) if locate is not None else f"record {index}"
         try:
             pair = to_preference_pair(record, where=where, system_prompt=system_prompt)
-            sides = [_scored_side(renderer, conv, where) for conv in pair.conversations()]
+            sides = [_scored_side(renderer, conv, where, side)
+                     for conv, side in zip(pair.conversations(), ("chosen", "rejected"))]
+            if all(sides):
+                _check_distinct(*sides, where)
         except DataFormatError as exc:
             if on_error != "skip":
                 raise
@@ -346,7 +373,10 @@ def tokenize_unpaired_records(records: Any, tokenizer: Any, *, chat_template: st
         where = locate(records, index) if locate is not None else f"record {index}"
         try:
             examples = to_unpaired_examples(record, where=where, system_prompt=system_prompt)
-            sides = [_scored_side(renderer, ex.conversation(), where) for ex in examples]
+            names = ("chosen", "rejected") if len(examples) == 2 else ("completion",)  # a pair, or one example
+            sides = [_scored_side(renderer, ex.conversation(), where, name) for ex, name in zip(examples, names)]
+            if len(sides) == 2 and all(sides):
+                _check_distinct(*sides, where)
         except DataFormatError as exc:
             if on_error != "skip":
                 raise

@@ -4,6 +4,12 @@ Runs the same pipeline as training (formats -> conversation -> render) and repor
 format, the token-length distribution, what truncation cuts and drops, the trained-token ratio,
 the records whose messages contain control-token text, and one rendered sample with its trained
 tokens highlighted.
+
+Preference data (``method: dpo``, or a file of ``chosen``/``rejected`` or ``completion``/``label``
+records) goes through the preference tokenizer instead (:mod:`.preference`): the counts of pairs
+(or KTO examples), the length of every scored sequence, and one pair shown as its shared prompt and
+its chosen and rejected replies (or a KTO prompt, completion and label) with the scored tokens
+highlighted.
 """
 
 from __future__ import annotations
@@ -16,7 +22,16 @@ from typing import Any
 from .conversation import IGNORE_INDEX
 from .pipeline import PrepareStats
 
-__all__ = ["DataReport", "build_report", "text_histogram", "highlight_trained", "plot_length_histogram"]
+__all__ = ["DataReport", "build_report", "PreferenceReport", "build_preference_report", "preference_view",
+           "length_summary", "text_histogram", "highlight_trained", "plot_length_histogram"]
+
+
+def length_summary(lengths: list[int]) -> dict[str, int]:
+    """min, median, p95, p99 and max of token lengths (0 when there are none)."""
+    s = sorted(lengths)
+    pct = (lambda q: s[min(len(s) - 1, int(q * len(s)))]) if s else (lambda q: 0)
+    return {"length_min": s[0] if s else 0, "length_median": pct(0.5), "length_p95": pct(0.95),
+            "length_p99": pct(0.99), "length_max": s[-1] if s else 0}
 
 
 @dataclass
@@ -37,11 +52,7 @@ class DataReport:
             f"  {line}" for line in named[:limit]]
 
     def summary(self) -> dict[str, Any]:
-        s = sorted(self.lengths)
-        pct = (lambda q: s[min(len(s) - 1, int(q * len(s)))]) if s else (lambda q: 0)
-        return {**self.stats.to_dict(), "max_seq_length": self.max_seq_length,
-                "length_min": s[0] if s else 0, "length_median": pct(0.5), "length_p95": pct(0.95),
-                "length_p99": pct(0.99), "length_max": s[-1] if s else 0}
+        return {**self.stats.to_dict(), "max_seq_length": self.max_seq_length, **length_summary(self.lengths)}
 
 
 def build_report(records: Any, tokenizer: Any, *, sample_index: int = 0, **render_options: Any) -> DataReport:
@@ -55,6 +66,74 @@ def build_report(records: Any, tokenizer: Any, *, sample_index: int = 0, **rende
     if columns["input_ids"]:
         i = min(max(sample_index, 0), len(columns["input_ids"]) - 1)
         report.sample = (columns["input_ids"][i], columns["labels"][i])
+    return report
+
+
+# -- preference data --------------------------------------------------------------------------------
+def preference_view(records: Any) -> str | None:
+    """How a data file's records train, from its first record: ``"pairs"`` (chosen and rejected),
+    ``"unpaired"`` (KTO's prompt, completion and label) or None (not preference data)."""
+    from .preference import is_preference_record, is_unpaired_record
+
+    first = next(iter(records), None)
+    if is_unpaired_record(first):
+        return "unpaired"
+    return "pairs" if is_preference_record(first) else None
+
+
+@dataclass
+class PreferenceReport:
+    """What preference training sees: ``stats`` (:class:`.preference.PreferenceStats` or
+    ``UnpairedStats``), the token length of every scored sequence (chosen and rejected each, or each
+    completion: what ``max_seq_length`` cuts), and one pair's or example's columns."""
+
+    stats: Any
+    unpaired: bool
+    lengths: list[int] = field(default_factory=list)
+    max_seq_length: int | None = None
+    sample: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        scored = self.stats.scored_tokens
+        return {"kind": "unpaired (KTO)" if self.unpaired else "pairs", **self.stats.to_dict(),
+                "scored_token_ratio": scored / self.stats.tokens if self.stats.tokens else 0.0,
+                "max_seq_length": self.max_seq_length, **length_summary(self.lengths)}
+
+    def sample_lines(self, tokenizer: Any, color: bool = True) -> list[str]:
+        """The sample: the prompt once (chosen and rejected share its tokens), then each reply
+        with its scored tokens highlighted (see :func:`highlight_trained`)."""
+        from .preference import _prompt_and_completion
+
+        if self.sample is None:
+            return []
+        sides = ["completion"] if self.unpaired else ["chosen", "rejected"]
+        first = sides[0]
+        prompt, _ids, _labels = _prompt_and_completion(self.sample[f"{first}_input_ids"], self.sample[f"{first}_labels"])
+        lines = ["prompt:", tokenizer.decode(prompt)]
+        for side in sides:
+            _prompt, ids, labels = _prompt_and_completion(self.sample[f"{side}_input_ids"], self.sample[f"{side}_labels"])
+            title = f"completion (label {str(self.sample['label']).lower()}: " \
+                    f"{'desirable' if self.sample['label'] else 'undesirable'}):" if self.unpaired else f"{side}:"
+            lines += [title, highlight_trained(tokenizer, ids, labels, color=color)]
+        return lines
+
+
+def build_preference_report(records: Any, tokenizer: Any, *, unpaired: bool, sample_index: int = 0,
+                            **tokenize_options: Any) -> PreferenceReport:
+    """Tokenize preference ``records`` like preference training would (``tokenize_options`` as for
+    :func:`.preference.tokenize_preference_records`; ``unpaired``: KTO's view, see
+    :func:`.preference.tokenize_unpaired_records`) and collect the report."""
+    from .preference import tokenize_preference_records, tokenize_unpaired_records
+
+    tokenize = tokenize_unpaired_records if unpaired else tokenize_preference_records
+    columns, stats = tokenize(records, tokenizer, **tokenize_options)
+    sides = ["completion"] if unpaired else ["chosen", "rejected"]
+    lengths = [len(ids) for side in sides for ids in columns[f"{side}_input_ids"]]
+    report = PreferenceReport(stats, unpaired, lengths, tokenize_options.get("max_seq_length"))
+    count = len(columns[f"{sides[0]}_input_ids"])
+    if count:
+        i = min(max(sample_index, 0), count - 1)
+        report.sample = {name: column[i] for name, column in columns.items()}
     return report
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["chunked_linear_cross_entropy", "ChunkedLinearCrossEntropy", "chunk_rows_for", "use_chunked_lm_loss",
-           "CHUNK_BYTES", "AUTO_LOGITS_BYTES"]
+__all__ = ["chunked_linear_cross_entropy", "ChunkedLinearCrossEntropy", "chunked_linear_token_logps",
+           "ChunkedLinearTokenLogps", "chunk_rows_for", "use_chunked_lm_loss", "CHUNK_BYTES", "AUTO_LOGITS_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,28 +123,78 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                       for i, (buf, dtype) in enumerate(zip(ctx.grad_buffers, ctx.dtypes))),
                     None, None, None, None, None)
         hidden, weight, bias, safe, valid, lse = ctx.saved_tensors
-        cdtype, chunk_rows = ctx.cdtype, ctx.chunk_rows
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+        return (*_recomputed_grads(hidden, weight, bias, safe, valid, lse, grad_out, ctx.cdtype, ctx.chunk_rows, needs),
+                None, None, None, None, None)
+
+
+def _recomputed_grads(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, safe: torch.Tensor,
+                      valid: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor, cdtype: torch.dtype,
+                      chunk_rows: int, needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
+    """Gradients (hidden, weight, bias; None where not needed) of ``sum_i scale_i * CE_i`` with each
+    chunk's logits computed again from the saved logsumexp. ``scale``: one number (a summed loss) or
+    one per row (per-token values)."""
+    acc = _acc_dtype(cdtype)
+    need_h, need_w, need_b = needs
+    w = weight.to(cdtype)
+    b = None if bias is None else bias.to(cdtype)
+    n = hidden.shape[0]
+    grad_h = torch.empty_like(hidden) if need_h else None
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+    scale = scale.to(acc)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for s in range(0, n, chunk_rows):
+            e = min(s + chunk_rows, n)
+            h = hidden[s:e].to(cdtype)
+            g = _chunk_grad(torch.nn.functional.linear(h, w, b).to(acc), lse[s:e], safe[s:e], valid[s:e])
+            _accumulate(g.mul_(scale if scale.dim() == 0 else scale[s:e, None]), h, w, s, e, cdtype, acc,
+                        grad_h, grad_w, grad_b)
+            del g
+    if need_w:
+        grad_w = grad_w.to(weight.dtype)
+    if need_b:
+        grad_b = grad_b.to(bias.dtype)
+    return grad_h, grad_w, grad_b
+
+
+class ChunkedLinearTokenLogps(torch.autograd.Function):
+    """``log_softmax(hidden @ weight.T + bias)[i, targets[i]]`` for every row, ``chunk_rows`` rows at a
+    time: the per-token log-probabilities that a preference loss sums per sequence. The output has
+    one number per row, so a row's gradient scale is known only in backward: Cut Cross-Entropy's
+    schedule (forward keeps each row's logsumexp, backward computes each chunk's logits again)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+        cdtype = _compute_dtype(hidden)
         acc = _acc_dtype(cdtype)
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
         w = weight.to(cdtype)
         b = None if bias is None else bias.to(cdtype)
         n = hidden.shape[0]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
-        scale = grad_out.to(acc)
+        lse = torch.empty(n, dtype=acc, device=hidden.device)
+        logps = torch.empty(n, dtype=acc, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, n, chunk_rows):
                 e = min(s + chunk_rows, n)
-                h = hidden[s:e].to(cdtype)
-                g = _chunk_grad(torch.nn.functional.linear(h, w, b).to(acc), lse[s:e], safe[s:e], valid[s:e])
-                _accumulate(g.mul_(scale), h, w, s, e, cdtype, acc, grad_h, grad_w, grad_b)
-                del g
-        if need_w:
-            grad_w = grad_w.to(weight.dtype)
-        if need_b:
-            grad_b = grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None
+                logits = torch.nn.functional.linear(hidden[s:e].to(cdtype), w, b).to(acc)
+                lse[s:e] = torch.logsumexp(logits, dim=-1)
+                logps[s:e] = logits.gather(1, targets[s:e, None]).squeeze(1) - lse[s:e]
+                del logits
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.cdtype, ctx.chunk_rows, ctx.has_bias = cdtype, chunk_rows, bias is not None
+        return logps
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+        every_row = torch.ones_like(targets, dtype=torch.bool)
+        # a log-probability is minus the row's cross-entropy: the same gradients, negated
+        grads = _recomputed_grads(hidden, weight, bias, targets, every_row, lse, -grad_out, ctx.cdtype,
+                                  ctx.chunk_rows, needs)
+        return (*grads, None, None)
 
 
 def _accumulate(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, s: int, e: int, cdtype: torch.dtype,
@@ -193,3 +243,18 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     if reduction == "mean":
         return loss / (targets != ignore_index).sum().clamp(min=1).to(loss.dtype)
     return loss
+
+
+def chunked_linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               bias: torch.Tensor | None = None, *, chunk_rows: int | None = None) -> torch.Tensor:
+    """``log_softmax(hidden [N, H] @ weight.T (+ bias))`` at ``targets [N]``: one log-probability per
+    row (float32, float64 for float64 inputs), without materialising the ``[N, V]`` logits (see
+    :class:`ChunkedLinearTokenLogps`). ``chunk_rows``: default :func:`chunk_rows_for`."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"expected targets [{hidden.shape[0]}], got {tuple(targets.shape)}")
+    rows = int(chunk_rows) if chunk_rows else chunk_rows_for(weight.shape[0])
+    if rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
+    return ChunkedLinearTokenLogps.apply(hidden, weight, bias, targets.to(hidden.device), rows)

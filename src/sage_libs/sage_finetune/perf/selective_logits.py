@@ -19,8 +19,8 @@ from typing import Any
 
 from ..data.conversation import IGNORE_INDEX
 
-__all__ = ["selective_causal_lm_loss", "supports_selective_logits", "lm_head_for_chunking", "probe_model",
-           "ModelProbe", "base_causal_lm"]
+__all__ = ["selective_causal_lm_loss", "supports_selective_logits", "lm_head_for_chunking", "head_to_chunk",
+           "kept_hidden_states", "probe_model", "ModelProbe", "base_causal_lm"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,37 @@ def _hidden_passthrough(hidden_states: Any) -> Any:
     return hidden_states
 
 
+def head_to_chunk(model: Any, n_rows: int, chunked: bool | None) -> Any:
+    """The LM head to run in chunks for ``n_rows`` kept positions under ``chunked``
+    (``training.chunked_lm_loss``: true, false, or null to decide by size), or None: the plain path
+    (off, small enough, or a head that does not qualify, see :func:`lm_head_for_chunking`)."""
+    from . import chunked_ce
+
+    if chunked is False:
+        return None
+    head = lm_head_for_chunking(model)
+    if head is None:
+        if chunked:
+            logger.debug("chunked LM head: the LM head is not a plain Linear called plainly; plain path")
+        return None
+    return head if chunked_ce.use_chunked_lm_loss(chunked, n_rows, head.out_features) else None
+
+
+def kept_hidden_states(model: Any, forward: dict[str, Any], keep: Any, head: Any) -> Any:
+    """The model's forward with ``logits_to_keep=keep``, returning the hidden states the LM head
+    ``head`` would have turned into logits at the kept positions (``(n_kept, hidden)``)."""
+    head.forward = _hidden_passthrough  # the model's forward returns the hidden states at `keep`
+    try:
+        hidden = model(**forward, logits_to_keep=keep).logits
+    finally:
+        del head.forward
+    n_kept = int(keep.sum())
+    if hidden.dim() != 2 or hidden.shape != (n_kept, head.in_features):
+        raise RuntimeError(f"chunked LM head: expected ({n_kept}, {head.in_features}) hidden states, "
+                           f"got {tuple(hidden.shape)}; set training.chunked_lm_loss: false for this model")
+    return hidden
+
+
 def selective_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
                              chunked: bool | None = False) -> Any:
     """The causal LM loss of ``inputs`` (with ``labels``), computing logits only where a label is
@@ -160,22 +191,9 @@ def selective_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_ba
     targets = labels[:, 1:][keep[:, :-1]]
     forward = {k: v for k, v in inputs.items() if k != "labels"}
     forward["use_cache"] = False
-    head = None
-    if chunked is not False:
-        head = lm_head_for_chunking(model)
-        if head is not None and not chunked_ce.use_chunked_lm_loss(chunked, targets.numel(), head.out_features):
-            head = None
-        elif head is None and chunked:
-            logger.debug("chunked LM loss: the LM head is not a plain Linear called plainly; plain path")
+    head = head_to_chunk(model, targets.numel(), chunked)
     if head is not None:
-        head.forward = _hidden_passthrough  # the model's forward returns the hidden states at `keep`
-        try:
-            hidden = model(**forward, logits_to_keep=keep).logits
-        finally:
-            del head.forward
-        if hidden.dim() != 2 or hidden.shape != (targets.numel(), head.in_features):
-            raise RuntimeError(f"chunked LM loss: expected ({targets.numel()}, {head.in_features}) hidden states, "
-                               f"got {tuple(hidden.shape)}; set training.chunked_lm_loss: false for this model")
+        hidden = kept_hidden_states(model, forward, keep, head)
         normalizer = max(int(targets.numel()), 1) if num_items_in_batch is None else num_items_in_batch
         return chunked_ce.chunked_linear_cross_entropy(hidden, head.weight, targets.to(hidden.device), head.bias,
                                                         normalizer=normalizer,

@@ -41,10 +41,12 @@ class SequenceLogps(NamedTuple):
 
 
 def sequence_logps(model: Any, inputs: dict[str, Any], n_sequences: int, selective: bool = True,
-                   whole_upto: int = 0) -> SequenceLogps:
+                   whole_upto: int = 0, chunked: bool | None = False) -> SequenceLogps:
     """Log-probabilities of the ``n_sequences`` sequences of a :class:`..data.preference.PreferenceCollator`
     batch. ``whole_upto`` > 0: sequences ``0 .. whole_upto-1`` are also scored over all their tokens
-    (the logits at their prompt positions are computed too; the others' are not)."""
+    (the logits at their prompt positions are computed too; the others' are not). ``chunked``
+    (``training.chunked_lm_loss``, with ``selective``): the LM head runs in chunks of rows, so not
+    even the kept positions' ``(tokens, vocab)`` logits exist at once."""
     ids, labels, owners_all = inputs["input_ids"], inputs["labels"], inputs["sequence_ids"]
     # position t is kept when it predicts token t+1 of the same sequence and that token is wanted
     scored = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
@@ -59,15 +61,7 @@ def sequence_logps(model: Any, inputs: dict[str, Any], n_sequences: int, selecti
     owners = owners_all[:, 1:][keep[:, :-1]]
     forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
     forward["use_cache"] = False
-    if selective:
-        logits = model(**forward, logits_to_keep=keep).logits
-        if logits.dim() != 2 or logits.shape[0] != targets.numel():
-            raise RuntimeError(f"selective logits: expected ({targets.numel()}, vocab) logits, got "
-                               f"{tuple(logits.shape)}; set training.selective_logits: false for this model")
-    else:
-        logits = model(**forward).logits[keep]
-    logits = logits if logits.dtype == torch.float64 else logits.float()  # at least float32
-    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    token_logps = _kept_token_logps(model, forward, keep, targets, selective, chunked)
 
     def per_sequence(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(n_sequences, dtype=values.dtype, device=values.device)
@@ -80,6 +74,31 @@ def sequence_logps(model: Any, inputs: dict[str, Any], n_sequences: int, selecti
         return SequenceLogps(sums, counts)
     is_whole = whole[keep]
     return SequenceLogps(sums, counts, per_sequence(token_logps, is_whole), per_sequence(ones, is_whole))
+
+
+def _kept_token_logps(model: Any, forward: dict[str, Any], keep: torch.Tensor, targets: torch.Tensor,
+                      selective: bool, chunked: bool | None) -> torch.Tensor:
+    """The log-probability (at least float32) of each kept position's target: from the LM head in
+    chunks (:func:`..perf.chunked_ce.chunked_linear_token_logps`), from the kept positions' logits
+    (``selective``), or from every position's logits (the plain path)."""
+    from ..perf import chunked_ce
+    from ..perf.selective_logits import head_to_chunk, kept_hidden_states
+
+    head = head_to_chunk(model, targets.numel(), chunked) if selective else None
+    if head is not None:
+        hidden = kept_hidden_states(model, forward, keep, head)
+        return chunked_ce.chunked_linear_token_logps(
+            hidden, head.weight, targets, head.bias,
+            chunk_rows=chunked_ce.chunk_rows_for(head.out_features, chunked_ce.CHUNK_BYTES))
+    if selective:
+        logits = model(**forward, logits_to_keep=keep).logits
+        if logits.dim() != 2 or logits.shape[0] != targets.numel():
+            raise RuntimeError(f"selective logits: expected ({targets.numel()}, vocab) logits, got "
+                               f"{tuple(logits.shape)}; set training.selective_logits: false for this model")
+    else:
+        logits = model(**forward).logits[keep]
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # at least float32
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -176,6 +195,11 @@ class PreferenceTrainerCore(SFTTrainerCore):
     def _n_sequences(self, inputs: dict[str, Any]) -> int:
         return int(inputs["sequence_ids"].max()) + 1
 
+    def _sequence_logps(self, model: Any, inputs: dict[str, Any], n: int, whole_upto: int = 0) -> SequenceLogps:
+        """:func:`sequence_logps` with the run's fast paths (selective logits, chunked LM head)."""
+        return sequence_logps(model, inputs, n, self.selective_logits, whole_upto=whole_upto,
+                              chunked=self.fast_paths.chunked_lm_loss)
+
     def reference_logps(self, model: Any, inputs: dict[str, Any], n: int, initial: bool = False) -> torch.Tensor:
         """The reference's summed log-probabilities; ``initial``: ``model`` has not been trained yet, so
         without an adapter to disable it is the reference itself."""
@@ -183,15 +207,15 @@ class PreferenceTrainerCore(SFTTrainerCore):
             return torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(self.args.device)
         with torch.no_grad():
             if self.ref_model is not None:
-                return sequence_logps(self.ref_model, inputs, n, self.selective_logits)[0]
+                return self._sequence_logps(self.ref_model, inputs, n)[0]
             unwrapped = self.accelerator.unwrap_model(model)
             if not hasattr(unwrapped, "disable_adapter"):
                 if initial:
-                    return sequence_logps(model, inputs, n, self.selective_logits)[0]
+                    return self._sequence_logps(model, inputs, n)[0]
                 raise RuntimeError("the preference trainer needs a reference: an adapter model (its adapter is "
                                    "disabled), a frozen copy, or precomputed reference log-probabilities")
             with unwrapped.disable_adapter():
-                return sequence_logps(model, inputs, n, self.selective_logits)[0]
+                return self._sequence_logps(model, inputs, n)[0]
 
     @torch.no_grad()
     def precompute_reference(self, dataset: Any, batch_size: int) -> Any:
@@ -225,8 +249,8 @@ class PreferenceTrainerCore(SFTTrainerCore):
             return self._kto_loss(model, inputs, return_outputs)
         n = self._n_sequences(inputs)
         orpo = pc.loss_type == "orpo"
-        logps, counts, whole_sums, whole_counts = sequence_logps(model, inputs, n, self.selective_logits,
-                                                                 whole_upto=n // 2 if orpo else 0)
+        logps, counts, whole_sums, whole_counts = self._sequence_logps(model, inputs, n,
+                                                                       whole_upto=n // 2 if orpo else 0)
         ref = self.reference_logps(model, inputs, n) if NEEDS_REFERENCE[pc.loss_type] else None
         chosen_nll = -whole_sums.sum() / whole_counts.sum().clamp(min=1) if orpo else None
         loss, chosen_rewards, rejected_rewards = preference_loss(
@@ -250,9 +274,9 @@ class PreferenceTrainerCore(SFTTrainerCore):
         desirable = inputs["kto_label"].bool()
         n = desirable.numel()
         kl_inputs = {key[3:]: value for key, value in inputs.items() if key.startswith("kl_")}
-        logps = sequence_logps(model, inputs, n, self.selective_logits).sums
+        logps = self._sequence_logps(model, inputs, n).sums
         with torch.no_grad():  # the KL estimate is a constant of the loss: no activations kept for it
-            kl_logps = sequence_logps(model, kl_inputs, n, self.selective_logits).sums
+            kl_logps = self._sequence_logps(model, kl_inputs, n).sums
         ref = self.reference_logps(model, inputs, n)
         ref_kl = self.reference_logps(model, kl_inputs, n)
         # one estimate over every rank's batch, as TRL does

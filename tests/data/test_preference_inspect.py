@@ -1,0 +1,72 @@
+"""`sage-finetune data inspect` on the shipped preference data: pairs, KTO examples and their
+scored tokens, counted and shown as preference training tokenizes them."""
+
+from __future__ import annotations
+
+import json
+
+from sage_libs.sage_finetune import create_loader
+from sage_libs.sage_finetune.cli import main
+from sage_libs.sage_finetune.data.preference import tokenize_preference_records, tokenize_unpaired_records
+
+from ..paths import REPO
+
+PREFERENCE = REPO / "examples" / "preference"
+CHATML_PROMPT = "<|im_start|>user\nWhat is 81 + 16?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _inspect(capsys, *args: str) -> tuple[str, dict]:
+    assert main(["data", "inspect", *args, "--png", "", "--no-color", "--json"]) == 0
+    out = capsys.readouterr().out
+    return out, json.loads(out.strip().splitlines()[-1])
+
+
+def test_inspect_shows_pairs_with_their_scored_tokens(tiny_model_dir, tiny_tokenizer, capsys):
+    path = PREFERENCE / "pref_train.jsonl"
+    out, summary = _inspect(capsys, str(path), "--tokenizer", str(tiny_model_dir))
+    # the counts are the preference tokenizer's (what DPO trains on), not an SFT reading of the file
+    columns, stats = tokenize_preference_records(create_loader("jsonl").load(path), tiny_tokenizer)
+    assert summary["kind"] == "pairs" and summary["pairs"] == stats.pairs == 496
+    assert (summary["tokens"], summary["scored_tokens"]) == (stats.tokens, stats.scored_tokens)
+    assert sorted(summary[k] for k in ("length_min", "length_max")) == [
+        min(map(len, columns["chosen_input_ids"] + columns["rejected_input_ids"])),
+        max(map(len, columns["chosen_input_ids"] + columns["rejected_input_ids"]))]
+    # the first record, {"prompt": "What is 81 + 16?", "chosen": "81 + 16 = 97.", "rejected": "81 + 16 = 65."}:
+    # the shared prompt once, then each reply scored through its end-of-turn token
+    assert f"prompt:\n{CHATML_PROMPT}\nchosen:\n[[81 + 16 = 97.<|im_end|>]]\nrejected:\n[[81 + 16 = 65.<|im_end|>]]\n" \
+        in out
+
+
+def test_inspect_shows_a_tool_call_pair(tiny_model_dir, capsys):
+    out, _summary = _inspect(capsys, str(PREFERENCE / "pref_train.jsonl"), "--tokenizer", str(tiny_model_dir),
+                             "--sample", "2")
+    chosen = out[out.index("\nchosen:\n"):out.index("\nrejected:\n")]
+    assert chosen.startswith("\nchosen:\n[[<tool_call>") and '"2 * 6"' in chosen and chosen.endswith("<|im_end|>]]")
+    assert '"2 - 6"' in out[out.index("\nrejected:\n"):]
+
+
+def test_inspect_shows_kto_examples_with_their_labels(tiny_model_dir, tiny_tokenizer, capsys):
+    path = PREFERENCE / "kto_train.jsonl"
+    records = create_loader("jsonl").load(path)
+    out, summary = _inspect(capsys, str(path), "--tokenizer", str(tiny_model_dir), "--sample", "1")
+    _columns, stats = tokenize_unpaired_records(records, tiny_tokenizer)
+    assert summary["kind"] == "unpaired (KTO)" and summary["examples"] == stats.examples == len(records)
+    assert summary["desirable"] == sum(r["label"] for r in records) == stats.desirable
+    assert (summary["tokens"], summary["scored_tokens"]) == (stats.tokens, stats.scored_tokens)
+    # the second record, {"prompt": "Compute 16 * 3.", "completion": "16 * 3 = 47.", "label": false}
+    assert "completion (label false: undesirable):\n[[16 * 3 = 47.<|im_end|>]]\n" in out
+
+
+def test_inspect_reads_a_config_like_preference_training(tiny_model_dir, tmp_path, capsys):
+    """With a run config the method decides: loss_type kto unpairs the pairs, as training does."""
+    import yaml
+
+    config = tmp_path / "dpo.yaml"
+    config.write_text(yaml.safe_dump({
+        "method": "dpo", "preference": {"loss_type": "kto"},
+        "training": {"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "o")},
+        "data": {"train_file": str(PREFERENCE / "pref_eval.jsonl")}}))
+    out, summary = _inspect(capsys, str(config))
+    assert summary["kind"] == "unpaired (KTO)" and summary["records"] == 120
+    assert summary["examples"] == 240 and summary["desirable"] == summary["undesirable"] == 120
+    assert "completion (label true: desirable):\n[[" in out
