@@ -152,6 +152,7 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
     prep = {}
     if variant.startswith("ours"):
         import datasets  # noqa: F401 - imported before timing, as in TRL's runs
+
         from sage_libs.sage_finetune import TrainingConfig, create_trainer
         from sage_libs.sage_finetune.data import preference  # noqa: F401
 

@@ -314,7 +314,8 @@ def test_token_logps_float64_gradcheck():
 
 
 def _preference_batch(tokenizer, flatten):
-    from sage_libs.sage_finetune.data.preference import PreferenceCollator, tokenize_preference_records
+    from sage_libs.sage_finetune.data.preference import tokenize_preference_records
+    from sage_libs.sage_finetune.data.preference_collate import PreferenceCollator
 
     pairs = [{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
              {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "The number seven."},

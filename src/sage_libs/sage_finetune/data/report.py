@@ -102,16 +102,16 @@ class PreferenceReport:
     def sample_lines(self, tokenizer: Any, color: bool = True) -> list[str]:
         """The sample: the prompt once (chosen and rejected share its tokens), then each reply
         with its scored tokens highlighted (see :func:`highlight_trained`)."""
-        from .preference import _prompt_and_completion
+        from .preference_collate import prompt_and_completion
 
         if self.sample is None:
             return []
         sides = ["completion"] if self.unpaired else ["chosen", "rejected"]
         first = sides[0]
-        prompt, _ids, _labels = _prompt_and_completion(self.sample[f"{first}_input_ids"], self.sample[f"{first}_labels"])
+        prompt, _ids, _labels = prompt_and_completion(self.sample[f"{first}_input_ids"], self.sample[f"{first}_labels"])
         lines = ["prompt:", tokenizer.decode(prompt)]
         for side in sides:
-            _prompt, ids, labels = _prompt_and_completion(self.sample[f"{side}_input_ids"], self.sample[f"{side}_labels"])
+            _prompt, ids, labels = prompt_and_completion(self.sample[f"{side}_input_ids"], self.sample[f"{side}_labels"])
             title = f"completion (label {str(self.sample['label']).lower()}: " \
                     f"{'desirable' if self.sample['label'] else 'undesirable'}):" if self.unpaired else f"{side}:"
             lines += [title, highlight_trained(tokenizer, ids, labels, color=color)]

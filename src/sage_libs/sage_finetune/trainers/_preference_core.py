@@ -7,7 +7,7 @@ the model supports it). The reference log-probabilities come from, in this order
 once before training (``precompute_ref_log_probs``), a frozen copy (full fine-tuning), or the same
 model with its adapter disabled (adapter methods: no second copy).
 
-KTO (unpaired examples, :class:`..data.preference.UnpairedPreferenceCollator` batches): one forward
+KTO (unpaired examples, :class:`..data.preference_collate.UnpairedPreferenceCollator` batches): one forward
 with gradients over the examples, one without over the mismatched sequences of the KL estimate, and
 the reference's forwards over both.
 """
@@ -42,7 +42,7 @@ class SequenceLogps(NamedTuple):
 
 def sequence_logps(model: Any, inputs: dict[str, Any], n_sequences: int, selective: bool = True,
                    whole_upto: int = 0, chunked: bool | None = False) -> SequenceLogps:
-    """Log-probabilities of the ``n_sequences`` sequences of a :class:`..data.preference.PreferenceCollator`
+    """Log-probabilities of the ``n_sequences`` sequences of a :class:`..data.preference_collate.PreferenceCollator`
     batch. ``whole_upto`` > 0: sequences ``0 .. whole_upto-1`` are also scored over all their tokens
     (the logits at their prompt positions are computed too; the others' are not). ``chunked``
     (``training.chunked_lm_loss``, with ``selective``): the LM head runs in chunks of rows, so not
@@ -221,7 +221,7 @@ class PreferenceTrainerCore(SFTTrainerCore):
     def precompute_reference(self, dataset: Any, batch_size: int) -> Any:
         """``dataset`` with ``ref_chosen_logps`` and ``ref_rejected_logps`` columns, computed now (before
         any training step) by the reference."""
-        from ..data.preference import PreferenceCollator
+        from ..data.preference_collate import PreferenceCollator
 
         if dataset is None or "ref_chosen_logps" in dataset.column_names:
             return dataset

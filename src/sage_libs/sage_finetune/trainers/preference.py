@@ -9,7 +9,7 @@ unchanged except for three things, a small delta over :class:`.base.BaseTrainer`
   end-of-turn scored; with ``loss_type: kto``, unpaired records (prompt, completion, label) become
   one sequence each (KTO lives here rather than under its own trainer name because everything but
   the data and the loss, the method underneath and the reference policy, is shared);
-- batches: :class:`..data.preference.PreferenceCollator` (chosen and rejected in one forward,
+- batches: :class:`..data.preference_collate.PreferenceCollator` (chosen and rejected in one forward,
   padding-free on the CPU like SFT);
 - the loss: :class:`._preference_core.PreferenceTrainerCore`, a subclass of the SFT core whose
   ``compute_loss`` is the preference loss.
@@ -157,7 +157,7 @@ class _PreferenceMixin:
         return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
     def data_collator(self) -> Any:
-        from ..data.preference import PreferenceCollator, UnpairedPreferenceCollator
+        from ..data.preference_collate import PreferenceCollator, UnpairedPreferenceCollator
 
         flat = self.plan_fast_paths().padding_free
         if self.preference_config.loss_type == "kto":
