@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from . import constants as C
-from .memory import Batch, RunShape
+from .shapes import Batch, RunShape
 from .spec import ModelSpec
 from .timing import Throughput, seconds, step_cost
 
@@ -52,6 +52,27 @@ def _median(fn: Any, reps: int, budget: float) -> float:
             break
     times.sort()
     return times[len(times) // 2]
+
+
+# Each timing allocates its tensors in its own frame: they are freed when it returns.
+def _time_matmul(torch: Any, rows: int, H: int, I: int, dt: Any, dev: Any, sync: Any, budget: float) -> float:
+    """Seconds of one ``(rows x H) @ (H x I)`` product."""
+    a = torch.randn(rows, H, dtype=dt, device=dev)
+    b = torch.randn(H, I, dtype=dt, device=dev)
+    return _median(lambda: (a @ b, sync()), 15, budget)
+
+
+def _time_add(torch: Any, elems: int, dev: Any, sync: Any, budget: float) -> float:
+    """Seconds of one float32 ``x + y`` into a preallocated output of ``elems`` elements."""
+    x, y = torch.randn(elems, device=dev), torch.randn(elems, device=dev)
+    z = torch.empty_like(x)
+    return _median(lambda: (torch.add(x, y, out=z), sync()), 9, budget)
+
+
+def _time_bernoulli(torch: Any, elems: int, dt: Any, dev: Any, sync: Any, budget: float) -> float:
+    """Seconds of drawing a dropout mask of ``elems`` elements (``bernoulli_``)."""
+    mask = torch.empty(elems, dtype=dt, device=dev)
+    return _median(lambda: (mask.bernoulli_(0.9), sync()), 9, budget)
 
 
 def _mini_spec(spec: ModelSpec, max_layer_params: float = 40e6) -> ModelSpec:
@@ -90,11 +111,7 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     H, I = mini.hidden_size, mini.intermediate_size
     # ---- matmul
     rows = max(64, min(1024, int(1e9 / (2 * H * I))))
-    a = torch.randn(rows, H, dtype=dt, device=dev)
-    b = torch.randn(H, I, dtype=dt, device=dev)
-    t_mm = _median(lambda: (a @ b, sync()), 15, 0.2 * budget)
-    matmul_rate = 2.0 * rows * H * I / t_mm
-    del a, b
+    matmul_rate = 2.0 * rows * H * I / _time_matmul(torch, rows, H, I, dt, dev, sync, 0.2 * budget)
     # ---- attention: a fixed cost per call and a rate for the pairs, from two lengths
     nh, nkv, hd = mini.num_heads, mini.num_kv_heads, mini.head_dim
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -119,17 +136,11 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     h = max(0.0, (p2 - ratio * p1) / max(ratio * n1 - n2, 1e-9)) if ratio * n1 > n2 else 0.0
     h = min(h, 4096.0)
     c = t2 / (p2 + h * n2)
-    flops = lambda n: 12.0 * nh * hd * n * (n + 1) / 2  # noqa: E731 - forward + backward
-    attention_rate = 12.0 * nh * hd / c
+    attention_rate = 12.0 * nh * hd / c  # forward + backward: 12 x heads x head_dim FLOPs per pair
     call_seconds = max(0.0, t0 - c * (32 * 33 / 2 + h * 32)) / 2  # a forward and a backward call
-    del flops
     # ---- bandwidth and small autograd ops
     elems = 4 * 2**20  # 16 MiB of float32
-    x, y = torch.randn(elems, device=dev), torch.randn(elems, device=dev)
-    z = torch.empty_like(x)
-    t_bw = _median(lambda: (torch.add(x, y, out=z), sync()), 9, 0.05 * budget)
-    bandwidth = 3 * 4 * elems / t_bw
-    del x, y, z
+    bandwidth = 3 * 4 * elems / _time_add(torch, elems, dev, sync, 0.05 * budget)
     s = torch.ones(8, requires_grad=True)
 
     def small() -> None:
@@ -139,9 +150,7 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
         out.sum().backward()
 
     op_seconds = _median(small, 9, 0.05 * budget) / 90  # 30 forward ops, ~60 backward nodes and accumulations
-    mask = torch.empty(2**20, dtype=dt, device=dev)
-    random_seconds = _median(lambda: (mask.bernoulli_(0.9), sync()), 9, 0.03 * budget) / mask.numel()
-    del mask
+    random_seconds = _time_bernoulli(torch, 2**20, dt, dev, sync, 0.03 * budget) / 2**20
     tp = Throughput(matmul_flops=matmul_rate, attention_flops=attention_rate, bandwidth=bandwidth,
                     op_seconds=op_seconds, attention_call_seconds=call_seconds, random_seconds=random_seconds,
                     attention_row_pairs=h,
@@ -178,7 +187,7 @@ def build_mini_step(torch: Any, spec: ModelSpec, run: RunShape, doc_length: int,
     """Forward and backward of one Llama-style layer in plain torch on ``docs`` documents of
     ``doc_length`` tokens, trained as ``run`` trains it (LoRA adapters on the targeted projections,
     or every weight): a function that runs one step."""
-    from .memory import _targets
+    from .weights import _targets
 
     F = torch.nn.functional
     H, I, nh, nkv, hd = spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
