@@ -11,7 +11,8 @@ It measures the rates :func:`.timing.seconds` divides by, then an efficiency fac
   random number (CPU dropout draws a mask per adapted input);
 * the **efficiency factor**: a miniature training step, one decoder layer of this model (its
   width, heads, MLP and, for LoRA methods, adapters of the run's rank on the run's targets, with
-  dropout when the run has it) on as many tokens of the batch as the budget allows, in documents as
+  dropout when the run has it; a frozen layer with an input gradient when most layers the backward
+  goes through train nothing, as in freeze tuning under gradient checkpointing) on as many tokens of the batch as the budget allows, in documents as
   long as the data's typical ones, timed forward and backward and compared with what
   :func:`.timing.step_cost` predicts for it from the rates above, relative to the same ratio on
   the development machine running alone (:data:`.constants.PROBE_MINI_STEP_EFFICIENCY`). The
@@ -32,6 +33,7 @@ from . import constants as C
 from .shapes import Batch, RunShape
 from .spec import ModelSpec
 from .timing import Throughput, seconds, step_cost
+from .weights import _layout
 
 __all__ = ["run_probe"]
 
@@ -99,8 +101,9 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     run = run or RunShape(method="lora", lora_r=16, lora_targets="all-linear", lora_dropout=0.0)
     doc_length = max(16, min(int(doc_length), 1024))
     mini = _mini_spec(spec)
+    frozen = _mostly_frozen_through(spec, run)
     key = (mini.hidden_size, mini.intermediate_size, mini.num_heads, mini.num_kv_heads, mini.head_dim, run.method,
-           run.lora_r, str(run.lora_targets), run.lora_dropout > 0, doc_length, tokens, dtype, device)
+           run.lora_r, str(run.lora_targets), run.lora_dropout > 0, frozen, doc_length, tokens, dtype, device)
     if cache and key in _cache:
         return _cache[key]
     import torch
@@ -163,11 +166,14 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     tokens = int(max(32, min(tokens, affordable, 4096)))  # as many as the real batch, when affordable
     doc = min(doc_length, tokens)
     n_docs = max(1, tokens // doc)
-    step = build_mini_step(torch, mini, run, doc, n_docs, dt, dev, sync)
-    measured = _median(step, 9, 0.5 * budget)
-    docs = [doc] * n_docs
     mini_run = dataclasses.replace(run, gradient_checkpointing=False, quant_bits=None, use_dora=False,
                                    attention="doc", padding_free=True, lora_layers=None, modules_to_save=[])
+    if frozen:  # the layer as most of the run's layers are: frozen, a gradient flowing through it
+        mini_run = dataclasses.replace(mini_run, method="freeze", freeze_layers=0, train_embeddings=True,
+                                       train_lm_head=False)
+    step = build_mini_step(torch, mini, mini_run, doc, n_docs, dt, dev, sync, input_grad=frozen)
+    measured = _median(step, 9, 0.5 * budget)
+    docs = [doc] * n_docs
     predicted = seconds(step_cost(mini, mini_run, Batch(rows=1, row_len=sum(docs), doc_lengths=docs, trained=0)), tp)
     # a one-layer step of a few hundred tokens carries overheads that a full step amortizes: on the
     # development machine, alone, it ran at PROBE_MINI_STEP_EFFICIENCY of the cost model while full
@@ -182,17 +188,33 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     return tp
 
 
+def _mostly_frozen_through(spec: ModelSpec, run: RunShape) -> bool:
+    """Whether most layers the run's backward goes through train nothing (freeze tuning under
+    gradient checkpointing, whose ``enable_input_require_grads`` sends the gradient down to the
+    embeddings through every frozen layer): the probe's mini step is then such a layer, input
+    gradient and no weight gradient, not a trained one (weight gradients and their accumulation
+    make a trained layer's step relatively slower than a frozen one's)."""
+    if run.is_lora:
+        return False
+    lay = _layout(run, spec)
+    in_grad_from_start = lay.embeddings_train or (run.gradient_checkpointing and lay.first_grad_layer < spec.num_layers)
+    recorded = spec.num_layers - (0 if in_grad_from_start else min(lay.first_grad_layer, spec.num_layers))
+    trained = len(lay.trainable_base_layers)
+    return recorded - trained > trained
+
+
 def build_mini_step(torch: Any, spec: ModelSpec, run: RunShape, doc_length: int, docs: int, dt: Any, dev: Any,
-                    sync: Any) -> Any:
+                    sync: Any, input_grad: bool = False) -> Any:
     """Forward and backward of one Llama-style layer in plain torch on ``docs`` documents of
     ``doc_length`` tokens, trained as ``run`` trains it (LoRA adapters on the targeted projections,
-    or every weight): a function that runs one step."""
+    every weight, or none with ``freeze_layers=0``), with a gradient into its input when
+    ``input_grad``: a function that runs one step."""
     from .weights import _targets
 
     F = torch.nn.functional
     H, I, nh, nkv, hd = spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
     T = docs * doc_length
-    full = not run.is_lora
+    full = not run.is_lora and not (run.method == "freeze" and run.freeze_layers == 0)
     targets = _targets(run, spec) if run.is_lora else set()
     r = run.lora_r
     g = torch.Generator().manual_seed(0)
@@ -209,7 +231,7 @@ def build_mini_step(torch: Any, spec: ModelSpec, run: RunShape, doc_length: int,
             p[name] += [weight(r, i, True), torch.zeros(o, r, dtype=dt, device=dev, requires_grad=True)]
     norms = [torch.ones(H, dtype=dt, device=dev, requires_grad=full) for _ in range(2)]
     drop = run.is_lora and run.lora_dropout > 0
-    x0 = torch.randn(1, T, H, dtype=dt, device=dev)
+    x0 = torch.randn(1, T, H, dtype=dt, device=dev).requires_grad_(input_grad)
     cos = torch.randn(1, T, hd, dtype=dt, device=dev)
     sin = torch.randn(1, T, hd, dtype=dt, device=dev)
     sizes = [doc_length] * docs
