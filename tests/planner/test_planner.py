@@ -345,6 +345,21 @@ def test_time_is_flops_over_throughput():
     assert gc.time.step_seconds > p1.time.step_seconds  # the forward runs twice
 
 
+def test_probe_mini_step_is_a_layer_like_most_of_the_run():
+    """Freeze tuning under gradient checkpointing sends the gradient down through every frozen
+    layer: the probe's mini step (the efficiency factor) is then a frozen layer with an input
+    gradient, not a trained one (with a trained one, large-freeze-b4-256-gc in
+    benchmarks/plan_accuracy.py was predicted 15-36% slower than measured)."""
+    from sage_libs.sage_finetune.planner.probe import _mostly_frozen_through
+
+    s = ModelSpec.from_config({**LLAMA, "num_hidden_layers": 12})
+    assert _mostly_frozen_through(s, RunShape(method="freeze", freeze_layers=2, gradient_checkpointing=True))
+    assert _mostly_frozen_through(s, RunShape(method="freeze", freeze_layers=2, train_embeddings=True))
+    assert not _mostly_frozen_through(s, RunShape(method="freeze", freeze_layers=2))  # the rest: forward only
+    assert not _mostly_frozen_through(s, RunShape(method="freeze", freeze_layers=8, gradient_checkpointing=True))
+    assert not _mostly_frozen_through(s, RunShape(method="full", gradient_checkpointing=True))
+    assert not _mostly_frozen_through(s, lora(gradient_checkpointing=True))
+
 def test_planning_imports_no_torch():
     code = ("import sys\n"
             "from sage_libs.sage_finetune.planner.plan import plan_from_lengths\n"

@@ -5,7 +5,8 @@
 
 The model's ``config.json`` gives its shapes (:mod:`.spec`), the run's own data preparation gives
 the token lengths (:mod:`.batches`), and the arithmetic of :mod:`.memory` and :mod:`.timing`
-turns them into bytes and seconds; :mod:`.probe` measures this machine's throughput in about two
+turns them into bytes and seconds (:mod:`.memory` puts together :mod:`.shapes`, :mod:`.weights` and
+:mod:`.activations`); :mod:`.probe` measures this machine's throughput in about two
 seconds; :mod:`.suggest` finds what to change to fit a budget. Only the probe imports torch.
 """
 

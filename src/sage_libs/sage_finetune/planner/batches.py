@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .memory import Batch
+from .shapes import Batch
 
 __all__ = ["Lengths", "lengths_of", "largest_batch", "epoch_batches", "epoch_total", "truncated_at"]
 

@@ -15,8 +15,8 @@ def check_before_load(trainer: Any, train_dataset: Any) -> Any:
     """Plan ``trainer``'s run on the prepared ``train_dataset`` (memory only, no probe) and warn
     when it exceeds the memory available now. Returns the plan (None when it could not be made:
     planning never stops a run)."""
-    from .memory import GIB
     from .plan import plan_trainer
+    from .shapes import GIB
 
     try:
         plan = plan_trainer(trainer, dataset=train_dataset, probe=False, suggest=False)

@@ -29,7 +29,7 @@ is typically 5-20% over the allocated peak in training loops."""
 # it cannot be reused while tensors saved for backward sit above it: the heap ends larger than the
 # peak of what is in use. Measured with glibc's ``mallinfo2`` around real steps (heap size minus the
 # peak in use, from the second step on) and expressed as a share of the bytes each kind of layer
-# allocates and frees during its forward (:func:`.memory._layer_bytes`):
+# allocates and frees during its forward (:func:`.activations._layer_bytes`):
 CPU_FRAG_ADAPTER = 0.48
 """Layers whose base is frozen and that carry adapters (LoRA, DoRA, QLoRA): 0.44-0.49 measured."""
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from . import constants as C
 from .batches import Lengths, epoch_total, largest_batch, lengths_of
-from .memory import GIB, MIB, Batch, MemoryPlan, RunShape, plan_memory
+from .memory import plan_memory
+from .shapes import GIB, MIB, Batch, MemoryPlan, RunShape
 from .spec import ModelSpec, dtype_bytes, weights_file_bytes
 from .timing import Cost, Throughput, seconds, step_cost
 

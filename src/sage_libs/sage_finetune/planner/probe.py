@@ -11,7 +11,8 @@ It measures the rates :func:`.timing.seconds` divides by, then an efficiency fac
   random number (CPU dropout draws a mask per adapted input);
 * the **efficiency factor**: a miniature training step, one decoder layer of this model (its
   width, heads, MLP and, for LoRA methods, adapters of the run's rank on the run's targets, with
-  dropout when the run has it) on as many tokens of the batch as the budget allows, in documents as
+  dropout when the run has it; a frozen layer with an input gradient when most layers the backward
+  goes through train nothing, as in freeze tuning under gradient checkpointing) on as many tokens of the batch as the budget allows, in documents as
   long as the data's typical ones, timed forward and backward and compared with what
   :func:`.timing.step_cost` predicts for it from the rates above, relative to the same ratio on
   the development machine running alone (:data:`.constants.PROBE_MINI_STEP_EFFICIENCY`). The
@@ -29,9 +30,10 @@ import time
 from typing import Any
 
 from . import constants as C
-from .memory import Batch, RunShape
+from .shapes import Batch, RunShape
 from .spec import ModelSpec
 from .timing import Throughput, seconds, step_cost
+from .weights import _layout
 
 __all__ = ["run_probe"]
 
@@ -52,6 +54,27 @@ def _median(fn: Any, reps: int, budget: float) -> float:
             break
     times.sort()
     return times[len(times) // 2]
+
+
+# Each timing allocates its tensors in its own frame: they are freed when it returns.
+def _time_matmul(torch: Any, rows: int, H: int, I: int, dt: Any, dev: Any, sync: Any, budget: float) -> float:
+    """Seconds of one ``(rows x H) @ (H x I)`` product."""
+    a = torch.randn(rows, H, dtype=dt, device=dev)
+    b = torch.randn(H, I, dtype=dt, device=dev)
+    return _median(lambda: (a @ b, sync()), 15, budget)
+
+
+def _time_add(torch: Any, elems: int, dev: Any, sync: Any, budget: float) -> float:
+    """Seconds of one float32 ``x + y`` into a preallocated output of ``elems`` elements."""
+    x, y = torch.randn(elems, device=dev), torch.randn(elems, device=dev)
+    z = torch.empty_like(x)
+    return _median(lambda: (torch.add(x, y, out=z), sync()), 9, budget)
+
+
+def _time_bernoulli(torch: Any, elems: int, dt: Any, dev: Any, sync: Any, budget: float) -> float:
+    """Seconds of drawing a dropout mask of ``elems`` elements (``bernoulli_``)."""
+    mask = torch.empty(elems, dtype=dt, device=dev)
+    return _median(lambda: (mask.bernoulli_(0.9), sync()), 9, budget)
 
 
 def _mini_spec(spec: ModelSpec, max_layer_params: float = 40e6) -> ModelSpec:
@@ -78,8 +101,9 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     run = run or RunShape(method="lora", lora_r=16, lora_targets="all-linear", lora_dropout=0.0)
     doc_length = max(16, min(int(doc_length), 1024))
     mini = _mini_spec(spec)
+    frozen = _mostly_frozen_through(spec, run)
     key = (mini.hidden_size, mini.intermediate_size, mini.num_heads, mini.num_kv_heads, mini.head_dim, run.method,
-           run.lora_r, str(run.lora_targets), run.lora_dropout > 0, doc_length, tokens, dtype, device)
+           run.lora_r, str(run.lora_targets), run.lora_dropout > 0, frozen, doc_length, tokens, dtype, device)
     if cache and key in _cache:
         return _cache[key]
     import torch
@@ -90,11 +114,7 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     H, I = mini.hidden_size, mini.intermediate_size
     # ---- matmul
     rows = max(64, min(1024, int(1e9 / (2 * H * I))))
-    a = torch.randn(rows, H, dtype=dt, device=dev)
-    b = torch.randn(H, I, dtype=dt, device=dev)
-    t_mm = _median(lambda: (a @ b, sync()), 15, 0.2 * budget)
-    matmul_rate = 2.0 * rows * H * I / t_mm
-    del a, b
+    matmul_rate = 2.0 * rows * H * I / _time_matmul(torch, rows, H, I, dt, dev, sync, 0.2 * budget)
     # ---- attention: a fixed cost per call and a rate for the pairs, from two lengths
     nh, nkv, hd = mini.num_heads, mini.num_kv_heads, mini.head_dim
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -119,17 +139,11 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     h = max(0.0, (p2 - ratio * p1) / max(ratio * n1 - n2, 1e-9)) if ratio * n1 > n2 else 0.0
     h = min(h, 4096.0)
     c = t2 / (p2 + h * n2)
-    flops = lambda n: 12.0 * nh * hd * n * (n + 1) / 2  # noqa: E731 - forward + backward
-    attention_rate = 12.0 * nh * hd / c
+    attention_rate = 12.0 * nh * hd / c  # forward + backward: 12 x heads x head_dim FLOPs per pair
     call_seconds = max(0.0, t0 - c * (32 * 33 / 2 + h * 32)) / 2  # a forward and a backward call
-    del flops
     # ---- bandwidth and small autograd ops
     elems = 4 * 2**20  # 16 MiB of float32
-    x, y = torch.randn(elems, device=dev), torch.randn(elems, device=dev)
-    z = torch.empty_like(x)
-    t_bw = _median(lambda: (torch.add(x, y, out=z), sync()), 9, 0.05 * budget)
-    bandwidth = 3 * 4 * elems / t_bw
-    del x, y, z
+    bandwidth = 3 * 4 * elems / _time_add(torch, elems, dev, sync, 0.05 * budget)
     s = torch.ones(8, requires_grad=True)
 
     def small() -> None:
@@ -139,9 +153,7 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
         out.sum().backward()
 
     op_seconds = _median(small, 9, 0.05 * budget) / 90  # 30 forward ops, ~60 backward nodes and accumulations
-    mask = torch.empty(2**20, dtype=dt, device=dev)
-    random_seconds = _median(lambda: (mask.bernoulli_(0.9), sync()), 9, 0.03 * budget) / mask.numel()
-    del mask
+    random_seconds = _time_bernoulli(torch, 2**20, dt, dev, sync, 0.03 * budget) / 2**20
     tp = Throughput(matmul_flops=matmul_rate, attention_flops=attention_rate, bandwidth=bandwidth,
                     op_seconds=op_seconds, attention_call_seconds=call_seconds, random_seconds=random_seconds,
                     attention_row_pairs=h,
@@ -154,11 +166,14 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     tokens = int(max(32, min(tokens, affordable, 4096)))  # as many as the real batch, when affordable
     doc = min(doc_length, tokens)
     n_docs = max(1, tokens // doc)
-    step = build_mini_step(torch, mini, run, doc, n_docs, dt, dev, sync)
-    measured = _median(step, 9, 0.5 * budget)
-    docs = [doc] * n_docs
     mini_run = dataclasses.replace(run, gradient_checkpointing=False, quant_bits=None, use_dora=False,
                                    attention="doc", padding_free=True, lora_layers=None, modules_to_save=[])
+    if frozen:  # the layer as most of the run's layers are: frozen, a gradient flowing through it
+        mini_run = dataclasses.replace(mini_run, method="freeze", freeze_layers=0, train_embeddings=True,
+                                       train_lm_head=False)
+    step = build_mini_step(torch, mini, mini_run, doc, n_docs, dt, dev, sync, input_grad=frozen)
+    measured = _median(step, 9, 0.5 * budget)
+    docs = [doc] * n_docs
     predicted = seconds(step_cost(mini, mini_run, Batch(rows=1, row_len=sum(docs), doc_lengths=docs, trained=0)), tp)
     # a one-layer step of a few hundred tokens carries overheads that a full step amortizes: on the
     # development machine, alone, it ran at PROBE_MINI_STEP_EFFICIENCY of the cost model while full
@@ -173,17 +188,33 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     return tp
 
 
+def _mostly_frozen_through(spec: ModelSpec, run: RunShape) -> bool:
+    """Whether most layers the run's backward goes through train nothing (freeze tuning under
+    gradient checkpointing, whose ``enable_input_require_grads`` sends the gradient down to the
+    embeddings through every frozen layer): the probe's mini step is then such a layer, input
+    gradient and no weight gradient, not a trained one (weight gradients and their accumulation
+    make a trained layer's step relatively slower than a frozen one's)."""
+    if run.is_lora:
+        return False
+    lay = _layout(run, spec)
+    in_grad_from_start = lay.embeddings_train or (run.gradient_checkpointing and lay.first_grad_layer < spec.num_layers)
+    recorded = spec.num_layers - (0 if in_grad_from_start else min(lay.first_grad_layer, spec.num_layers))
+    trained = len(lay.trainable_base_layers)
+    return recorded - trained > trained
+
+
 def build_mini_step(torch: Any, spec: ModelSpec, run: RunShape, doc_length: int, docs: int, dt: Any, dev: Any,
-                    sync: Any) -> Any:
+                    sync: Any, input_grad: bool = False) -> Any:
     """Forward and backward of one Llama-style layer in plain torch on ``docs`` documents of
     ``doc_length`` tokens, trained as ``run`` trains it (LoRA adapters on the targeted projections,
-    or every weight): a function that runs one step."""
-    from .memory import _targets
+    every weight, or none with ``freeze_layers=0``), with a gradient into its input when
+    ``input_grad``: a function that runs one step."""
+    from .weights import _targets
 
     F = torch.nn.functional
     H, I, nh, nkv, hd = spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
     T = docs * doc_length
-    full = not run.is_lora
+    full = not run.is_lora and not (run.method == "freeze" and run.freeze_layers == 0)
     targets = _targets(run, spec) if run.is_lora else set()
     r = run.lora_r
     g = torch.Generator().manual_seed(0)
@@ -200,7 +231,7 @@ def build_mini_step(torch: Any, spec: ModelSpec, run: RunShape, doc_length: int,
             p[name] += [weight(r, i, True), torch.zeros(o, r, dtype=dt, device=dev, requires_grad=True)]
     norms = [torch.ones(H, dtype=dt, device=dev, requires_grad=full) for _ in range(2)]
     drop = run.is_lora and run.lora_dropout > 0
-    x0 = torch.randn(1, T, H, dtype=dt, device=dev)
+    x0 = torch.randn(1, T, H, dtype=dt, device=dev).requires_grad_(input_grad)
     cos = torch.randn(1, T, hd, dtype=dt, device=dev)
     sin = torch.randn(1, T, hd, dtype=dt, device=dev)
     sizes = [doc_length] * docs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .memory import GIB
+from .shapes import GIB
 
 __all__ = ["render_plan", "format_seconds"]
 

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .memory import Batch, RunShape, _layer_bytes, _layout
+from .activations import _layer_bytes
+from .shapes import Batch, RunShape
 from .spec import ModelSpec
+from .weights import _layout
 
 __all__ = ["Cost", "step_cost", "attention_pairs", "Throughput", "seconds"]
 
