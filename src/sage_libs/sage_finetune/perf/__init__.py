@@ -44,7 +44,7 @@ class FastPaths:
     """The fast paths one run uses (see the module docstring)."""
 
     selective_logits: bool = False
-    chunked_lm_loss: bool | None = False  # None: by size, per batch (chunked_ce.use_chunked_lm_loss)
+    chunked_lm_loss: bool | None = None  # None (the option's default): by size (chunked_ce.use_chunked_lm_loss)
     padding_free: bool = False
     doc_attention: bool = False
     malloc_tuning: bool = False
