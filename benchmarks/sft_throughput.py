@@ -406,7 +406,8 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
                             save_strategy="no", disable_tqdm=True, seed=TRAIN["seed"],
                             model_dtype="bfloat16" if cuda else "float32", bf16=cuda, attn_implementation=attn,
                             use_cpu=not cuda, selective_logits=variant != "ours_no_selective_logits",
-                            malloc_tuning=variant != "ours_no_malloc_tuning", gradient_checkpointing=gc)
+                            malloc_tuning=False if variant == "ours_no_malloc_tuning" else None,  # None: our default
+                            gradient_checkpointing=gc)
         dc = DataConfig(packing=variant == "ours_packed", padding_free=False if variant == "ours_padded" else None,
                         cache_dir=str(out_dir / "cache"))
         trainer = create_trainer("lora", training_config=tc, lora_config=dict(LORA), data_config=dc,
