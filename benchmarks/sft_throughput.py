@@ -97,6 +97,7 @@ LABELS = {
     "trl_liger": "TRL group_by_length + Liger",
     "ours_no_selective_logits": "ours default, full logits",
     "ours_no_malloc_tuning": "ours default, no malloc tuning",
+    "ours_malloc_tuning": "ours default, malloc tuning on",
     "ours_padded": "ours padded batches",
     "trl_group_by_length_malloc_env": "TRL group_by_length + MALLOC_* env",
 }
@@ -406,7 +407,8 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
                             save_strategy="no", disable_tqdm=True, seed=TRAIN["seed"],
                             model_dtype="bfloat16" if cuda else "float32", bf16=cuda, attn_implementation=attn,
                             use_cpu=not cuda, selective_logits=variant != "ours_no_selective_logits",
-                            malloc_tuning=False if variant == "ours_no_malloc_tuning" else None,  # None: our default
+                            # None: our default
+                            malloc_tuning={"ours_no_malloc_tuning": False, "ours_malloc_tuning": True}.get(variant),
                             gradient_checkpointing=gc)
         dc = DataConfig(packing=variant == "ours_packed", padding_free=False if variant == "ours_padded" else None,
                         cache_dir=str(out_dir / "cache"))
