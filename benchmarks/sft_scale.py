@@ -10,8 +10,12 @@ embeddings, fp32) with ``--layers`` decoder layers (4; Qwen2-0.5B has 24), LoRA 
 linear projection, per-document attention installed as the trainer does. One padding-free row of
 ``seq`` tokens made of several documents (a long conversation at 8192: documents of 4096, 2048,
 1024, 512, 512 tokens; at 2048: 1024, 512, 256, 256), the second half of every document trained
-(assistant replies), our selective / chunked loss (as the trainer), AdamW over the LoRA
-parameters. Variants, each in its own interpreter (peak RSS = that run's VmHWM), alternated:
+(assistant replies), AdamW over the LoRA parameters. The fast paths are decided and installed as
+the trainer does (``perf.plan_fast_paths`` / ``install_fast_paths`` with default options: selective
+logits, chunked LM loss by size, per-document attention, malloc tuning); ``--chunked-lm-loss off``
+measures the unchunked head and loss instead (what this script measured before it asked the planner:
+~4 float32 copies of the ``(trained tokens, vocab)`` logits, 8 GB of the 9.5 GB one layer added at
+8192 tokens). Variants, each in its own interpreter (peak RSS = that run's VmHWM), alternated:
 
 * ``none``: no checkpointing;
 * ``full``: every decoder layer checkpointed (``training.gradient_checkpointing: true``:
@@ -87,18 +91,18 @@ def _docs(seq: int) -> tuple[int, ...]:
     return (seq // 2, seq // 4, seq - seq // 2 - seq // 4)
 
 
-def run_one(variant: str, seq: int, layers: int, steps: int, threads: int) -> dict:
+def run_one(variant: str, seq: int, layers: int, steps: int, threads: int, chunked: str = "auto") -> dict:
+    from types import SimpleNamespace
+
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     from sage_libs.sage_finetune.data.collate import PackedCollator
-    from sage_libs.sage_finetune.perf.allocator import tune_malloc
-    from sage_libs.sage_finetune.perf.doc_attention import install_doc_attention
+    from sage_libs.sage_finetune.perf import install_fast_paths, plan_fast_paths
     from sage_libs.sage_finetune.perf.selective_logits import selective_causal_lm_loss
 
     torch.set_num_threads(threads)
-    tune_malloc()  # as the trainer does by default
     limit = start_rss_guard(float(os.environ["SAGE_BENCH_RSS_LIMIT_MB"]) if os.environ.get("SAGE_BENCH_RSS_LIMIT_MB")
                             else None)
     torch.manual_seed(0)
@@ -107,7 +111,10 @@ def run_one(variant: str, seq: int, layers: int, steps: int, threads: int) -> di
                          rope_theta=1e6, tie_word_embeddings=True, use_cache=False)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
-    assert install_doc_attention(model)
+    # the trainer's one decision (default options, padding-free rows), installed as the trainer does
+    training = SimpleNamespace(chunked_lm_loss={"auto": None, "on": True, "off": False}[chunked], use_cpu=True)
+    paths = install_fast_paths(model, plan_fast_paths(model, training, SimpleNamespace(padding_free=True)))
+    assert paths.selective_logits and paths.doc_attention and paths.padding_free, paths.describe()
     if variant != "none":
         every = 1 if variant == "full" else int(variant.removeprefix("every"))
         model.get_base_model().activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every)
@@ -125,14 +132,15 @@ def run_one(variant: str, seq: int, layers: int, steps: int, threads: int) -> di
     times, losses = [], []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
-        loss = selective_causal_lm_loss(model, dict(batch))
+        loss = selective_causal_lm_loss(model, dict(batch), chunked=paths.chunked_lm_loss)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
     peak = _rss_mb("VmHWM")
-    return {"variant": variant, "seq": seq, "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak, 1),
+    return {"variant": variant, "seq": seq, "fast_paths": paths.describe(),
+            "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak, 1),
             "step_added_mb": round(peak - rss_before, 1), "step_s_median": round(statistics.median(times[1:]), 3),
             "step_s_all": [round(t, 3) for t in times], "first_loss": losses[0],
             "loadavg": [round(x, 2) for x in os.getloadavg()], "rss_limit_mb": round(limit)}
@@ -146,6 +154,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs per variant (alternated); medians reported")
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--chunked-lm-loss", choices=("auto", "on", "off"), default="auto",
+                    help="training.chunked_lm_loss (auto: null, the default: on by size)")
     ap.add_argument("--rss-limit-gb", type=float, default=None,
                     help="stop a run whose RSS passes this and record it as out of memory (default: what the "
                          "machine has available when the run starts, less 1.5 GB)")
@@ -154,7 +164,7 @@ def main() -> None:
     ap.add_argument("--_seq", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
-        print(json.dumps(run_one(args._child, args._seq, args.layers, args.steps, args.threads)))
+        print(json.dumps(run_one(args._child, args._seq, args.layers, args.steps, args.threads, args.chunked_lm_loss)))
         return
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                SAGE_BENCH_RSS_LIMIT_MB=str(args.rss_limit_gb * 1024) if args.rss_limit_gb else "",
@@ -167,7 +177,8 @@ def main() -> None:
         for seq in seqs:
             for v in (variants if rep % 2 == 0 else variants[::-1]):
                 cmd = [sys.executable, __file__, "--_child", v, "--_seq", str(seq), "--layers", str(args.layers),
-                       "--steps", str(args.steps), "--threads", str(args.threads)]
+                       "--steps", str(args.steps), "--threads", str(args.threads),
+                       "--chunked-lm-loss", args.chunked_lm_loss]
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 guard = [line for line in proc.stdout.splitlines() if line.startswith("OOM-GUARD")]
                 if guard or proc.returncode in (-9, 137):
@@ -202,7 +213,8 @@ def main() -> None:
                                     "vocab 129280, tied, fp32, LoRA r=16 all-linear, per-document attention, "
                                     "one padding-free row, second half of each document trained",
                            "layers": args.layers, "seqs": seqs, "docs": {str(s): list(_docs(s)) for s in seqs},
-                           "steps": args.steps, "repeats": args.repeats, "threads": args.threads},
+                           "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
+                           "chunked_lm_loss": args.chunked_lm_loss},
               "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                           "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
               "summary": summary, "runs": runs}

@@ -97,6 +97,7 @@ LABELS = {
     "trl_liger": "TRL group_by_length + Liger",
     "ours_no_selective_logits": "ours default, full logits",
     "ours_no_malloc_tuning": "ours default, no malloc tuning",
+    "ours_malloc_tuning": "ours default, malloc tuning on",
     "ours_padded": "ours padded batches",
     "trl_group_by_length_malloc_env": "TRL group_by_length + MALLOC_* env",
 }
@@ -287,6 +288,19 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
+def _restart_peak_rss() -> float:
+    """This process's peak RSS so far (VmHWM, MB), then start a new one (Linux: ``/proc/self/clear_refs``
+    5 sets VmHWM to the current RSS), so that each phase of a run (loading, training, evaluation) has its
+    own peak. Returns nan where that is not available."""
+    peak = _rss_mb("VmHWM")
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return peak
+
+
 def _mem_available_mb() -> float:
     with open("/proc/meminfo", encoding="ascii") as f:
         for line in f:
@@ -333,10 +347,12 @@ def _timer_callback():
 
     class Timer(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
+            self.peak_load = _restart_peak_rss()  # process start, data, model loading, the trainer's set-up
             self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_train_end(self, args, state, control, **kw):
             self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+            self.peak_train = _restart_peak_rss()  # the training steps
             self.loss = next((h["train_loss"] for h in reversed(state.log_history) if "train_loss" in h), None)
 
     return Timer()
@@ -391,7 +407,9 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
                             save_strategy="no", disable_tqdm=True, seed=TRAIN["seed"],
                             model_dtype="bfloat16" if cuda else "float32", bf16=cuda, attn_implementation=attn,
                             use_cpu=not cuda, selective_logits=variant != "ours_no_selective_logits",
-                            malloc_tuning=variant != "ours_no_malloc_tuning", gradient_checkpointing=gc)
+                            # None: our default
+                            malloc_tuning={"ours_no_malloc_tuning": False, "ours_malloc_tuning": True}.get(variant),
+                            gradient_checkpointing=gc)
         dc = DataConfig(packing=variant == "ours_packed", padding_free=False if variant == "ours_padded" else None,
                         cache_dir=str(out_dir / "cache"))
         trainer = create_trainer("lora", training_config=tc, lora_config=dict(LORA), data_config=dc,
@@ -472,6 +490,8 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
     lengths = [len(ids) for ids, _ in examples]
     trained = sum(sum(1 for x in labels[1:] if x != -100) for _, labels in examples)
     ev = eval_loss(model, tokenized(work["eval"], tokenizer, TRAIN["max_length"]))
+    # peak RSS per phase: the eval below computes full (tokens, vocab) logits at batch 1, outside training
+    phases = {"load": timer.peak_load, "train": timer.peak_train, "eval": _restart_peak_rss()}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     frozen = sum(m.base_layer.weight.numel() if hasattr(m, "base_layer") else m.weight.numel()
                  for name, m in base.named_modules()
@@ -490,7 +510,8 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
     return {"variant": variant, "prep_s": sum(prep.values()), "train_s": timer.wall, "train_cpu_s": timer.cpu,
             "train_loss": timer.loss, "real_tokens": sum(lengths), "own_real_tokens": own_real,
             "trained_tokens": trained, "computed_tokens": computed, "eval_loss": ev,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "useful_flops": useful,
+            "peak_rss_mb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, *phases.values()),
+            "peak_rss_phases_mb": {k: round(v, 1) for k, v in phases.items()}, "useful_flops": useful,
             "useful_flops_head_trained_only": useful_head_trained, "gradient_checkpointing": gc,
             "frozen_matmul_params": frozen, "lora_params": lora, "max_length": TRAIN["max_length"],
             "batch_size": TRAIN["batch_size"], **extra}
@@ -614,7 +635,8 @@ def summarize(runs: list[dict], peak: float) -> dict:
     row = {k: _median([r.get(k) for r in runs]) for k in keys}
     row.update({k: first.get(k) for k in ("real_tokens", "own_real_tokens", "trained_tokens", "useful_flops",
                                           "useful_flops_head_trained_only", "doc_attention", "selective_logits",
-                                          "padding_free", "collator", "gradient_checkpointing", "attn_implementation")})
+                                          "padding_free", "collator", "gradient_checkpointing", "attn_implementation",
+                                          "peak_rss_phases_mb")})
     if any("peak_cuda_mb" in r for r in runs):
         row["peak_cuda_mb"] = _median([r.get("peak_cuda_mb") for r in runs])
     row["failed_runs"] = len(failed)

@@ -296,3 +296,20 @@ def test_cache_key_covers_tokenizer_and_template(tiny_tokenizer):
     other.add_tokens(["<brand-new-token>"])
     assert base != cache_key(records, other, {"chat_template": "A"})
     assert cache_key(iter(records), tiny_tokenizer, {}) is None  # a stream is not cached
+
+
+def test_malloc_tuning_default_is_off_with_gradient_checkpointing():
+    """``training.malloc_tuning: null`` (the default): on, except with gradient checkpointing (the heap's
+    stuck share of every layer's freed forward transients outweighs what checkpointing saves); an
+    explicit value wins. The planner reads the same decision."""
+    from sage_libs.sage_finetune import TrainingConfig
+    from sage_libs.sage_finetune.perf import malloc_tuning_for
+
+    def tc(**kw):
+        return TrainingConfig(model_name_or_path="m", output_dir="o", **kw)
+
+    assert tc().malloc_tuning is None
+    assert malloc_tuning_for(tc()) is True
+    assert malloc_tuning_for(tc(gradient_checkpointing=True)) is False
+    assert malloc_tuning_for(tc(gradient_checkpointing=True, malloc_tuning=True)) is True
+    assert malloc_tuning_for(tc(malloc_tuning=False)) is False

@@ -9,6 +9,7 @@ chunked LM loss             no ``(tokens, vocab)`` logits at all (chunks)       
 padding-free batches        no padding; one row per batch                       ``data.padding_free``
 per-document attention      attention cost of each document, not of the row     (with padding-free / packing)
 allocator tuning            page faults of each step's activations (glibc)      ``training.malloc_tuning``
+                            (off by default with gradient checkpointing)
 compiled decoder layers     non-matmul time (fused by inductor); off: compiles  ``training.compile_layers``
 ==========================  =================================================  ==========================
 
@@ -24,7 +25,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FastPaths", "plan_fast_paths", "install_fast_paths", "CHUNK_BYTES", "AUTO_LOGITS_BYTES"]
+__all__ = ["FastPaths", "plan_fast_paths", "install_fast_paths", "malloc_tuning_for", "CHUNK_BYTES",
+           "AUTO_LOGITS_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +42,26 @@ AUTO_LOGITS_BYTES = 256 * 2**20
 take more than this (e.g. 520 trained tokens of a 129k vocabulary)."""
 
 
+def malloc_tuning_for(training_config: Any) -> bool:
+    """``training.malloc_tuning`` for a run (the planner reads the same): an explicit true/false wins;
+    null is on unless ``gradient_checkpointing`` is. The tuned glibc heap keeps what a step frees, and
+    part of it stays stuck below the tensors saved for backward: about 40% of the bytes every layer's
+    forward frees (planner/constants.py). Checkpointing is chosen to save memory and frees every
+    layer's activations; the stuck part then dominates the peak (Qwen2-0.5B shape, 129k vocabulary,
+    LoRA, batch 8 x 1024, three steps: training peak 10.2 GB tuned, 5.7 GB not;
+    benchmarks/results/sft_throughput_qwen0.5b_b8_len1024_phases*.json)."""
+    explicit = getattr(training_config, "malloc_tuning", None)
+    if explicit is not None:
+        return bool(explicit)
+    return not bool(getattr(training_config, "gradient_checkpointing", False))
+
+
 @dataclass(frozen=True)
 class FastPaths:
     """The fast paths one run uses (see the module docstring)."""
 
     selective_logits: bool = False
-    chunked_lm_loss: bool | None = False  # None: by size, per batch (chunked_ce.use_chunked_lm_loss)
+    chunked_lm_loss: bool | None = None  # None (the option's default): by size (chunked_ce.use_chunked_lm_loss)
     padding_free: bool = False
     doc_attention: bool = False
     malloc_tuning: bool = False
@@ -93,7 +109,7 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
             notes.append(f"per-document attention: {why}")
     compile_layers = bool(getattr(tc, "compile_layers", False))
     return FastPaths(selective_logits=selective, chunked_lm_loss=chunked, padding_free=padding_free,
-                     doc_attention=doc_attention, malloc_tuning=bool(getattr(tc, "malloc_tuning", True)),
+                     doc_attention=doc_attention, malloc_tuning=malloc_tuning_for(tc),
                      compile_layers=compile_layers, notes=tuple(notes))
 
 

@@ -171,15 +171,19 @@ def kept_hidden_states(model: Any, forward: dict[str, Any], keep: Any, head: Any
 
 
 def selective_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
-                             chunked: bool | None = False) -> Any:
+                             chunked: bool | None = None) -> Any:
     """The causal LM loss of ``inputs`` (with ``labels``), computing logits only where a label is
     trained. Same value as the model's own ``loss``: cross-entropy (in float32) summed over the
     trained next-token positions, divided by ``num_items_in_batch`` when given, else by their count.
 
-    ``chunked`` (``training.chunked_lm_loss``; null: by size, see
-    :func:`.chunked_ce.use_chunked_lm_loss`): the LM head, the cross-entropy and their gradients
-    run in chunks of rows, so no ``(trained tokens, vocab)`` logits tensor exists;
-    models whose head does not qualify (:func:`lm_head_for_chunking`) take the plain path.
+    ``chunked`` (``training.chunked_lm_loss``, as decided by :func:`..perf.plan_fast_paths`; None, the
+    option's default: by size, see :func:`.chunked_ce.use_chunked_lm_loss`): the LM head, the
+    cross-entropy and their gradients run in chunks of rows, so no ``(trained tokens, vocab)`` logits
+    tensor exists; models whose head does not qualify (:func:`lm_head_for_chunking`) take the plain
+    path. The default is the run's default: a caller that does not decide (a benchmark, a test)
+    computes what the trainer computes with default options. (It was ``False``, so
+    ``benchmarks/sft_scale.py`` measured ~4 float32 copies of the ``(trained tokens, vocab)``
+    logits that the trainer never holds: 8 GB of its 9.5 GB at 8192 tokens.)
     """
     import torch
 

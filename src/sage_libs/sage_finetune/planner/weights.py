@@ -120,14 +120,16 @@ def _weights(run: RunShape, spec: ModelSpec, lay: _Layout, embedding_rows: int |
 
     On the CPU a checkpoint loaded at its own dtype stays memory-mapped (transformers reads
     safetensors zero-copy): a frozen input embedding then costs only the pages of the rows the
-    data's token ids touch. QLoRA on the CPU reads every linear weight once to quantize it, and the
+    data's token ids touch (unless the LM head is tied to it: the head reads every row). QLoRA on
+    the CPU reads every linear weight once to quantize it, and the
     mapping stays: those pages count as well as the 4-bit blocks."""
     wb = run.weight_bytes
     layer_linear = spec.num_layers * sum(m.in_features * m.out_features for m in spec.linears())
     other = spec.total_params - layer_linear
     emb_bytes = spec.embedding_params * (4 if run.quant_bits else wb)
     emb_resident = emb_bytes
-    if run.device == "cpu" and run.mmap_weights and not lay.embeddings_train:
+    # a head tied to the embeddings reads every row in each step: all its pages are resident
+    if run.device == "cpu" and run.mmap_weights and not lay.embeddings_train and not spec.tie_word_embeddings:
         emb_resident = touched_bytes(spec.vocab_size, spec.hidden_size * (4 if run.quant_bits else wb), embedding_rows)
     if run.quant_bits:
         # prepare_model_for_kbit_training keeps what is not quantized (embeddings, norms, head) in float32
