@@ -171,13 +171,15 @@ class _Forward:
     frag: float                 # glibc: the part of the freed bytes the heap cannot reuse (see constants)
     fixed_transient: float      # a dequantized weight (qlora) or DoRA's product, alive at any moment
     grad_out: bool              # a gradient flows out of the last layer (into the final norm)
+    largest_tensor: float = 0.0  # bytes of the widest activation (tokens x max(hidden, intermediate))
 
 
 def _forward(run: RunShape, spec: ModelSpec, lay: _Layout, batch: Batch) -> _Forward:
     T = batch.tokens
     gc = run.gradient_checkpointing
     out = _Forward(saved_layers=[], freed=0.0, frag=0.0, fixed_transient=0.0,
-                   grad_out=lay.embeddings_train or (gc and lay.first_grad_layer < spec.num_layers))
+                   grad_out=lay.embeddings_train or (gc and lay.first_grad_layer < spec.num_layers),
+                   largest_tensor=T * max(spec.hidden_size, spec.intermediate_size, spec.q_width) * run.act_bytes)
     for layer in range(spec.num_layers):
         lb = _layer_bytes(run, spec, lay, layer, out.grad_out)
         recorded = not lb.nograd
