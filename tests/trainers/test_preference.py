@@ -9,6 +9,8 @@ import pytest
 from sage_libs.sage_finetune.data.conversation import DataFormatError
 from sage_libs.sage_finetune.data.preference import to_preference_pair, tokenize_preference_records
 
+from ..paths import EXAMPLE_DATA
+
 PAIRS = [
     {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
     {"prompt": "What is 3+5?", "chosen": "3+5 is 8.", "rejected": "It is 9, I think."},
@@ -276,6 +278,46 @@ def test_full_fine_tuning_reference_copy_equals_precomputed(tiny_model_dir, tmp_
         batch = core.data_collator([core.train_dataset[i] for i in range(len(PAIRS))])
         losses.append(core.compute_loss(inner.model, batch).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] != pytest.approx(0.6931, abs=1e-3)
+
+
+def test_saved_full_policy_is_evaluated_against_its_base(tiny_model_dir, tmp_path):
+    """A saved full-fine-tuning DPO policy, loaded for evaluation (what `eval --adapter DIR` does),
+    is scored against the run's base model, not against a copy of itself (rewards all 0)."""
+    from sage_libs.sage_finetune import create_trainer
+
+    def trainer(out):
+        return create_trainer(
+            "dpo", method="full",
+            training_config=dict(model_name_or_path=str(tiny_model_dir), output_dir=str(out), report_to=[],
+                                 use_cpu=True, max_steps=3, per_device_train_batch_size=2, save_strategy="no",
+                                 disable_tqdm=True, learning_rate=1e-3, warmup_steps=0))
+
+    trained = trainer(tmp_path / "run")
+    metrics = trained.train(PAIRS, PAIRS)
+    assert metrics["eval_rewards/margins"] != pytest.approx(0.0, abs=1e-4)
+    saved = trained.save_model(str(tmp_path / "policy"))
+    reloaded = trainer(tmp_path / "eval")
+    reloaded.load_model(saved)
+    again = reloaded.evaluate(PAIRS)
+    for key in ("eval_loss", "eval_rewards/chosen", "eval_rewards/margins", "eval_rewards/accuracies"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-6), key
+
+
+def test_precomputed_reference_scores_an_untrained_policy_zero(tiny_model_dir, tmp_path):
+    """Reference log-probs precomputed with the run's own batch layout: before training every reward
+    is exactly 0, so the accuracy before training is 0, not float noise counted as wins."""
+    from sage_libs.sage_finetune import create_trainer
+
+    trainer = create_trainer(
+        "dpo", preference_config={"precompute_ref_log_probs": True},
+        training_config=dict(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "run"), report_to=[],
+                             use_cpu=True, max_steps=1, per_device_train_batch_size=2, save_strategy="no",
+                             disable_tqdm=True, eval_on_start=True, warmup_steps=0))
+    held_out = str(EXAMPLE_DATA.parent / "preference" / "pref_eval.jsonl")  # 120 pairs of varied lengths
+    before = trainer.inner.build_hf_trainer(trainer.inner.prepare_dataset(PAIRS),
+                                            trainer.inner.prepare_dataset(held_out, "eval")).evaluate()
+    assert before["eval_rewards/chosen"] == 0.0 and before["eval_rewards/rejected"] == 0.0
+    assert before["eval_rewards/accuracies"] == 0.0
 
 
 def test_dpo_run_writes_reward_metrics(tiny_model_dir, tmp_path):

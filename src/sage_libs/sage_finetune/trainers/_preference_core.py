@@ -225,7 +225,10 @@ class PreferenceTrainerCore(SFTTrainerCore):
 
         if dataset is None or "ref_chosen_logps" in dataset.column_names:
             return dataset
-        collate = PreferenceCollator(pad_token_id=self.data_collator.pad_token_id)
+        # the run's own batch layout (padding-free or padded): the same kernels as the evaluation that
+        # compares against these numbers, so an untrained policy scores rewards of exactly 0
+        collate = PreferenceCollator(pad_token_id=self.data_collator.pad_token_id,
+                                     flatten=getattr(self.data_collator, "flatten", False))
         model = self.model.to(self.args.device)
         was_training = model.training
         model.eval()

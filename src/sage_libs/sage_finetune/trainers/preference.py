@@ -68,15 +68,25 @@ class _PreferenceMixin:
                 if isinstance(module, torch.nn.Dropout):
                     module.p = 0.0
 
+    def load_model(self, model_path: Any) -> None:
+        super().load_model(model_path)
+        self._policy_is_trained = True  # a saved policy is not its own reference (see hf_trainer_core)
+
     def hf_trainer_core(self) -> tuple[type, dict[str, Any]]:
         from ._preference_core import NEEDS_REFERENCE, PreferenceTrainerCore
 
         pc = self.preference_config
         ref_model = None
-        if NEEDS_REFERENCE[pc.loss_type] and not pc.precompute_ref_log_probs and not self.uses_lora:
+        frozen_reference = NEEDS_REFERENCE[pc.loss_type] and not self.uses_lora
+        if frozen_reference and getattr(self, "_policy_is_trained", False):
+            # a saved full/freeze policy (load_model, e.g. `eval --adapter DIR`): the reference is the
+            # run's base model, not a copy of the trained weights (which would score every reward 0)
+            ref_model = self.load_base_model()
+        elif frozen_reference and not pc.precompute_ref_log_probs:
             import copy
 
             ref_model = copy.deepcopy(self.model)  # the initial weights, frozen
+        if ref_model is not None:
             ref_model.requires_grad_(False)
             ref_model.eval()
         return PreferenceTrainerCore, {"preference": pc, "ref_model": ref_model}
