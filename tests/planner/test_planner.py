@@ -425,6 +425,16 @@ def test_trainer_plan_from_python(tmp_path, tiny_model_dir):
     assert d["peak_bytes"] == plan.peak and d["method"] == "lora" and d["budget_bytes"] == 8 * 2**30
 
 
+def test_cli_plan_names_a_missing_model_folder(tmp_path, tiny_model_dir, capsys):
+    """The message train gives for a local model folder that does not exist (not a hub-id error)."""
+    from sage_libs.sage_finetune.cli import main
+
+    cfg = _config(tmp_path, tiny_model_dir)
+    missing = tmp_path / "not-built"
+    assert main(["plan", str(cfg), f"training.model_name_or_path={missing}", "--no-probe"]) == 2
+    assert f"training.model_name_or_path: {missing}: no such directory" in capsys.readouterr().err
+
+
 def test_cli_plan_prints_the_breakdown_and_overrides(tmp_path, tiny_model_dir, capsys):
     from sage_libs.sage_finetune.cli import main
 

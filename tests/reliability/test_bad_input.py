@@ -101,7 +101,11 @@ CASES: dict[str, Case] = {
     "quantization for method full": Case("config section 'quantization' is not used by method 'full'; it is for "
                                          "method qlora", sections={"method": "full", "lora": None,
                                                                    "quantization": {"load_in_4bit": True}}),
-    "lora section for method full": Case("lora_config is not used by full fine-tuning", sections={"method": "full"}),
+    "lora section for method full": Case("config section 'lora' is not used by method 'full' (no adapter: the model's "
+                                         "own weights train); remove the lora: section from the config file",
+                                         sections={"method": "full"}),
+    "lora section for dpo over full": Case("config section 'lora' is not used by preference.method 'full'",
+                                           sections={"method": "dpo", "preference": {"method": "full"}}),
     "fp16 on a CPU-only machine": Case("training.fp16: float16 mixed precision needs a CUDA GPU and none is available",
                                        sections={"training": {"fp16": True}}, marks=(NO_CUDA,)),
     "bf16 on the CPU without use_cpu": Case("bfloat16 mixed precision on the CPU needs training.use_cpu: true",

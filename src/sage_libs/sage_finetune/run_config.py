@@ -197,7 +197,7 @@ def _formatting_func_beside(spec: str, config_file: Path) -> str:
 
 
 def make_trainer(cfg: dict[str, Any]) -> Any:
-    from .registry import create_trainer, registered_trainers
+    from .registry import create_trainer, get_trainer_class, registered_trainers
 
     kwargs: dict[str, Any] = {"training_config": cfg["training"], "data_config": cfg["data"]}
     if cfg["lora"] is not None:
@@ -217,6 +217,13 @@ def make_trainer(cfg: dict[str, Any]) -> Any:
             raise ConfigError(f"config section {section!r} is not used by method {cfg['method']!r}; "
                               f"it is for method {' or '.join(users)}")
         kwargs[option] = cfg[section]
+    if cfg.get("lora") is not None and inner in registered_trainers() \
+            and not getattr(get_trainer_class(inner), "uses_lora", True):
+        chosen = f"method {inner!r}" if inner == cfg["method"] else \
+            f"{'agent' if cfg['method'] == 'agent' else 'preference'}.method {inner!r}"
+        raise ConfigError(f"config section 'lora' is not used by {chosen} (no adapter: the model's own weights "
+                          "train); remove the lora: section from the config file, or choose lora, qlora, dora or "
+                          "lora_plus")
     trainer = create_trainer(cfg["method"], **kwargs)
     if cfg.get("callbacks"):
         trainer.run_config_extra["callbacks"] = cfg["callbacks"]

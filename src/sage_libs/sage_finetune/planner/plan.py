@@ -337,13 +337,15 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
     throughput (~2 s) for the time estimate; ``tflops``: use this matmul throughput instead;
     ``dataset``: the already prepared training dataset (skips data preparation)."""
     from ..config import ConfigError
+    from ..utils.model_files import check_local_path_exists
     from .probe import run_probe
+    from .spec import read_model_config
 
     inner = getattr(trainer, "inner", trainer)
     tc, dc = inner.training_config, inner.data_config
+    check_local_path_exists(tc.model_name_or_path)  # the message train gives for a missing model folder
     try:
-        config = __import__("sage_libs.sage_finetune.planner.spec", fromlist=["read_model_config"]).read_model_config(
-            tc.model_name_or_path)
+        config = read_model_config(tc.model_name_or_path)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"plan: training.model_name_or_path: {exc}") from None
     spec = ModelSpec.from_config(config)
@@ -382,7 +384,9 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
         except Exception as exc:  # noqa: BLE001 - no probe, no time estimate; the memory plan stands
             import logging
 
-            logging.getLogger(__name__).warning("plan: the throughput probe failed (%s); no time estimate", exc)
+            logging.getLogger(__name__).warning(
+                "plan: the throughput probe failed (%s); no time estimate (give the device's matmul throughput "
+                "instead: --tflops N, or trainer.plan(tflops=N))", exc)
     preference = getattr(inner, "preference_config", None) is not None
     return plan_from_lengths(spec, run, lengths, batch_size=tc.per_device_train_batch_size,
                              grad_accum=tc.gradient_accumulation_steps, budget=budget, budget_source=source,

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["TOKENIZER_FILES", "looks_like_local_path", "pickle_weight_files", "check_model_dir",
-           "check_adapter_dir", "max_positions"]
+           "check_local_path_exists", "check_adapter_dir", "max_positions"]
 
 # Any one of these is enough for AutoTokenizer (fast tokenizer, slow sentencepiece/BPE/WordPiece vocab).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
@@ -46,6 +46,15 @@ def _pickle_refusal(option: str, path: Path, file: str) -> ConfigError:
         "from, set training.allow_pickle_weights: true")
 
 
+def check_local_path_exists(name_or_path: str, *, option: str = "training.model_name_or_path") -> None:
+    """A ConfigError when ``name_or_path`` looks like a local path (``./x``, ``/x``, ``~/x``) and does
+    not exist; a hub id passes. The one message for a missing model folder, for train and plan."""
+    if not Path(name_or_path).expanduser().exists() and looks_like_local_path(name_or_path):
+        raise ConfigError(f"{option}: {name_or_path}: no such directory; expected a local model directory "
+                          "(config.json, *.safetensors and the tokenizer files) or a hub id such as "
+                          "Qwen/Qwen2.5-0.5B-Instruct")
+
+
 def check_model_dir(name_or_path: str, *, allow_pickle_weights: bool = False,
                     option: str = "training.model_name_or_path") -> None:
     """Raise a ConfigError naming what is missing when ``name_or_path`` is a local path that cannot
@@ -53,10 +62,7 @@ def check_model_dir(name_or_path: str, *, allow_pickle_weights: bool = False,
     as pickle (unless allowed). A hub id passes untouched (it is checked when it is downloaded)."""
     p = Path(name_or_path).expanduser()
     if not p.exists():
-        if looks_like_local_path(name_or_path):
-            raise ConfigError(f"{option}: {name_or_path}: no such directory; expected a local model directory "
-                              "(config.json, *.safetensors and the tokenizer files) or a hub id such as "
-                              "Qwen/Qwen2.5-0.5B-Instruct")
+        check_local_path_exists(name_or_path, option=option)
         return
     if not p.is_dir():
         raise ConfigError(f"{option}: {p} is a file; expected a model directory (config.json, *.safetensors and "
