@@ -298,18 +298,25 @@ def test_cache_key_covers_tokenizer_and_template(tiny_tokenizer):
     assert cache_key(iter(records), tiny_tokenizer, {}) is None  # a stream is not cached
 
 
-def test_malloc_tuning_default_is_off_with_gradient_checkpointing():
-    """``training.malloc_tuning: null`` (the default): on, except with gradient checkpointing (the heap's
-    stuck share of every layer's freed forward transients outweighs what checkpointing saves); an
-    explicit value wins. The planner reads the same decision."""
+def test_malloc_tuning_default_is_off_with_gradient_checkpointing_and_large_activations():
+    """``training.malloc_tuning: null`` (the default): on, except with gradient checkpointing when the
+    widest activation is above glibc's largest mmap threshold (32 MiB), where the tuned heap's stuck
+    share of the freed activations outweighs what checkpointing saves and the untuned allocator
+    would return them; an explicit value wins. The planner reads the same decision."""
     from sage_libs.sage_finetune import TrainingConfig
-    from sage_libs.sage_finetune.perf import malloc_tuning_for
+    from sage_libs.sage_finetune.perf import GLIBC_MMAP_THRESHOLD_MAX, malloc_tuning_for, widest_activation_bytes
 
     def tc(**kw):
         return TrainingConfig(model_name_or_path="m", output_dir="o", **kw)
 
     assert tc().malloc_tuning is None
     assert malloc_tuning_for(tc()) is True
-    assert malloc_tuning_for(tc(gradient_checkpointing=True)) is False
-    assert malloc_tuning_for(tc(gradient_checkpointing=True, malloc_tuning=True)) is True
+    qwen05b = tc(gradient_checkpointing=True, per_device_train_batch_size=8, max_seq_length=1024)
+    widest = widest_activation_bytes(qwen05b, 896, 4864)
+    assert widest == 8 * 1024 * 4864 * 4 > GLIBC_MMAP_THRESHOLD_MAX
+    assert malloc_tuning_for(qwen05b, widest) is False
+    small = tc(gradient_checkpointing=True, per_device_train_batch_size=16, max_seq_length=256)
+    assert malloc_tuning_for(small, widest_activation_bytes(small, 512, 1408)) is True  # 23 MiB: kept anyway
+    assert malloc_tuning_for(tc(gradient_checkpointing=True)) is False  # size unknown
+    assert malloc_tuning_for(tc(gradient_checkpointing=True, malloc_tuning=True), widest) is True
     assert malloc_tuning_for(tc(malloc_tuning=False)) is False

@@ -107,8 +107,9 @@ class TrainingConfig(_Config):
         None, "Linux/glibc: keep memory freed between training steps in the process (mallopt M_MMAP_MAX=0 and a "
               "high trim threshold) instead of returning it to the OS and faulting it in again every step; "
               "false (or SAGE_FINETUNE_MALLOC_TUNING=0) leaves the allocator alone. null: on, except with "
-              "gradient_checkpointing, where the freed memory the heap keeps (part of every layer's forward "
-              "transients) outweighs what checkpointing saves (0.5B model, batch 8 x 1024: 10.2 vs 5.7 GB peak).")
+              "gradient_checkpointing when a batch's widest activation (batch x max_seq_length x the MLP width) "
+              "is over 32 MiB: there the freed memory the heap keeps outweighs what checkpointing saves (0.5B "
+              "model, batch 8 x 1024: 10.2 vs 5.7 GB peak); below it glibc keeps those blocks anyway.")
     compile_layers: bool = _opt(
         False, "Compile each decoder layer in place with torch.compile (dynamic sequence length; the per-document "
                "attention stays eager), fusing norms, RoPE, activations and LoRA scaling. Same losses; costs "

@@ -25,7 +25,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FastPaths", "plan_fast_paths", "install_fast_paths", "malloc_tuning_for", "CHUNK_BYTES",
+__all__ = ["FastPaths", "plan_fast_paths", "install_fast_paths", "malloc_tuning_for", "widest_activation_bytes",
+           "GLIBC_MMAP_THRESHOLD_MAX", "CHUNK_BYTES",
            "AUTO_LOGITS_BYTES"]
 
 logger = logging.getLogger(__name__)
@@ -42,18 +43,40 @@ AUTO_LOGITS_BYTES = 256 * 2**20
 take more than this (e.g. 520 trained tokens of a 129k vocabulary)."""
 
 
-def malloc_tuning_for(training_config: Any) -> bool:
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
+"""glibc's dynamic mmap threshold starts at 128 KiB and rises to the size of each mmapped block that
+is freed, up to 32 MiB on 64-bit systems: smaller blocks come from the heap and stay there once freed,
+tuned or not; only larger ones are handed back to the OS by an untuned allocator."""
+
+
+def widest_activation_bytes(training_config: Any, hidden_size: int, intermediate_size: int) -> int:
+    """Bytes of the widest activation of a full batch: batch x max_seq_length tokens x the wider of the
+    hidden and the MLP width, in the compute dtype."""
+    tc = training_config
+    tokens = int(getattr(tc, "per_device_train_batch_size", 1)) * int(getattr(tc, "max_seq_length", 0) or 0)
+    width = max(int(hidden_size or 0), int(intermediate_size or 0))
+    return tokens * width * (2 if getattr(tc, "bf16", False) or getattr(tc, "fp16", False) else 4)
+
+
+def malloc_tuning_for(training_config: Any, widest_activation: int | None = None) -> bool:
     """``training.malloc_tuning`` for a run (the planner reads the same): an explicit true/false wins;
-    null is on unless ``gradient_checkpointing`` is. The tuned glibc heap keeps what a step frees, and
-    part of it stays stuck below the tensors saved for backward: about 40% of the bytes every layer's
-    forward frees (planner/constants.py). Checkpointing is chosen to save memory and frees every
-    layer's activations; the stuck part then dominates the peak (Qwen2-0.5B shape, 129k vocabulary,
-    LoRA, batch 8 x 1024, three steps: training peak 10.2 GB tuned, 5.7 GB not;
-    benchmarks/results/sft_throughput_qwen0.5b_b8_len1024_phases*.json)."""
+    null is on, except with ``gradient_checkpointing`` when the run's widest activation
+    (:func:`widest_activation_bytes`) is above :data:`GLIBC_MMAP_THRESHOLD_MAX` (unknown: off).
+
+    Why: the tuned glibc heap keeps what a step frees, and part of it stays stuck below the tensors
+    saved for backward: about 40% of the bytes every layer's forward frees (planner/constants.py).
+    Checkpointing is chosen to save memory and frees every layer's activations; when those are large
+    the stuck part dominates the peak, and the untuned allocator would hand them back to the OS
+    (Qwen2-0.5B shape, 129k vocabulary, LoRA, batch 8 x 1024, three steps: training peak 10.2 GB
+    tuned, 5.7 GB not; benchmarks/results/sft_throughput_qwen0.5b_b8_len1024_phases*.json). When
+    they are below glibc's mmap threshold the untuned heap keeps them as well (the same peak,
+    measured on benchmarks/plan_accuracy.py's checkpointing rows) and only loses the tuning's speed."""
     explicit = getattr(training_config, "malloc_tuning", None)
     if explicit is not None:
         return bool(explicit)
-    return not bool(getattr(training_config, "gradient_checkpointing", False))
+    if not getattr(training_config, "gradient_checkpointing", False):
+        return True
+    return widest_activation is not None and widest_activation <= GLIBC_MMAP_THRESHOLD_MAX
 
 
 @dataclass(frozen=True)
@@ -86,7 +109,7 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
     forward and backward only, so the chunked loss is off. ``packing_or_flat_rows``: the batches
     carry ``position_ids`` and no ``attention_mask`` (None: decide padding-free here)."""
     from .doc_attention import doc_attention_supported, resolve_padding_free
-    from .selective_logits import probe_model
+    from .selective_logits import base_causal_lm, probe_model
 
     tc, notes = training_config, []
     selective = bool(getattr(tc, "selective_logits", True))
@@ -108,8 +131,11 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
         if not doc_attention:
             notes.append(f"per-document attention: {why}")
     compile_layers = bool(getattr(tc, "compile_layers", False))
+    config = getattr(base_causal_lm(model), "config", None)
+    hidden = getattr(config, "hidden_size", 0) if config is not None else 0
+    widest = widest_activation_bytes(tc, hidden, getattr(config, "intermediate_size", 4 * hidden)) if hidden else None
     return FastPaths(selective_logits=selective, chunked_lm_loss=chunked, padding_free=padding_free,
-                     doc_attention=doc_attention, malloc_tuning=malloc_tuning_for(tc),
+                     doc_attention=doc_attention, malloc_tuning=malloc_tuning_for(tc, widest),
                      compile_layers=compile_layers, notes=tuple(notes))
 
 

@@ -54,10 +54,7 @@ Used when the widest activation is above :data:`GLIBC_MMAP_THRESHOLD_MAX`; below
 keeps freed blocks as the tuned one does (measured on the four gradient-checkpointing rows of
 benchmarks/plan_accuracy.py, untuned: 2119/2124/3570/2152 MB against 2212/2133/3814/2215 tuned)."""
 
-GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
-"""glibc's dynamic mmap threshold starts at 128 KiB and rises to the size of each mmapped block that
-is freed, up to 32 MiB on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX): blocks below it come from the
-heap and stay there once freed."""
+from ..perf import GLIBC_MMAP_THRESHOLD_MAX  # noqa: E402, F401 (one number, decided in perf)
 
 CPU_DEQUANT_FRAGMENTATION = 0.5
 """QLoRA on the CPU: bitsandbytes dequantizes each 4-bit weight to float32 in forward and again in

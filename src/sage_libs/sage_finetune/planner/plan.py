@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..perf import malloc_tuning_for
+from ..perf import malloc_tuning_for, widest_activation_bytes
 from . import constants as C
 from .batches import Lengths, epoch_total, largest_batch, lengths_of
 from .memory import plan_memory
@@ -148,7 +148,9 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
                    gradient_checkpointing=tc.gradient_checkpointing, selective_logits=tc.selective_logits,
                    chunked_lm_loss=tc.chunked_lm_loss, attention=attention, padding_free=bool(padding_free),
                    packing=dc.packing, optim=tc.optim, zero_stage=stage, zero_offload=offload,
-                   malloc_tuning=malloc_tuning_for(tc) and os.environ.get("SAGE_FINETUNE_MALLOC_TUNING", "1").lower()
+                   malloc_tuning=malloc_tuning_for(tc, widest_activation_bytes(tc, spec.hidden_size,
+                                                                               spec.intermediate_size))
+                   and os.environ.get("SAGE_FINETUNE_MALLOC_TUNING", "1").lower()
                    not in ("0", "false", "no", "off"),
                    lora_dropout_cpu=device == "cpu", mmap_weights=mmap)
     if method in ("lora", "qlora", "dora", "lora_plus") and lc is not None:
