@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import shlex
 import shutil
 import subprocess
@@ -88,7 +89,7 @@ def test_disk_full_during_training_then_resume_loses_nothing(tiny_model_dir, tmp
     assert diff < 1e-6, diff
 
 
-def test_disk_full_during_the_final_save(tiny_model_dir, tmp_path, capsys, monkeypatch):
+def test_disk_full_during_the_final_save(tiny_model_dir, tmp_path, capsys, monkeypatch, caplog):
     from sage_libs.sage_finetune.trainers.lora import LoRATrainer
 
     out = tmp_path / "out"
@@ -107,7 +108,9 @@ def test_disk_full_during_the_final_save(tiny_model_dir, tmp_path, capsys, monke
     assert f"the last complete checkpoint is {out / 'checkpoint-2'}" in err
     assert not list(out.glob(".adapter*")) and not (out / "adapter").exists()
     monkeypatch.setattr(LoRATrainer, "write_weights", real)
-    assert main(["train", str(cfg), "training.resume_from_checkpoint=true"]) == 0  # writes it from checkpoint-2
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", str(cfg), "training.resume_from_checkpoint=true"]) == 0  # writes it from checkpoint-2
+    assert f"resuming from {out / 'checkpoint-2'}" in caplog.text
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 

@@ -144,7 +144,9 @@ def start_run_folder(output_dir: str | os.PathLike, *, resume: str | None, ident
         if moved is not None:
             logging.getLogger(__name__).warning(
                 "output_dir held the checkpoints and outputs of an earlier run; moved them to %s (a fresh run never "
-                "mixes its files with another run's; delete that folder if you do not need it)", moved)
+                "mixes its files with another run's; delete that folder if you do not need it). Next time, "
+                "training.resume_from_checkpoint=true continues an interrupted run of the same config instead",
+                moved)
     else:
         trim_log(out, checkpoint_step(resume))
     log_to_file(out, append=bool(resume))

@@ -126,6 +126,8 @@ def _run_loop(trainer: Any, hf: Any, resume: str | None) -> tuple[Any, float]:
     from ..errors import RunFinished
 
     interrupt = getattr(trainer, "_interrupt", None)
+    if resume and is_main_process():  # on the console too: a rerun that continues says so
+        logger.warning("resuming from %s", resume)
     start = time.perf_counter()
     trainer._loop_started = True
     try:
