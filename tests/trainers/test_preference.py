@@ -335,10 +335,23 @@ def test_dpo_run_writes_reward_metrics(tiny_model_dir, tmp_path):
     for key in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/accuracies_before"):
         assert key in saved, key
     assert "rewards/accuracies" in trainer.hf_trainer.state.log_history[0]
+    assert (out / "rewards.png").stat().st_size > 0 and (out / "loss.png").is_file()  # loss.png's companion
     import yaml
 
     run_config = yaml.safe_load((out / "run_config.yaml").read_text())
     assert run_config["method"] == "dpo" and run_config["preference"]["method"] == "lora"
+
+
+def test_rewards_plot_only_for_logs_with_rewards(tmp_path):
+    from sage_libs.sage_finetune.utils.plotting import plot_rewards
+
+    sft = [{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.5}]
+    assert plot_rewards(sft, tmp_path / "sft.png") is None and not (tmp_path / "sft.png").exists()
+    dpo = [{"step": s, "loss": 0.69, "rewards/chosen": 0.01 * s, "rewards/rejected": -0.01 * s,
+            "rewards/margins": 0.02 * s, "rewards/accuracies": 0.5 + 0.1 * s} for s in (1, 2, 3)]
+    dpo.append({"step": 3, "eval_loss": 0.6, "eval_rewards/margins": 0.05, "eval_rewards/accuracies": 0.75})
+    path = plot_rewards(dpo, tmp_path / "rewards.png", title="dpo")
+    assert path == tmp_path / "rewards.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_preference_section(tmp_path, tiny_model_dir):

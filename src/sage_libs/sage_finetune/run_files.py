@@ -7,6 +7,7 @@
       metrics.json           final metrics (:func:`write_metrics`)
       trainer_log.jsonl      one line per logging step / evaluation (callbacks.run_log)
       loss.png               the loss curve (:func:`write_outputs`)
+      rewards.png            preference training: rewards, margins and accuracy (:func:`write_outputs`)
       run_config.yaml        the resolved config; itself a valid run config
       run_identity.json      which config and data wrote this folder (utils.run_identity)
       train.log              INFO-level log of every library (:func:`log_to_file`)
@@ -26,7 +27,7 @@ from typing import Any
 
 from .utils.io import atomic_write_json, atomic_write_text
 
-__all__ = ["ADAPTER", "MODEL", "MERGED", "METRICS", "TRAINER_LOG", "LOSS_PLOT", "RUN_CONFIG", "RUN_IDENTITY",
+__all__ = ["ADAPTER", "MODEL", "MERGED", "METRICS", "TRAINER_LOG", "LOSS_PLOT", "REWARDS_PLOT", "RUN_CONFIG", "RUN_IDENTITY",
            "TRAIN_LOG", "RUN_OUTPUTS", "weights_dir", "written_files", "write_metrics", "write_run_config",
            "write_outputs", "log_to_file", "stop_log_file", "trim_log", "checkpoint_step", "perplexity"]
 
@@ -34,11 +35,13 @@ ADAPTER, MODEL, MERGED = "adapter", "model", "merged"
 METRICS = "metrics.json"
 TRAINER_LOG = "trainer_log.jsonl"
 LOSS_PLOT = "loss.png"
+REWARDS_PLOT = "rewards.png"
 RUN_CONFIG = "run_config.yaml"
 RUN_IDENTITY = "run_identity.json"
 TRAIN_LOG = "train.log"
 # everything a run writes besides checkpoint-N (moved aside together by a fresh run in the same folder)
-RUN_OUTPUTS = (ADAPTER, MODEL, MERGED, METRICS, TRAINER_LOG, LOSS_PLOT, RUN_CONFIG, RUN_IDENTITY, TRAIN_LOG)
+RUN_OUTPUTS = (ADAPTER, MODEL, MERGED, METRICS, TRAINER_LOG, LOSS_PLOT, REWARDS_PLOT, RUN_CONFIG, RUN_IDENTITY,
+               TRAIN_LOG)
 
 
 def weights_dir(output_dir: str | os.PathLike, uses_lora: bool) -> Path:
@@ -49,8 +52,9 @@ def weights_dir(output_dir: str | os.PathLike, uses_lora: bool) -> Path:
 def written_files(output_dir: str | os.PathLike, uses_lora: bool, merged: bool = False) -> list[Path]:
     """The files a finished ``train`` has written, in the order the CLI lists them."""
     out = Path(output_dir)
-    files = [weights_dir(out, uses_lora), out / METRICS, out / TRAINER_LOG, out / LOSS_PLOT, out / RUN_CONFIG,
-             out / TRAIN_LOG]
+    files = [weights_dir(out, uses_lora), out / METRICS, out / TRAINER_LOG, out / LOSS_PLOT]
+    files += [out / REWARDS_PLOT] if (out / REWARDS_PLOT).is_file() else []  # preference runs only
+    files += [out / RUN_CONFIG, out / TRAIN_LOG]
     return files + ([out / MERGED] if merged else [])
 
 
@@ -65,13 +69,16 @@ def write_run_config(output_dir: str | os.PathLike, resolved: dict[str, Any]) ->
 
 
 def write_outputs(output_dir: str | os.PathLike, metrics: dict[str, Any], *, title: str) -> None:
-    """metrics.json and loss.png (from the run's trainer_log.jsonl)."""
+    """metrics.json, loss.png and, when the log has preference rewards, rewards.png (from the run's
+    trainer_log.jsonl)."""
     from .callbacks.run_log import read_log
-    from .utils.plotting import plot_loss
+    from .utils.plotting import plot_loss, plot_rewards
 
     out = Path(output_dir)
     write_metrics(out, metrics)
-    plot_loss(read_log(out / TRAINER_LOG), out / LOSS_PLOT, title=title)
+    log = list(read_log(out / TRAINER_LOG))
+    plot_loss(log, out / LOSS_PLOT, title=title)
+    plot_rewards(log, out / REWARDS_PLOT, title=title)
 
 
 class _RunLogFile(logging.FileHandler):

@@ -1,4 +1,5 @@
-"""The loss picture: train and eval loss against the optimizer step."""
+"""The run's pictures: train and eval loss against the optimizer step (loss.png) and, for preference
+training, the rewards and the preference accuracy (rewards.png)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["plot_loss", "save_figure"]
+__all__ = ["plot_loss", "plot_rewards", "save_figure"]
 
 
 def plot_loss(log: Iterable[dict[str, Any]], path: str | os.PathLike, title: str | None = None) -> Path | None:
@@ -35,6 +36,54 @@ def plot_loss(log: Iterable[dict[str, Any]], path: str | os.PathLike, title: str
     ax.legend()
     if title:
         ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_rewards(log: Iterable[dict[str, Any]], path: str | os.PathLike, title: str | None = None) -> Path | None:
+    """Preference training's companion to loss.png: the implicit rewards of chosen and rejected
+    replies and their margin (left), and the preference accuracy (right), train lines and eval
+    points against the optimizer step. None (nothing written) when the log has no rewards."""
+    log = [e for e in log if "step" in e]
+
+    def series(key: str) -> list[tuple[int, float]]:
+        return [(e["step"], e[key]) for e in log if e.get(key) is not None]
+
+    lines = {k: series(k) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")}
+    points = {k: series("eval_" + k) for k in lines}
+    if not any(lines.values()) and not any(points.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    colors = {"rewards/chosen": "#2ca02c", "rewards/rejected": "#d62728", "rewards/margins": "#1f77b4",
+              "rewards/accuracies": "#1f77b4"}
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        name = key.split("/")[1]
+        if lines[key]:
+            left.plot(*zip(*lines[key]), label=f"train {name}", color=colors[key], linewidth=1.2)
+        if points[key]:
+            left.plot(*zip(*points[key]), label=f"eval {name}", color=colors[key], marker="o", linestyle="--")
+    left.axhline(0.0, color="gray", linewidth=0.8)
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("implicit reward (beta x log-ratio)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    key = "rewards/accuracies"
+    if lines[key]:
+        right.plot(*zip(*lines[key]), label="train accuracy", color=colors[key], linewidth=1.2)
+    if points[key]:
+        right.plot(*zip(*points[key]), label="eval accuracy", color="#d62728", marker="o")
+    right.set_ylim(-0.02, 1.02)
+    right.set_xlabel("optimizer step")
+    right.set_ylabel("preference accuracy (chosen reward > rejected)")
+    right.grid(alpha=0.3)
+    if lines[key] or points[key]:
+        right.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     return save_figure(fig, path)
 
 
