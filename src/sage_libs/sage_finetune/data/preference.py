@@ -66,8 +66,19 @@ class PreferencePair:
                 Conversation([*self.prompt, self.rejected], tools=self.tools))
 
 
+class _StatsDict:
+    """``to_dict`` of the counters below: every counter, and the first five error messages."""
+
+    errors: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "errors"}
+        out["first_errors"] = self.errors[:5]
+        return out
+
+
 @dataclass
-class PreferenceStats:
+class PreferenceStats(_StatsDict):
     records: int = 0
     pairs: int = 0
     skipped_invalid: int = 0
@@ -76,11 +87,6 @@ class PreferenceStats:
     tokens: int = 0
     scored_tokens: int = 0
     errors: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "errors"}
-        out["first_errors"] = self.errors[:5]
-        return out
 
 
 def is_preference_record(record: Any) -> bool:
@@ -291,7 +297,7 @@ class UnpairedExample:
 
 
 @dataclass
-class UnpairedStats:
+class UnpairedStats(_StatsDict):
     records: int = 0
     examples: int = 0
     desirable: int = 0
@@ -302,11 +308,6 @@ class UnpairedStats:
     tokens: int = 0
     scored_tokens: int = 0
     errors: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "errors"}
-        out["first_errors"] = self.errors[:5]
-        return out
 
 
 def _completion(prompt: list[Message], raw: Any, where: str) -> Message:
