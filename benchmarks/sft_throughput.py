@@ -610,9 +610,11 @@ def run_child(name: str, args, work_dir: Path, extra_env: dict | None = None) ->
     if proc.returncode < 0 or proc.returncode == 137:  # killed by a signal: the kernel's OOM killer, most likely
         return {"variant": name, "oom": True, "error": f"killed (exit {proc.returncode})",
                 "process_s": time.perf_counter() - t}
-    if proc.returncode != 0 or not lines:
+    if proc.returncode != 0 or not lines:  # recorded, so that one broken variant does not lose the others
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-        raise SystemExit(f"{name}: the child process failed (exit {proc.returncode})")
+        last = next((x for x in reversed(proc.stderr.splitlines()) if x.strip()), "")
+        return {"variant": name, "skipped": f"failed (exit {proc.returncode}): {last[:300]}",
+                "process_s": time.perf_counter() - t}
     result = json.loads(lines[-1][len("RESULT "):])
     result["process_s"] = time.perf_counter() - t
     return result

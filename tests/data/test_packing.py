@@ -151,3 +151,24 @@ def test_group_by_length_reaches_the_sampler(tiny_model_dir, tmp_path):
     assert grouped.training_arguments(False).train_sampling_strategy == "group_by_length"
     assert plain.training_arguments(False).train_sampling_strategy == "random"
     assert grouped.training_arguments(False).length_column_name == "length"
+    # the default (null), once the model is loaded: off for padding-free rows (the CPU default), on for padded
+    # batches (as on CUDA with sdpa), unless said otherwise
+    plain.setup()
+    assert plain.plan_fast_paths().padding_free and plain.training_arguments(False).train_sampling_strategy == "random"
+    for data, want in (({"padding_free": False}, "group_by_length"),
+                       ({"padding_free": False, "group_by_length": False}, "random"),
+                       ({"packing": True}, "random")):
+        trainer = create_trainer("lora", training_config=tc, data_config=DataConfig(**data))
+        trainer.setup()
+        assert trainer.training_arguments(False).train_sampling_strategy == want, data
+
+
+def test_resolve_group_by_length():
+    from sage_libs.sage_finetune import DataConfig
+    from sage_libs.sage_finetune.perf import resolve_group_by_length
+
+    assert resolve_group_by_length(DataConfig(), padding_free=False) is True
+    assert resolve_group_by_length(DataConfig(), padding_free=True) is False
+    assert resolve_group_by_length(DataConfig(packing=True), padding_free=False) is False
+    assert resolve_group_by_length(DataConfig(group_by_length=False), padding_free=False) is False
+    assert resolve_group_by_length(DataConfig(group_by_length=True), padding_free=True) is True

@@ -147,7 +147,7 @@ def test_real_token_count_ignores_only_the_padding_tail():
 def _train(tiny_model_dir, out, **options):
     from sage_libs.sage_finetune import DataConfig, LoRAConfig, TrainingConfig, create_trainer
 
-    data_options = {k: options.pop(k) for k in ("padding_free",) if k in options}
+    data_options = {k: options.pop(k) for k in ("padding_free", "group_by_length") if k in options}
     tc = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(out), max_steps=3,
                         per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=1e-3,
                         warmup_steps=0, logging_steps=1, eval_strategy="no", save_strategy="no", disable_tqdm=True,
@@ -161,8 +161,8 @@ def _train(tiny_model_dir, out, **options):
 
 def test_trainer_fast_defaults_match_the_plain_path(tiny_model_dir, tmp_path):
     fast, m_fast, w_fast = _train(tiny_model_dir, tmp_path / "fast")
-    plain, m_plain, w_plain = _train(tiny_model_dir, tmp_path / "plain", padding_free=False, selective_logits=False,
-                                     malloc_tuning=False)
+    plain, m_plain, w_plain = _train(tiny_model_dir, tmp_path / "plain", padding_free=False, group_by_length=False,
+                                     selective_logits=False, malloc_tuning=False)
     assert fast.fast_paths.selective_logits and fast.fast_paths.doc_attention and fast.hf_trainer.data_collator.flatten
     assert not plain.fast_paths.selective_logits and not plain.fast_paths.doc_attention
     assert type(plain.hf_trainer.data_collator) is PaddingCollator

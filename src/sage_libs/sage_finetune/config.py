@@ -238,7 +238,9 @@ class DataConfig(_Config):
                                               "trajectories whose records carry no 'tools'.")
     packing: bool = _opt(False, "Pack several samples into rows of training.max_seq_length tokens (best-fit "
                                 "decreasing, per-document position_ids, no attention across samples).")
-    group_by_length: bool = _opt(False, "Unpacked runs: batch samples of similar length together to cut padding.")
+    group_by_length: Union[bool, None] = _opt(
+        None, "Unpacked runs: batch samples of similar length together to cut padding (the HF Trainer's length-grouped "
+              "sampler). null: on when the batches are padded (padding_free off, no packing), off otherwise.")
     padding_free: Union[bool, None] = _opt(
         None, "Concatenate the samples of each batch into one row with per-document position_ids instead of "
               "padding them: no padding is computed and each sample attends only to itself. null: on when "
@@ -262,7 +264,7 @@ class DataConfig(_Config):
         check_columns(self.columns, "data.columns")
         if self.train_on_prompt and self.mask_history:
             raise ConfigError("DataConfig: train_on_prompt and mask_history contradict each other; choose one")
-        if self.packing and self.group_by_length:
+        if self.packing and self.group_by_length is True:
             raise ConfigError("DataConfig: packing and group_by_length both set; packed rows are already "
                               "filled to length, choose one")
 

@@ -15,6 +15,7 @@ def check_before_load(trainer: Any, train_dataset: Any) -> Any:
     """Plan ``trainer``'s run on the prepared ``train_dataset`` (memory only, no probe) and warn
     when it exceeds the memory available now. Returns the plan (None when it could not be made:
     planning never stops a run)."""
+    from ..perf import resolve_group_by_length
     from .plan import plan_trainer
     from .shapes import GIB
 
@@ -26,7 +27,9 @@ def check_before_load(trainer: Any, train_dataset: Any) -> Any:
             inner = getattr(trainer, "inner", trainer)
             tc = inner.training_config
             plan.options = suggestions(plan, epochs=tc.num_train_epochs, max_steps=tc.max_steps, seed=tc.seed,
-                                       group_by_length=inner.data_config.group_by_length, preference=False)
+                                       group_by_length=resolve_group_by_length(inner.data_config,
+                                                                               plan.run.padding_free),
+                                       preference=False)
     except Exception as exc:  # noqa: BLE001 - an unknown architecture, an unreadable config: train anyway
         logger.debug("plan_check: no plan (%s)", exc)
         return None

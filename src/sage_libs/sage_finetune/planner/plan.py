@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..perf import malloc_tuning_for, widest_activation_bytes
+from ..perf import malloc_tuning_for, resolve_group_by_length, widest_activation_bytes
 from . import constants as C
 from .batches import Lengths, epoch_total, largest_batch, lengths_of
 from .memory import plan_memory
@@ -393,7 +393,7 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
     return plan_from_lengths(spec, run, lengths, batch_size=tc.per_device_train_batch_size,
                              grad_accum=tc.gradient_accumulation_steps, budget=budget, budget_source=source,
                              throughput=throughput, epochs=tc.num_train_epochs, max_steps=tc.max_steps,
-                             seed=tc.seed, group_by_length=dc.group_by_length,
+                             seed=tc.seed, group_by_length=resolve_group_by_length(dc, run.padding_free),
                              weights_file=weights_file_bytes(tc.model_name_or_path), model=tc.model_name_or_path,
                              suggest=suggest, preference=preference)
 

@@ -248,7 +248,14 @@ class BaseTrainer(FineTuner):
         from .hf_args import training_arguments
 
         return training_arguments(self.training_config, has_eval=has_eval,
-                                  group_by_length=self.data_config.group_by_length)
+                                  group_by_length=self._group_by_length())
+
+    def _group_by_length(self) -> bool:
+        """The run's sampler decision (perf.resolve_group_by_length, through the fast paths once the
+        model is loaded; before that, as for the preflight checks, only an explicit true counts)."""
+        if self.model is None:
+            return self.data_config.group_by_length is True
+        return self.plan_fast_paths().group_by_length
 
     def _hf_callbacks(self, step_losses: Any) -> list[Any]:
         """The HF callbacks of a run (:func:`..callbacks.wiring.run_callbacks`); QLoRA adds its guard."""
