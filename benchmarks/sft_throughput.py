@@ -41,7 +41,8 @@ of 64) and a DeepSeek-style chat template with generation markers set on the tok
 chat records, LoRA r=16 on all linear layers, max length 2048 (``--max-length``), batch 8
 (``--batch-size``), gradient checkpointing on for both trainers (``--gradient-checkpointing``; TRL's
 own default; at this size activations of a batch of 8 x 1024 tokens would otherwise take ~10 GB).
-``--long``: long conversations (8-24 turns, ~2-8k tokens, a few longer) at max length 8192, batch 1.
+``--long``: long conversations (8-24 turns, ~2-8k tokens, a few longer) at max length 8192, batch 1
+(``--longest``: the ``--samples`` longest of 64 times as many, for the memory peak near the cut-off).
 A training process whose RSS passes ``--memory-limit-gb`` (default: the memory the machine has
 available when it starts, less 1.5 GB) is stopped and recorded as OOM in the table, instead of
 waking the kernel's OOM killer on a shared machine; a child killed by a signal, or one whose
@@ -199,7 +200,7 @@ def deepseek_tokenizer():
 
 
 def build_workload(work: Path, n_train: int, n_eval: int, n_prep: int, workload: str = "32m", layers: int | None = None,
-                   long: bool = False) -> dict:
+                   long: bool = False, longest: bool = False) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -210,7 +211,10 @@ def build_workload(work: Path, n_train: int, n_eval: int, n_prep: int, workload:
     for name, n, seed in (("train", n_train, 1), ("eval", n_eval, 2), ("prep", n_prep, 3)):
         path = work / f"{name}.jsonl"
         with path.open("w", encoding="utf-8") as fh:
-            for record in make_records(n, seed, **lengths):
+            records = make_records(n, seed, **lengths)
+            if longest and name == "train":  # the n longest of 64n conversations: the peak at the cut-off
+                records = sorted(make_records(64 * n, seed, **lengths), key=lambda r: -len(json.dumps(r)))[:n]
+            for record in records:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         files[name] = str(path)
     if workload == "qwen0.5b":
@@ -727,6 +731,8 @@ def main() -> None:
                         "workload's: 8 / 24)")
     parser.add_argument("--long", action="store_true", help="long conversations (8-24 turns, ~2-8k tokens), max "
                         "length 8192, batch 1 (unless given)")
+    parser.add_argument("--longest", action="store_true", help="train on the N longest of 64N generated records "
+                        "(N = --samples): with --long, conversations near the 8192 cut-off, for the memory peak")
     parser.add_argument("--batch-size", type=int, default=None, help="per-device batch (default: the workload's, 8)")
     parser.add_argument("--max-length", type=int, default=None, help="default: the workload's (1024 / 2048; --long 8192)")
     parser.add_argument("--gradient-checkpointing", choices=("on", "off"), default=None,
@@ -774,7 +780,7 @@ def main() -> None:
     t_start = time.perf_counter()
     sys.path.insert(0, str(REPO / "src"))
     print(f"building the workload in {work_dir} ...", flush=True)
-    work = build_workload(work_dir, args.samples, eval_n, prep_n, args.workload, args.layers, args.long)
+    work = build_workload(work_dir, args.samples, eval_n, prep_n, args.workload, args.layers, args.long, args.longest)
     work["prep_cache"] = str(work_dir / "prep-cache")
     work["settings"] = dict(TRAIN)
     work["memory_limit_gb"] = args.memory_limit_gb
@@ -828,6 +834,7 @@ def main() -> None:
                     "python": platform.python_version(), **_versions()},
         "config": {"samples": args.samples, "eval_samples": eval_n, "prep_samples": prep_n,
                    "model": work["model_config"], "parameters": work["parameters"], "lora": LORA, "long": args.long,
+                   "longest": args.longest,
                    "memory_limit_gb": args.memory_limit_gb, **TRAIN},
         "variants": {name: summarize(rs, peak) for name, rs in runs.items() if rs},
     }

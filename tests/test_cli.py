@@ -49,6 +49,13 @@ def test_train_writes_everything(tmp_path, tiny_model_dir, capsys):
         assert stat.S_IMODE((out / name).stat().st_mode) == full & ~umask, name
     printed = capsys.readouterr().out
     assert "eval_loss" in printed and str(out / "loss.png") in printed
+    # `eval` of the saved adapter: the training's final eval loss, labelled as an evaluation
+    assert main(["eval", str(cfg), "--adapter", str(out / "adapter")]) == 0
+    captured = capsys.readouterr()
+    assert "before training" not in captured.err + captured.out
+    assert "evaluation  eval_loss" in captured.err
+    printed = {line.split()[0]: line.split()[1] for line in captured.out.splitlines() if line.startswith("  ")}
+    assert float(printed["eval_loss"]) == pytest.approx(metrics["eval_loss"], abs=1e-4)
 
 
 @pytest.mark.parametrize("override, message", [

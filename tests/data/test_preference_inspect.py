@@ -70,3 +70,26 @@ def test_inspect_reads_a_config_like_preference_training(tiny_model_dir, tmp_pat
     assert summary["kind"] == "unpaired (KTO)" and summary["records"] == 120
     assert summary["examples"] == 240 and summary["desirable"] == summary["undesirable"] == 120
     assert "completion (label true: desirable):\n[[" in out
+
+
+def test_inspect_sample_index_out_of_range_is_an_error(tiny_model_dir, capsys, tmp_path, monkeypatch):
+    """--sample past the examples names the file and the range (it used to show the last one); -1 is the
+    last; and no histogram PNG is written unless --png asks for one."""
+    monkeypatch.chdir(tmp_path)
+    chat = REPO / "examples" / "data" / "chat_eval.jsonl"
+    pairs = PREFERENCE / "pref_train.jsonl"
+    for path in (chat, pairs):
+        assert main(["data", "inspect", str(path), "--tokenizer", str(tiny_model_dir), "--sample", "100000"]) == 2
+        err = capsys.readouterr().err
+        assert f"data inspect --sample 100000: {path}: sample 100000: there are " in err
+        assert "examples (0 to " in err
+    capsys.readouterr()
+    assert main(["data", "inspect", str(pairs), "--tokenizer", str(tiny_model_dir), "--sample", "-1",
+                 "--no-color"]) == 0
+    n = sum(1 for line in pairs.read_text().splitlines() if line.strip())
+    out = capsys.readouterr().out
+    assert f"preference pairs: records {n}  pairs {n}" in out and "sample -1 " in out
+    assert main(["data", "inspect", str(pairs), "--tokenizer", str(tiny_model_dir), "--sample", str(n - 1),
+                 "--no-color"]) == 0
+    assert out.split("sample -1 ")[1] == capsys.readouterr().out.split(f"sample {n - 1} ")[1]
+    assert list(tmp_path.iterdir()) == []  # no data-lengths.png in the current directory

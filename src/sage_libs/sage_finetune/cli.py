@@ -226,7 +226,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--format", help="record format for a data file (default: auto)")
     p.add_argument("--max-seq-length", type=int, help="truncation length (default: the config's, else 1024)")
     p.add_argument("--sample", type=int, default=0, help="index of the sample to show")
-    p.add_argument("--png", default="data-lengths.png", help="where to write the length histogram ('' skips)")
+    p.add_argument("--png", default="", help="also write the length histogram as a PNG here (default: none; the "
+                   "text histogram is always printed)")
     p.add_argument("--no-color", action="store_true", help="mark trained tokens with [[...]] instead of colour")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.set_defaults(func=cmd_data_inspect)

@@ -6,6 +6,7 @@ pairs and KTO examples."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
             _inspect_preference_file(records, file, tokenizer, file_view == "unpaired", options, args,
                                      several_files=len(files) > 1)
             continue
-        report = build_report(records, tokenizer, sample_index=args.sample, **options.tokenize_kwargs())
+        with _sample_index_checked(file, args):
+            report = build_report(records, tokenizer, sample_index=args.sample, **options.tokenize_kwargs())
         summary = report.summary()
         print(f"== {file}")
         print(f"records {summary['records']}  examples {summary['examples']}  formats {summary['formats']}")
@@ -87,6 +89,17 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(summary))
     return 0
+
+
+@contextlib.contextmanager
+def _sample_index_checked(file: str, args: argparse.Namespace):
+    """``--sample N`` past the file's examples: a usage error naming the file and the range."""
+    from .data.report import SampleOutOfRange
+
+    try:
+        yield
+    except SampleOutOfRange as exc:
+        raise UsageError(f"data inspect --sample {args.sample}: {file}: {exc}") from None
 
 
 def _preference_view_of_config(cfg: dict[str, Any]) -> str | None:
@@ -123,10 +136,11 @@ def _inspect_preference_file(records: Any, file: str, tokenizer: Any, unpaired: 
     from .data.report import build_preference_report
 
     max_len = options.max_seq_length
-    report = build_preference_report(records, tokenizer, unpaired=unpaired, sample_index=args.sample,
-                                     chat_template=options.chat_template.text, max_seq_length=max_len,
-                                     system_prompt=options.system_prompt, on_error=options.on_error,
-                                     locate=record_location)
+    with _sample_index_checked(file, args):
+        report = build_preference_report(records, tokenizer, unpaired=unpaired, sample_index=args.sample,
+                                         chat_template=options.chat_template.text, max_seq_length=max_len,
+                                         system_prompt=options.system_prompt, on_error=options.on_error,
+                                         locate=record_location)
     summary = report.summary()
     print(f"== {file}")
     if unpaired:

@@ -46,6 +46,9 @@ class ConsoleCallback(TrainerCallback):
         self._bar: Any = None
         self._start: float | None = None
         self._first_step = 0
+        # the label of an evaluation outside the training steps: eval_on_start's, or a standalone
+        # evaluation (trainer.evaluate, `sage-finetune eval`), which sets "evaluation"
+        self.idle_label = "before training"
 
     @property
     def _out(self) -> TextIO:
@@ -87,7 +90,7 @@ class ConsoleCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         logs = {k: _number(v) for k, v in logs.items()}
-        where = f"step {state.global_step}/{state.max_steps}" if state.max_steps else "before training"
+        where = f"step {state.global_step}/{state.max_steps}" if state.max_steps else self.idle_label
         if "eval_loss" in logs:
             extra = "".join(f"  {k} {v:.4f}" for k, v in logs.items()
                             if k.startswith("eval_") and k != "eval_loss" and isinstance(v, float)

@@ -64,9 +64,21 @@ def build_report(records: Any, tokenizer: Any, *, sample_index: int = 0, **rende
     report = DataReport(stats=stats, lengths=list(columns["length"]),
                         max_seq_length=render_options.get("max_seq_length"))
     if columns["input_ids"]:
-        i = min(max(sample_index, 0), len(columns["input_ids"]) - 1)
+        i = _sample_position(sample_index, len(columns["input_ids"]))
         report.sample = (columns["input_ids"][i], columns["labels"][i])
     return report
+
+
+class SampleOutOfRange(IndexError):
+    """The sample asked for is not among the examples."""
+
+
+def _sample_position(index: int, count: int) -> int:
+    """``index`` among ``count`` examples (negative counts from the end, as in Python); an index
+    outside them is an error, not silently the nearest example."""
+    if not -count <= index < count:
+        raise SampleOutOfRange(f"sample {index}: there are {count} examples (0 to {count - 1}, or -1 for the last)")
+    return index % count
 
 
 # -- preference data --------------------------------------------------------------------------------
@@ -132,7 +144,7 @@ def build_preference_report(records: Any, tokenizer: Any, *, unpaired: bool, sam
     report = PreferenceReport(stats, unpaired, lengths, tokenize_options.get("max_seq_length"))
     count = len(columns[f"{sides[0]}_input_ids"])
     if count:
-        i = min(max(sample_index, 0), count - 1)
+        i = _sample_position(sample_index, count)
         report.sample = {name: column[i] for name, column in columns.items()}
     return report
 

@@ -360,6 +360,11 @@ class BaseTrainer(FineTuner):
         eval_ds = self.prepare_dataset(eval_dataset, "eval")
         if self.hf_trainer is None:
             self.build_hf_trainer(None, eval_ds)
+        from ..callbacks.console import ConsoleCallback
+
+        for callback in self.hf_trainer.callback_handler.callbacks:
+            if isinstance(callback, ConsoleCallback):
+                callback.idle_label = "evaluation"
         ev = self.hf_trainer.evaluate(eval_dataset=eval_ds)
         return {"eval_loss": ev["eval_loss"], "perplexity": run_files.perplexity(ev["eval_loss"]),
                 "eval_samples": len(eval_ds), "eval_runtime": ev.get("eval_runtime")}
