@@ -189,3 +189,18 @@ def test_outputs_get_the_permissions_of_a_normal_write(tmp_path, umask, file_mod
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == file_mode
     assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == dir_mode
     assert stat.S_IMODE((tmp_path / "adapter" / "adapter_model.safetensors").stat().st_mode) == file_mode
+
+
+def test_tiny_model_reports_pretraining_progress(tmp_path, capsys):
+    """--pretrain-steps prints its progress (it was silent for minutes) and the model it writes loads."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "tiny"
+    assert main(["tiny-model", str(out), "--corpus", str(EXAMPLE_DATA / "alpaca_train.jsonl"), "--pretrain-steps", "20",
+                 "--vocab-size", "300"]) == 0
+    err = capsys.readouterr().err
+    steps = [line.split()[2] for line in err.splitlines() if line.startswith("pretraining step ")]
+    assert steps == [f"{i}/20" for i in range(2, 21, 2)], err
+    losses = [float(line.split()[-1]) for line in err.splitlines() if line.startswith("pretraining step ")]
+    assert losses[-1] < losses[0]
+    AutoModelForCausalLM.from_pretrained(out)

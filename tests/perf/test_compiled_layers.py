@@ -57,7 +57,7 @@ def test_compiled_layers_equal_eager_and_do_not_recompile(tiny_model_dir):
         _assert_grads_close(grads_c, grads_e, rtol=1e-5, atol=1e-6)
 
 
-def test_compile_layers_option_is_decided_and_installed_once(tiny_model_dir, tmp_path):
+def test_compile_layers_option_is_decided_and_installed_once(tiny_model_dir, tmp_path, caplog):
     """``training.compile_layers`` goes through the one fast-path decision (perf.plan_fast_paths) and
     its install step; off by default, so default runs compile nothing."""
     from sage_libs.sage_finetune import DataConfig, TrainingConfig
@@ -71,6 +71,10 @@ def test_compile_layers_option_is_decided_and_installed_once(tiny_model_dir, tmp
     assert "compiled decoder layers off" in paths.describe()
 
     opted = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "b"), compile_layers=True)
+    caplog.clear()
     paths = install_fast_paths(model, plan_fast_paths(model, opted, DataConfig()))
     assert paths.compile_layers and "compiled decoder layers on" in paths.describe()
+    # the console would otherwise stay quiet for minutes while the first steps compile
+    assert any(r.levelname == "WARNING" and "compiled during the first training" in r.getMessage()
+               for r in caplog.records)
     assert all(layer._compiled_call_impl is not None for layer in layers)

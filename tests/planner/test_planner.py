@@ -532,3 +532,24 @@ def test_predictions_match_measured_runs(tmp_path):
     for name, row in result["rows"].items():
         assert abs(row["rss_err"]) <= plan_accuracy.RSS_TOLERANCE, (name, row["pred_rss_mb"], row["meas_rss_mb"])
         assert abs(row["time_err"]) <= plan_accuracy.TIME_TOLERANCE, (name, row["pred_step_s"], row["meas_step_s"])
+
+
+def test_cli_plan_of_preference_pairs_says_what_its_lengths_are(tmp_path, tiny_model_dir, capsys):
+    """A DPO config's plan counts pairs (chosen + rejected) and says that max_seq_length cuts each
+    sequence; it used to call them samples beside the per-sequence cut-off."""
+    from sage_libs.sage_finetune.cli import main
+
+    from ..paths import REPO
+
+    cfg = REPO / "examples" / "configs" / "dpo_tiny.yaml"
+    assert main(["plan", str(cfg), f"training.model_name_or_path={tiny_model_dir}",
+                 f"training.output_dir={tmp_path / 'out'}", f"data.train_file={REPO / 'examples/preference/pref_train.jsonl'}",
+                 f"data.eval_file={REPO / 'examples/preference/pref_eval.jsonl'}", "--no-probe", "--memory", "64GB"]) == 0
+    out = capsys.readouterr().out
+    import re
+
+    data_line = next(line for line in out.splitlines() if line.startswith("data: "))
+    assert re.match(r"data: \d+ preference pairs, \d+ tokens \(pair lengths: max \d+, p95 \d+; \d+ truncated at "
+                    r"max_seq_length 512 per sequence\)", data_line), data_line
+    assert "note: preference pairs: chosen and rejected in one forward" in out
+    assert not (tmp_path / "out").exists()

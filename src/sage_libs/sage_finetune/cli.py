@@ -168,7 +168,9 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
             raise UsageError(f"--corpus {c}: no such file")
     out = build_tiny_model(args.output, arch=args.arch, corpus_files=args.corpus, vocab_size=args.vocab_size,
                            hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                           intermediate_size=args.hidden_size * 2, seed=args.seed, pretrain_steps=args.pretrain_steps)
+                           intermediate_size=args.hidden_size * 2, seed=args.seed, pretrain_steps=args.pretrain_steps,
+                           progress=lambda step, steps, loss: print(f"pretraining step {step}/{steps}  loss {loss:.4f}",
+                                                                    file=sys.stderr, flush=True))
     print(f"tiny {args.arch} model and tokenizer written to {out}")
     return 0
 

@@ -149,8 +149,8 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
     hidden = getattr(config, "hidden_size", 0) if config is not None else 0
     widest = widest_activation_bytes(tc, hidden, getattr(config, "intermediate_size", 4 * hidden)) if hidden else None
     return FastPaths(selective_logits=selective, chunked_lm_loss=chunked, padding_free=padding_free,
-                     group_by_length=resolve_group_by_length(data_config, padding_free), doc_attention=doc_attention, malloc_tuning=malloc_tuning_for(tc, widest),
-                     compile_layers=compile_layers, notes=tuple(notes))
+                     group_by_length=resolve_group_by_length(data_config, padding_free), doc_attention=doc_attention,
+                     malloc_tuning=malloc_tuning_for(tc, widest), compile_layers=compile_layers, notes=tuple(notes))
 
 
 def _uses_doc_attention(model: Any) -> bool:
@@ -177,5 +177,9 @@ def install_fast_paths(model: Any, paths: FastPaths) -> FastPaths:
         from .compiled_layers import compile_decoder_layers
 
         paths = replace(paths, compile_layers=compile_decoder_layers(model) > 0)
+        if paths.compile_layers:  # nothing else is printed while torch.compile works
+            logger.warning("training.compile_layers: the decoder layers are compiled during the first training and "
+                           "evaluation steps (minutes on a small CPU; the console stays quiet meanwhile), and the "
+                           "run's tokens/s includes that time")
     logger.info("fast paths: %s", paths.describe())
     return paths

@@ -44,9 +44,12 @@ def render_plan(plan: Any) -> str:
     lines.append(f"plan: {run.method} on {plan.model} ({spec.total_params / 1e6:.1f}M parameters, {weights} "
                  f"weights), {run.device}, {run.processes} process{'es' if run.processes > 1 else ''}")
     lens = plan.lengths
-    kind = "packed rows" if lens.packed else "samples"
-    lines.append(f"data: {len(lens)} {kind}, {lens.total_tokens} tokens (max {max(lens.lengths, default=0)}, "
-                 f"p95 {lens.percentile(95)}; {lens.truncated} truncated at max_seq_length {plan.max_seq_length}); "
+    kind = "packed rows" if lens.packed else "preference pairs" if plan.preference else "samples"
+    # a pair's length is chosen + rejected; max_seq_length cuts each of the two
+    cut = f"max_seq_length {plan.max_seq_length}" + (" per sequence" if plan.preference else "")
+    lines.append(f"data: {len(lens)} {kind}, {lens.total_tokens} tokens ({'pair lengths: ' if plan.preference else ''}"
+                 f"max {max(lens.lengths, default=0)}, p95 {lens.percentile(95)}; {lens.truncated} truncated at "
+                 f"{cut}); "
                  f"largest batch: {d['tokens']} positions"
                  + (f" in {d['rows']} padded rows" if d["rows"] > 1 else " in one padding-free row"
                     if run.padding_free else "")

@@ -107,13 +107,15 @@ def build_tiny_model(output_dir: str | os.PathLike, *, arch: str = "llama", text
                      corpus_files: Iterable[str | os.PathLike] = (), vocab_size: int = 1024, hidden_size: int = 64,
                      num_hidden_layers: int = 2, num_attention_heads: int = 4, num_key_value_heads: int = 2,
                      intermediate_size: int = 128, max_position_embeddings: int = 2048, seed: int = 0,
-                     chat_template: str | None = CHATML_TEMPLATE, pretrain_steps: int = 0) -> Path:
+                     chat_template: str | None = CHATML_TEMPLATE, pretrain_steps: int = 0,
+                     progress: Any = None) -> Path:
     """Write an ``arch`` ('llama' or 'qwen2') model and its tokenizer to ``output_dir`` in
     safetensors, loadable with ``from_pretrained``. Returns the directory.
 
     With ``pretrain_steps`` > 0 the model is first trained as a plain language model on the corpus
     strings (no chat format), so that it behaves like a small *base* model: fine-tuning then
-    teaches it the chat format and the tasks, as it would a real base model.
+    teaches it the chat format and the tasks, as it would a real base model; ``progress(step, steps,
+    loss)`` is then called every 10% of the steps.
     """
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
@@ -134,7 +136,7 @@ def build_tiny_model(output_dir: str | os.PathLike, *, arch: str = "llama", text
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if pretrain_steps > 0:
-        _pretrain(model, tokenizer, all_texts or [_BASE_CORPUS], pretrain_steps, seed)
+        _pretrain(model, tokenizer, all_texts or [_BASE_CORPUS], pretrain_steps, seed, progress=progress)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -143,8 +145,9 @@ def build_tiny_model(output_dir: str | os.PathLike, *, arch: str = "llama", text
 
 
 def _pretrain(model: Any, tokenizer: Any, texts: list[str], steps: int, seed: int,
-              window: int = 64, batch_size: int = 16, lr: float = 3e-3) -> None:
-    """A few hundred steps of next-token prediction on random windows of the corpus."""
+              window: int = 64, batch_size: int = 16, lr: float = 3e-3, progress: Any = None) -> None:
+    """A few hundred steps of next-token prediction on random windows of the corpus.
+    ``progress(step, steps, loss)``, if given, is called every 10% of the steps."""
     import torch
 
     ids: list[int] = []
@@ -158,7 +161,8 @@ def _pretrain(model: Any, tokenizer: Any, texts: list[str], steps: int, seed: in
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / steps))
     model.train()
-    for _ in range(steps):
+    every = max(1, steps // 10)
+    for step in range(steps):
         starts = torch.randint(0, len(stream) - window - 1, (batch_size,), generator=gen)
         batch = torch.stack([stream[s: s + window] for s in starts.tolist()])
         loss = model(input_ids=batch, labels=batch).loss
@@ -167,4 +171,6 @@ def _pretrain(model: Any, tokenizer: Any, texts: list[str], steps: int, seed: in
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if progress is not None and ((step + 1) % every == 0 or step + 1 == steps):
+            progress(step + 1, steps, loss.item())
     model.eval()
