@@ -542,9 +542,10 @@ def test_cli_plan_of_preference_pairs_says_what_its_lengths_are(tmp_path, tiny_m
     from ..paths import REPO
 
     cfg = REPO / "examples" / "configs" / "dpo_tiny.yaml"
+    pairs = REPO / "examples" / "preference"
     assert main(["plan", str(cfg), f"training.model_name_or_path={tiny_model_dir}",
-                 f"training.output_dir={tmp_path / 'out'}", f"data.train_file={REPO / 'examples/preference/pref_train.jsonl'}",
-                 f"data.eval_file={REPO / 'examples/preference/pref_eval.jsonl'}", "--no-probe", "--memory", "64GB"]) == 0
+                 f"training.output_dir={tmp_path / 'out'}", f"data.train_file={pairs / 'pref_train.jsonl'}",
+                 f"data.eval_file={pairs / 'pref_eval.jsonl'}", "--no-probe", "--memory", "64GB"]) == 0
     out = capsys.readouterr().out
     import re
 
