@@ -177,11 +177,55 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
-    monkeypatch.setattr(allocator, "_malloc_tuned", False)
+    monkeypatch.setattr(allocator, "_mode", None)
     monkeypatch.setenv("SAGE_FINETUNE_MALLOC_TUNING", "0")
-    assert allocator.tune_malloc() is False
+    assert allocator.tune_malloc() is False and allocator.return_freed_memory() is False
     monkeypatch.delenv("SAGE_FINETUNE_MALLOC_TUNING")
     assert allocator.tune_malloc() is True
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+sys.path.insert(0, {src!r})
+from sage_libs.sage_finetune.perf import allocator
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+def anon_mb():
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("RssAnon:")) / 1024
+if sys.argv[1] == "memory":
+    allocator.return_freed_memory()
+block = 24 * 2**20  # an activation of 8192 tokens x 768 floats: under glibc's 32 MiB ceiling
+first = libc.malloc(block + 2**22); libc.memset(first, 1, block); libc.free(first)  # the threshold rises above block
+base = anon_mb()
+blocks = [libc.malloc(block) for _ in range(8)]
+for b in blocks:
+    libc.memset(b, 1, block)
+keep = libc.malloc(2**20); libc.memset(keep, 1, 2**20)  # a live block above them, as a saved tensor would be
+for b in blocks:
+    libc.free(b)
+print(anon_mb() - base)
+"""
+
+
+def test_malloc_tuning_off_returns_freed_blocks_under_the_dynamic_threshold():
+    """With malloc_tuning off, freed 24 MiB blocks go back to the OS. glibc's default would have
+    raised its mmap threshold to 24 MiB after the first such block and kept the rest in the heap
+    (what made the 0.5B model at 8192 tokens peak at twice its memory under checkpointing)."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    from ..paths import REPO
+
+    code = _HEAP_PROBE.format(src=str(REPO / "src"))
+    kept = {mode: float(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("default", "memory")}
+    assert kept["default"] > 150 and kept["memory"] < 20, kept
 
 
 # ------------------------------------------------------------------------------------------------

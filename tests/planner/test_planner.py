@@ -128,14 +128,14 @@ def test_lora_components_are_exact():
 
 
 def test_untuned_heap_keeps_blocks_below_the_mmap_threshold():
-    """Without malloc_tuning glibc still serves blocks under its (dynamic, at most 32 MiB) mmap
-    threshold from the heap and keeps them: small activations cost what the tuned heap keeps; only
-    when the widest activation is above the threshold do freed blocks go back to the OS."""
+    """With malloc_tuning off glibc's mmap threshold is fixed (perf.allocator.return_freed_memory):
+    blocks under it still come from the heap and stay there, so small activations cost what the tuned
+    heap keeps; only when the widest activation is above it do freed blocks go back to the OS."""
     tuned = plan_memory(spec(), lora(), BATCH)
     untuned = plan_memory(spec(), lora(malloc_tuning=False), BATCH)
-    assert 4 * T * I < C.GLIBC_MMAP_THRESHOLD_MAX  # this batch's activations are small
+    assert 4 * T * I < C.RETURNED_BLOCK_BYTES  # this batch's activations are small
     assert untuned.components["allocator_overhead"] == tuned.components["allocator_overhead"] > 0
-    rows = C.GLIBC_MMAP_THRESHOLD_MAX // (4 * I) + 1  # enough tokens for a (tokens x I) block over it
+    rows = C.RETURNED_BLOCK_BYTES // (4 * I) + 1  # enough tokens for a (tokens x I) block over it
     big = Batch(rows=1, row_len=rows, doc_lengths=[rows], trained=rows // 2)
     tuned = plan_memory(spec(), lora(), big)
     untuned = plan_memory(spec(), lora(malloc_tuning=False), big)

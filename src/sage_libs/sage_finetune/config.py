@@ -104,9 +104,11 @@ class TrainingConfig(_Config):
               "Linear LM head (not LoRA-adapted or in modules_to_save); otherwise, and under FSDP/DeepSpeed, the "
               "plain path runs.")
     malloc_tuning: Union[bool, None] = _opt(
-        None, "Linux/glibc: keep memory freed between training steps in the process (mallopt M_MMAP_MAX=0 and a "
-              "high trim threshold) instead of returning it to the OS and faulting it in again every step; "
-              "false (or SAGE_FINETUNE_MALLOC_TUNING=0) leaves the allocator alone. null: on, except with "
+        None, "Linux/glibc: true keeps memory freed between training steps in the process (mallopt M_MMAP_MAX=0 "
+              "and a high trim threshold) instead of returning it to the OS and faulting it in again every step "
+              "(speed); false returns every freed block over 4 MiB to the OS (a fixed mmap threshold; glibc's own "
+              "rises to 32 MiB and then keeps smaller blocks) (memory); SAGE_FINETUNE_MALLOC_TUNING=0 leaves the "
+              "allocator alone. null: on, except with "
               "gradient_checkpointing when a batch's widest activation (batch x max_seq_length x the MLP width) "
               "is over 32 MiB: there the freed memory the heap keeps outweighs what checkpointing saves (0.5B "
               "model, batch 8 x 1024: 10.2 vs 5.7 GB peak); below it glibc keeps those blocks anyway.")

@@ -45,8 +45,9 @@ take more than this (e.g. 520 trained tokens of a 129k vocabulary)."""
 
 GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
 """glibc's dynamic mmap threshold starts at 128 KiB and rises to the size of each mmapped block that
-is freed, up to 32 MiB on 64-bit systems: smaller blocks come from the heap and stay there once freed,
-tuned or not; only larger ones are handed back to the OS by an untuned allocator."""
+is freed, up to 32 MiB on 64-bit systems. :func:`malloc_tuning_for` keeps the speed setting for runs
+whose widest activation is below it; with ``malloc_tuning`` off the threshold is fixed lower
+(:data:`.allocator.RETURNED_BLOCK_BYTES`)."""
 
 
 def widest_activation_bytes(training_config: Any, hidden_size: int, intermediate_size: int) -> int:
@@ -99,7 +100,7 @@ class FastPaths:
                  f"padding-free batches {'on' if self.padding_free else 'off'}",
                  f"length-grouped batches {'on' if self.group_by_length else 'off'}",
                  f"per-document attention {'on' if self.doc_attention else 'off'}",
-                 f"malloc tuning {'on' if self.malloc_tuning else 'off'}",
+                 f"malloc tuning {'on' if self.malloc_tuning else 'off (freed blocks over 4 MiB returned)'}",
                  f"compiled decoder layers {'on' if self.compile_layers else 'off'}"]
         return "; ".join(flags) + (f" ({'; '.join(self.notes)})" if self.notes else "")
 
@@ -166,13 +167,15 @@ def install_fast_paths(model: Any, paths: FastPaths) -> FastPaths:
     logs it."""
     from dataclasses import replace
 
-    from .allocator import tune_malloc
+    from .allocator import return_freed_memory, tune_malloc
     from .doc_attention import install_doc_attention
 
     if paths.doc_attention:
         paths = replace(paths, doc_attention=install_doc_attention(model))
     if paths.malloc_tuning:
         paths = replace(paths, malloc_tuning=tune_malloc())
+    else:  # for memory: large freed blocks go back to the OS (see allocator)
+        return_freed_memory()
     if paths.compile_layers:
         from .compiled_layers import compile_decoder_layers
 

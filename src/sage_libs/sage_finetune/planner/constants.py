@@ -49,12 +49,14 @@ CPU_FRAG_NOGRAD = 0.2
 the trained layers' saved tensors."""
 
 CPU_FRAG_UNTUNED = 0.1
-"""Without ``malloc_tuning`` glibc returns large freed blocks (above its mmap threshold) to the OS.
-Used when the widest activation is above :data:`GLIBC_MMAP_THRESHOLD_MAX`; below it the untuned heap
-keeps freed blocks as the tuned one does (measured on the four gradient-checkpointing rows of
-benchmarks/plan_accuracy.py, untuned: 2119/2124/3570/2152 MB against 2212/2133/3814/2215 tuned)."""
+"""With ``malloc_tuning`` off freed blocks over :data:`RETURNED_BLOCK_BYTES` go back to the OS (a
+fixed mmap threshold, perf.allocator). Used when the widest activation is above it; below it the
+heap keeps freed blocks as the tuned one does. (Measured with glibc's dynamic threshold on the four
+gradient-checkpointing rows of benchmarks/plan_accuracy.py, untuned: 2119/2124/3570/2152 MB against
+2212/2133/3814/2215 tuned; not re-measured with the fixed one, which returns more.)"""
 
 from ..perf import GLIBC_MMAP_THRESHOLD_MAX  # noqa: E402, F401 (one number, decided in perf)
+from ..perf.allocator import RETURNED_BLOCK_BYTES  # noqa: E402, F401
 
 CPU_DEQUANT_FRAGMENTATION = 0.5
 """QLoRA on the CPU: bitsandbytes dequantizes each 4-bit weight to float32 in forward and again in

@@ -171,13 +171,13 @@ def _add_overheads(run: RunShape, comps: dict[str, int], fwd: _Forward, baseline
                    details: dict[str, Any], notes: list[str]) -> int:
     """Adds the allocator's overhead and the process's own memory to ``comps``; returns the peak.
 
-    CPU: what glibc's heap keeps of the forward's freed bytes (without ``malloc_tuning`` only when
-    the activations are larger than glibc's largest mmap threshold) and the process baseline (measured, or the constant). CUDA:
+    CPU: what glibc's heap keeps of the forward's freed bytes (without ``malloc_tuning`` blocks over
+    the fixed mmap threshold go back to the OS) and the process baseline (measured, or the constant). CUDA:
     ``max_memory_allocated`` counts tensors only; the caching allocator's reserve and the context add."""
     if run.device == "cpu":
-        # untuned glibc serves blocks under its mmap threshold (which rises to 32 MiB as blocks are
-        # freed) from the heap and keeps them as the tuned heap does; only larger ones go back to the OS
-        untuned_returns = fwd.largest_tensor > C.GLIBC_MMAP_THRESHOLD_MAX
+        # malloc_tuning off fixes glibc's mmap threshold (perf.allocator.return_freed_memory): blocks
+        # over it go back to the OS; activations all under it stay in the heap as with the tuning
+        untuned_returns = fwd.largest_tensor > C.RETURNED_BLOCK_BYTES
         frag = C.CPU_FRAG_UNTUNED * fwd.freed if not run.malloc_tuning and untuned_returns else fwd.frag
         comps["allocator_overhead"] = int(frag)
         comps["process_baseline"] = int(C.CPU_PROCESS_BASELINE if baseline is None else baseline)
