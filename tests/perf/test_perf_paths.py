@@ -184,6 +184,30 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
     assert allocator.tune_malloc() is True
 
 
+def test_fast_paths_log_says_what_the_allocator_got(tiny_model_dir, tmp_path, monkeypatch):
+    """malloc_tuning off logs the fixed threshold only when it applied; with SAGE_FINETUNE_MALLOC_TUNING=0
+    glibc keeps its defaults and the log says so."""
+    import platform
+
+    from sage_libs.sage_finetune import DataConfig, TrainingConfig
+    from sage_libs.sage_finetune.perf import install_fast_paths, plan_fast_paths
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tc = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "o"), malloc_tuning=False)
+    monkeypatch.setattr(allocator, "_mode", None)
+    monkeypatch.setenv("SAGE_FINETUNE_MALLOC_TUNING", "0")
+    paths = install_fast_paths(model, plan_fast_paths(model, tc, DataConfig()))
+    assert "malloc tuning off (glibc's defaults)" in paths.describe() and not paths.returns_freed_memory
+    monkeypatch.delenv("SAGE_FINETUNE_MALLOC_TUNING")
+    paths = install_fast_paths(model, plan_fast_paths(model, tc, DataConfig()))
+    assert "malloc tuning off (freed blocks over 4 MiB returned)" in paths.describe() and paths.returns_freed_memory
+    allocator.tune_malloc()  # the speed setting again, for the tests after this one
+
+
 _HEAP_PROBE = """
 import ctypes, sys
 sys.path.insert(0, {src!r})

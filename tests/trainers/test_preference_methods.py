@@ -97,3 +97,16 @@ def test_shipped_preference_data_is_regenerated_exactly_and_parses(tmp_path, tin
         assert stats.pairs == len(records) and stats.skipped_invalid == 0
     _, stats = tokenize_unpaired_records(JSONLLoader().load(shipped / "kto_train.jsonl"), tiny_tokenizer)
     assert stats.examples == len(train) and stats.desirable == stats.undesirable == len(train) // 2
+
+
+def test_standalone_preference_evaluation_is_labelled_evaluation(tiny_model_dir, tmp_path, capsys):
+    """`sage-finetune eval` of a DPO config printed its metrics as "before training"."""
+    from sage_libs.sage_finetune import create_trainer
+
+    training = dict(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "run"),
+                    per_device_eval_batch_size=4, max_seq_length=64, disable_tqdm=True, report_to=[], use_cpu=True)
+    trainer = create_trainer("dpo", method="lora", training_config=training,
+                             lora_config=dict(LORA, target_modules=["q_proj", "v_proj"]))
+    metrics = trainer.evaluate(PAIRS)
+    err = capsys.readouterr().err
+    assert f"evaluation  eval_loss {metrics['eval_loss']:.4f}" in err and "before training" not in err

@@ -90,6 +90,7 @@ class FastPaths:
     group_by_length: bool = False  # the sampler: length-grouped batches (data.group_by_length; resolve_group_by_length)
     doc_attention: bool = False
     malloc_tuning: bool = False
+    returns_freed_memory: bool = False  # malloc_tuning off and the fixed mmap threshold applied (glibc)
     compile_layers: bool = False
     notes: tuple[str, ...] = ()  # why a path is off, for the log
 
@@ -100,7 +101,8 @@ class FastPaths:
                  f"padding-free batches {'on' if self.padding_free else 'off'}",
                  f"length-grouped batches {'on' if self.group_by_length else 'off'}",
                  f"per-document attention {'on' if self.doc_attention else 'off'}",
-                 f"malloc tuning {'on' if self.malloc_tuning else 'off (freed blocks over 4 MiB returned)'}",
+                 "malloc tuning " + ("on" if self.malloc_tuning else "off (freed blocks over 4 MiB returned)"
+                                     if self.returns_freed_memory else "off (glibc's defaults)"),
                  f"compiled decoder layers {'on' if self.compile_layers else 'off'}"]
         return "; ".join(flags) + (f" ({'; '.join(self.notes)})" if self.notes else "")
 
@@ -175,7 +177,7 @@ def install_fast_paths(model: Any, paths: FastPaths) -> FastPaths:
     if paths.malloc_tuning:
         paths = replace(paths, malloc_tuning=tune_malloc())
     else:  # for memory: large freed blocks go back to the OS (see allocator)
-        return_freed_memory()
+        paths = replace(paths, returns_freed_memory=return_freed_memory())
     if paths.compile_layers:
         from .compiled_layers import compile_decoder_layers
 

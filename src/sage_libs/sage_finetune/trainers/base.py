@@ -360,14 +360,19 @@ class BaseTrainer(FineTuner):
         eval_ds = self.prepare_dataset(eval_dataset, "eval")
         if self.hf_trainer is None:
             self.build_hf_trainer(None, eval_ds)
+        self.label_console_evaluation()
+        ev = self.hf_trainer.evaluate(eval_dataset=eval_ds)
+        return {"eval_loss": ev["eval_loss"], "perplexity": run_files.perplexity(ev["eval_loss"]),
+                "eval_samples": len(eval_ds), "eval_runtime": ev.get("eval_runtime")}
+
+    def label_console_evaluation(self) -> None:
+        """A standalone evaluation (``evaluate``, ``sage-finetune eval``) is printed as "evaluation",
+        not as eval_on_start's "before training"."""
         from ..callbacks.console import ConsoleCallback
 
         for callback in self.hf_trainer.callback_handler.callbacks:
             if isinstance(callback, ConsoleCallback):
                 callback.idle_label = "evaluation"
-        ev = self.hf_trainer.evaluate(eval_dataset=eval_ds)
-        return {"eval_loss": ev["eval_loss"], "perplexity": run_files.perplexity(ev["eval_loss"]),
-                "eval_samples": len(eval_ds), "eval_runtime": ev.get("eval_runtime")}
 
     def save_model(self, output_dir: str | os.PathLike) -> str:
         """Write the model (an adapter for PEFT methods) and tokenizer atomically, in safetensors.

@@ -181,6 +181,7 @@ class _PreferenceMixin:
         eval_ds = self.prepare_dataset(eval_dataset, "eval")
         if self.hf_trainer is None:
             self.build_hf_trainer(None, eval_ds)
+        self.label_console_evaluation()
         if self.preference_config.precompute_ref_log_probs:
             eval_ds = self.hf_trainer.precompute_reference(eval_ds, self.training_config.per_device_eval_batch_size)
         ev = self.hf_trainer.evaluate(eval_dataset=eval_ds)
