@@ -172,3 +172,26 @@ def test_resolve_group_by_length():
     assert resolve_group_by_length(DataConfig(packing=True), padding_free=False) is False
     assert resolve_group_by_length(DataConfig(group_by_length=False), padding_free=False) is False
     assert resolve_group_by_length(DataConfig(group_by_length=True), padding_free=True) is True
+
+
+def test_evaluation_batches_do_not_follow_the_length_grouped_sampler(tiny_model_dir, tmp_path):
+    """The HF Trainer hands evaluation the length-grouped sampler of training, and its eval_loss is a
+    mean of per-batch means: grouping moved eval_loss (6.25077 vs 6.25061 here). Evaluation
+    batches stay in dataset order, so padded runs report one eval_loss whatever the sampler, and the
+    batches are the ones padding-free evaluation sees."""
+    from sage_libs.sage_finetune import DataConfig, TrainingConfig, create_loader, create_trainer
+
+    records = create_loader("jsonl").load(str(EXAMPLE_DATA / "chat_eval.jsonl"))
+    tc = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "o"),
+                        per_device_eval_batch_size=3)
+    losses = {}
+    for name, data in (("grouped", {"padding_free": False, "group_by_length": True}),
+                       ("random", {"padding_free": False, "group_by_length": False}),
+                       ("padding-free", {"padding_free": True})):
+        trainer = create_trainer("lora", training_config=tc, data_config=DataConfig(**data))
+        losses[name] = trainer.evaluate(records)["eval_loss"]
+        if name == "grouped":
+            sampler = trainer.hf_trainer._get_eval_sampler(trainer.prepare_dataset(records, "eval"))
+            assert type(sampler).__name__ == "SequentialSampler"
+    assert losses["grouped"] == pytest.approx(losses["random"], abs=1e-6), losses
+    assert losses["padding-free"] == pytest.approx(losses["random"], abs=1e-4), losses

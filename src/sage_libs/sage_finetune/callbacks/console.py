@@ -49,6 +49,7 @@ class ConsoleCallback(TrainerCallback):
         # the label of an evaluation outside the training steps: eval_on_start's, or a standalone
         # evaluation (trainer.evaluate, `sage-finetune eval`), which sets "evaluation"
         self.idle_label = "before training"
+        self._training = False  # between on_train_begin and on_train_end: lines carry the step
 
     @property
     def _out(self) -> TextIO:
@@ -76,6 +77,7 @@ class ConsoleCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         self._start, self._first_step = time.perf_counter(), state.global_step
+        self._training = True
         if self._interactive():
             from tqdm.auto import tqdm
 
@@ -90,7 +92,9 @@ class ConsoleCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         logs = {k: _number(v) for k, v in logs.items()}
-        where = f"step {state.global_step}/{state.max_steps}" if state.max_steps else self.idle_label
+        # an evaluation after train() has ended is not at "step N/N" of anything
+        where = f"step {state.global_step}/{state.max_steps}" if self._training and state.max_steps \
+            else self.idle_label
         if "eval_loss" in logs:
             extra = "".join(f"  {k} {v:.4f}" for k, v in logs.items()
                             if k.startswith("eval_") and k != "eval_loss" and isinstance(v, float)
@@ -106,6 +110,7 @@ class ConsoleCallback(TrainerCallback):
                 self._write(f"{where}  loss {logs['loss']:.4f}{lr_text}{self._eta(state)}")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._training = False
         if self._bar is not None:
             self._bar.close()
             self._bar = None

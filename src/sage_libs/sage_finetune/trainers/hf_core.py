@@ -3,7 +3,8 @@ same loss with less work (:mod:`..perf`).
 
 Every place where this package touches a private part of ``transformers.Trainer`` is in this file:
 ``_save_checkpoint`` / ``_get_output_dir`` (the run identity goes into a checkpoint first),
-``_track_num_input_tokens`` (real-token counting), ``_prepare_inputs`` / ``_get_num_items_in_batch``
+``_track_num_input_tokens`` (real-token counting), ``_get_eval_sampler`` (evaluation in dataset order),
+``_prepare_inputs`` / ``_get_num_items_in_batch``
 (the loss-only evaluation step) and ``_tr_loss`` (:meth:`SFTTrainerCore.accumulated_loss`, read by the
 non-finite guard). Upgrading transformers means checking these.
 """
@@ -106,6 +107,19 @@ class SFTTrainerCore(Trainer):
         """The loss accumulated since the last logging step (a tensor), or None on a Trainer
         version without it."""
         return getattr(self, "_tr_loss", None)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # The HF Trainer gives evaluation the length-grouped sampler when training uses it. Its
+        # eval_loss is a mean of per-batch means, so regrouping the batches moves the number: an
+        # evaluation must not depend on how training is sampled. Dataset order, as with "random".
+        if self.args.train_sampling_strategy == "group_by_length" and eval_dataset is not None:
+            from torch.utils.data import SequentialSampler
+            from transformers.trainer_utils import has_length
+
+            if not has_length(eval_dataset):
+                return None
+            return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+        return super()._get_eval_sampler(eval_dataset)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
