@@ -74,22 +74,49 @@ def test_inspect_reads_a_config_like_preference_training(tiny_model_dir, tmp_pat
 
 def test_inspect_sample_index_out_of_range_is_an_error(tiny_model_dir, capsys, tmp_path, monkeypatch):
     """--sample past the examples names the file and the range (it used to show the last one); -1 is the
-    last; and no histogram PNG is written unless --png asks for one."""
+    last, shown under its position; and no histogram PNG is written unless --png asks for one."""
     monkeypatch.chdir(tmp_path)
     chat = REPO / "examples" / "data" / "chat_eval.jsonl"
     pairs = PREFERENCE / "pref_train.jsonl"
-    for path in (chat, pairs):
+    for path, noun in ((chat, "examples"), (pairs, "pairs")):
         assert main(["data", "inspect", str(path), "--tokenizer", str(tiny_model_dir), "--sample", "100000"]) == 2
         err = capsys.readouterr().err
         assert f"data inspect --sample 100000: {path}: sample 100000: there are " in err
-        assert "examples (0 to " in err
+        assert f" {noun} (0 to " in err, err
     capsys.readouterr()
     assert main(["data", "inspect", str(pairs), "--tokenizer", str(tiny_model_dir), "--sample", "-1",
                  "--no-color"]) == 0
     n = sum(1 for line in pairs.read_text().splitlines() if line.strip())
     out = capsys.readouterr().out
-    assert f"preference pairs: records {n}  pairs {n}" in out and "sample -1 " in out
+    assert f"preference pairs: records {n}  pairs {n}" in out
+    last = f"sample {n - 1} (--sample -1; scored tokens in [[...]]):\n"
+    assert last in out
     assert main(["data", "inspect", str(pairs), "--tokenizer", str(tiny_model_dir), "--sample", str(n - 1),
                  "--no-color"]) == 0
-    assert out.split("sample -1 ")[1] == capsys.readouterr().out.split(f"sample {n - 1} ")[1]
+    assert out.split(last)[1] == capsys.readouterr().out.split(f"sample {n - 1} (scored tokens in [[...]]):\n")[1]
     assert list(tmp_path.iterdir()) == []  # no data-lengths.png in the current directory
+
+
+def test_inspect_sample_counts_across_several_train_files(tiny_model_dir, tmp_path, capsys):
+    """With several train files --sample counts across them in order (it used to be checked, and
+    shown, in each file): the first example of the second file is --sample <examples of the first>."""
+    import yaml
+
+    first = tmp_path / "first.jsonl"
+    second = tmp_path / "second.jsonl"
+    first.write_text("".join(json.dumps({"instruction": f"Say {w}.", "output": w}) + "\n" for w in ("one", "two")))
+    second.write_text(json.dumps({"instruction": "Say three.", "output": "three"}) + "\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "method": "lora", "training": {"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "o")},
+        "data": {"train_file": [str(first), str(second)]}}))
+    assert main(["data", "inspect", str(config), "--sample", "2", "--no-color", "--png", ""]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nsample ") == 1
+    shown = out.split(f"== {second}\n")[1]
+    assert "sample 0 (--sample 2; trained tokens in [[...]]):\n" in shown and "[[three" in shown
+    assert main(["data", "inspect", str(config), "--sample", "-3", "--no-color", "--png", ""]) == 0
+    out = capsys.readouterr().out
+    assert "sample 0 (--sample -3; " in out.split(f"== {second}\n")[0] and "Say one." in out
+    assert main(["data", "inspect", str(config), "--sample", "3", "--png", ""]) == 2
+    assert "data inspect --sample 3: sample 3: the 2 files have 3 examples in all" in capsys.readouterr().err

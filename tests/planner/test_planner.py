@@ -456,6 +456,24 @@ def test_cli_plan_prints_the_breakdown_and_overrides(tmp_path, tiny_model_dir, c
     assert not (tmp_path / "out").exists()  # planning writes nothing
 
 
+def test_cli_plan_paths_line_and_overrides_after_options(tmp_path, tiny_model_dir, capsys):
+    """The paths line says how batches are formed (padded batches are grouped by length by default);
+    an override may come after an option."""
+    from sage_libs.sage_finetune.cli import main
+
+    cfg = _config(tmp_path, tiny_model_dir)
+    assert main(["plan", str(cfg), "--no-probe", "data.padding_free=false"]) == 0
+    paths = [x for x in capsys.readouterr().out.splitlines() if x.startswith("paths: ")]
+    assert paths and paths[0].startswith("paths: padded batches grouped by length, "), paths
+    assert main(["plan", str(cfg), "--no-probe", "data.padding_free=false", "--memory", "64GB",
+                 "data.group_by_length=false"]) == 0
+    paths = [x for x in capsys.readouterr().out.splitlines() if x.startswith("paths: ")]
+    assert paths and paths[0].startswith("paths: padded, "), paths
+    with pytest.raises(SystemExit) as exit_:  # an unknown option is still refused
+        main(["plan", str(cfg), "--no-probe", "--bogus", "data.padding_free=false"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_cli_plan_bad_memory_is_exit_2(tmp_path, tiny_model_dir, capsys):
     from sage_libs.sage_finetune.cli import main
 

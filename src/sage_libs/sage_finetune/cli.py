@@ -261,9 +261,22 @@ def add_commands(sub: Any) -> None:
     add_plan_command(sub)
 
 
+def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, but a ``section.key=value`` override may also come after an option
+    (``plan cfg.yaml --no-probe data.max_seq_length=512``): argparse stops filling a positional
+    list at the first option, and its intermixed mode does not work with sub-commands."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = getattr(args, "overrides", None)
+    if extra and overrides is not None and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_args(parser, argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

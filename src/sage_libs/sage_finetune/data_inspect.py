@@ -6,7 +6,6 @@ pairs and KTO examples."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,10 @@ __all__ = ["cmd_data_inspect"]
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     """Render the data like training would and show what the model will see."""
-    import json
 
+    from .data.pipeline import record_location
     from .data.rendering import render_options
-    from .data.report import build_report, highlight_trained, preference_view
+    from .data.report import SampleOutOfRange, build_preference_report, build_report, locate_sample, preference_view
     from .data.sources import record_sets
 
     source = Path(args.source)
@@ -58,48 +57,68 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     # the same rendering decisions and loader choice as training (data.rendering, data.sources)
     options = render_options(data, tokenizer, max_seq_length=max_len, formatting_func=formatting_func)
     print(f"chat template: {options.chat_template.source}")
+    # every file is tokenized first, so that --sample counts across the files in order
+    reports = []
     for entry in files:
         records = record_sets([entry], data, "train")[0]  # a path or a {path, weight, columns} entry
         file = entry["path"] if isinstance(entry, dict) else entry
         file_view = preference_view(records) if view == "auto" else view
         if file_view is not None:
-            _inspect_preference_file(records, file, tokenizer, file_view == "unpaired", options, args,
-                                     several_files=len(files) > 1)
-            continue
-        with _sample_index_checked(file, args):
-            report = build_report(records, tokenizer, sample_index=args.sample, **options.tokenize_kwargs())
-        summary = report.summary()
-        print(f"== {file}")
-        print(f"records {summary['records']}  examples {summary['examples']}  formats {summary['formats']}")
-        print(f"invalid (skipped) {summary['skipped_invalid'] + getattr(records, 'skipped', 0)}  "
-              f"truncated {summary['truncated']}  dropped (no trained token left) "
-              f"{summary['dropped_no_trained_tokens']}  at max_seq_length {max_len}")
-        for line in report.control_token_lines():
-            print(line)
-        print(f"tokens {summary['tokens']}  trained {summary['trained_tokens']}  "
-              f"trained-token ratio {summary['trained_token_ratio']:.3f}")
-        print(f"length min {summary['length_min']}  median {summary['length_median']}  p95 {summary['length_p95']}  "
-              f"p99 {summary['length_p99']}  max {summary['length_max']}")
-        _print_lengths(report.lengths, file, max_len, args, several_files=len(files) > 1)
-        if report.sample is not None:
-            color = sys.stdout.isatty() and not args.no_color
-            legend = "trained tokens highlighted" if color else "trained tokens in [[...]]"
-            print(f"sample {args.sample} ({legend}):")
-            print(highlight_trained(tokenizer, *report.sample, color=color))
-        if args.json:
-            print(json.dumps(summary))
+            report = build_preference_report(records, tokenizer, unpaired=file_view == "unpaired", sample_index=None,
+                                             chat_template=options.chat_template.text, max_seq_length=max_len,
+                                             system_prompt=options.system_prompt, on_error=options.on_error,
+                                             locate=record_location)
+        else:
+            report = build_report(records, tokenizer, sample_index=None, **options.tokenize_kwargs())
+        reports.append((file, records, report))
+    counts = [report.count for _file, _records, report in reports]
+    if any(counts):
+        try:
+            which, position = locate_sample(args.sample, counts, reports[0][2].noun)
+        except SampleOutOfRange as exc:
+            where = f"{reports[0][0]}: " if len(reports) == 1 else ""
+            raise UsageError(f"data inspect --sample {args.sample}: {where}{exc}") from None
+        reports[which][2].pick_sample(position)
+    for file, records, report in reports:
+        if hasattr(report, "unpaired"):
+            _print_preference_report(report, records, file, tokenizer, max_len, args, several_files=len(files) > 1)
+        else:
+            _print_report(report, records, file, tokenizer, max_len, args, several_files=len(files) > 1)
     return 0
 
 
-@contextlib.contextmanager
-def _sample_index_checked(file: str, args: argparse.Namespace):
-    """``--sample N`` past the file's examples: a usage error naming the file and the range."""
-    from .data.report import SampleOutOfRange
+def _sample_title(report: Any, args: argparse.Namespace, legend: str) -> str:
+    """``sample 12 (...)``: the example's position in its file, and the --sample that chose it when
+    that reads differently (negative, or counted across several files)."""
+    asked = f"--sample {args.sample}; " if args.sample != report.sample_index else ""
+    return f"sample {report.sample_index} ({asked}{legend}):"
 
-    try:
-        yield
-    except SampleOutOfRange as exc:
-        raise UsageError(f"data inspect --sample {args.sample}: {file}: {exc}") from None
+
+def _print_report(report: Any, records: Any, file: str, tokenizer: Any, max_len: int | None,
+                  args: argparse.Namespace, *, several_files: bool) -> None:
+    import json
+
+    from .data.report import highlight_trained
+
+    summary = report.summary()
+    print(f"== {file}")
+    print(f"records {summary['records']}  examples {summary['examples']}  formats {summary['formats']}")
+    print(f"invalid (skipped) {summary['skipped_invalid'] + getattr(records, 'skipped', 0)}  "
+          f"truncated {summary['truncated']}  dropped (no trained token left) "
+          f"{summary['dropped_no_trained_tokens']}  at max_seq_length {max_len}")
+    for line in report.control_token_lines():
+        print(line)
+    print(f"tokens {summary['tokens']}  trained {summary['trained_tokens']}  "
+          f"trained-token ratio {summary['trained_token_ratio']:.3f}")
+    print(f"length min {summary['length_min']}  median {summary['length_median']}  p95 {summary['length_p95']}  "
+          f"p99 {summary['length_p99']}  max {summary['length_max']}")
+    _print_lengths(report.lengths, file, max_len, args, several_files=several_files)
+    if report.sample is not None:
+        color = sys.stdout.isatty() and not args.no_color
+        print(_sample_title(report, args, "trained tokens highlighted" if color else "trained tokens in [[...]]"))
+        print(highlight_trained(tokenizer, *report.sample, color=color))
+    if args.json:
+        print(json.dumps(summary))
 
 
 def _preference_view_of_config(cfg: dict[str, Any]) -> str | None:
@@ -126,21 +145,13 @@ def _print_lengths(lengths: list[int], file: str, max_len: int | None, args: arg
         print(f"histogram plot: {plot_length_histogram(lengths, png, max_len)}")
 
 
-def _inspect_preference_file(records: Any, file: str, tokenizer: Any, unpaired: bool, options: Any,
+def _print_preference_report(report: Any, records: Any, file: str, tokenizer: Any, max_len: int | None,
                              args: argparse.Namespace, *, several_files: bool) -> None:
-    """``data inspect`` for preference records: tokenized as preference training does (the same
+    """``data inspect`` for preference records, tokenized as preference training does (the same
     template, system prompt, truncation and error handling), one pair or KTO example shown."""
     import json
 
-    from .data.pipeline import record_location
-    from .data.report import build_preference_report
-
-    max_len = options.max_seq_length
-    with _sample_index_checked(file, args):
-        report = build_preference_report(records, tokenizer, unpaired=unpaired, sample_index=args.sample,
-                                         chat_template=options.chat_template.text, max_seq_length=max_len,
-                                         system_prompt=options.system_prompt, on_error=options.on_error,
-                                         locate=record_location)
+    unpaired = report.unpaired
     summary = report.summary()
     print(f"== {file}")
     if unpaired:
@@ -161,8 +172,7 @@ def _inspect_preference_file(records: Any, file: str, tokenizer: Any, unpaired: 
     _print_lengths(report.lengths, file, max_len, args, several_files=several_files)
     if report.sample is not None:
         color = sys.stdout.isatty() and not args.no_color
-        legend = "scored tokens highlighted" if color else "scored tokens in [[...]]"
-        print(f"sample {args.sample} ({legend}):")
+        print(_sample_title(report, args, "scored tokens highlighted" if color else "scored tokens in [[...]]"))
         print("\n".join(report.sample_lines(tokenizer, color=color)))
     if args.json:
         print(json.dumps(summary))

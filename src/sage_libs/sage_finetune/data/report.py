@@ -40,6 +40,17 @@ class DataReport:
     lengths: list[int] = field(default_factory=list)
     max_seq_length: int | None = None
     sample: tuple[list[int], list[int]] | None = None
+    sample_index: int | None = None  # the sample's position among this report's examples
+    columns: dict[str, Any] | None = field(default=None, repr=False)  # kept to pick a sample later
+    noun = "examples"
+
+    @property
+    def count(self) -> int:
+        return len(self.columns["input_ids"]) if self.columns else 0
+
+    def pick_sample(self, index: int) -> None:
+        """Show example ``index`` (already resolved: 0 <= index < count)."""
+        self.sample, self.sample_index = (self.columns["input_ids"][index], self.columns["labels"][index]), index
 
     def control_token_lines(self, limit: int = 3) -> list[str]:
         """What ``data inspect`` says about records whose messages contain control-token text
@@ -55,17 +66,17 @@ class DataReport:
         return {**self.stats.to_dict(), "max_seq_length": self.max_seq_length, **length_summary(self.lengths)}
 
 
-def build_report(records: Any, tokenizer: Any, *, sample_index: int = 0, **render_options: Any) -> DataReport:
+def build_report(records: Any, tokenizer: Any, *, sample_index: int | None = 0, **render_options: Any) -> DataReport:
     """Tokenize ``records`` like training would (``render_options`` as for
-    :func:`.pipeline.tokenize_records`) and collect the report."""
+    :func:`.pipeline.tokenize_records`) and collect the report, with example ``sample_index``
+    picked (negative counts from the end; None: none yet, see :func:`locate_sample`)."""
     from .pipeline import tokenize_records
 
     columns, stats = tokenize_records(records, tokenizer, **render_options)
     report = DataReport(stats=stats, lengths=list(columns["length"]),
-                        max_seq_length=render_options.get("max_seq_length"))
-    if columns["input_ids"]:
-        i = _sample_position(sample_index, len(columns["input_ids"]))
-        report.sample = (columns["input_ids"][i], columns["labels"][i])
+                        max_seq_length=render_options.get("max_seq_length"), columns=columns)
+    if sample_index is not None and report.count:
+        report.pick_sample(locate_sample(sample_index, [report.count], report.noun)[1])
     return report
 
 
@@ -73,12 +84,21 @@ class SampleOutOfRange(IndexError):
     """The sample asked for is not among the examples."""
 
 
-def _sample_position(index: int, count: int) -> int:
-    """``index`` among ``count`` examples (negative counts from the end, as in Python); an index
+def locate_sample(index: int, counts: list[int], noun: str = "examples") -> tuple[int, int]:
+    """``(report, position)`` of sample ``index`` among the examples of several reports taken in
+    order (one per data file; negative counts from the end of the last, as in Python). An index
     outside them is an error, not silently the nearest example."""
-    if not -count <= index < count:
-        raise SampleOutOfRange(f"sample {index}: there are {count} examples (0 to {count - 1}, or -1 for the last)")
-    return index % count
+    total = sum(counts)
+    if not -total <= index < total:
+        where = f"there are {total} {noun}" if len(counts) == 1 else \
+            f"the {len(counts)} files have {total} {noun} in all, counted across the files in order"
+        raise SampleOutOfRange(f"sample {index}: {where} (0 to {total - 1}, or -1 for the last)")
+    index %= total
+    for which, count in enumerate(counts):
+        if index < count:
+            return which, index
+        index -= count
+    raise AssertionError("unreachable")
 
 
 # -- preference data --------------------------------------------------------------------------------
@@ -104,6 +124,22 @@ class PreferenceReport:
     lengths: list[int] = field(default_factory=list)
     max_seq_length: int | None = None
     sample: dict[str, Any] | None = None
+    sample_index: int | None = None
+    columns: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def noun(self) -> str:
+        return "examples" if self.unpaired else "pairs"
+
+    @property
+    def count(self) -> int:
+        return len(self.columns["completion_input_ids" if self.unpaired else "chosen_input_ids"]) \
+            if self.columns else 0
+
+    def pick_sample(self, index: int) -> None:
+        """Show pair (or KTO example) ``index`` (already resolved: 0 <= index < count)."""
+        self.sample = {name: column[index] for name, column in self.columns.items()}
+        self.sample_index = index
 
     def summary(self) -> dict[str, Any]:
         scored = self.stats.scored_tokens
@@ -130,7 +166,7 @@ class PreferenceReport:
         return lines
 
 
-def build_preference_report(records: Any, tokenizer: Any, *, unpaired: bool, sample_index: int = 0,
+def build_preference_report(records: Any, tokenizer: Any, *, unpaired: bool, sample_index: int | None = 0,
                             **tokenize_options: Any) -> PreferenceReport:
     """Tokenize preference ``records`` like preference training would (``tokenize_options`` as for
     :func:`.preference.tokenize_preference_records`; ``unpaired``: KTO's view, see
@@ -141,11 +177,9 @@ def build_preference_report(records: Any, tokenizer: Any, *, unpaired: bool, sam
     columns, stats = tokenize(records, tokenizer, **tokenize_options)
     sides = ["completion"] if unpaired else ["chosen", "rejected"]
     lengths = [len(ids) for side in sides for ids in columns[f"{side}_input_ids"]]
-    report = PreferenceReport(stats, unpaired, lengths, tokenize_options.get("max_seq_length"))
-    count = len(columns[f"{sides[0]}_input_ids"])
-    if count:
-        i = _sample_position(sample_index, count)
-        report.sample = {name: column[i] for name, column in columns.items()}
+    report = PreferenceReport(stats, unpaired, lengths, tokenize_options.get("max_seq_length"), columns=columns)
+    if sample_index is not None and report.count:
+        report.pick_sample(locate_sample(sample_index, [report.count], report.noun)[1])
     return report
 
 

@@ -221,6 +221,7 @@ class Plan:
     options: list[Option] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     preference: bool = False  # lengths are pairs: chosen + rejected, each cut at max_seq_length
+    group_by_length: bool = False  # the sampler batches samples of similar length (perf.resolve_group_by_length)
 
     @property
     def peak(self) -> int:
@@ -318,7 +319,8 @@ def plan_from_lengths(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch
                      group_by_length, batch, memory.details["trainable_params"], max_len, preference)
     plan = Plan(spec=spec, run=run, lengths=lengths, batch=batch, memory=memory, time=time, budget=budget,
                 budget_source=budget_source, batch_size=batch_size, grad_accum=grad_accum,
-                max_seq_length=max_len, model=model, notes=list(spec.notes), preference=preference)
+                max_seq_length=max_len, model=model, notes=list(spec.notes), preference=preference,
+                group_by_length=group_by_length)
     if preference:
         plan.notes.append("preference pairs: chosen and rejected in one forward, plus the reference forward")
     if suggest:

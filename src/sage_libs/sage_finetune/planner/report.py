@@ -54,7 +54,8 @@ def render_plan(plan: Any) -> str:
                  + (f" in {d['rows']} padded rows" if d["rows"] > 1 else " in one padding-free row"
                     if run.padding_free else "")
                  + f", {d['trained_positions']} trained")
-    path = [("padding-free" if run.padding_free else "padded") + (" + packed" if run.packing else ""),
+    path = [("padding-free" if run.padding_free else "padded") + (" + packed" if run.packing else "")
+            + (" batches grouped by length" if plan.group_by_length else ""),
             "per-document attention" if run.attention == "doc" else f"attention {run.attention}",
             "selective logits" if run.selective_logits else "full logits"]
     if d.get("chunked_lm_loss"):
