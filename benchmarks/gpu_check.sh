@@ -3,13 +3,18 @@
 # rows with CUDA sdpa, DPO in bf16, QLoRA 4-bit on CUDA, FSDP through torchrun), then the SFT benchmark
 # on CUDA in bf16 for both workloads (ours vs TRL's best mode and TRL + Liger).
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR [WHEEL_DIR]
+#   bash benchmarks/gpu_check.sh OUT_DIR [WHEEL_DIR] [STEPS]
 #
 # WHEEL_DIR: wheels to install first into a private site folder (for a machine with torch but without
-# our other dependencies and no network); each step has its own time limit, and its log goes to OUT_DIR.
+# our other dependencies and no network; "" for none); each step has its own time limit, and its log
+# goes to OUT_DIR. STEPS: which steps, default "gpu_tests bench_qwen05b bench_32m"; "profile_qwen05b"
+# profiles 3 optimizer steps of ours and of TRL (+ Liger) on the 0.5B workload: where a step's wall
+# time goes (CPU ops, CUDA kernels, device busy share, host-device syncs; sft_throughput.py
+# --profile-steps).
 set -u
-out=${1:?usage: gpu_check.sh OUT_DIR [WHEEL_DIR]}
+out=${1:?usage: gpu_check.sh OUT_DIR [WHEEL_DIR] [STEPS]}
 wheels=${2:-}
+steps=${3:-gpu_tests bench_qwen05b bench_32m}
 mkdir -p "$out"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ -n "$wheels" ]; then
@@ -21,6 +26,7 @@ export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_H
 cd "$repo"
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log, report the exit status
     local name=$1 limit=$2; shift 2
+    case " $steps " in *" $name "*) ;; *) return 0 ;; esac
     local t0=$SECONDS
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
@@ -37,3 +43,6 @@ step bench_qwen05b 210 python3 benchmarks/sft_throughput.py --device cuda --work
     --skip-prep --out "$out/sft_throughput_qwen0.5b_cuda.json"
 step bench_32m 150 python3 benchmarks/sft_throughput.py --device cuda --samples 1024 --quick --skip-prep \
     --out "$out/sft_throughput_32m_cuda.json"
+step profile_qwen05b 240 python3 benchmarks/sft_throughput.py --device cuda --workload qwen0.5b --samples 64 --quick \
+    --skip-prep --profile-steps 3 --variants ours_default,trl_group_by_length,trl_liger \
+    --out "$out/sft_profile_qwen0.5b_cuda.json"

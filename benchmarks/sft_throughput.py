@@ -108,7 +108,7 @@ MODEL = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_ke
              intermediate_size=1408, vocab_size=8192)
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
 TRAIN = dict(batch_size=8, max_length=1024, learning_rate=1e-3, seed=42, gradient_checkpointing=False, device="cpu",
-             workload="32m")
+             workload="32m", profile_steps=0)
 
 # Qwen2-0.5B's shape (hidden 896, 24 layers, 14/2 heads, intermediate 4864, tied) with DeepSeek-V3's vocabulary
 QWEN05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -362,6 +362,72 @@ def _timer_callback():
     return Timer()
 
 
+def _step_profiler(steps: int, skip: int = 2):
+    """``--profile-steps N``: ``torch.profiler`` over N whole optimizer steps of the HF loop (data
+    loading, forward, backward, optimizer, callbacks) after ``skip`` warm-up steps, summarised as
+    where the wall time goes: the step's wall time, the CPU ops' self time, on CUDA the kernels'
+    device time (busy share = kernel time / wall time), and the host-device synchronisations. The
+    profiled steps' overhead is inside train s: a diagnostic run, not a table run."""
+    from transformers import TrainerCallback
+
+    class StepProfiler(TrainerCallback):
+        summary: dict = {}
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == skip and steps > 0 and not hasattr(self, "prof"):
+                import torch
+                from torch.profiler import ProfilerActivity, profile
+
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                self.prof = profile(activities=acts)
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if hasattr(self, "prof") and not self.summary and state.global_step >= skip + steps:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                wall = time.perf_counter() - self.t0
+                self.prof.__exit__(None, None, None)
+                self.summary = summarise_profile(self.prof, wall, state.global_step - skip)
+
+        def on_train_end(self, args, state, control, **kw):
+            if hasattr(self, "prof") and not self.summary:  # fewer steps than asked: what there was
+                wall = time.perf_counter() - self.t0
+                self.prof.__exit__(None, None, None)
+                self.summary = summarise_profile(self.prof, wall, max(1, state.global_step - skip))
+
+    return StepProfiler()
+
+
+def summarise_profile(prof, wall: float, steps: int, top: int = 15) -> dict:
+    syncs = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy", "aten::item",
+             "aten::_local_scalar_dense", "aten::nonzero")
+    cpu, device, sync_counts = [], [], {}
+    for e in prof.key_averages():
+        device_us = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0) or 0
+        if e.self_cpu_time_total:
+            cpu.append((e.key, e.self_cpu_time_total, e.count))
+        if device_us:
+            device.append((e.key, device_us, e.count))
+        if any(e.key.startswith(name) for name in syncs):
+            sync_counts[e.key] = e.count
+    cpu.sort(key=lambda r: -r[1])
+    device.sort(key=lambda r: -r[1])
+    # kernels only (not the cuda runtime calls that launched them): names without the aten:: prefix
+    busy = sum(us for key, us, _ in device if not key.startswith(("aten::", "autograd::", "cuda"))) / 1e6
+    per_step = lambda seconds: round(seconds / steps, 4)  # noqa: E731
+    return {"steps": steps, "wall_s_per_step": per_step(wall),
+            "cpu_self_s_per_step": per_step(sum(us for _, us, _ in cpu) / 1e6),
+            "device_busy_s_per_step": per_step(busy) if device else None,
+            "device_busy_share": round(busy / wall, 4) if device else None,
+            "syncs_per_step": {k: round(v / steps, 1) for k, v in sorted(sync_counts.items())},
+            "top_cpu_ops": [(k, per_step(us / 1e6), n // steps) for k, us, n in cpu[:top]],
+            "top_device_kernels": [(k, per_step(us / 1e6), n // steps) for k, us, n in device[:top]]}
+
+
 def eval_loss(model, examples) -> float:
     import torch
     import torch.nn.functional as F
@@ -398,6 +464,7 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
 
     torch.set_num_threads(threads)
     timer = _timer_callback()
+    profiler = _step_profiler(int(TRAIN.get("profile_steps") or 0))
     prep = {}
     cuda = TRAIN["device"] == "cuda"
     attn = _cuda_attention() if cuda else None
@@ -422,7 +489,7 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
         dc = DataConfig(packing=variant == "ours_packed", padding_free=False if variant == "ours_padded" else None,
                         cache_dir=str(out_dir / "cache"))
         trainer = create_trainer("lora", training_config=tc, lora_config=dict(LORA), data_config=dc,
-                                 callbacks=[timer])
+                                 callbacks=[timer, profiler])
         real_prepare, real_collator = trainer.prepare_dataset, trainer.data_collator
         counter = {}
 
@@ -486,7 +553,7 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
         train_ds = datasets.load_dataset("json", data_files=work["train"], split="train",
                                          cache_dir=str(out_dir / "hf-datasets"))
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                             callbacks=[timer])
+                             callbacks=[timer, profiler])
         prep["train"] = time.perf_counter() - t
         counter = _Counter(trainer.data_collator)
         trainer.data_collator = counter
@@ -510,6 +577,8 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
     attn_width = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
     useful = (sum(lengths) * (4 * frozen + 6 * lora)
               + cfg.num_hidden_layers * 12 * attn_width * sum(n * (n + 1) // 2 for n in lengths))
+    if profiler.summary:
+        extra["profile"] = profiler.summary
     if cuda:
         extra["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
         extra["attn_implementation"] = attn
@@ -650,6 +719,8 @@ def summarize(runs: list[dict], peak: float) -> dict:
                                           "peak_rss_phases_mb")})
     if any("peak_cuda_mb" in r for r in runs):
         row["peak_cuda_mb"] = _median([r.get("peak_cuda_mb") for r in runs])
+    if first.get("profile"):
+        row["profile"] = first["profile"]  # --profile-steps: the first run's
     row["failed_runs"] = len(failed)
     row["computed_tokens"] = first["computed_tokens"]
     row["repeats"] = len(runs)
@@ -744,6 +815,10 @@ def main() -> None:
                         help="for ours and TRL alike (default: off for 32m, on for qwen0.5b)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: bf16, flash_attention_2 (else sdpa), TRL + Liger where it imports")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="profile N optimizer steps after 2 warm-up steps of each variant (torch.profiler; where "
+                             "the wall time goes: CPU ops, CUDA kernels, syncs) into the JSON; their overhead is in "
+                             "train s, so use it to diagnose, not for the table")
     parser.add_argument("--dry-run", action="store_true", help="check the flags, imports and device; train nothing")
     parser.add_argument("--memory-limit-gb", type=float, default=None,
                         help="RSS limit of every training process: a run over it is stopped and recorded as OOM "
@@ -770,7 +845,7 @@ def main() -> None:
                  batch_size=args.batch_size or (LONG["batch_size"] if args.long else spec["batch_size"]),
                  max_length=args.max_length or (LONG["max_length"] if args.long else spec["max_length"]),
                  gradient_checkpointing=spec["gradient_checkpointing"] if args.gradient_checkpointing is None
-                 else args.gradient_checkpointing == "on")
+                 else args.gradient_checkpointing == "on", profile_steps=args.profile_steps)
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -812,6 +887,15 @@ def main() -> None:
                 continue
             print(f"  {name:32s} train {r['train_s']:7.1f} s  prep {r['prep_s']:5.2f} s  eval loss "
                   f"{r['eval_loss']:.4f}  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            if r.get("profile"):
+                p = r["profile"]
+                busy = f", device busy {p['device_busy_share']:.0%}" if p["device_busy_share"] is not None else ""
+                print(f"    profile of {p['steps']} steps: {p['wall_s_per_step']} s per step, CPU ops "
+                      f"{p['cpu_self_s_per_step']} s{busy}; syncs per step {p['syncs_per_step']}", flush=True)
+                for key, seconds, count in p["top_cpu_ops"][:6]:
+                    print(f"      cpu  {seconds:8.4f} s  x{count:<5d} {key[:70]}", flush=True)
+                for key, seconds, count in p["top_device_kernels"][:6]:
+                    print(f"      gpu  {seconds:8.4f} s  x{count:<5d} {key[:70]}", flush=True)
     prep = None
     if not args.skip_prep:
         prep_runs: dict[str, list] = {"prep_trl": [], "prep_ours_cold": [], "prep_ours_cached": []}
