@@ -167,13 +167,17 @@ def test_console_callback_lines():
     # trainer.evaluate() after train(): the steps are over, the line is the standalone evaluation's
     state.global_step = 10
     cb.on_train_end(None, state, None)
-    cb.idle_label = "evaluation"
+    cb.standalone_evaluation()
     cb.on_log(None, state, None, logs={"eval_loss": 1.25})
+    # a training run that raised never reaches on_train_end: the evaluation after it is still standalone
+    cb.on_train_begin(None, state, None)
+    cb.standalone_evaluation()
+    cb.on_log(None, state, None, logs={"eval_loss": 1.75})
     lines = out.getvalue().splitlines()
     assert lines[0] == "before training  eval_loss 2.5000"
     assert lines[1].startswith("step 5/10  loss 1.2346  lr 1.00e-03  0:00 elapsed, ETA ")
     assert lines[2] == "step 5/10  eval_loss 1.5000  eval_accuracy 0.2500"
-    assert lines[3] == "evaluation  eval_loss 1.2500"
+    assert lines[3] == "evaluation  eval_loss 1.2500" and lines[4] == "evaluation  eval_loss 1.7500"
 
 
 @pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])

@@ -263,15 +263,20 @@ def add_commands(sub: Any) -> None:
 
 def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """``parse_args``, but a ``section.key=value`` override may also come after an option
-    (``plan cfg.yaml --no-probe data.max_seq_length=512``): argparse stops filling a positional
+    (``plan cfg.yaml --no-probe training.max_seq_length=512``): argparse stops filling a positional
     list at the first option, and its intermixed mode does not work with sub-commands."""
     args, extra = parser.parse_known_args(argv)
     overrides = getattr(args, "overrides", None)
-    if extra and overrides is not None and all("=" in x and not x.startswith("-") for x in extra):
-        args.overrides = [*overrides, *extra]
-    elif extra:
+    if overrides is not None:
+        args.overrides = [*overrides, *(x for x in extra if _is_override(x))]
+        extra = [x for x in extra if not _is_override(x)]
+    if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,10 +108,10 @@ def render_options(query: str | None, sections: dict[str, type], *, width: int |
             every = names + [f.name for cls in sections.values() for f in dataclasses.fields(cls)]
             raise ConfigError(f"options {query!r}: not a config section or option" + did_you_mean(query, every)
                               + f"; sections: {', '.join(names)}")
-        return "\n".join(line for s in owners for line in _one_option(s, query, sections, width))
+        return "".join(line + "\n" for s in owners for line in _one_option(s, query, sections, width))
     if query is not None and "." in query:
         section, _, name = query.partition(".")
-        return "\n".join(_one_option(section, name, sections, width))
+        return "".join(line + "\n" for line in _one_option(section, name, sections, width))
     out: list[str] = []
     if query is None:
         out += _wrap("A run config is a YAML file with these top-level keys (sections); any option can also be "

@@ -47,7 +47,7 @@ class ConsoleCallback(TrainerCallback):
         self._start: float | None = None
         self._first_step = 0
         # the label of an evaluation outside the training steps: eval_on_start's, or a standalone
-        # evaluation (trainer.evaluate, `sage-finetune eval`), which sets "evaluation"
+        # evaluation (trainer.evaluate, `sage-finetune eval`: standalone_evaluation)
         self.idle_label = "before training"
         self._training = False  # between on_train_begin and on_train_end: lines carry the step
 
@@ -72,6 +72,12 @@ class ConsoleCallback(TrainerCallback):
         elapsed = time.perf_counter() - self._start
         left = elapsed / done * (state.max_steps - state.global_step)
         return f"  {_duration(elapsed)} elapsed, ETA {_duration(left)}"
+
+    def standalone_evaluation(self) -> None:
+        """What is logged next is an evaluation of its own, not at a training step (also after a
+        training run that ended with an error, when on_train_end never came)."""
+        self.idle_label = "evaluation"
+        self._training = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:

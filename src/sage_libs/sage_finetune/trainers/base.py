@@ -356,7 +356,10 @@ class BaseTrainer(FineTuner):
         check_run_inputs(self, train_data, eval_data)
 
     def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
-        """``eval_loss`` (mean over trained tokens) and ``perplexity`` on ``eval_dataset``."""
+        """``eval_loss`` and ``perplexity`` on ``eval_dataset``. As in the HF Trainer, ``eval_loss``
+        is the mean over samples of each evaluation batch's loss (its mean over the batch's trained
+        tokens), so it moves slightly with ``per_device_eval_batch_size``; the batches follow the
+        dataset's order whatever the training sampler (``SFTTrainerCore._get_eval_sampler``)."""
         eval_ds = self.prepare_dataset(eval_dataset, "eval")
         if self.hf_trainer is None:
             self.build_hf_trainer(None, eval_ds)
@@ -372,7 +375,7 @@ class BaseTrainer(FineTuner):
 
         for callback in self.hf_trainer.callback_handler.callbacks:
             if isinstance(callback, ConsoleCallback):
-                callback.idle_label = "evaluation"
+                callback.standalone_evaluation()
 
     def save_model(self, output_dir: str | os.PathLike) -> str:
         """Write the model (an adapter for PEFT methods) and tokenizer atomically, in safetensors.
