@@ -120,3 +120,20 @@ def test_inspect_sample_counts_across_several_train_files(tiny_model_dir, tmp_pa
     assert "sample 0 (--sample -3; " in out.split(f"== {second}\n")[0] and "Say one." in out
     assert main(["data", "inspect", str(config), "--sample", "3", "--png", ""]) == 2
     assert "data inspect --sample 3: sample 3: the 2 files have 3 examples in all" in capsys.readouterr().err
+
+
+def test_inspect_sample_with_no_examples_left_is_an_error(tiny_model_dir, tmp_path, capsys):
+    """Every record skipped: the counts are shown, but an explicit --sample says there is nothing to
+    show (it used to exit 0 with no sample)."""
+    import yaml
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"instruction": "Say hi.", "output": 5}) + "\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "method": "lora", "training": {"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "o")},
+        "data": {"train_file": str(data), "on_error": "skip"}}))
+    assert main(["data", "inspect", str(config), "--png", "", "--no-color"]) == 0
+    assert "records 1  examples 0" in capsys.readouterr().out
+    assert main(["data", "inspect", str(config), "--sample", "3", "--png", ""]) == 2
+    assert "data inspect --sample 3: no examples to show" in capsys.readouterr().err

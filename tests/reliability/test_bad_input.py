@@ -195,6 +195,11 @@ CASES: dict[str, Case] = {
                               prepare=lambda t, m: {"data": {"eval_file": str(t / "ev.jsonl")}}),
     "empty data file": Case("data.jsonl: the file is empty",
                             prepare=lambda t, m: {"data": {"train_file": data_file(t, "")}}),
+    "empty JSON array": Case("data.json: the file has no records (an empty JSON array)", prepare=lambda t, m: {
+        "data": {"train_file": data_file(t, "[]\n", "data.json")}}),
+    "JSON file not records": Case("data.json: expected a JSON array of records (or one record object), not a JSON "
+                                  "string", prepare=lambda t, m: {
+        "data": {"train_file": data_file(t, '"hello"\n', "data.json")}}),
     "malformed JSON": Case("data.jsonl:2: malformed JSON", prepare=lambda t, m: {
         "data": {"train_file": data_file(t, R + '{"instruction": "x", \n')}}),
     "data not UTF-8": Case("data.jsonl:1: bytes that are not UTF-8", prepare=lambda t, m: {

@@ -79,6 +79,9 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
             where = f"{reports[0][0]}: " if len(reports) == 1 else ""
             raise UsageError(f"data inspect --sample {args.sample}: {where}{exc}") from None
         reports[which][2].pick_sample(position)
+    elif args.sample:  # asked for a sample where there is none (the default 0 just shows the counts)
+        raise UsageError(f"data inspect --sample {args.sample}: no {reports[0][2].noun if reports else 'examples'} "
+                         "to show: every record was skipped or dropped (see the counts without --sample)")
     for file, records, report in reports:
         if hasattr(report, "unpaired"):
             _print_preference_report(report, records, file, tokenizer, max_len, args, several_files=len(files) > 1)

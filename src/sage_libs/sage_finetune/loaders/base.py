@@ -94,8 +94,12 @@ def _read_json_array(p: Path) -> list[tuple[int, Any]]:
         raise DataFileError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
     if isinstance(data, dict):
         data = [data]
-    if not isinstance(data, list) or not data:
-        raise DataFileError(f"{p}: expected a JSON array of records")
+    if isinstance(data, list) and not data:
+        raise DataFileError(f"{p}: the file has no records (an empty JSON array)")
+    if not isinstance(data, list):
+        kind = "null" if data is None else "true/false" if isinstance(data, bool) else \
+            "string" if isinstance(data, str) else "number"
+        raise DataFileError(f"{p}: expected a JSON array of records (or one record object), not a JSON {kind}")
     # a JSON array has no per-record line numbers; use 1-based record indices instead
     return [(i + 1, rec) for i, rec in enumerate(data)]
 
