@@ -87,7 +87,8 @@ REPO = HERE.parent
 
 OURS = ("ours_default", "ours_packed")
 TRL = ("trl_padding", "trl_packing", "trl_group_by_length", "trl_padding_free", "trl_liger")
-ABLATIONS = ("ours_no_selective_logits", "ours_no_malloc_tuning", "ours_padded", "trl_group_by_length_malloc_env")
+ABLATIONS = ("ours_no_selective_logits", "ours_no_malloc_tuning", "ours_no_fused_norms", "ours_padded",
+             "trl_group_by_length_malloc_env")
 LABELS = {
     "ours_default": "ours default (padding-free)",
     "ours_packed": "ours packed",
@@ -98,6 +99,7 @@ LABELS = {
     "trl_liger": "TRL group_by_length + Liger",
     "ours_no_selective_logits": "ours default, full logits",
     "ours_no_malloc_tuning": "ours default, no malloc tuning",
+    "ours_no_fused_norms": "ours default, no fused RMSNorm",
     "ours_malloc_tuning": "ours default, malloc tuning on",
     "ours_padded": "ours padded batches",
     "trl_group_by_length_malloc_env": "TRL group_by_length + MALLOC_* env",
@@ -485,7 +487,7 @@ def child_train(variant: str, work: dict, threads: int, out_dir: Path) -> dict:
                             use_cpu=not cuda, selective_logits=variant != "ours_no_selective_logits",
                             # None: our default
                             malloc_tuning={"ours_no_malloc_tuning": False, "ours_malloc_tuning": True}.get(variant),
-                            gradient_checkpointing=gc)
+                            gradient_checkpointing=gc, fused_norms=variant != "ours_no_fused_norms")
         dc = DataConfig(packing=variant == "ours_packed", padding_free=False if variant == "ours_padded" else None,
                         cache_dir=str(out_dir / "cache"))
         trainer = create_trainer("lora", training_config=tc, lora_config=dict(LORA), data_config=dc,

@@ -10,6 +10,7 @@ padding-free batches        no padding; one row per batch                       
 per-document attention      attention cost of each document, not of the row     (with padding-free / packing)
 allocator tuning            page faults of each step's activations (glibc)      ``training.malloc_tuning``
                             (off by default with gradient checkpointing)
+fused RMSNorm               passes over memory in norms (CPU)                   ``training.fused_norms``
 compiled decoder layers     non-matmul time (fused by inductor); off: compiles  ``training.compile_layers``
 ==========================  =================================================  ==========================
 
@@ -92,6 +93,7 @@ class FastPaths:
     malloc_tuning: bool = False
     returns_freed_memory: bool = False  # malloc_tuning off and the fixed mmap threshold applied (glibc)
     compile_layers: bool = False
+    fused_norms: bool = False  # RMSNorm modules run fused_norm.rms_norm (CPU; per module, after a probe)
     notes: tuple[str, ...] = ()  # why a path is off, for the log
 
     def describe(self) -> str:
@@ -103,6 +105,7 @@ class FastPaths:
                  f"per-document attention {'on' if self.doc_attention else 'off'}",
                  "malloc tuning " + ("on" if self.malloc_tuning else "off (freed blocks over 4 MiB returned)"
                                      if self.returns_freed_memory else "off (glibc's defaults)"),
+                 f"fused RMSNorm {'on' if self.fused_norms else 'off'}",
                  f"compiled decoder layers {'on' if self.compile_layers else 'off'}"]
         return "; ".join(flags) + (f" ({'; '.join(self.notes)})" if self.notes else "")
 
@@ -148,12 +151,24 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
         if not doc_attention:
             notes.append(f"per-document attention: {why}")
     compile_layers = bool(getattr(tc, "compile_layers", False))
+    # eager CPU only: inductor fuses the norms itself, sharded weights cannot be probed, and on GPUs
+    # this was not measured
+    fused_norms = bool(getattr(tc, "fused_norms", True)) and not compile_layers and not sharded \
+        and _device_type(model) == "cpu"
     config = getattr(base_causal_lm(model), "config", None)
     hidden = getattr(config, "hidden_size", 0) if config is not None else 0
     widest = widest_activation_bytes(tc, hidden, getattr(config, "intermediate_size", 4 * hidden)) if hidden else None
     return FastPaths(selective_logits=selective, chunked_lm_loss=chunked, padding_free=padding_free,
                      group_by_length=resolve_group_by_length(data_config, padding_free), doc_attention=doc_attention,
-                     malloc_tuning=malloc_tuning_for(tc, widest), compile_layers=compile_layers, notes=tuple(notes))
+                     malloc_tuning=malloc_tuning_for(tc, widest), compile_layers=compile_layers,
+                     fused_norms=fused_norms, notes=tuple(notes))
+
+
+def _device_type(model: Any) -> str:
+    try:
+        return next(model.parameters()).device.type
+    except (StopIteration, AttributeError):
+        return "cpu"
 
 
 def _uses_doc_attention(model: Any) -> bool:
@@ -178,6 +193,10 @@ def install_fast_paths(model: Any, paths: FastPaths) -> FastPaths:
         paths = replace(paths, malloc_tuning=tune_malloc())
     else:  # for memory: large freed blocks go back to the OS (see allocator)
         paths = replace(paths, returns_freed_memory=return_freed_memory())
+    if paths.fused_norms:
+        from .fused_norm import install_fused_norms
+
+        paths = replace(paths, fused_norms=install_fused_norms(model) > 0)
     if paths.compile_layers:
         from .compiled_layers import compile_decoder_layers
 
