@@ -83,6 +83,61 @@ def test_install_switches_only_norms_it_reproduces():
     assert set(model.state_dict()) == {"a.weight", "b.weight", "c.weight"}  # nothing added to what is saved
 
 
+class _OlmoLikeRMSNorm(torch.nn.Module):
+    """Multiplies by the weight before casting back: equal in float32, not in bfloat16."""
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.linspace(0.5, 1.5, hidden))
+        self.eps = 1e-6
+
+    def forward(self, x):
+        x32 = x.float()
+        return (self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))).to(x.dtype)
+
+
+def test_probe_wants_the_same_forward_bits_and_runs_under_no_grad():
+    """A norm whose 16-bit forward rounds differently is refused (16-bit gradients have a tolerance,
+    the forward has none); the probe works when the first call comes under torch.no_grad."""
+    with torch.no_grad():
+        assert install_fused_norms(_OlmoLikeRMSNorm(32).bfloat16()) == 0
+        assert install_fused_norms(_OlmoLikeRMSNorm(32)) == 1  # float32: the same bits
+
+
+def test_other_dtypes_than_the_probed_one_take_the_module_forward():
+    """Switched in float32, then cast to bfloat16 (or given a bfloat16 input under autocast): the
+    module's own forward runs, so nothing it computes differently slips through."""
+    olmo = _OlmoLikeRMSNorm(32)
+    assert install_fused_norms(olmo) == 1
+    olmo.bfloat16()
+    x = torch.randn(4, 32).bfloat16()
+    assert torch.equal(olmo(x), type(olmo).forward(olmo, x))
+    llama = _llama_norm(32)  # float32 weight, bfloat16 input (Qwen3's q_norm under autocast)
+    assert install_fused_norms(llama) == 1
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    outs = [llama(xs[0]), type(llama).forward(llama, xs[1])]
+    grad = torch.randn_like(outs[0])
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(torch.autograd.grad(outs[0], xs[0], grad)[0], torch.autograd.grad(outs[1], xs[1], grad)[0])
+
+
+def test_a_saved_whole_model_loads_with_the_module_forward(tmp_path):
+    """torch.save of the module object (the fused forward is an instance attribute) loads back, even
+    where this package is not imported, with the module's own forward; deepcopy likewise."""
+    import copy
+
+    model = torch.nn.ModuleDict({"norm": _llama_norm(32)})
+    assert install_fused_norms(model) == 1
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    x = torch.randn(3, 32)
+    restored = vars(loaded["norm"]).get("forward")
+    assert restored is None or getattr(restored, "__func__", None) is type(loaded["norm"]).forward
+    assert torch.equal(loaded["norm"](x), model["norm"](x))
+    copied = copy.deepcopy(model)
+    assert torch.equal(copied["norm"](x), model["norm"](x)) and copied["norm"].weight is not model["norm"].weight
+
+
 def test_lora_step_is_the_same_with_fused_norms(tiny_model_dir):
     """A LoRA forward+backward of the tiny model (padding-free rows): loss to 1e-6, LoRA gradients to 1e-5."""
     from peft import LoraConfig, get_peft_model

@@ -119,8 +119,9 @@ class TrainingConfig(_Config):
                "compiler on the CPU. Measured in benchmarks/layer_fusion.py.")
     fused_norms: bool = _opt(
         True, "On the CPU, run each RMSNorm as one autograd function with a hand-written backward (fewer passes "
-              "over memory; same forward ops, gradients equal to rounding). A norm is switched only when a probe "
-              "reproduces its own forward and backward; others (e.g. Gemma's) keep theirs. Off with "
+              "over memory; the same forward bits, gradients equal to rounding). A norm is switched only when a "
+              "probe reproduces its own forward and backward; others (e.g. Gemma's) keep theirs, and inputs of "
+              "another dtype than the probed one run the module's own forward. Off with "
               "compile_layers (inductor fuses them) and when the weights are sharded.")
     plan_check: bool = _opt(
         True, "Before loading the model, predict the run's peak memory (sage-finetune plan) and warn, with what to "

@@ -17,14 +17,11 @@ something else (Gemma's ``1 + w``, a norm with a bias) keep their own forward.
 from __future__ import annotations
 
 import logging
-import types
 from typing import Any
 
 __all__ = ["rms_norm", "install_fused_norms", "norm_modules"]
 
 logger = logging.getLogger(__name__)
-
-_FUSED = "_sage_fused_norm"  # set on a module whose forward is the fused one
 
 
 def _function():
@@ -86,20 +83,38 @@ def norm_modules(model: Any) -> list[Any]:
     found = []
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if (type(module).__name__.endswith("RMSNorm") and weight is not None and getattr(weight, "dim", lambda: 0)() == 1
-                and _eps(module) is not None and getattr(module, "bias", None) is None
+        if (type(module).__name__.endswith("RMSNorm") and weight is not None
+                and getattr(weight, "dim", lambda: 0)() == 1 and _eps(module) is not None and getattr(module, "bias", None) is None
                 and not any(True for _ in module.children())):
             found.append(module)
     return found
 
 
-def _fused_forward(self: Any, hidden_states: Any) -> Any:
-    return rms_norm(hidden_states, self.weight, self._sage_norm_eps)
+class _FusedForward:
+    """The forward of one switched norm module (an instance attribute ``forward``). It runs the
+    fused function for what the probe checked, an input and a weight in the weight's dtype at probe
+    time, and the module's own forward for anything else (a model cast to another dtype after the
+    switch, a 16-bit input under autocast with a float32 weight). Pickling (``torch.save`` of the
+    whole model) and ``copy.deepcopy`` give the module back its own forward."""
+
+    def __init__(self, module: Any, eps: float, dtype: Any) -> None:
+        self.module, self.eps, self.dtype = module, eps, dtype
+
+    def __call__(self, hidden_states: Any) -> Any:
+        module = self.module
+        if hidden_states.dtype != self.dtype or module.weight.dtype != self.dtype:
+            return type(module).forward(module, hidden_states)
+        return rms_norm(hidden_states, module.weight, self.eps)
+
+    def __reduce__(self):
+        # unpickled before the module's attributes are restored: the class's forward, bound
+        return getattr, (self.module, "forward")
 
 
 def _agrees(module: Any) -> bool:
     """The fused forward and backward against the module's own, on a small random input in the
-    module's dtype and device (float32: to 1e-5 relative; 16-bit: to one rounding step)."""
+    weight's dtype and device: the forward bit for bit, the gradients to 1e-5 relative in float32
+    (one rounding step in 16-bit types)."""
     import torch
 
     weight = module.weight
@@ -108,19 +123,23 @@ def _agrees(module: Any) -> bool:
     x = torch.randn(2, 3, weight.shape[0], generator=generator).to(weight.device, weight.dtype)
     grad = torch.randn(2, 3, weight.shape[0], generator=generator).to(weight.device, weight.dtype)
     results = []
-    for forward in (module.forward, lambda h: rms_norm(h, weight, eps)):
-        xi = x.clone().requires_grad_(True)
-        try:
-            out = forward(xi)
-        except Exception:  # noqa: BLE001 - a module that cannot take this input keeps its own forward
-            return False
-        if not torch.is_tensor(out) or out.shape != x.shape:
-            return False
-        inputs = [xi] + ([weight] if weight.requires_grad else [])
-        grads = torch.autograd.grad(out, inputs, grad)
-        results.append([out.detach(), *grads])
-    tol = dict(rtol=1e-5, atol=1e-6) if weight.dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-    return all(torch.allclose(a.float(), b.float(), **tol) for a, b in zip(*results))
+    with torch.enable_grad():  # also when the run's first call is an evaluation under no_grad
+        for forward in (module.forward, lambda h: rms_norm(h, weight, eps)):
+            xi = x.clone().requires_grad_(True)
+            try:
+                out = forward(xi)
+            except Exception:  # noqa: BLE001 - a module that cannot take this input keeps its own forward
+                return False
+            if not torch.is_tensor(out) or out.shape != x.shape or out.dtype != x.dtype or not out.requires_grad:
+                return False
+            inputs = [xi] + ([weight] if weight.requires_grad else [])
+            grads = torch.autograd.grad(out, inputs, grad)
+            results.append([out.detach(), *grads])
+    (ref_out, *ref_grads), (out, *grads) = results
+    if not torch.equal(out, ref_out):  # e.g. OLMo's (w * x).to(dtype) instead of w * x.to(dtype) in 16-bit
+        return False
+    tol = dict(rtol=1e-5, atol=1e-6) if weight.dtype in (torch.float32, torch.float64) else dict(rtol=2e-2, atol=2e-2)
+    return all(torch.allclose(a.float(), b.float(), **tol) for a, b in zip(grads, ref_grads))
 
 
 def install_fused_norms(model: Any) -> int:
@@ -129,15 +148,13 @@ def install_fused_norms(model: Any) -> int:
     how many modules use it."""
     count, refused = 0, set()
     for module in norm_modules(model):
-        if getattr(module, _FUSED, False):
+        if isinstance(vars(module).get("forward"), _FusedForward):
             count += 1
             continue
         if not _agrees(module):
             refused.add(type(module).__name__)
             continue
-        module._sage_norm_eps = _eps(module)
-        module.forward = types.MethodType(_fused_forward, module)
-        setattr(module, _FUSED, True)
+        module.forward = _FusedForward(module, _eps(module), module.weight.dtype)
         count += 1
     if refused:
         logger.info("fused RMSNorm not used for %s: its forward computes something else", ", ".join(sorted(refused)))
