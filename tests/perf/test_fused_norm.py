@@ -183,3 +183,22 @@ def test_trainer_decides_and_logs_it(tiny_model_dir, tmp_path):
         paths = trainer.plan_fast_paths()
         assert paths.fused_norms is want
         assert f"fused RMSNorm {'on' if want else 'off'}" in paths.describe()
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_a_first_evaluation_under_no_grad_or_inference_mode(tiny_model_dir, tmp_path, context):
+    """The run's fast paths are decided on the first call; when that is an evaluation inside
+    torch.no_grad (the probe needs gradients) or torch.inference_mode (no version counters: the
+    per-document attention's memo) it works and gives the plain evaluation's loss."""
+    from sage_libs.sage_finetune import TrainingConfig, create_trainer
+
+    from ..paths import EXAMPLE_DATA
+
+    losses = []
+    for ctx in (getattr(torch, context), torch.enable_grad):
+        tc = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / context),
+                            use_cpu=True, plan_check=False)
+        trainer = create_trainer("lora", training_config=tc)
+        with ctx():
+            losses.append(trainer.evaluate(str(EXAMPLE_DATA / "alpaca_eval.jsonl"))["eval_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)

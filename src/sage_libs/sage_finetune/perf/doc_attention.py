@@ -31,7 +31,10 @@ def _doc_segments(position_ids: Any, batch: int, length: int) -> list[list[tuple
     the positions do not describe whole documents starting at the row's first token."""
     global _segments_memo
     ref, version, key, value = _segments_memo
-    if ref is not None and ref() is position_ids and version == position_ids._version and key == (batch, length):
+    # inference-mode tensors (an evaluation under torch.inference_mode) have no version counter and
+    # cannot change in place; under it, identity is enough
+    current = None if position_ids.is_inference() else position_ids._version
+    if ref is not None and ref() is position_ids and version == current and key == (batch, length):
         return value  # every layer of one forward pass sees the same position_ids
     pos = position_ids.detach()
     if pos.dim() == 1:
@@ -47,7 +50,7 @@ def _doc_segments(position_ids: Any, batch: int, length: int) -> list[list[tuple
         rows.append(list(zip(starts, starts[1:] + [length])))
     if len(rows) == 1 and batch > 1:
         rows = rows * batch
-    _segments_memo = (weakref.ref(position_ids), position_ids._version, (batch, length), rows)
+    _segments_memo = (weakref.ref(position_ids), current, (batch, length), rows)
     return rows
 
 
