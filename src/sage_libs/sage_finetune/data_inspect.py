@@ -19,10 +19,16 @@ __all__ = ["cmd_data_inspect"]
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     """Render the data like training would and show what the model will see."""
-
     from .data.pipeline import record_location
     from .data.rendering import render_options
-    from .data.report import SampleOutOfRange, build_preference_report, build_report, locate_sample, preference_view
+    from .data.report import (
+        PreferenceReport,
+        SampleOutOfRange,
+        build_preference_report,
+        build_report,
+        locate_sample,
+        preference_view,
+    )
     from .data.sources import record_sets
 
     source = Path(args.source)
@@ -83,7 +89,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         raise UsageError(f"data inspect --sample {args.sample}: no {reports[0][2].noun if reports else 'examples'} "
                          "to show: every record was skipped or dropped (see the counts without --sample)")
     for file, records, report in reports:
-        if hasattr(report, "unpaired"):
+        if isinstance(report, PreferenceReport):
             _print_preference_report(report, records, file, tokenizer, max_len, args, several_files=len(files) > 1)
         else:
             _print_report(report, records, file, tokenizer, max_len, args, several_files=len(files) > 1)

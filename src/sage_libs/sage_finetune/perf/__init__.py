@@ -129,7 +129,7 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
     forward and backward only, so the chunked loss is off. ``packing_or_flat_rows``: the batches
     carry ``position_ids`` and no ``attention_mask`` (None: decide padding-free here)."""
     from .doc_attention import doc_attention_supported, resolve_padding_free
-    from .selective_logits import base_causal_lm, probe_model
+    from .selective_logits import base_causal_lm, model_device_type, probe_model
 
     tc, notes = training_config, []
     selective = bool(getattr(tc, "selective_logits", True))
@@ -154,7 +154,7 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
     # eager CPU only: inductor fuses the norms itself, sharded weights cannot be probed, and on GPUs
     # this was not measured
     fused_norms = bool(getattr(tc, "fused_norms", True)) and not compile_layers and not sharded \
-        and _device_type(model) == "cpu"
+        and model_device_type(model) == "cpu"
     config = getattr(base_causal_lm(model), "config", None)
     hidden = getattr(config, "hidden_size", 0) if config is not None else 0
     widest = widest_activation_bytes(tc, hidden, getattr(config, "intermediate_size", 4 * hidden)) if hidden else None
@@ -163,12 +163,6 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
                      malloc_tuning=malloc_tuning_for(tc, widest), compile_layers=compile_layers,
                      fused_norms=fused_norms, notes=tuple(notes))
 
-
-def _device_type(model: Any) -> str:
-    try:
-        return next(model.parameters()).device.type
-    except (StopIteration, AttributeError):
-        return "cpu"
 
 
 def _uses_doc_attention(model: Any) -> bool:

@@ -13,7 +13,7 @@ import logging
 import weakref
 from typing import Any
 
-from .selective_logits import base_causal_lm
+from .selective_logits import base_causal_lm, model_device_type
 
 __all__ = ["DOC_ATTENTION", "doc_attention_forward", "doc_attention_mask", "doc_attention_supported",
            "install_doc_attention", "resolve_padding_free"]
@@ -123,10 +123,7 @@ def doc_attention_supported(model: Any) -> str | None:
     config = getattr(base, "config", None)
     if config is None:
         return "no config"
-    try:
-        device = next(base.parameters()).device.type
-    except (StopIteration, AttributeError):
-        device = "cpu"
+    device = model_device_type(base)
     if device != "cpu":
         return f"the model is on {device} (on GPUs use flash_attention_2, which reads the same position_ids)"
     if getattr(config, "_attn_implementation", None) != "sdpa":

@@ -16,6 +16,7 @@ something else (Gemma's ``1 + w``, a norm with a bias) keep their own forward.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -24,7 +25,8 @@ __all__ = ["rms_norm", "install_fused_norms", "norm_modules"]
 logger = logging.getLogger(__name__)
 
 
-def _function():
+@functools.cache
+def _rms_norm_function() -> Any:  # the autograd.Function class is built on first use: no torch at import
     import torch
 
     class RMSNormFunction(torch.autograd.Function):
@@ -54,16 +56,6 @@ def _function():
     return RMSNormFunction
 
 
-_FUNCTION: Any = None
-
-
-def _rms_norm_function() -> Any:  # the autograd.Function class is built on first use: no torch at import
-    global _FUNCTION
-    if _FUNCTION is None:
-        _FUNCTION = _function()
-    return _FUNCTION
-
-
 def rms_norm(x: Any, weight: Any, eps: float) -> Any:
     """transformers' RMSNorm of ``x`` (last dimension) with ``weight``, as one autograd function."""
     return _rms_norm_function().apply(x, weight, eps)
@@ -84,8 +76,8 @@ def norm_modules(model: Any) -> list[Any]:
     for module in model.modules():
         weight = getattr(module, "weight", None)
         if (type(module).__name__.endswith("RMSNorm") and weight is not None
-                and getattr(weight, "dim", lambda: 0)() == 1 and _eps(module) is not None and getattr(module, "bias", None) is None
-                and not any(True for _ in module.children())):
+                and getattr(weight, "dim", lambda: 0)() == 1 and _eps(module) is not None
+                and getattr(module, "bias", None) is None and not any(True for _ in module.children())):
             found.append(module)
     return found
 

@@ -25,6 +25,14 @@ __all__ = ["selective_causal_lm_loss", "supports_selective_logits", "lm_head_for
 logger = logging.getLogger(__name__)
 
 
+def model_device_type(model: Any) -> str:
+    """The device type of ``model``'s first parameter ("cpu" for a model without parameters)."""
+    try:
+        return next(model.parameters()).device.type
+    except (StopIteration, AttributeError):
+        return "cpu"
+
+
 def base_causal_lm(model: Any) -> Any:
     """The transformers model under a PEFT or DDP wrapper."""
     import torch
