@@ -137,8 +137,9 @@ def test_console_is_one_line_per_log_event_and_nothing_else(tmp_path, tiny_model
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     both = result.stdout + result.stderr
+    # ... nor lines of libraries pulled in indirectly (transformers 5.25 -> kernels, offline; they go to train.log)
     for noise in ("{'loss'", "{'eval_loss'", "\x1b[A", "Setting accelerator to CPU", "is_gradient_checkpointing",
-                  "FutureWarning"):
+                  "FutureWarning", "kernels.", "Skipping publisher trust check"):
         assert noise not in both, (noise, both[-3000:])
     lines = [x for x in result.stderr.splitlines() if x.strip() and not x.startswith("Loading weights")]
     assert lines[0].startswith("before training  eval_loss ") and len(lines) == 1 + 4 + 2, lines  # 4 losses, 2 evals
@@ -147,6 +148,42 @@ def test_console_is_one_line_per_log_event_and_nothing_else(tmp_path, tiny_model
     # INFO lines (the run's fast-path decisions among them) go to train.log, not to the console
     run_log = (Path(load_run_config(str(cfg))["training"].output_dir) / "train.log").read_text()
     assert "fast paths: selective logits on" in run_log and "fast paths" not in both
+
+
+def test_console_shows_only_the_libraries_a_user_configures(tmp_path):
+    """The console handler passes our loggers, the user's own and those of the libraries the run
+    configures; an indirect dependency's warning (transformers 5.25 -> kernels, offline) goes to
+    train.log only."""
+    import logging
+
+    from sage_libs.sage_finetune import cli, run_files
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    for handler in before:  # as in a fresh process: no handler yet (pytest has its own)
+        root.removeHandler(handler)
+    try:
+        cli._quiet_libraries()
+        console = next(h for h in root.handlers if type(h) is logging.StreamHandler)
+        run_files.log_to_file(tmp_path)
+
+        def shown(name):
+            record = logging.LogRecord(name, logging.WARNING, __file__, 1, f"from {name}", None, None)
+            return bool(console.filter(record))
+
+        assert [shown(n) for n in ("sage_libs.sage_finetune.trainers", "transformers.modeling_utils", "peft.tuners",
+                                   "root", "torch.distributed", "bitsandbytes.cextension")] == [True] * 6
+        assert [shown(n) for n in ("kernels._internals.hf_hub", "httpx", "filelock", "kernelsx")] == [False] * 4
+        logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust check for 'x'")
+        run_files.stop_log_file()
+        assert "WARNING kernels._internals.hf_hub: Skipping publisher trust check for 'x'" in \
+            (tmp_path / run_files.TRAIN_LOG).read_text()
+    finally:
+        run_files.stop_log_file()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in before:
+            root.addHandler(handler)
 
 
 def test_console_callback_lines():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ._helpers import assert_weights_are_safetensors, write_config
+from ._helpers import EXAMPLE_DATA, assert_weights_are_safetensors, write_config
 
 torch = pytest.importorskip("torch")
 
@@ -223,3 +223,46 @@ def test_formatting_func_name_is_checked_before_the_file_runs(project):
     assert _trainer("fmt.py:to_messages").formatting_func({"a": 1}) == {"a": 1}  # then it is imported and used
     assert getattr(builtins, INSTALLED_MARK)
     del builtins._sage_finetune_test_imported
+
+
+@pytest.fixture
+def umask_022():
+    import os
+
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _private_paths(root: Path) -> list[str]:
+    """Files (folders) under root that a group member could not read (enter) under umask 022."""
+    bad = []
+    for path in [root, *root.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        want = 0o755 if path.is_dir() else 0o644
+        if mode != want:
+            bad.append(f"{path.relative_to(root)} {oct(mode)}")
+    return bad
+
+
+def test_weights_follow_the_umask_in_every_output_folder(tmp_path, umask_022, capsys):
+    """safetensors' save_file writes 0600: adapter/, model/, merged/, checkpoint-N/ and tiny-model
+    weights are 0644 like every other output under umask 022 (a serving group can read them)."""
+    assert main(["tiny-model", str(tmp_path / "tiny"), "--corpus", str(EXAMPLE_DATA / "chat_train.jsonl")]) == 0
+    assert (tmp_path / "tiny" / "model.safetensors").is_file()
+    assert _private_paths(tmp_path / "tiny") == []
+    lora = write_config(tmp_path, tmp_path / "tiny", name="lora.yaml",
+                        training={"output_dir": str(tmp_path / "lora"), "save_strategy": "steps", "save_steps": 2})
+    assert main(["train", str(lora), "--merge"]) == 0
+    full = write_config(tmp_path, tmp_path / "tiny", name="full.yaml", method="full", lora=None,
+                        training={"output_dir": str(tmp_path / "full"), "max_steps": 2, "save_strategy": "steps",
+                                  "save_steps": 2})
+    assert main(["train", str(full)]) == 0
+    weights = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.safetensors"))
+    for expected in ("lora/adapter/adapter_model.safetensors", "lora/merged/model.safetensors",
+                     "lora/checkpoint-2/adapter_model.safetensors", "full/model/model.safetensors",
+                     "full/checkpoint-2/model.safetensors"):
+        assert expected in weights, weights
+    assert _private_paths(tmp_path / "lora") == [] and _private_paths(tmp_path / "full") == []

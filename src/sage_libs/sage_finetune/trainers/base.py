@@ -28,7 +28,7 @@ from ..errors import (  # noqa: F401 (re-exported)
     did_you_mean,
 )
 from ..interface import FineTuner
-from ..utils.io import atomic_dir
+from ..utils.io import atomic_dir, follow_umask
 from ..utils.processes import is_main_process
 from .preflight import check_output_dir, check_run_inputs
 
@@ -392,6 +392,7 @@ class BaseTrainer(FineTuner):
             hf.save_model(str(output_dir))
             if is_main_process():
                 self.tokenizer.save_pretrained(str(output_dir))
+                follow_umask(output_dir)
             return str(output_dir)
         if is_main_process():
             with atomic_dir(output_dir) as tmp:

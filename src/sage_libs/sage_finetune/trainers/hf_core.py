@@ -123,12 +123,16 @@ class SFTTrainerCore(Trainer):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
-        if self.before_checkpoint is not None:  # the run's identity goes in before any of its files
-            import os
+        import os
 
-            self.before_checkpoint(os.path.join(self._get_output_dir(trial=trial),
-                                                f"checkpoint-{self.state.global_step}"))
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        if self.before_checkpoint is not None:  # the run's identity goes in before any of its files
+            self.before_checkpoint(folder)
         super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # safetensors writes the weights 0600: the umask decides, as for every file
+            from ..utils.io import follow_umask
+
+            follow_umask(folder)
 
     # -- observation ----------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):

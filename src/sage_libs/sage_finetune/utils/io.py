@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_dir", "normal_mode", "is_out_of_space",
-           "disk_full_message"]
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_dir", "normal_mode", "follow_umask",
+           "is_out_of_space", "disk_full_message"]
 
 
 def normal_mode(path: str | os.PathLike, directory: bool = False) -> None:
@@ -20,6 +20,27 @@ def normal_mode(path: str | os.PathLike, directory: bool = False) -> None:
     given it under the current umask: mkstemp/mkdtemp make them private (0600/0700), which would
     keep a serving process running as another user from reading the model."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give every file and folder under ``root`` (and ``root`` itself) the permissions of a plain
+    ``open()`` / ``mkdir()`` under the current umask. Writers we do not own create private files:
+    safetensors' ``save_file`` writes ``*.safetensors`` as 0600 whatever the umask, so without this
+    a serving process in the same group could not read the weights."""
+    root = Path(root)
+    if root.is_file():
+        normal_mode(root)
+        return
+    if not root.is_dir():
+        return
+    normal_mode(root, directory=True)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            normal_mode(os.path.join(folder, name), directory=True)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                normal_mode(path)
 
 
 def _umask() -> int:
@@ -72,6 +93,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    follow_umask(tmp)  # what the writers inside created keeps their modes otherwise (see follow_umask)
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["install_log_filters", "NOISE", "WARNINGS"]
+__all__ = ["install_log_filters", "NOISE", "WARNINGS", "CONSOLE_LOGGERS", "ConsoleLoggers"]
 
 # logger name -> message prefixes to drop, each with the reason it is noise
 NOISE: dict[str, tuple[str, ...]] = {
@@ -27,6 +27,24 @@ WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # transformers 5 deprecates the attribute that peft and the Trainer still read; nothing to do for users
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
 )
+
+
+# Loggers whose warnings reach the command line's console: ours, the libraries a user configures
+# through us (their warnings are about the user's model, data or options) and the user's own code
+# (the root logger). Every other library logs to OUTPUT_DIR/train.log only: packages pulled in
+# indirectly (``kernels``, ``httpx``, ``filelock``...) speak about their own plumbing, and a new
+# release of one of them must not change what a user sees.
+CONSOLE_LOGGERS: tuple[str, ...] = (
+    "root", "__main__", "sage_libs", "sage", "transformers", "peft", "accelerate", "datasets", "torch", "trl",
+    "bitsandbytes", "deepspeed", "DeepSpeed", "safetensors", "tokenizers", "py.warnings",
+)
+
+
+class ConsoleLoggers(logging.Filter):
+    """A handler filter: records of :data:`CONSOLE_LOGGERS` (and their children) pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".", 1)[0] in CONSOLE_LOGGERS
 
 
 class _DropPrefixes(logging.Filter):

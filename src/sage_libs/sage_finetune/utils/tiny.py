@@ -141,6 +141,9 @@ def build_tiny_model(output_dir: str | os.PathLike, *, arch: str = "llama", text
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    from .io import follow_umask
+
+    follow_umask(out)  # safetensors writes model.safetensors 0600
     return out
 
 
