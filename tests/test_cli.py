@@ -251,3 +251,96 @@ def test_tiny_model_reports_pretraining_progress(tmp_path, capsys):
     losses = [float(line.split()[-1]) for line in err.splitlines() if line.startswith("pretraining step ")]
     assert losses[-1] < losses[0]
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_a_misspelled_override_is_blamed_on_the_command_line(tmp_path, tiny_model_dir, capsys):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    assert main(["train", str(cfg), "training.learnig_rate=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "override 'training.learnig_rate=1e-3': unknown option 'learnig_rate' in section 'training' " \
+           "(did you mean 'learning_rate'?)" in err
+    assert str(cfg) not in err  # the file is fine
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, usage, message", [
+    (["trian", "run.yaml"], "usage: sage-finetune [-h]", "unknown command 'trian' (did you mean 'train'?)"),
+    (["train", "run.yaml", "--mrege"], "usage: sage-finetune train", "unrecognized argument --mrege (did you mean "
+                                                                       "'--merge'?)"),
+    (["merge", "--adaptr", "a", "--output", "b"], "usage: sage-finetune merge", "argument --adaptr (did you mean "
+                                                                                 "'--adapter'?)"),
+    (["plan", "run.yaml", "--memroy", "24GB"], "usage: sage-finetune plan", "(did you mean '--memory'?)"),
+    (["chat", "m", "--temprature", "0.5"], "usage: sage-finetune chat", "(did you mean '--temperature'?)"),
+    (["data", "inspect", "run.yaml", "--sampel", "2"], "usage: sage-finetune data inspect",
+     "(did you mean '--sample'?)"),
+    (["data", "inspct", "run.yaml"], "usage: sage-finetune data", "unknown command 'inspct' (did you mean "
+                                                                   "'inspect'?)"),
+])
+def test_typos_get_a_did_you_mean_under_the_commands_usage(argv, usage, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and message in err, err
+
+
+def test_options_still_accept_unique_prefixes_and_negative_values(tmp_path, capsys):
+    from sage_libs.sage_finetune.cli import _parse_args, build_parser
+
+    args = _parse_args(build_parser(), ["chat", "m", "--max-new", "5", "--temp", "0.5"])
+    assert (args.max_new_tokens, args.temperature) == (5, 0.5)
+    args = _parse_args(build_parser(), ["data", "inspect", "f.jsonl", "--sample", "-1", "data.max_samples=3"])
+    assert (args.sample, args.overrides) == (-1, ["data.max_samples=3"])
+
+
+@pytest.mark.parametrize("argv", [["chat", "--help"], ["merge", "--help"], ["data", "inspect", "--help"],
+                                  ["plan", "--help"], ["train", "--help"]])
+def test_command_help_shows_an_example(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    out = capsys.readouterr().out
+    command = " ".join(argv[:-1])
+    assert f"\n  sage-finetune {command} " in out, out
+
+
+def test_descriptions_name_every_method_and_sage_lists_every_command():
+    import tomllib
+
+    from sage_libs.sage_finetune.cli import DESCRIPTION, command_names
+    from sage_libs.sage_finetune.sage_cli import command_help
+
+    from .paths import REPO
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["description"] == DESCRIPTION
+    for method in ("LoRA", "QLoRA", "DoRA", "LoRA+", "full", "freeze", "agent SFT", "DPO", "KTO"):
+        assert method in DESCRIPTION
+    assert command_names() == ["train", "eval", "options", "merge", "data inspect", "chat", "tiny-model", "plan"]
+    assert command_help().endswith(": " + ", ".join(command_names()) + ".")
+
+
+def test_an_adapter_records_its_base_as_an_absolute_path(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A relative training.model_name_or_path is recorded absolute in adapter_config.json, so that chat
+    and merge work from any directory; a recorded base that does not resolve is named as such, not
+    blamed on --base (which the user did not pass)."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_model_dir, work / "tiny-model")
+    monkeypatch.chdir(work)
+    cfg = write_config(work, "./tiny-model", training={"max_steps": 1, "output_dir": "out"})
+    assert main(["train", str(cfg)]) == 0
+    adapter_config = work / "out" / "adapter" / "adapter_config.json"
+    recorded = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    assert recorded == str(work / "tiny-model")
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    capsys.readouterr()
+    assert main(["chat", str(work / "out" / "adapter"), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
+    # an adapter written elsewhere with a relative base: the message says where the path came from
+    adapter_config.write_text(adapter_config.read_text().replace(recorded, "./tiny-model"))
+    for argv in (["chat", str(work / "out" / "adapter"), "--prompt", "hi"],
+                 ["merge", "--adapter", str(work / "out" / "adapter"), "--output", str(tmp_path / "merged")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"the base model recorded in {adapter_config} (base_model_name_or_path): ./tiny-model: no such " \
+               "directory" in err and "pass --base MODEL" in err and "--base:" not in err, err

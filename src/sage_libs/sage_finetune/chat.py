@@ -14,7 +14,6 @@ through :func:`generate_reply`::
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +32,7 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .utils.model_files import check_adapter_dir, check_model_dir
+    from .utils.model_files import adapter_base, check_adapter_dir, check_model_dir
 
     p = Path(path)
     if not p.is_dir():
@@ -45,11 +44,7 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
         from peft import PeftModel
 
         check_adapter_dir(p, allow_pickle_weights=allow_pickle_weights, option="chat")
-        if base is None:
-            base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-            if not base:
-                raise ConfigError(f"chat: {p}/adapter_config.json names no base model; pass --base MODEL")
-        check_model_dir(base, allow_pickle_weights=allow_pickle_weights, option="chat --base")
+        base = adapter_base(p, base, command="chat", allow_pickle_weights=allow_pickle_weights)
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, **load_kwargs), str(p))
         tokenizer_dir = str(p) if has_tokenizer else base
     else:

@@ -37,7 +37,11 @@ from .errors import (
 from .run_config import TOP_LEVEL, load_run_config, make_trainer  # noqa: F401 (load_run_config re-exported)
 from .utils.processes import is_main_process
 
-__all__ = ["main", "load_run_config", "build_parser"]
+__all__ = ["main", "load_run_config", "build_parser", "DESCRIPTION", "command_names"]
+
+# the one-line description (pyproject.toml's is the same text; tests/test_cli.py checks)
+DESCRIPTION = ("Fine-tune LLMs: LoRA, QLoRA, DoRA, LoRA+, full and freeze fine-tuning, agent SFT on tool-use "
+               "trajectories, preference training (DPO, IPO, ORPO, SimPO, KTO).")
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
     keys = ["eval_loss_before", "eval_loss", "perplexity_before", "perplexity", "train_loss", "train_runtime",
@@ -90,13 +94,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    import json
+    from .utils.model_files import adapter_base
 
     adapter = Path(args.adapter)
     cfg_file = adapter / "adapter_config.json"
     if not cfg_file.is_file():
         raise UsageError(f"--adapter {adapter}: no adapter_config.json there; expected a PEFT adapter directory")
-    base = args.base or json.loads(cfg_file.read_text())["base_model_name_or_path"]
+    base = adapter_base(adapter, args.base, command="merge")
     cfg = {"method": "lora", "training": TrainingConfig(model_name_or_path=base, output_dir=str(args.output)),
            "lora": None, "data": DataConfig()}
     trainer = make_trainer(cfg)
@@ -176,8 +180,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sage-finetune", description="Fine-tune LLMs: LoRA, QLoRA, DoRA, LoRA+, "
-                                     "full fine-tuning, agent SFT.")
+    parser = argparse.ArgumentParser(prog="sage-finetune", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -212,7 +215,12 @@ def add_commands(sub: Any) -> None:
                         "default: all")
     p.set_defaults(func=cmd_options)
 
-    p = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its base model",
+                       description="Merge a LoRA adapter into its base model and write a standalone model.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  sage-finetune merge --adapter outputs/lora-tiny/adapter --output "
+                              "outputs/lora-tiny/merged\n  sage-finetune merge --adapter out/adapter --output merged "
+                              "--base Qwen/Qwen2.5-0.5B-Instruct")
     p.add_argument("--adapter", required=True, help="adapter directory (written by train)")
     p.add_argument("--output", required=True, help="where to write the merged model")
     p.add_argument("--base", help="base model (default: the one recorded in the adapter)")
@@ -221,7 +229,13 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("data", help="look at training data the way the model will see it")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = data_sub.add_parser("inspect", help="counts, length histogram, truncation, a rendered sample with its "
-                            "trained tokens highlighted")
+                            "trained tokens highlighted",
+                            description="Counts, length histogram, truncation and one rendered sample with its "
+                                        "trained tokens highlighted, as the model will see them.",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n  sage-finetune data inspect examples/configs/lora_tiny.yaml\n"
+                                   "  sage-finetune data inspect examples/configs/lora_tiny.yaml --sample 3 --no-color\n"
+                                   "  sage-finetune data inspect examples/data/chat_train.jsonl --tokenizer ./tiny-model")
     p.add_argument("source", help="a run config (YAML) or a data file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (with a config)")
     p.add_argument("--tokenizer", help="model or tokenizer to render with (default: the config's model)")
@@ -234,7 +248,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.set_defaults(func=cmd_data_inspect)
 
-    p = sub.add_parser("chat", help="talk to a saved adapter or merged model, with the template it trained with")
+    p = sub.add_parser("chat", help="talk to a saved adapter or merged model, with the template it trained with",
+                       description="Talk to a saved adapter (on its base) or a merged/full model, rendered with the "
+                                   "chat template it trained with.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  sage-finetune chat outputs/lora-tiny/adapter\n"
+                              "  sage-finetune chat outputs/lora-tiny/adapter --prompt 'Name three colours.'\n"
+                              "  sage-finetune chat outputs/lora-tiny/merged --temperature 0.7 --max-new-tokens 64")
     p.add_argument("model", help="an adapter directory (loaded onto its base) or a merged/full model directory")
     p.add_argument("--base", help="base model for an adapter (default: the one recorded in the adapter)")
     p.add_argument("--system", help="system message for the conversation")
@@ -261,10 +281,63 @@ def add_commands(sub: Any) -> None:
     add_plan_command(sub)
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """A parser's sub-commands by name ({} when it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def command_names() -> list[str]:
+    """Every command, ``data inspect`` spelled out (for help texts such as SAGE's)."""
+    names = []
+    for name, sub in _subcommands(build_parser()).items():
+        actions = list(_subcommands(sub))
+        names += [f"{name} {a}" for a in actions] if actions else [name]
+    return names
+
+
+def _check_names(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An unknown command or option names itself with a did-you-mean, under the usage of the
+    (sub-)command it was typed for. argparse would print the top-level usage for an option it does
+    not know, and Python 3.11's argparse suggests nothing."""
+    from .errors import did_you_mean
+
+    current, i = parser, 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return
+        if token.startswith("--"):
+            name = token.split("=", 1)[0]
+            known = [o for o in current._option_string_actions if o.startswith("--")]
+            # argparse also accepts a unique prefix (--max-new for --max-new-tokens)
+            if name not in known and len([o for o in known if o.startswith(name)]) != 1:
+                current.error(f"unrecognized argument {name}" + did_you_mean(name, known)
+                              + f"; '{current.prog} --help' lists the options")
+        elif not token.startswith("-"):
+            commands = _subcommands(current)
+            if not commands:
+                if not _takes_positionals(current):
+                    return
+            elif token in commands:
+                current = commands[token]
+            elif not _is_override(token):
+                current.error(f"unknown command {token!r}" + did_you_mean(token, commands)
+                              + f"; the commands are {', '.join(commands)}")
+        i += 1
+
+
+def _takes_positionals(parser: argparse.ArgumentParser) -> bool:
+    return any(not a.option_strings for a in parser._actions)
+
+
 def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """``parse_args``, but a ``section.key=value`` override may also come after an option
     (``plan cfg.yaml --no-probe training.max_seq_length=512``): argparse stops filling a positional
     list at the first option, and its intermixed mode does not work with sub-commands."""
+    _check_names(parser, list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     overrides = getattr(args, "overrides", None)
     if overrides is not None:

@@ -64,6 +64,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if section not in SECTIONS:
                 raise UsageError(f"override {item!r}: unknown section {section!r}"
                                  + did_you_mean(section, SECTIONS) + f"; sections: {', '.join(SECTIONS)}")
+            options = [f.name for f in dataclasses.fields(SECTIONS[section])]
+            if name not in options:  # the command line's mistake, not the config file's
+                raise UsageError(f"override {item!r}: unknown option {name!r} in section {section!r}"
+                                 + did_you_mean(name, options) + f"; 'sage-finetune options {section}' lists them")
         else:
             owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
             if len(owners) != 1:

@@ -10,7 +10,7 @@ swallows any error a plugin raises (``sage finetune`` would then be "No such com
 * an argparse sub-parser group (``parser.add_subparsers()``): a ``finetune`` sub-parser that does
   the same through ``args.func(args)``.
 
-Either way ``sage finetune train|eval|merge|data|chat|tiny-model|options`` behaves (help, error
+Either way ``sage finetune COMMAND`` (every command of ``sage-finetune``) behaves (help, error
 messages, exit codes) exactly like ``sage-finetune``. Nothing here imports torch, Typer or click
 until ``register`` is called with one of them.
 """
@@ -22,7 +22,13 @@ from typing import Any
 
 __all__ = ["register"]
 
-HELP = "Fine-tune LLMs (isage-finetune): train, eval, merge, chat, data inspect, options."
+
+
+def command_help() -> str:
+    """The one line SAGE shows for ``finetune``: every command of ours, read off our parser."""
+    from .cli import command_names
+
+    return f"Fine-tune LLMs (isage-finetune): {', '.join(command_names())}."
 
 
 def register(target: Any) -> Any:
@@ -78,7 +84,7 @@ def _command_body(context_class: Any, exit_class: Any) -> Any:
     # set as objects, not the strings `from __future__ import annotations` makes: Typer reads the
     # parameter's annotation to find the context parameter
     finetune.__annotations__ = {"ctx": context_class, "return": None}
-    finetune.__doc__ = HELP
+    finetune.__doc__ = command_help()
     return finetune
 
 
@@ -86,7 +92,7 @@ def _register_typer(app: Any) -> Any:
     import typer
 
     body = _command_body(typer.Context, typer.Exit)
-    app.command(name="finetune", help=HELP, add_help_option=False, context_settings=dict(_CONTEXT))(body)
+    app.command(name="finetune", help=command_help(), add_help_option=False, context_settings=dict(_CONTEXT))(body)
     return body
 
 
@@ -94,7 +100,7 @@ def _register_click(group: Any) -> Any:
     import click
 
     body = click.pass_context(_command_body(click.Context, click.exceptions.Exit))
-    return group.command(name="finetune", help=HELP, add_help_option=False, context_settings=dict(_CONTEXT))(body)
+    return group.command(name="finetune", help=command_help(), add_help_option=False, context_settings=dict(_CONTEXT))(body)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,7 +109,7 @@ def _register_click(group: Any) -> Any:
 
 def _register_argparse(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "finetune", add_help=False, help=HELP,
+        "finetune", add_help=False, help=command_help(),
         description="isage-finetune commands; run 'sage finetune --help' for details.")
     # argparse's REMAINDER does not take a leading option, so the global ones are declared here
     parser.add_argument("-h", "--help", action=_Help, nargs=0, help="show isage-finetune's help")

@@ -80,6 +80,10 @@ def apply_lora(model: Any, lora_config: Any) -> tuple[Any, Any]:
 def save_lora_adapter(model: Any, output_dir: str | os.PathLike, initial: Any = None) -> None:
     """Write the adapter in safetensors; a PiSSA/OLoRA adapter (``initial`` from :func:`apply_lora`)
     converted so that it applies to the original base."""
+    from ..utils.model_files import absolute_local_path
+
+    for config in getattr(model, "peft_config", {}).values():  # a relative base would load only from here
+        config.base_model_name_or_path = absolute_local_path(config.base_model_name_or_path)
     kwargs: dict[str, Any] = {}
     if initial is not None:
         kwargs["path_initial_model_for_weight_conversion"] = os.path.join(initial.name, "initial")

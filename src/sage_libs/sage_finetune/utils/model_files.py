@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["TOKENIZER_FILES", "looks_like_local_path", "pickle_weight_files", "check_model_dir",
+__all__ = ["TOKENIZER_FILES", "looks_like_local_path", "pickle_weight_files", "check_model_dir", "adapter_base",
+           "absolute_local_path",
            "check_local_path_exists", "check_adapter_dir", "max_positions"]
 
 # Any one of these is enough for AutoTokenizer (fast tokenizer, slow sentencepiece/BPE/WordPiece vocab).
@@ -94,6 +95,37 @@ def check_adapter_dir(path: str | os.PathLike, *, allow_pickle_weights: bool = F
     names = {f.name for f in p.iterdir()} if p.is_dir() else set()
     if "adapter_model.safetensors" not in names and "adapter_model.bin" in names and not allow_pickle_weights:
         raise _pickle_refusal(option, p, "adapter_model.bin")
+
+
+def adapter_base(adapter_dir: str | os.PathLike, base: str | None, *, command: str,
+                 allow_pickle_weights: bool = False) -> str:
+    """The base model of a saved adapter: ``base`` when the user passed one (``--base``), else the
+    one recorded in its adapter_config.json. Checked like any model folder; an error names where the
+    base came from, so that a recorded path that does not resolve here is not blamed on ``--base``."""
+    p = Path(adapter_dir)
+    config = p / "adapter_config.json"
+    if base is not None:
+        check_model_dir(base, allow_pickle_weights=allow_pickle_weights, option=f"{command} --base")
+        return base
+    try:
+        recorded = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{command}: cannot read {config} ({exc}); expected a PEFT adapter directory") from None
+    if not recorded:
+        raise ConfigError(f"{command}: {config} names no base model (base_model_name_or_path); pass --base MODEL")
+    where = f"the base model recorded in {config} (base_model_name_or_path)"
+    try:
+        check_model_dir(recorded, allow_pickle_weights=allow_pickle_weights, option=where)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; pass --base MODEL to load the adapter onto another copy of it") from None
+    return recorded
+
+
+def absolute_local_path(name_or_path: str) -> str:
+    """A relative path to an existing local folder, made absolute (what an adapter records as its
+    base, so that it loads from any directory); a hub id or an absolute path as it is."""
+    p = Path(name_or_path).expanduser()
+    return str(p.resolve()) if name_or_path and not p.is_absolute() and p.is_dir() else name_or_path
 
 
 def max_positions(name_or_path: str) -> tuple[int | None, bool]:
