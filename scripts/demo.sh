@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up .venv, build a tiny base model locally (no hub), then
-# LoRA-fine-tune it on the shipped example data. Ends with metrics, the adapter and loss.png.
+# The main job on a fresh machine: set up .venv (the versions in requirements/constraints.txt), build a
+# tiny base model locally (no hub), then LoRA-fine-tune it on the shipped example data. Ends with
+# metrics, the adapter and loss.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. scripts/_venv.sh
+make_venv .venv requirements/constraints.txt -e .
 . .venv/bin/activate
-pip install -q --upgrade pip
-pip install -q torch==2.13.0          # the CPU build; must come before the project (see README)
-pip install -q -e .
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 if [ ! -f tiny-model/config.json ]; then
   # A 1.7M-parameter Llama, pre-trained for 300 steps on the corpus text so it acts as a base model.

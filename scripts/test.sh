@@ -1,32 +1,64 @@
 #!/usr/bin/env bash
-# Set up .venv with the dev, qlora, tensorboard, wandb and deepspeed extras and run the default test suite (CPU, ~minutes on 2 cores).
-# Extra pytest arguments pass through, e.g. `bash scripts/test.sh --run-training`.
+# The test suite, on the versions it last passed on:
+#
+#   bash scripts/test.sh [PYTEST_ARGS...]            pinned (requirements/*.txt); what CI runs via .ci/run
+#   bash scripts/test.sh --latest [PYTEST_ARGS...]   the canary: the newest releases, no lock
+#
+# Two passes, each in its own virtual environment:
+#   1. the default suite (CPU, ~10 min on 2 cores) in .venv with the dev, qlora, tensorboard, wandb and
+#      deepspeed extras, without SAGE's packages (the package must work standalone);
+#   2. tests/sage in .venv-sage with SAGE's packages from PyPI: isage-common (the interface) and
+#      isage-cli (the real `sage` command). isage-cli pins huggingface_hub<2 and so moves transformers
+#      back a release; in its own environment it cannot change the first one.
+# The canary uses .venv-latest and .venv-sage-latest, then lists what differs from the lock files. When
+# it passes, `bash scripts/lock.sh --latest` adopts its versions. Extra arguments go to pytest, e.g.
+# `bash scripts/test.sh --run-training`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-. .venv/bin/activate
-pip install -q --upgrade pip
-pip install -q torch==2.13.0          # the CPU build; must come before the project (see README)
-pip install -q -e ".[dev,qlora,tensorboard,wandb,deepspeed]"
+. scripts/_venv.sh
+
+LOCK=requirements/constraints.txt SAGE_LOCK=requirements/constraints-sage.txt
+if [ "${1:-}" = "--latest" ]; then
+  shift
+  MAIN=.venv-latest SAGE=.venv-sage-latest MAIN_PIN="" SAGE_PIN="" WHAT="canary (newest releases)"
+else
+  MAIN=.venv SAGE=.venv-sage MAIN_PIN=$LOCK SAGE_PIN=$SAGE_LOCK WHAT="pinned (requirements/)"
+fi
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-pip uninstall -q -y isage-common 2>/dev/null || true
-python -m pytest -q "$@"
-# Second mode: the SAGE integration tests with SAGE's packages from PyPI: isage-common (the interface)
-# and isage-cli (the real `sage` command, for `sage finetune`). On top of this venv isage-cli takes about
-# a minute and ~60 small packages (its torch>=2.7 is met by the CPU build above; it pins
-# huggingface_hub<2). Afterwards the venv is put back as it was, so that the first mode stays standalone.
-export LC_ALL=C
-before=$(mktemp) after=$(mktemp)
-python -m pip list --format=freeze --exclude-editable | sort > "$before"
-pip install -q isage-common isage-cli
-status=0
-python -m pytest -q tests/sage "$@" || status=$?
-python -m pip list --format=freeze --exclude-editable | sort > "$after"
-# what it added (never pip itself), and the versions it changed
-added=$(comm -13 <(cut -d= -f1 "$before" | sort) <(cut -d= -f1 "$after" | sort) | grep -vxE 'pip|setuptools|wheel' || true)
-changed=$(comm -23 "$before" "$after")
-[ -z "$added" ] || python -m pip uninstall -q -y $added
-[ -z "$changed" ] || python -m pip install -q --no-deps $changed
-rm -f "$before" "$after"
-exit $status
+
+run_pass() {  # run_pass VENV PYTEST_ARGS...: pytest in VENV; on success VENV/.suite-passed holds its versions
+  local dir=$1
+  shift
+  rm -f "$dir/.suite-passed"
+  if (PATH="$PWD/$dir/bin:$PATH" VIRTUAL_ENV="$PWD/$dir" "$dir/bin/python" -m pytest -q "$@"); then
+    frozen_versions "$dir" > "$dir/.suite-passed"
+    return 0
+  fi
+  return 1
+}
+
+make_venv "$MAIN" "$MAIN_PIN" -e ".[dev,qlora,tensorboard,wandb,deepspeed]"
+"$MAIN/bin/python" -m pip uninstall -q -y isage-cli isage-common 2>/dev/null || true  # left by an older test.sh
+main_status=0
+run_pass "$MAIN" "$@" || main_status=$?
+
+make_venv "$SAGE" "$SAGE_PIN" -e ".[dev,sage]" isage-cli
+sage_status=0
+run_pass "$SAGE" tests/sage "$@" || sage_status=$?
+
+result() { [ "$1" = 0 ] && echo passed || echo "FAILED (exit $1)"; }
+echo
+echo "test.sh, $WHAT: default suite $(result $main_status), SAGE pass $(result $sage_status)"
+if [ -z "$MAIN_PIN" ]; then
+  for pair in "$MAIN:$LOCK" "$SAGE:$SAGE_LOCK"; do
+    drift=$(lock_drift "${pair%%:*}" "${pair#*:}")
+    echo "versions in ${pair%%:*} that differ from ${pair#*:}:"
+    echo "${drift:-  (none)}"
+  done
+  if [ $main_status = 0 ] && [ $sage_status = 0 ]; then
+    echo "the newest releases pass: 'bash scripts/lock.sh --latest' adopts them"
+  else
+    echo "a newer release breaks the suite; the lock files keep the versions it last passed on"
+  fi
+fi
+[ $main_status = 0 ] && [ $sage_status = 0 ]

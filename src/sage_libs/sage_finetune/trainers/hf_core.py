@@ -108,6 +108,19 @@ class SFTTrainerCore(Trainer):
         version without it."""
         return getattr(self, "_tr_loss", None)
 
+    def _get_train_sampler(self, train_dataset=None):
+        # Length grouping over whole global batches, ordered by (seed, epoch): N processes then train
+        # on exactly the samples of a 1-process run with N-fold accumulation (data/sampling.py).
+        sampler = super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        if isinstance(sampler, LengthGroupedSampler):
+            from ..data.sampling import GlobalLengthGroupedSampler, global_batch_size
+
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return GlobalLengthGroupedSampler(sampler.lengths, global_batch_size(self.args), seed)
+        return sampler
+
     def _get_eval_sampler(self, eval_dataset):
         # The HF Trainer gives evaluation the length-grouped sampler when training uses it. Its
         # eval_loss is a mean of per-batch means, so regrouping the batches moves the number: an

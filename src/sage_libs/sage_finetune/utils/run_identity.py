@@ -9,7 +9,8 @@ The fingerprint covers the method, the model (its name or path, and for a local 
 ``config.json`` and the sizes of its weight files), the data (every option that changes what is
 trained on, and the content of the data files or in-memory records), the LoRA, quantization and
 other method settings, and the training hyper-parameters (learning rate, schedule, steps, batch
-size, seed, ...). It leaves out what does not change the trajectory: where and how often outputs
+size, seed, ...; the batch as the global number of samples per optimizer step, however it is split
+over processes and accumulation). It leaves out what does not change the trajectory: where and how often outputs
 are written and logged (``output_dir``, ``logging_steps``, ``save_*``, ``report_to``, ``run_name``,
 evaluation settings), ``resume_from_checkpoint`` itself, and execution details (``use_cpu``,
 ``dataloader_num_workers``, ``attn_implementation``, ``selective_logits``, ``chunked_lm_loss``, ``malloc_tuning``, ...).
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import run_files
+from .processes import world_size
 
 __all__ = ["IDENTITY_FILE", "resolve_resume", "disk_full_guard", "RunIdentity", "read_identity", "write_identity", "identity_differences",
            "data_fingerprint", "checkpoint_shape_problems", "check_checkpoint_fits", "choose_checkpoint",
@@ -131,6 +133,11 @@ class RunIdentity:
             if key == "training":
                 value = {k: v for k, v in value.items() if k not in _TRAINING_EXCLUDED}
                 value["model_name_or_path"] = model_fingerprint(value["model_name_or_path"])
+                # How a global batch is split (processes x per-device batch x accumulation) does not
+                # change which samples a step trains on (data/sampling.py): a run interrupted under 2
+                # processes resumes under 1 with twice the accumulation.
+                value["global_train_batch_size"] = (value.pop("per_device_train_batch_size", 1) or 1) \
+                    * (value.pop("gradient_accumulation_steps", 1) or 1) * world_size()
             elif key == "data":
                 value = {k: v for k, v in value.items() if k not in _DATA_EXCLUDED and k != "train_file"}
                 for option in ("chat_template", "tools_file"):
