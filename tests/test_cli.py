@@ -163,7 +163,7 @@ def test_console_shows_only_the_libraries_a_user_configures(tmp_path):
     for handler in before:  # as in a fresh process: no handler yet (pytest has its own)
         root.removeHandler(handler)
     try:
-        cli._quiet_libraries()
+        cli.console.quiet_libraries()
         console = next(h for h in root.handlers if type(h) is logging.StreamHandler)
         run_files.log_to_file(tmp_path)
 
@@ -307,7 +307,7 @@ def test_descriptions_name_every_method_and_sage_lists_every_command():
     import tomllib
 
     from sage_libs.sage_finetune.cli import DESCRIPTION, command_names
-    from sage_libs.sage_finetune.sage_cli import command_help
+    from sage_libs.sage_finetune.cli.sage_plugin import command_help
 
     from .paths import REPO
 

@@ -132,7 +132,7 @@ def test_trainer_generate_equals_a_manual_render(run):
 
 
 def test_chat_session_on_adapter_and_merged(run):
-    from sage_libs.sage_finetune.chat import ChatSession
+    from sage_libs.sage_finetune.serving import ChatSession
 
     for folder in ("adapter", "merged"):
         chat = ChatSession.load(run[folder], max_new_tokens=24)

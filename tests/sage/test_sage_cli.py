@@ -92,7 +92,7 @@ def test_sage_finetune_tiny_model_then_train(tmp_path):
 
 def test_register_on_a_typer_app(capsys):
     typer = pytest.importorskip("typer")
-    from sage_libs.sage_finetune.sage_cli import register
+    from sage_libs.sage_finetune.cli.sage_plugin import register
 
     app = typer.Typer()
 
@@ -113,7 +113,7 @@ def test_register_on_a_typer_app(capsys):
 
 def test_register_on_a_click_group(capsys):
     click = pytest.importorskip("click")
-    from sage_libs.sage_finetune.sage_cli import register
+    from sage_libs.sage_finetune.cli.sage_plugin import register
 
     group = click.Group("sage")
     register(group)
@@ -124,7 +124,7 @@ def test_register_on_a_click_group(capsys):
 
 
 def test_register_on_something_else():
-    from sage_libs.sage_finetune.sage_cli import register
+    from sage_libs.sage_finetune.cli.sage_plugin import register
 
     with pytest.raises(TypeError, match="cannot add the 'finetune' command to a builtins.dict; expected a Typer app"):
         register({})

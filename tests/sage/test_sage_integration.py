@@ -149,7 +149,7 @@ def test_sage_cli_plugin_entry_point(capsys):
     from importlib.metadata import entry_points
 
     eps = [ep for ep in entry_points(group="sage.cli.plugins") if ep.name == "finetune"]
-    assert eps and eps[0].value == "sage_libs.sage_finetune.sage_cli:register"
+    assert eps and eps[0].value == "sage_libs.sage_finetune.cli.sage_plugin:register"
     parser = argparse.ArgumentParser(prog="sage")
     eps[0].load()(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["finetune", "data", "inspect", str(EXAMPLE_DATA / "chat_eval.jsonl")])

@@ -63,7 +63,7 @@ _LAZY = {
     "AgentTrainer": "trainers.agent",
     "Conversation": "data.conversation",
     "Message": "data.conversation",
-    "ChatSession": "chat",
+    "ChatSession": "serving",
 }
 
 __all__ = [

@@ -402,8 +402,8 @@ class BaseTrainer(FineTuner):
 
     def set_generation_stops(self, model: Any) -> None:
         """The template's end-of-turn token(s) into ``model.generation_config.eos_token_id``
-        (:func:`..chat.add_generation_stops`)."""
-        from ..chat import add_generation_stops
+        (:func:`..serving.add_generation_stops`)."""
+        from ..serving import add_generation_stops
 
         add_generation_stops(model, self.end_of_turn_token_ids())
 
@@ -427,7 +427,7 @@ class BaseTrainer(FineTuner):
         """Greedy (by default) generation. A string prompt is wrapped as one user message (a list
         is taken as the messages) and rendered with the template training used; generation stops
         at its end-of-turn token. ``chat=False`` continues the raw text instead."""
-        from ..chat import continue_ids, generate_reply
+        from ..serving import continue_ids, generate_reply
 
         self.setup()
         tok = self.tokenizer

@@ -5,7 +5,7 @@ A saved adapter, model or merged model carries the chat template its run trained
 end-of-turn token(s). ``trainer.generate``, :class:`ChatSession` and ``sage-finetune chat`` all go
 through :func:`generate_reply`::
 
-    from sage_libs.sage_finetune.chat import ChatSession
+    from sage_libs.sage_finetune.serving import ChatSession
 
     chat = ChatSession.load("outputs/lora-tiny/adapter", system="Be brief.")
     print(chat.ask("What is 3 + 4?"))      # multi-turn: the history is kept

@@ -1,14 +1,14 @@
-"""``sage-finetune plan``: the planner on the command line (added to the parser by ``cli.py``)."""
+"""``sage-finetune plan CONFIG.yaml``: the planner (:mod:`..planner`) on the command line."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-__all__ = ["add_plan_command", "cmd_plan"]
+__all__ = ["add_parser", "run"]
 
 
-def add_plan_command(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "plan", help="predict peak memory and time per step without loading the model",
         description="Predict the peak memory (broken down) and the time per step and per epoch of a run, "
@@ -30,15 +30,15 @@ def add_plan_command(sub: Any) -> None:
                         "run on a machine without one)")
     p.add_argument("--no-probe", action="store_true", help="skip the throughput probe (no time estimate)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.set_defaults(func=cmd_plan)
+    p.set_defaults(func=run)
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import json
 
     from ..errors import UsageError
+    from ..planner.plan import plan_trainer
     from ..run_config import load_run_config, make_trainer
-    from .plan import plan_trainer
 
     if args.processes is not None and args.processes < 1:
         raise UsageError(f"--processes {args.processes}: expected a positive number")

@@ -7,6 +7,7 @@ config accepts. Standard library only: listing options never imports torch.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import shutil
@@ -14,8 +15,8 @@ import textwrap
 import typing
 from typing import Any
 
-from .config_fields import _type_name, config_help
-from .errors import ConfigError, did_you_mean
+from ..config_fields import _type_name, config_help
+from ..errors import ConfigError, did_you_mean
 
 __all__ = ["describe_fields", "render_options", "TOP_LEVEL_HELP"]
 
@@ -74,7 +75,7 @@ def _first_line(doc: str | None) -> str:
 
 
 def _method_lines(width: int) -> list[str]:
-    from .registry import get_trainer_class, registered_trainers
+    from ..registry import get_trainer_class, registered_trainers
 
     lines = _wrap(f"method  (a string; default lora) {TOP_LEVEL_HELP['method']}", width, "  ")
     for name in registered_trainers():
@@ -83,7 +84,7 @@ def _method_lines(width: int) -> list[str]:
 
 
 def _callback_lines(width: int) -> list[str]:
-    from .registry import get_callback_class, registered_callbacks
+    from ..registry import get_callback_class, registered_callbacks
 
     lines = _wrap(f"callbacks  (a list; default []) {TOP_LEVEL_HELP['callbacks']}", width, "  ")
     for name in registered_callbacks():
@@ -141,3 +142,31 @@ def _one_option(section: str, name: str, sections: dict[str, type], width: int) 
         raise ConfigError(f"options {section}.{name}: {sections[section].__name__} has no option {name!r}"
                           + did_you_mean(name, rows))
     return _field_lines(section, rows[name], width)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("options", help="list every config option with its type, default and help",
+                       description="List the run config's options (from the config classes) with type, "
+                                   "default, allowed values and help.")
+    p.add_argument("section", nargs="?",
+                   help=f"one section ({', '.join(_top_level())}) or one option (training.learning_rate); "
+                        "default: all")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every config option with its type, default and help (no torch import)."""
+    from ..config import SECTIONS
+
+    print(render_options(args.section, SECTIONS), end="")
+    return 0
+
+
+
+
+def _top_level() -> tuple[str, ...]:
+    from ..run_config import TOP_LEVEL
+
+    return TOP_LEVEL

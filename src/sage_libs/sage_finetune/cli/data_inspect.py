@@ -10,18 +10,42 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig
-from .errors import UsageError
-from .run_config import load_run_config
+from ..config import DataConfig
+from ..errors import UsageError
+from ..run_config import load_run_config
 
-__all__ = ["cmd_data_inspect"]
+__all__ = ["add_parser", "run"]
 
 
-def cmd_data_inspect(args: argparse.Namespace) -> int:
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("data", help="look at training data the way the model will see it")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data_sub.add_parser("inspect", help="counts, length histogram, truncation, a rendered sample with its "
+                            "trained tokens highlighted",
+                            description="Counts, length histogram, truncation and one rendered sample with its "
+                                        "trained tokens highlighted, as the model will see them.",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n  sage-finetune data inspect examples/configs/lora_tiny.yaml\n"
+                                   "  sage-finetune data inspect examples/configs/lora_tiny.yaml --sample 3 --no-color\n"
+                                   "  sage-finetune data inspect examples/data/chat_train.jsonl --tokenizer ./tiny-model")
+    p.add_argument("source", help="a run config (YAML) or a data file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides (with a config)")
+    p.add_argument("--tokenizer", help="model or tokenizer to render with (default: the config's model)")
+    p.add_argument("--format", help="record format for a data file (default: auto)")
+    p.add_argument("--max-seq-length", type=int, help="truncation length (default: the config's, else 1024)")
+    p.add_argument("--sample", type=int, default=0, help="index of the sample to show")
+    p.add_argument("--png", default="", help="also write the length histogram as a PNG here (default: none; the "
+                   "text histogram is always printed)")
+    p.add_argument("--no-color", action="store_true", help="mark trained tokens with [[...]] instead of colour")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
     """Render the data like training would and show what the model will see."""
-    from .data.pipeline import record_location
-    from .data.rendering import render_options
-    from .data.report import (
+    from ..data.pipeline import record_location
+    from ..data.rendering import render_options
+    from ..data.report import (
         PreferenceReport,
         SampleOutOfRange,
         build_preference_report,
@@ -29,7 +53,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         locate_sample,
         preference_view,
     )
-    from .data.sources import record_sets
+    from ..data.sources import record_sets
 
     source = Path(args.source)
     view = "auto"  # a data file: preference pairs, KTO examples or SFT records, from its first record
@@ -57,7 +81,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot load a tokenizer from {tokenizer_path!r}: {exc}") from None
     formatting_func = None
     if data.formatting_func:
-        from .utils.user_code import load_function
+        from ..utils.user_code import load_function
 
         formatting_func = load_function(data.formatting_func, "data.formatting_func")
     # the same rendering decisions and loader choice as training (data.rendering, data.sources)
@@ -107,7 +131,7 @@ def _print_report(report: Any, records: Any, file: str, tokenizer: Any, max_len:
                   args: argparse.Namespace, *, several_files: bool) -> None:
     import json
 
-    from .data.report import highlight_trained
+    from ..data.report import highlight_trained
 
     summary = report.summary()
     print(f"== {file}")
@@ -133,7 +157,7 @@ def _print_report(report: Any, records: Any, file: str, tokenizer: Any, max_len:
 def _preference_view_of_config(cfg: dict[str, Any]) -> str | None:
     """How a run config's data trains: ``"pairs"`` (method dpo), ``"unpaired"`` (dpo with
     ``preference.loss_type: kto``, which unpairs pairs as training does) or None (SFT)."""
-    from .config import PreferenceConfig
+    from ..config import PreferenceConfig
 
     if cfg["method"] != "dpo":
         return None
@@ -143,7 +167,7 @@ def _preference_view_of_config(cfg: dict[str, Any]) -> str | None:
 def _print_lengths(lengths: list[int], file: str, max_len: int | None, args: argparse.Namespace, *,
                    several_files: bool) -> None:
     """The token length histogram (text, and a PNG unless ``--png ''``)."""
-    from .data.report import plot_length_histogram, text_histogram
+    from ..data.report import plot_length_histogram, text_histogram
 
     print("token length histogram:")
     print(text_histogram(lengths))

@@ -26,7 +26,7 @@ __all__ = ["register"]
 
 def command_help() -> str:
     """The one line SAGE shows for ``finetune``: every command of ours, read off our parser."""
-    from .cli import command_names
+    from . import command_names
 
     return f"Fine-tune LLMs (isage-finetune): {', '.join(command_names())}."
 
@@ -47,7 +47,7 @@ def register(target: Any) -> Any:
 
 def run(argv: list[str]) -> int:
     """Run ``sage-finetune ARGV`` and return its exit code (argparse's own exits included)."""
-    from .cli import main
+    from . import main
 
     try:
         return int(main(list(argv)) or 0)
@@ -121,13 +121,13 @@ def _register_argparse(subparsers: Any) -> argparse.ArgumentParser:
 
 class _Help(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        from .cli import build_parser
+        from . import build_parser
 
         build_parser().print_help()
         parser.exit(0)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .cli import main
+    from . import main
 
     return main((["--debug"] if args.debug else []) + (list(args.finetune_args) or ["--help"]))
