@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,11 +15,13 @@ from typing import Any
 
 from ..perf import malloc_tuning_for, resolve_group_by_length, widest_activation_bytes
 from . import constants as C
-from .batches import Lengths, epoch_total, largest_batch, lengths_of
+from .batches import Lengths, largest_batch, lengths_of
 from .memory import plan_memory
 from .shapes import GIB, MIB, Batch, MemoryPlan, RunShape
 from .spec import ModelSpec, dtype_bytes, weights_file_bytes
-from .timing import Cost, Throughput, seconds, step_cost
+from .step_time import TimePlan, time_plan
+from .suggest import Option, suggestions
+from .timing import Throughput
 
 __all__ = ["Plan", "TimePlan", "Option", "plan_trainer", "plan_from_lengths", "run_shape", "parse_memory",
            "available_memory", "format_bytes"]
@@ -176,35 +177,6 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
 # The plan
 # ------------------------------------------------------------------------------------------------
 @dataclass
-class TimePlan:
-    step_seconds: float            # mean optimizer step (gradient accumulation included)
-    largest_step_seconds: float    # the step with the largest micro-batches
-    epoch_seconds: float
-    steps_per_epoch: int
-    total_steps: int
-    total_seconds: float
-    epoch_flops: float
-    throughput: Throughput | None
-
-
-@dataclass
-class Option:
-    """One line of the suggestions table: a change and what it gives."""
-
-    label: str
-    batch_size: int
-    grad_accum: int
-    gradient_checkpointing: bool
-    method: str
-    max_seq_length: int
-    truncates: int
-    peak: int
-    step_seconds: float | None
-    fits: bool | None
-    overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Plan:
     spec: ModelSpec
     run: RunShape
@@ -269,39 +241,6 @@ class Plan:
         return self.render()
 
 
-def _optimizer_step_seconds(run: RunShape, trainable: int, tp: Throughput) -> float:
-    """AdamW over the trainable weights (and gradient clipping): memory-bound, ~8 passes over
-    float32 weights, gradients and two states."""
-    return 32.0 * trainable / tp.bandwidth + C.STEP_OVERHEAD_SECONDS
-
-
-def _time(spec: ModelSpec, run: RunShape, lengths: Lengths, batch_size: int, grad_accum: int, tp: Throughput,
-          epochs: float, max_steps: int, seed: int, group_by_length: bool, largest: Batch,
-          trainable: int, max_seq_length: int | None = None, preference: bool = False) -> TimePlan:
-    aggregate, micro = epoch_total(lengths, batch_size, run, group_by_length=group_by_length, seed=seed,
-                                   max_seq_length=max_seq_length)
-    empty = Batch(rows=0, row_len=0, doc_lengths=[], trained=0, pairs=0.0, docs=0)
-    total = _batch_cost(spec, run, aggregate, preference) + _batch_cost(spec, run, empty, preference).scaled(
-        max(micro - 1, 0))
-    steps_per_epoch = max(1, math.ceil(micro / grad_accum))
-    opt = _optimizer_step_seconds(run, trainable, tp)
-    epoch = seconds(total, tp) + steps_per_epoch * opt
-    step = epoch / steps_per_epoch
-    largest_step = grad_accum * seconds(_batch_cost(spec, run, largest, preference), tp) + opt
-    total_steps = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
-    return TimePlan(step_seconds=step, largest_step_seconds=largest_step, epoch_seconds=epoch,
-                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, total_seconds=step * total_steps,
-                    epoch_flops=total.useful_flops, throughput=tp)
-
-
-def _batch_cost(spec: ModelSpec, run: RunShape, batch: Batch, preference: bool) -> Cost:
-    cost = step_cost(spec, run, batch)
-    if preference and run.is_lora:  # the reference: a forward with the adapter disabled, no graph
-        cost = cost + step_cost(spec, dataclasses.replace(run, method="freeze", freeze_layers=0,
-                                                          gradient_checkpointing=False), batch).scaled(1 / 3)
-    return cost
-
-
 def plan_from_lengths(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch_size: int, grad_accum: int = 1,
                       budget: int | None = None, budget_source: str = "given", throughput: Throughput | None = None,
                       epochs: float = 1.0, max_steps: int = -1, seed: int = 42, group_by_length: bool = False,
@@ -315,8 +254,10 @@ def plan_from_lengths(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch
                          embedding_rows=lengths.distinct_tokens)
     time = None
     if throughput is not None:
-        time = _time(spec, run, lengths, batch_size, grad_accum, throughput, epochs, max_steps, seed,
-                     group_by_length, batch, memory.details["trainable_params"], max_len, preference)
+        time = time_plan(spec, run, lengths, batch_size=batch_size, grad_accum=grad_accum, tp=throughput,
+                         epochs=epochs, max_steps=max_steps, seed=seed, group_by_length=group_by_length,
+                         largest=batch, trainable=memory.details["trainable_params"], max_seq_length=max_len,
+                         preference=preference)
     plan = Plan(spec=spec, run=run, lengths=lengths, batch=batch, memory=memory, time=time, budget=budget,
                 budget_source=budget_source, batch_size=batch_size, grad_accum=grad_accum,
                 max_seq_length=max_len, model=model, notes=list(spec.notes), preference=preference,
@@ -324,8 +265,6 @@ def plan_from_lengths(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch
     if preference:
         plan.notes.append("preference pairs: chosen and rejected in one forward, plus the reference forward")
     if suggest:
-        from .suggest import suggestions
-
         plan.options = suggestions(plan, weights_file=weights_file, baseline=baseline, epochs=epochs,
                                    max_steps=max_steps, seed=seed, group_by_length=group_by_length,
                                    preference=preference)

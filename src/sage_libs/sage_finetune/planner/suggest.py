@@ -10,10 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from .batches import largest_batch, truncated_at
 from .memory import plan_memory
+from .step_time import time_plan
+
+
+@dataclass
+class Option:
+    """One line of the suggestions table: a change and what it gives."""
+
+    label: str
+    batch_size: int
+    grad_accum: int
+    gradient_checkpointing: bool
+    method: str
+    max_seq_length: int
+    truncates: int
+    peak: int
+    step_seconds: float | None
+    fits: bool | None
+    overrides: list[str] = field(default_factory=list)
 
 __all__ = ["suggestions"]
 
@@ -28,12 +47,10 @@ def _evaluate(plan: Any, run: Any, batch_size: int, max_len: int, *, weights_fil
 def _step_seconds(plan: Any, run: Any, batch_size: int, grad_accum: int, max_len: int, **kw: Any) -> float | None:
     if plan.time is None or plan.time.throughput is None:
         return None
-    from .plan import _time
-
     batch = largest_batch(plan.lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_len)
     trainable = plan_memory(plan.spec, run, batch).details["trainable_params"]
-    t = _time(plan.spec, run, plan.lengths, batch_size, grad_accum, plan.time.throughput, kw["epochs"],
-              kw["max_steps"], kw["seed"], kw["group_by_length"], batch, trainable, max_len, kw["preference"])
+    t = time_plan(plan.spec, run, plan.lengths, batch_size=batch_size, grad_accum=grad_accum,
+                  tp=plan.time.throughput, largest=batch, trainable=trainable, max_seq_length=max_len, **kw)
     return t.step_seconds
 
 
@@ -58,8 +75,6 @@ def _overrides(plan: Any, batch_size: int, grad_accum: int, gc: bool, method: st
 
 def suggestions(plan: Any, *, weights_file: int | None = None, baseline: int | None = None, **time_kw: Any) -> list:
     """The rows of the suggestions table (the current run first)."""
-    from .plan import Option
-
     run, budget = plan.run, plan.budget
     procs = run.processes
     global_batch = plan.batch_size * plan.grad_accum * procs
