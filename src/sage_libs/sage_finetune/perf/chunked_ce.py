@@ -27,7 +27,7 @@ __all__ = ["chunked_linear_cross_entropy", "ChunkedLinearCrossEntropy", "chunked
 
 logger = logging.getLogger(__name__)
 
-from . import AUTO_LOGITS_BYTES, CHUNK_BYTES  # noqa: E402 (module attributes: tests may patch them here)
+from .constants import AUTO_LOGITS_BYTES, CHUNK_BYTES  # noqa: E402 (module attributes: tests may patch them here)
 
 
 def chunk_rows_for(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
