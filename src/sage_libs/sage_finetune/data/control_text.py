@@ -10,7 +10,7 @@ from ..errors import DataFormatError, TemplateError
 from .text_spans import _map_strings, _strings
 
 if TYPE_CHECKING:
-    from .render import _Job
+    from .render_job import RenderJob
 
 __all__ = ["ControlTextEncoding"]
 
@@ -20,7 +20,7 @@ _PLACEHOLDER = "\ue00f"  # stands in for each character of control-token text in
 class ControlTextEncoding:
     """The control-token-text methods of :class:`.render.ChatRenderer`."""
 
-    def _control_text(self, job: "_Job") -> list[tuple[int, str]]:
+    def _control_text(self, job: "RenderJob") -> list[tuple[int, str]]:
         """(message index, token) for control-token text inside the messages; records it in the
         conversation's meta (for the data report) and refuses the record when so configured."""
         search = self._special_re.search
@@ -46,7 +46,7 @@ class ControlTextEncoding:
         meta.setdefault("warnings", []).append(f"{job.where}: {what}; {how} (data.control_tokens_in_content)")
         return hits
 
-    def _literal_spans(self, job: "_Job", full: str) -> list[tuple[int, int]]:
+    def _literal_spans(self, job: "RenderJob", full: str) -> list[tuple[int, int]]:
         """The character spans of control-token text in ``full`` that comes from the messages (not
         from the template): found by rendering again with that text replaced by placeholders."""
         blanked = [_map_strings(m, lambda s: self._special_re.sub(lambda t: _PLACEHOLDER * len(t.group()), s))

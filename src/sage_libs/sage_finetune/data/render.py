@@ -76,6 +76,7 @@ from ..errors import DataFormatError, MaskError, TemplateError  # noqa: F401 (re
 from .control_text import ControlTextEncoding
 from .conversation import IGNORE_INDEX, Conversation  # noqa: F401 (re-exported)
 from .text_spans import _backend_clean, _encode_batch, _labels_from_spans, _plain_chat, _plain_json
+from .render_job import RenderJob
 from .turn_locator import TurnLocator
 
 __all__ = ["IGNORE_INDEX", "FALLBACK_CHAT_TEMPLATE", "ChatRenderer", "RenderResult", "TemplateError",
@@ -254,9 +255,9 @@ class ChatRenderer(TurnLocator, ControlTextEncoding):
                     for m in chat]
         return chat
 
-    def _job(self, conv: Conversation, where: str, chat: list[dict] | None = None) -> "_Job":
+    def _job(self, conv: Conversation, where: str, chat: list[dict] | None = None) -> RenderJob:
         chat = self._chat(conv) if chat is None else chat
-        return _Job(self, conv, chat, conv.tools, self.template_for(conv.tools), where, _plain_chat(chat))
+        return RenderJob(self, conv, chat, conv.tools, self.template_for(conv.tools), where, _plain_chat(chat))
 
     def render_text(self, conv: Conversation, where: str = "record") -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans of the trained assistant replies."""
@@ -291,7 +292,7 @@ class ChatRenderer(TurnLocator, ControlTextEncoding):
         # train_on_prompt: only the last turn matters (it may need closing, see the module docstring)
         return turns[-1:] if (self.mask_history or self.train_on_prompt) else turns
 
-    def _prerender(self, jobs: list["_Job"]) -> None:
+    def _prerender(self, jobs: list[RenderJob]) -> None:
         """Fill the render caches of one group of conversations with three batched renderer calls."""
         first = jobs[0]
         turns = {id(job): self._trained_turns(job.chat) for job in jobs}
@@ -394,59 +395,3 @@ class ChatRenderer(TurnLocator, ControlTextEncoding):
         if all(lab == IGNORE_INDEX for lab in labels):
             return None
         return RenderResult(ids, labels, truncated)
-
-
-class _Job:
-    """One conversation being rendered: its messages, template and a cache of renders keyed by
-    (number of messages, add_generation_prompt)."""
-
-    __slots__ = ("renderer", "conv", "chat", "tools", "template", "where", "plain", "cache")
-
-    def __init__(self, renderer: ChatRenderer, conv: Conversation, chat: list[dict], tools: Any, template: str,
-                 where: str, plain: bool) -> None:
-        self.renderer, self.conv, self.chat, self.tools = renderer, conv, chat, tools
-        self.template, self.where, self.plain = template, where, plain
-        self.cache: dict[tuple[int, bool], str] = {}
-
-    @property
-    def full(self) -> str:
-        return self.render(len(self.chat), False)
-
-    def render(self, n: int, add_generation_prompt: bool) -> str:
-        key = (n, add_generation_prompt)
-        text = self.cache.get(key)
-        if text is None:
-            text = self.cache[key] = self._checked(self.chat[:n], add_generation_prompt, self.plain)
-        return text
-
-    def render_messages(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        """A render of other messages (a probe or a changed copy), not cached."""
-        return self._checked(messages, add_generation_prompt, False)
-
-    def _checked(self, messages: list[dict], add_generation_prompt: bool, plain: bool) -> str:
-        try:
-            return self.renderer._render_batch([messages], self.tools, add_generation_prompt, plain, self.template)[0]
-        except DataFormatError:
-            raise
-        except Exception as exc:
-            _raise_template_problem(exc, self.where)
-            raise  # pragma: no cover - _raise_template_problem always raises
-
-
-def _raise_template_problem(exc: Exception, where: str) -> None:
-    """A template that does not compile is a configuration error (every record fails); one that
-    refuses a conversation (raise_exception, a missing field) is that record's error."""
-    try:
-        import jinja2
-    except ImportError:  # pragma: no cover - transformers needs jinja2
-        jinja2 = None
-    if jinja2 is not None and isinstance(exc, jinja2.TemplateSyntaxError):
-        raise ValueError(f"the chat template does not compile (line {exc.lineno}: {exc.message}); check "
-                         "data.chat_template or the tokenizer's chat template") from exc
-    if jinja2 is not None and isinstance(exc, jinja2.exceptions.SecurityError):
-        raise exc  # the template is wrong for every record: utils.input_checks.template_error names the option
-    if jinja2 is not None and isinstance(exc, jinja2.TemplateError) and type(exc) is jinja2.TemplateError:
-        reason = str(exc)  # the template's own raise_exception message
-    else:
-        reason = f"{type(exc).__name__}: {exc}"
-    raise TemplateError(f"{where}: the chat template refuses this conversation: {reason}") from exc

@@ -12,7 +12,7 @@ from ..errors import MaskError, TemplateError
 from .text_spans import _MUTANTS, _diff, _lcp, _lcs, _mutated, _rstrip_end, _tail
 
 if TYPE_CHECKING:
-    from .render import _Job
+    from .render_job import RenderJob
 
 __all__ = ["TurnLocator"]
 
@@ -22,7 +22,7 @@ _PROBE_USER = {"role": "user", "content": "?"}
 class TurnLocator:
     """The span-locating methods of :class:`.render.ChatRenderer`."""
 
-    def _prepare(self, job: "_Job") -> tuple[str, list[tuple[int, int]], list[tuple[int, int]] | None]:
+    def _prepare(self, job: "RenderJob") -> tuple[str, list[tuple[int, int]], list[tuple[int, int]] | None]:
         """(text, trained spans, control-token text to tokenize as text) of one conversation."""
         hits = self._control_text(job)
         full = job.full
@@ -54,7 +54,7 @@ class TurnLocator:
             literal = self._literal_spans(job, full)
         return text, spans, literal
 
-    def _turn(self, job: "_Job", i: int) -> tuple[list[tuple[int, int]], tuple[int, str] | None]:
+    def _turn(self, job: "RenderJob", i: int) -> tuple[list[tuple[int, int]], tuple[int, str] | None]:
         """The spans (in ``full``) of assistant turn ``i``, and text to insert into ``full`` to close
         it (a last reply that the template leaves open, see the module docstring)."""
         cache = job.cache
@@ -78,7 +78,7 @@ class TurnLocator:
             return self._reasoning_spans(job, i, (start + shift, end + shift), full), insert
         return [(start + shift, end + shift)], insert
 
-    def _reasoning_spans(self, job: "_Job", i: int, span: tuple[int, int], text: str) -> list[tuple[int, int]]:
+    def _reasoning_spans(self, job: "RenderJob", i: int, span: tuple[int, int], text: str) -> list[tuple[int, int]]:
         reasoning = job.chat[i].get("reasoning_content")
         if not isinstance(reasoning, str) or not reasoning.strip():
             return [span]
@@ -93,7 +93,7 @@ class TurnLocator:
         stop = found + len(reasoning.strip())
         return [s for s in ((span[0], found), (stop, span[1])) if s[1] > s[0]]
 
-    def _locate(self, job: "_Job", i: int, prefix: str, upto: str) -> tuple[int, int, int]:
+    def _locate(self, job: "RenderJob", i: int, prefix: str, upto: str) -> tuple[int, int, int]:
         """Where turn ``i``'s reply is when the fast path's prefix checks fail: ``(start, end)`` in
         ``upto`` and the shift to ``full``'s coordinates, or a :class:`MaskError` naming the cause."""
         full, where = job.full, job.where
@@ -131,7 +131,7 @@ class TurnLocator:
             "reply (data.mask_history: true), or set data.chat_template to a template that renders earlier and last "
             "replies alike")
 
-    def _start_after_prefill(self, job: "_Job", i: int, bare: str, prompt: str, upto: str) -> int:
+    def _start_after_prefill(self, job: "RenderJob", i: int, bare: str, prompt: str, upto: str) -> int:
         """Where reply ``i`` starts when the generation prompt ``prompt`` ends with text the rendered
         turn does not start with (DeepSeek's ``<｜Assistant｜><think>\\n``): where the two part. The
         rest of the prompt is a prefill the template adds at generation time only."""
@@ -151,7 +151,7 @@ class TurnLocator:
                 "located exactly")
         return len(bare) + cut
 
-    def _start_after_prompt(self, job: "_Job", i: int, prefix: str, upto: str) -> int:
+    def _start_after_prompt(self, job: "RenderJob", i: int, prefix: str, upto: str) -> int:
         """Where reply ``i`` starts in ``upto`` when the template renders the earlier messages
         differently once the reply follows them (Mistral v0.3 puts the system prompt into the user
         message only while it is the last message): right after the longest tail of ``prefix`` that
@@ -179,7 +179,7 @@ class TurnLocator:
                 "cannot be located exactly")
         return where_best
 
-    def _find_in_full(self, job: "_Job", i: int, upto: str, start: int, end: int) -> tuple[int | None, str]:
+    def _find_in_full(self, job: "RenderJob", i: int, upto: str, start: int, end: int) -> tuple[int | None, str]:
         """Locate reply ``i`` in ``full`` by changing its text and comparing renders: the reply
         must read ``upto[start:end]`` there, character for character. Returns (position or None,
         what the reply's place in ``full`` reads, for the error message)."""
@@ -201,7 +201,7 @@ class TurnLocator:
             return lo, full[lo:hi]
         return None, full[max(0, a_f - 12):hi]
 
-    def _closing_marker(self, job: "_Job", i: int, upto: str, end: int, shift: int) -> str:
+    def _closing_marker(self, job: "RenderJob", i: int, upto: str, end: int, shift: int) -> str:
         """The end-of-turn token (with any whitespace before it) that closes reply ``i`` inside the
         conversation although its own render ends without one, or ''."""
         if i == len(job.chat) - 1:
