@@ -36,7 +36,8 @@ def write_config(tmp_path, model_dir, name="run.yaml", **training):
 def run(cmd, timeout=420, **env):
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **env}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
-    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    errors = [line for line in result.stderr.splitlines() if "rror" in line or "Traceback" in line]
+    assert result.returncode == 0, (result.stdout[-2000:], errors[:20], result.stderr[-4000:])
     return result
 
 

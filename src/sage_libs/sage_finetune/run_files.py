@@ -134,28 +134,3 @@ def trim_log(output_dir: str | os.PathLike, step: int | None) -> None:
 
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else float("inf")
-
-
-def start_run_folder(output_dir: str | os.PathLike, *, resume: str | None, identity: Any,
-                     resolved_config: dict[str, Any]) -> None:
-    """Make ``output_dir`` this run's (main process only): a fresh run moves an earlier run's files
-    aside (utils.checkpoint) and starts an empty folder; a resumed one trims trainer_log.jsonl to its
-    checkpoint and appends to train.log. Then run_identity.json and run_config.yaml are written."""
-    from .utils.checkpoint import move_aside_previous_run
-    from .utils.run_identity import write_identity
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        moved = move_aside_previous_run(out)
-        if moved is not None:
-            logging.getLogger(__name__).warning(
-                "output_dir held the checkpoints and outputs of an earlier run; moved them to %s (a fresh run never "
-                "mixes its files with another run's; delete that folder if you do not need it). Next time, "
-                "training.resume_from_checkpoint=true continues an interrupted run of the same config instead",
-                moved)
-    else:
-        trim_log(out, checkpoint_step(resume))
-    log_to_file(out, append=bool(resume))
-    write_identity(out, identity)
-    write_run_config(out, resolved_config)

@@ -132,7 +132,7 @@ def render_options(data_config: Any, tokenizer: Any, *, max_seq_length: int | No
 
     template = resolve_chat_template(data_config.chat_template, tokenizer)
     if tools is None and data_config.tools_file:
-        from ..loaders.trajectory import load_tools
+        from .trajectory import load_tools
 
         tools = load_tools(data_config.tools_file)
     return RenderOptions(chat_template=template, fmt=data_config.format, system_prompt=data_config.system_prompt,

@@ -73,7 +73,7 @@ def record_sets(data: Any, data_config: Any, split: str) -> list[Any]:
 
 def rename_columns(records: Any, columns: dict[str, str], source: str) -> Any:
     """Records whose fields ``columns`` maps ``{expected: actual}`` renamed to the expected names."""
-    from ..loaders.base import RecordList
+    from .records import RecordList
 
     renamed = []
     for record in records:
@@ -155,7 +155,7 @@ def split_records(records: Any, ratio: float, seed: int) -> tuple[Any, Any]:
     the source file and line numbers for error messages."""
     import random
 
-    from ..loaders.base import RecordList
+    from .records import RecordList
 
     n = len(records)
     order = list(range(n))

@@ -25,13 +25,15 @@ Two renderings (``DataConfig.agent_format``):
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from ..errors import DataFormatError
 from .conversation import Conversation, Message
 
-__all__ = ["FINISH", "REACT_SYSTEM_PROMPT", "trajectory_to_conversation", "parse_action", "tool_names",
+__all__ = ["FINISH", "REACT_SYSTEM_PROMPT", "trajectory_to_conversation", "parse_action", "tool_names", "load_tools",
            "next_action_cases",
            "check_tool_call", "resolve_agent_format"]
 
@@ -251,3 +253,17 @@ def next_action_cases(conv: Conversation) -> list[tuple[list[dict[str, Any]], st
             name, args, _ = parse_action(m["content"])
         cases.append((messages[:i], name, args))
     return cases
+
+
+def load_tools(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Tool schemas from a JSON file (a list in OpenAI function format)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataFormatError(f"{p}: no such tools file")
+    try:
+        tools = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{p}: not a JSON tools list ({exc})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise DataFormatError(f"{p}: expected a JSON list of tool schemas")
+    return tools

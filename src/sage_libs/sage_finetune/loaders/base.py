@@ -11,22 +11,12 @@ from typing import Any, Callable, Iterator
 from ..errors import (
     DataFileError,  # noqa: F401 (re-exported)
     )
+from ..data.records import RecordList
 from ..interface import DatasetLoader
 
 __all__ = ["RecordList", "FileLoader", "iter_jsonl", "DataFileError"]
 
 logger = logging.getLogger(__name__)
-
-
-class RecordList(list):
-    """A list of raw records that remembers where each came from (``source:line``)."""
-
-    def __init__(self, records: list | None = None, *, source: str | None = None,
-                 line_numbers: list[int] | None = None, skipped: int = 0) -> None:
-        super().__init__(records or [])
-        self.source = source
-        self.line_numbers = line_numbers
-        self.skipped = skipped
 
 
 def _check_file(path: str | os.PathLike) -> Path:

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 from ..data.formats import detect_format
+from ..data.trajectory import load_tools
 from ..errors import DataFormatError
 from .base import FileLoader
 
 __all__ = ["TrajectoryLoader", "load_tools"]
-
-
-def load_tools(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Tool schemas from a JSON file (a list in OpenAI function format)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataFormatError(f"{p}: no such tools file")
-    try:
-        tools = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFormatError(f"{p}: not a JSON tools list ({exc})") from None
-    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-        raise DataFormatError(f"{p}: expected a JSON list of tool schemas")
-    return tools
 
 
 class TrajectoryLoader(FileLoader):

@@ -7,7 +7,7 @@ are called, and what is checked, locked, written and reported around them.
     tokenizer and data (errors before the model load)     prepare_dataset -> data.datasets
     will it fit? (a warning, training.plan_check)         planner.check
     model and adapter                                     setup -> load_base_model, apply_adapter
-    the output folder (fresh or resumed)                  run_files.start_run_folder
+    the output folder (fresh or resumed)                  start_run_folder
     fast paths, the HF Trainer, its callbacks             build_hf_trainer -> perf, .hf_core, callbacks.wiring
     evaluation before, the loop, evaluation after         .run_metrics
     metrics.json and loss.png                             write_outputs -> run_files
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,11 +29,13 @@ from typing import Any
 from .. import run_files
 from ..data.sources import MultiSource, split_records
 from ..errors import ConfigError
+from ..utils.checkpoint import move_aside_previous_run
 from ..utils.processes import is_main_process, main_process_first
+from ..utils.run_identity import write_identity
 from .preflight import warn_about_schedule
 from .run_metrics import final_evaluation, interrupted, loop_metrics
 
-__all__ = ["run_training"]
+__all__ = ["run_training", "start_run_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[s
 
         check_checkpoint_fits(trainer.model, resume)  # lora.r 8 -> 4: exit 2 before anything is rewritten
     if is_main_process():
-        run_files.start_run_folder(tc.output_dir, resume=resume, identity=trainer._identity,
+        start_run_folder(tc.output_dir, resume=resume, identity=trainer._identity,
                                    resolved_config=trainer.resolved_config())
     hf = trainer.build_hf_trainer(train_ds, eval_ds)
     warn_about_schedule(tc, len(train_ds))
@@ -142,3 +145,25 @@ def _run_loop(trainer: Any, hf: Any, resume: str | None) -> tuple[Any, float]:
     if stop is not None:
         raise stop
     return result, runtime
+
+
+def start_run_folder(output_dir: str | os.PathLike, *, resume: str | None, identity: Any,
+                     resolved_config: dict[str, Any]) -> None:
+    """Make ``output_dir`` this run's (main process only): a fresh run moves an earlier run's files
+    aside (utils.checkpoint) and starts an empty folder; a resumed one trims trainer_log.jsonl to its
+    checkpoint and appends to train.log. Then run_identity.json and run_config.yaml are written."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        moved = move_aside_previous_run(out)
+        if moved is not None:
+            logging.getLogger(__name__).warning(
+                "output_dir held the checkpoints and outputs of an earlier run; moved them to %s (a fresh run never "
+                "mixes its files with another run's; delete that folder if you do not need it). Next time, "
+                "training.resume_from_checkpoint=true continues an interrupted run of the same config instead",
+                moved)
+    else:
+        run_files.trim_log(out, run_files.checkpoint_step(resume))
+    run_files.log_to_file(out, append=bool(resume))
+    write_identity(out, identity)
+    run_files.write_run_config(out, resolved_config)
