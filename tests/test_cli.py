@@ -284,6 +284,32 @@ def test_typos_get_a_did_you_mean_under_the_commands_usage(argv, usage, message,
     assert err.startswith(usage) and message in err, err
 
 
+@pytest.mark.parametrize("argv, usage, message", [
+    (["train", "run.yaml", "--merge", "foo"], "usage: sage-finetune train", "unrecognized arguments: foo"),
+    (["TRAIN"], "usage: sage-finetune [-h]", "(did you mean 'train'?)"),
+])
+def test_stray_arguments_are_named_under_the_commands_usage(argv, usage, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and message in err, err
+
+
+def test_double_dash_and_errors_of_data_inspect(tmp_path, capsys):
+    from sage_libs.sage_finetune.cli import _parse_args, build_parser
+
+    args = _parse_args(build_parser(), ["plan", "run.yaml", "--no-probe", "--", "data.padding_free=false"])
+    assert args.overrides == ["data.padding_free=false"]
+    args = _parse_args(build_parser(), ["train", "run.yaml", "--merge", "--", "training.max_steps=1"])
+    assert args.overrides == ["training.max_steps=1"] and args.merge
+    assert main(["data", "inspect", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("sage-finetune data inspect: error: ")
+    with pytest.raises(SystemExit):  # no config: the usage does not call the overrides required
+        main(["train"])
+    err = capsys.readouterr().err
+    assert "required: config" in err and "overrides" not in err.split("required:")[1], err
+
+
 def test_options_still_accept_unique_prefixes_and_negative_values(tmp_path, capsys):
     from sage_libs.sage_finetune.cli import _parse_args, build_parser
 
@@ -323,6 +349,7 @@ def test_an_adapter_records_its_base_as_an_absolute_path(tmp_path, tiny_model_di
     """A relative training.model_name_or_path is recorded absolute in adapter_config.json, so that chat
     and merge work from any directory; a recorded base that does not resolve is named as such, not
     blamed on --base (which the user did not pass)."""
+    import os
     import shutil
 
     work = tmp_path / "work"
@@ -338,9 +365,48 @@ def test_an_adapter_records_its_base_as_an_absolute_path(tmp_path, tiny_model_di
     assert main(["chat", str(work / "out" / "adapter"), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
     # an adapter written elsewhere with a relative base: the message says where the path came from
     adapter_config.write_text(adapter_config.read_text().replace(recorded, "./tiny-model"))
-    for argv in (["chat", str(work / "out" / "adapter"), "--prompt", "hi"],
-                 ["merge", "--adapter", str(work / "out" / "adapter"), "--output", str(tmp_path / "merged")]):
+    chat = ["chat", str(work / "out" / "adapter")]
+    merge = ["merge", "--adapter", str(work / "out" / "adapter"), "--output", str(tmp_path / "merged")]
+    for argv in ([*chat, "--prompt", "hi"], merge):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"the base model recorded in {adapter_config} (base_model_name_or_path): ./tiny-model: no such " \
                "directory" in err and "pass --base MODEL" in err and "--base:" not in err, err
+    # a hub id that cannot be fetched (offline): exit 2, named as the user gave it, in chat and merge alike
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        adapter_config.write_text(adapter_config.read_text().replace("./tiny-model", "Qwen/Qwen2.5-0.5B"))
+        for argv, named in (([*chat, "--prompt", "hi"], f"the base model recorded in {adapter_config}"),
+                            ([*merge, "--base", "Qwen/Qwen2.5-0.5B"], "merge --base")):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert f"{named}" in err and "cannot load a model from 'Qwen/Qwen2.5-0.5B'" in err, err
+            assert "training.model_name_or_path" not in err
+
+
+def test_lines_logged_before_the_run_folder_exists_reach_train_log(tmp_path, tiny_model_dir):
+    """Data and model are prepared before train.log opens: an indirect library's warning from then
+    (kernels while bitsandbytes loads, here simulated from the user's formatting function) is in
+    train.log, and the user's own logger reaches the console."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "my_format.py").write_text(textwrap.dedent('''
+        import logging
+        def to_text(record):
+            logging.getLogger(__name__).warning("USER-WARNING from my formatting function")
+            logging.getLogger("kernels._internals.hf_hub").warning("KERNELS-WARNING before train.log")
+            return record["instruction"] + " " + record["output"]
+    '''))
+    cfg = write_config(tmp_path, tiny_model_dir, training={"max_steps": 1, "eval_steps": 1},
+                       data={"formatting_func": "my_format.py:to_text", "eval_file": None})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(cfg)],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "USER-WARNING from my formatting function" in result.stderr
+    assert "KERNELS-WARNING" not in result.stderr + result.stdout
+    run_log = (tmp_path / "out" / "train.log").read_text()
+    assert "WARNING kernels._internals.hf_hub: KERNELS-WARNING before train.log" in run_log
+    assert "USER-WARNING from my formatting function" in run_log

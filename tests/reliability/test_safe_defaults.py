@@ -266,3 +266,25 @@ def test_weights_follow_the_umask_in_every_output_folder(tmp_path, umask_022, ca
                      "full/checkpoint-2/model.safetensors"):
         assert expected in weights, weights
     assert _private_paths(tmp_path / "lora") == [] and _private_paths(tmp_path / "full") == []
+
+
+def test_only_what_a_run_writes_gets_the_umask_modes(tmp_path, umask_022):
+    """tiny-model into a folder that holds other files: a private key, a script and a link to a
+    private folder elsewhere keep their modes; the model files it writes are 0644."""
+    import os
+
+    out, outside = tmp_path / "existing", tmp_path / "outside"
+    (out / "private").mkdir(parents=True)
+    outside.mkdir()
+    for path, mode in ((out / "key", 0o600), (out / "run.sh", 0o755), (out / "private" / "f", 0o600)):
+        path.write_text("x")
+        path.chmod(mode)
+    (out / "private").chmod(0o700)
+    outside.chmod(0o700)
+    (out / "link").symlink_to(outside)
+    assert main(["tiny-model", str(out), "--corpus", str(EXAMPLE_DATA / "chat_train.jsonl")]) == 0
+    modes = {p: oct(os.lstat(p).st_mode & 0o777) for p in (out / "key", out / "run.sh", out / "private",
+                                                            out / "private" / "f", outside)}
+    assert list(modes.values()) == ["0o600", "0o755", "0o700", "0o600", "0o700"], modes
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert oct((out / name).stat().st_mode & 0o777) == "0o644", name

@@ -115,5 +115,7 @@ def did_you_mean(word: object, candidates: object) -> str:
     every "unknown name" message ends with."""
     import difflib
 
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)  # type: ignore[union-attr]
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    names = [str(c) for c in candidates]  # type: ignore[union-attr]
+    by_lower = {n.lower(): n for n in names}  # TRAIN -> train: case is the commonest slip
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""

@@ -100,6 +100,9 @@ def log_to_file(output_dir: str | os.PathLike, append: bool = False) -> None:
     handler = _RunLogFile(Path(output_dir) / TRAIN_LOG, mode="a" if append else "w", encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from .utils.noise import EarlyRecords
+
+    EarlyRecords.drain_into(handler)  # what the command logged before the folder was this run's
     logging.getLogger().addHandler(handler)
     if ours.getEffectiveLevel() > logging.INFO:
         ours.setLevel(logging.INFO)  # our INFO records reach the file; the console handler still filters them

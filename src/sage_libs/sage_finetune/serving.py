@@ -30,9 +30,10 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
     applied to ``base`` (default: the base recorded in the adapter). The tokenizer comes from the
     directory (it carries the training template), else from the base."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from .utils.model_files import adapter_base, check_adapter_dir, check_model_dir
+    from .trainers.loading import load_causal_lm
+    from .utils.model_files import adapter_base, base_option, check_adapter_dir, check_model_dir
 
     p = Path(path)
     if not p.is_dir():
@@ -44,12 +45,16 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
         from peft import PeftModel
 
         check_adapter_dir(p, allow_pickle_weights=allow_pickle_weights, option="chat")
+        option = base_option(p, base, command="chat")
         base = adapter_base(p, base, command="chat", allow_pickle_weights=allow_pickle_weights)
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, **load_kwargs), str(p))
+        base_model = load_causal_lm(base, load_kwargs, allow_pickle_weights=allow_pickle_weights, option=option,
+                                    training=False)
+        model = PeftModel.from_pretrained(base_model, str(p))
         tokenizer_dir = str(p) if has_tokenizer else base
     else:
         check_model_dir(str(p), allow_pickle_weights=allow_pickle_weights, option="chat")
-        model = AutoModelForCausalLM.from_pretrained(str(p), **load_kwargs)
+        model = load_causal_lm(str(p), load_kwargs, allow_pickle_weights=allow_pickle_weights, option="chat",
+                               training=False)
         tokenizer_dir = str(p)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
     model.eval()

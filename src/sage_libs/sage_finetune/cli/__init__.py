@@ -119,11 +119,27 @@ def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argp
     args, extra = parser.parse_known_args(argv)
     overrides = getattr(args, "overrides", None)
     if overrides is not None:
+        extra = [x for x in extra if x != "--"]  # `cmd cfg.yaml --flag -- a.b=c`: the rest are overrides
         args.overrides = [*overrides, *(x for x in extra if _is_override(x))]
         extra = [x for x in extra if not _is_override(x)]
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # under the usage of the command they were typed for
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub-)parser of the command ``args`` were parsed for (``data inspect``: inspect's)."""
+    for name in (getattr(args, "command", None), getattr(args, "data_command", None)):
+        commands = _subcommands(parser)
+        if name is None or name not in commands:
+            break
+        parser = commands[name]
+    return parser
+
+
+def command_label(args: argparse.Namespace) -> str:
+    """``train``, ``data inspect``, ...: how error messages name the command."""
+    return " ".join(n for n in (getattr(args, "command", None), getattr(args, "data_command", None)) if n)
 
 
 def _is_override(arg: str) -> bool:
@@ -147,28 +163,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataFormatError, FineTuneRegistryError) as exc:
         if args.debug:
             raise
-        print(f"sage-finetune {args.command}: error: {exc}", file=sys.stderr)
+        print(f"sage-finetune {command_label(args)}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
-        print(f"sage-finetune {args.command}: {exc}", file=sys.stderr)
+        print(f"sage-finetune {command_label(args)}: {exc}", file=sys.stderr)
         if args.command == "train":
             print(f"resume with: {train.resume_command(args)}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", 2)
-        print(f"sage-finetune {args.command}: {'terminated (SIGTERM)' if signum == 15 else 'interrupted'}",
+        print(f"sage-finetune {command_label(args)}: {'terminated (SIGTERM)' if signum == 15 else 'interrupted'}",
               file=sys.stderr)
         return 128 + signum
     except TrainingError as exc:
         if args.debug:
             raise
-        print(f"sage-finetune {args.command}: error: {exc}", file=sys.stderr)
+        print(f"sage-finetune {command_label(args)}: error: {exc}", file=sys.stderr)
         if args.command == "train" and getattr(exc, "checkpoint", None) and isinstance(exc, DiskFullError):
             print(f"resume with: {train.resume_command(args)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug or an environment problem: one line, the traceback with --debug
         if args.debug:
             raise
-        print(f"sage-finetune {args.command}: error: {type(exc).__name__}: {exc} "
+        print(f"sage-finetune {command_label(args)}: error: {type(exc).__name__}: {exc} "
               "(run with --debug for the traceback)", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ def quiet_libraries() -> None:
     # the summary from the command. INFO lines go to OUTPUT_DIR/train.log (see BaseTrainer.train).
     # Known noise is dropped by its exact text (utils/noise.py); no warning category is silenced.
     # Other libraries' lines go to train.log only (utils/noise.CONSOLE_LOGGERS says which reach the console).
-    from ..utils.noise import ConsoleLoggers
+    from ..utils.noise import ConsoleLoggers, EarlyRecords
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # a run lowers our logger to INFO for train.log (run_files)
@@ -21,5 +21,6 @@ def quiet_libraries() -> None:
         console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
         if console and not any(isinstance(f, ConsoleLoggers) for f in handler.filters):
             handler.addFilter(ConsoleLoggers())
+    EarlyRecords.install()  # until a run opens train.log (run_files.log_to_file)
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

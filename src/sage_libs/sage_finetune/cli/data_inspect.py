@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
                                    "  sage-finetune data inspect examples/configs/lora_tiny.yaml --sample 3 --no-color\n"
                                    "  sage-finetune data inspect examples/data/chat_train.jsonl --tokenizer ./tiny-model")
     p.add_argument("source", help="a run config (YAML) or a data file")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides (with a config)")
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides (with a config)")
     p.add_argument("--tokenizer", help="model or tokenizer to render with (default: the config's model)")
     p.add_argument("--format", help="record format for a data file (default: auto)")
     p.add_argument("--max-seq-length", type=int, help="truncation length (default: the config's, else 1024)")

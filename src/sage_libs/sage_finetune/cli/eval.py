@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
                        epilog=config_epilog("eval", "data.eval_file=held_out.jsonl --adapter out/adapter"),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML run config: training.model_name_or_path, data.eval_file, ...")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides (the value is read as YAML)")
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides (the value is read as YAML)")
     p.add_argument("--adapter", help="an adapter (or model) directory to evaluate instead of the base")
     p.set_defaults(func=run)
 

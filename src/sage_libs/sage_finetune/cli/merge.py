@@ -8,7 +8,7 @@ from typing import Any
 from pathlib import Path
 
 from ..config import DataConfig, TrainingConfig
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
 from ..run_config import make_trainer
 
 __all__ = ["add_parser", "run"]
@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..utils.model_files import adapter_base
+    from ..utils.model_files import adapter_base, base_option
 
     adapter = Path(args.adapter)
     cfg_file = adapter / "adapter_config.json"
@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = {"method": "lora", "training": TrainingConfig(model_name_or_path=base, output_dir=str(args.output)),
            "lora": None, "data": DataConfig()}
     trainer = make_trainer(cfg)
-    trainer.load_model(adapter)
+    try:
+        trainer.load_model(adapter)
+    except ConfigError as exc:  # the base is named as the user gave it, not as a config option they never wrote
+        prefix = "training.model_name_or_path:"
+        if not str(exc).startswith(prefix):
+            raise
+        raise ConfigError(base_option(adapter, args.base, command="merge") + str(exc)[len(prefix) - 1:]) from None
     print(trainer.merge_and_save(args.output))
     return 0

@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> None:
         epilog="examples:\n  sage-finetune plan run.yaml\n  sage-finetune plan run.yaml --device cuda --memory 24GB"
                "\n  sage-finetune plan run.yaml training.per_device_train_batch_size=16 --processes 8")
     p.add_argument("config", help="YAML run config (as for train)")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides (the value is read as YAML)")
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides (the value is read as YAML)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="plan for this device (default: where train would run)")
     p.add_argument("--memory", help="memory budget per device, e.g. 24GB, 80GiB, 512MB (GB = GiB = 2**30 bytes; "
                                     "default: what is available now)")

@@ -18,7 +18,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune from a YAML config", epilog=config_epilog("train", "training.learning_rate=1e-4 lora.r=16"),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML run config (method, training, lora, data, ...)")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides (the value is read as YAML)")
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides (the value is read as YAML)")
     p.add_argument("--merge", action="store_true", help="also write a merged model to OUTPUT_DIR/merged")
     p.set_defaults(func=run)
 

@@ -92,7 +92,7 @@ def locate_sample(index: int, counts: list[int], noun: str = "examples") -> tupl
     if not -total <= index < total:
         where = f"there are {total} {noun}" if len(counts) == 1 else \
             f"the {len(counts)} files have {total} {noun} in all, counted across the files in order"
-        raise SampleOutOfRange(f"sample {index}: {where} (0 to {total - 1}, or -1 for the last)")
+        raise SampleOutOfRange(f"sample {index}: {where} (0 to {total - 1}, or counted from the end: -1 is the last)")
     index %= total
     for which, count in enumerate(counts):
         if index < count:

@@ -28,7 +28,7 @@ from ..errors import (  # noqa: F401 (re-exported)
     did_you_mean,
 )
 from ..interface import FineTuner
-from ..utils.io import atomic_dir, follow_umask
+from ..utils.io import atomic_dir, follow_umask, tree_state
 from ..utils.processes import is_main_process
 from .preflight import check_output_dir, check_run_inputs
 
@@ -389,10 +389,11 @@ class BaseTrainer(FineTuner):
             self.set_generation_stops(self.model)
         hf = self.hf_trainer
         if hf is not None and (hf.is_deepspeed_enabled or hf.is_fsdp_enabled):
+            before = tree_state(output_dir) if is_main_process() else {}
             hf.save_model(str(output_dir))
             if is_main_process():
                 self.tokenizer.save_pretrained(str(output_dir))
-                follow_umask(output_dir)
+                follow_umask(output_dir, written_since=before)
             return str(output_dir)
         if is_main_process():
             with atomic_dir(output_dir) as tmp:

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_dir", "normal_mode", "follow_umask",
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_dir", "normal_mode", "follow_umask", "tree_state",
            "is_out_of_space", "disk_full_message"]
 
 
@@ -22,25 +22,58 @@ def normal_mode(path: str | os.PathLike, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def follow_umask(root: str | os.PathLike) -> None:
-    """Give every file and folder under ``root`` (and ``root`` itself) the permissions of a plain
+def follow_umask(root: str | os.PathLike, *, written_since: dict[str, tuple[int, int]] | None = None) -> None:
+    """Give the files and folders under ``root`` (and ``root`` itself) the permissions of a plain
     ``open()`` / ``mkdir()`` under the current umask. Writers we do not own create private files:
     safetensors' ``save_file`` writes ``*.safetensors`` as 0600 whatever the umask, so without this
-    a serving process in the same group could not read the weights."""
+    a serving process in the same group could not read the weights.
+
+    ``written_since``: a :func:`tree_state` taken before writing into a folder that may hold other
+    files: only what was created or rewritten since is changed (a user's own files keep their modes).
+    Symbolic links are never followed."""
     root = Path(root)
+    if root.is_symlink() or not root.exists():
+        return
     if root.is_file():
         normal_mode(root)
         return
-    if not root.is_dir():
-        return
-    normal_mode(root, directory=True)
-    for folder, dirs, files in os.walk(root):
+
+    def ours(path: str) -> bool:
+        return written_since is None or written_since.get(path) != _stamp(path)
+
+    if written_since is None:  # a folder we made (a new one from mkdir already follows the umask)
+        normal_mode(root, directory=True)
+    for folder, dirs, files in os.walk(root):  # os.walk does not descend into linked folders
         for name in dirs:
-            normal_mode(os.path.join(folder, name), directory=True)
+            path = os.path.join(folder, name)
+            if not os.path.islink(path) and ours(path):
+                normal_mode(path, directory=True)
         for name in files:
             path = os.path.join(folder, name)
-            if not os.path.islink(path):
+            if not os.path.islink(path) and ours(path):
                 normal_mode(path)
+
+
+def tree_state(root: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """``path -> (inode, mtime_ns)`` of everything under ``root`` now (for :func:`follow_umask`)."""
+    state: dict[str, tuple[int, int]] = {}
+    if not Path(root).is_dir():
+        return state
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            stamp = _stamp(path)
+            if stamp is not None:
+                state[path] = stamp
+    return state
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _umask() -> int:

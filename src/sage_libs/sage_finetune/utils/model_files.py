@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["TOKENIZER_FILES", "looks_like_local_path", "pickle_weight_files", "check_model_dir", "adapter_base",
+           "base_option",
            "absolute_local_path",
            "check_local_path_exists", "check_adapter_dir", "max_positions"]
 
@@ -113,12 +114,19 @@ def adapter_base(adapter_dir: str | os.PathLike, base: str | None, *, command: s
         raise ConfigError(f"{command}: cannot read {config} ({exc}); expected a PEFT adapter directory") from None
     if not recorded:
         raise ConfigError(f"{command}: {config} names no base model (base_model_name_or_path); pass --base MODEL")
-    where = f"the base model recorded in {config} (base_model_name_or_path)"
+    where = base_option(p, None, command=command)
     try:
         check_model_dir(recorded, allow_pickle_weights=allow_pickle_weights, option=where)
     except ConfigError as exc:
         raise ConfigError(f"{exc}; pass --base MODEL to load the adapter onto another copy of it") from None
     return recorded
+
+
+def base_option(adapter_dir: str | os.PathLike, base: str | None, *, command: str) -> str:
+    """How an error names the base of an adapter: the option the user passed, or where it was read."""
+    if base is not None:
+        return f"{command} --base"
+    return f"the base model recorded in {Path(adapter_dir) / 'adapter_config.json'} (base_model_name_or_path)"
 
 
 def absolute_local_path(name_or_path: str) -> str:

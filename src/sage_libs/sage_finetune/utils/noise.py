@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["install_log_filters", "NOISE", "WARNINGS", "CONSOLE_LOGGERS", "ConsoleLoggers"]
+__all__ = ["install_log_filters", "NOISE", "WARNINGS", "CONSOLE_LOGGERS", "ConsoleLoggers", "EarlyRecords"]
 
 # logger name -> message prefixes to drop, each with the reason it is noise
 NOISE: dict[str, tuple[str, ...]] = {
@@ -40,11 +40,52 @@ CONSOLE_LOGGERS: tuple[str, ...] = (
 )
 
 
+# a formatting_func file beside the config is imported as a module of this name (utils/user_code.py)
+USER_CODE_PREFIX = "_sage_finetune_user_"
+
+
 class ConsoleLoggers(logging.Filter):
-    """A handler filter: records of :data:`CONSOLE_LOGGERS` (and their children) pass."""
+    """A handler filter: records of :data:`CONSOLE_LOGGERS` (and their children) and of the user's
+    own code pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.name.split(".", 1)[0] in CONSOLE_LOGGERS
+        return record.name.split(".", 1)[0] in CONSOLE_LOGGERS or record.name.startswith(USER_CODE_PREFIX)
+
+
+class EarlyRecords(logging.Handler):
+    """Holds the log records of a command until its run opens OUTPUT_DIR/train.log (data and model
+    are prepared before the output folder is touched), which then receives them first: a library's
+    line that the console leaves out is in train.log even when it came before the folder existed."""
+
+    LIMIT = 10_000  # records kept; a run that logs more before it starts loses the oldest
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if len(self.records) > self.LIMIT:
+            del self.records[: len(self.records) - self.LIMIT]
+
+    @classmethod
+    def install(cls) -> None:
+        """Start holding (a command's start: what an earlier command in this process held is dropped)."""
+        root = logging.getLogger()
+        for early in [h for h in root.handlers if isinstance(h, cls)]:
+            root.removeHandler(early)
+        root.addHandler(cls())
+
+    @classmethod
+    def drain_into(cls, handler: logging.Handler) -> None:
+        """Hand the held records to ``handler`` and stop holding (idempotent)."""
+        root = logging.getLogger()
+        for early in [h for h in root.handlers if isinstance(h, cls)]:
+            root.removeHandler(early)
+            for record in early.records:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+            early.records.clear()
 
 
 class _DropPrefixes(logging.Filter):

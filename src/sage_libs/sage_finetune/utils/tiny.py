@@ -137,13 +137,14 @@ def build_tiny_model(output_dir: str | os.PathLike, *, arch: str = "llama", text
     model = AutoModelForCausalLM.from_config(config)
     if pretrain_steps > 0:
         _pretrain(model, tokenizer, all_texts or [_BASE_CORPUS], pretrain_steps, seed, progress=progress)
+    from .io import follow_umask, tree_state
+
     out = Path(output_dir)
+    before = tree_state(out)  # the folder may hold other files: only ours get the umask's modes
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    from .io import follow_umask
-
-    follow_umask(out)  # safetensors writes model.safetensors 0600
+    follow_umask(out, written_since=before)  # safetensors writes model.safetensors 0600
     return out
 
 
