@@ -95,8 +95,9 @@ def test_lock_sh_needs_a_passing_test_run_for_what_is_installed(fake_checkout):
 
 def test_lock_drift_lists_what_the_canary_has_newer(fake_checkout):
     lock = fake_checkout / "lock.txt"
-    lock.write_text("# header\ntorch==2.13.0\ntransformers==5.24.0\n")
+    lock.write_text("# header\nnumpy==2.0.0\ntorch==2.13.0\ntransformers==5.24.0\n")
     drift = subprocess.run(["bash", "-c", f". scripts/_venv.sh && lock_drift .venv-sage {lock}"], cwd=fake_checkout,
                            capture_output=True, text=True, check=True).stdout.splitlines()
     assert [line.split() for line in drift] == [["isage-cli", "(none)", "->", "0.2.4.43"],
+                                                ["numpy", "2.0.0", "->", "(none)"],
                                                 ["transformers", "5.24.0", "->", "5.25.0"]]
