@@ -76,7 +76,7 @@ def lock_sh(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_lock_sh_needs_a_passing_test_run_for_what_is_installed(fake_checkout):
     result = lock_sh(fake_checkout)
-    assert result.returncode == 2 and "lock.sh: .venv has no passing test run" in result.stderr
+    assert result.returncode == 2 and "lock.sh: .venv has no passing run" in result.stderr
     assert not (fake_checkout / "requirements" / "constraints.txt").exists()
     # what test.sh writes after a passing pass: the frozen versions
     for venv in (".venv", ".venv-sage"):
@@ -101,3 +101,17 @@ def test_lock_drift_lists_what_the_canary_has_newer(fake_checkout):
     assert [line.split() for line in drift] == [["isage-cli", "(none)", "->", "0.2.4.43"],
                                                 ["numpy", "2.0.0", "->", "(none)"],
                                                 ["transformers", "5.24.0", "->", "5.25.0"]]
+
+
+def test_readme_is_a_front_door_and_every_docs_page_is_in_the_site():
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    nav = yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]
+    in_nav = {next(iter(entry.values())) for entry in nav}
+    pages = {p.name for p in (REPO / "docs").glob("*.md")}
+    assert pages == in_nav, pages ^ in_nav
+    linked = set(re.findall(r"\]\(docs/([a-z_-]+\.md)\)", readme))
+    assert linked == pages - {"index.md"}, (pages - {"index.md"}) ^ linked
+    assert "bash scripts/docs.sh" in (REPO / ".ci" / "run").read_text()
