@@ -156,7 +156,8 @@ def test_console_shows_only_the_libraries_a_user_configures(tmp_path):
     train.log only."""
     import logging
 
-    from sage_libs.sage_finetune import cli, run_files
+    from sage_libs.sage_finetune import cli
+    from sage_libs.sage_finetune.run import files as run_files
 
     root = logging.getLogger()
     before = list(root.handlers)
@@ -410,3 +411,18 @@ def test_lines_logged_before_the_run_folder_exists_reach_train_log(tmp_path, tin
     run_log = (tmp_path / "out" / "train.log").read_text()
     assert "WARNING kernels._internals.hf_hub: KERNELS-WARNING before train.log" in run_log
     assert "USER-WARNING from my formatting function" in run_log
+
+
+def test_python_train_writes_what_the_cli_writes(tmp_path, tiny_model_dir, capsys):
+    """One recipe (run/recipe.py) for both: trainer.train() ends with the adapter (and merged/ with
+    training.save_merged) as `sage-finetune train --merge` does."""
+    from sage_libs.sage_finetune.run_config import make_trainer
+
+    cfg = write_config(tmp_path, tiny_model_dir, training={"max_steps": 2, "output_dir": str(tmp_path / "cli")})
+    assert main(["train", str(cfg), "--merge"]) == 0
+    python = make_trainer(load_run_config(str(cfg), [f"training.output_dir={tmp_path / 'py'}",
+                                                      "training.save_merged=true"]))
+    python.train()
+    names = {p.relative_to(tmp_path / "cli").as_posix() for p in (tmp_path / "cli").rglob("*")}
+    assert {"adapter/adapter_model.safetensors", "merged/model.safetensors", "metrics.json", "loss.png"} <= names
+    assert names == {p.relative_to(tmp_path / "py").as_posix() for p in (tmp_path / "py").rglob("*")}

@@ -83,3 +83,27 @@ def test_every_field_has_help():
     for cls in (TrainingConfig, LoRAConfig, DataConfig):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+
+
+def test_the_run_identity_is_derived_from_each_options_metadata():
+    """An option marked trajectory=False (outputs, logging, execution details) never changes the run's
+    fingerprint, so changing it does not refuse a resume; every other option does."""
+    import dataclasses
+
+    from sage_libs.sage_finetune.config import DataConfig, TrainingConfig
+    from sage_libs.sage_finetune.run.identity import RunIdentity
+
+    def identity(**training):
+        tc = TrainingConfig(model_name_or_path="org/model", output_dir="out", **training)
+        return RunIdentity.from_resolved_config({"method": "lora", "training": tc.to_dict(),
+                                                 "data": DataConfig().to_dict()}, [{"text": "x"}]).fingerprint
+
+    base = identity()
+    outputs = {f.name for f in dataclasses.fields(TrainingConfig) if not f.metadata["trajectory"]}
+    assert {"output_dir", "fused_norms", "plan_check", "save_merged", "logging_steps"} <= outputs
+    assert identity(fused_norms=False, plan_check=False, save_merged=True, logging_steps=3) == base
+    assert identity(learning_rate=1e-3) != base and identity(seed=1) != base
+    # the split of a global batch is not part of it; the global batch is
+    assert identity(per_device_train_batch_size=2, gradient_accumulation_steps=2) == \
+        identity(per_device_train_batch_size=4, gradient_accumulation_steps=1)
+    assert identity(per_device_train_batch_size=8) != identity(per_device_train_batch_size=4)

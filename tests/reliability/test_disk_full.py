@@ -21,7 +21,7 @@ from ._helpers import logged_steps, write_config
 torch = pytest.importorskip("torch")
 
 from sage_libs.sage_finetune.cli import main  # noqa: E402
-from sage_libs.sage_finetune.utils.checkpoint import checkpoint_problems, find_checkpoints  # noqa: E402
+from sage_libs.sage_finetune.run.checkpoints import checkpoint_problems, find_checkpoints  # noqa: E402
 from sage_libs.sage_finetune.utils.io import disk_full_message, is_out_of_space  # noqa: E402
 
 

@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 
 from sage_libs.sage_finetune import ConfigError, LoRAConfig, TrainingConfig, create_loader, create_trainer  # noqa: E402
 from sage_libs.sage_finetune.cli import main  # noqa: E402
-from sage_libs.sage_finetune.utils.checkpoint import checkpoint_problems, find_checkpoints  # noqa: E402
+from sage_libs.sage_finetune.run.checkpoints import checkpoint_problems, find_checkpoints  # noqa: E402
 
 from ._helpers import EXAMPLE_DATA  # noqa: E402
 

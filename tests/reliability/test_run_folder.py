@@ -20,9 +20,9 @@ from ._helpers import SignalWhen, logged_steps, start_cli, stderr_of, stop, wait
 torch = pytest.importorskip("torch")
 
 from sage_libs.sage_finetune.cli import main  # noqa: E402
-from sage_libs.sage_finetune.utils.checkpoint import PREVIOUS_RUNS, checkpoint_problems, find_checkpoints  # noqa: E402
-from sage_libs.sage_finetune.utils.run_identity import read_identity  # noqa: E402
-from sage_libs.sage_finetune.utils.run_lock import LOCK_NAME  # noqa: E402
+from sage_libs.sage_finetune.run.checkpoints import PREVIOUS_RUNS, checkpoint_problems, find_checkpoints  # noqa: E402
+from sage_libs.sage_finetune.run.identity import read_identity  # noqa: E402
+from sage_libs.sage_finetune.run.lock import LOCK_NAME  # noqa: E402
 
 
 def adapter(path):
@@ -244,7 +244,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_model_dir, tmp_path):
 def test_stale_temporaries_and_plot_names(tmp_path):
     """Unit level: what counts as a killed writer's leftover, and unique temporary plot names."""
     from sage_libs.sage_finetune.utils.plotting import plot_loss
-    from sage_libs.sage_finetune.utils.run_lock import remove_stale_temporaries
+    from sage_libs.sage_finetune.run.lock import remove_stale_temporaries
 
     out = tmp_path / "out"
     (out / "checkpoint-2").mkdir(parents=True)
@@ -264,10 +264,10 @@ def test_stale_temporaries_and_plot_names(tmp_path):
 def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
     import sys
 
-    from sage_libs.sage_finetune.utils.run_lock import OutputDirBusy, run_lock
+    from sage_libs.sage_finetune.run.lock import OutputDirBusy, run_lock
 
     out = tmp_path / "out"
-    probe = ("import sys\nfrom sage_libs.sage_finetune.utils.run_lock import run_lock, OutputDirBusy\n"
+    probe = ("import sys\nfrom sage_libs.sage_finetune.run.lock import run_lock, OutputDirBusy\n"
              "try:\n    with run_lock(sys.argv[1]): print('took it')\nexcept OutputDirBusy as e: print(e)\n")
     with run_lock(out) as took:
         assert took
@@ -281,7 +281,7 @@ def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
     other = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, timeout=60)
     assert other.stdout.strip() == "took it"
     # a holder killed with -9 leaves its file; the kernel dropped the lock, so it is taken again
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sage_libs.sage_finetune.utils.run_lock "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sage_libs.sage_finetune.run.lock "
                                "import run_lock\nwith run_lock(sys.argv[1]):\n    print('in', flush=True)\n"
                                "    time.sleep(300)\n", str(out)], stdout=subprocess.PIPE, text=True)
     try:

@@ -43,11 +43,13 @@ class TrainingConfig(_Config):
     ``TrainingArguments``, so a config from either maps over unchanged."""
 
     model_name_or_path: str = _opt(help="Hub id (e.g. 'Qwen/Qwen2.5-7B-Instruct') or a local model directory.")
-    output_dir: str = _opt(help="Where checkpoints, the adapter, metrics.json, trainer_log.jsonl and loss.png go.")
+    output_dir: str = _opt(help="Where checkpoints, the adapter, metrics.json, trainer_log.jsonl and loss.png go.",
+                           trajectory=False)
     num_train_epochs: float = _opt(3, "Passes over the training data (ignored when max_steps > 0).", gt=0)
     max_steps: int = _opt(-1, "Stop after this many optimizer steps; -1 means use num_train_epochs.", ge=-1)
     per_device_train_batch_size: int = _opt(4, "Samples per device per forward pass during training.", ge=1)
-    per_device_eval_batch_size: int = _opt(4, "Samples per device per forward pass during evaluation.", ge=1)
+    per_device_eval_batch_size: int = _opt(4, "Samples per device per forward pass during evaluation.", ge=1,
+                                           trajectory=False)
     gradient_accumulation_steps: int = _opt(1, "Forward/backward passes per optimizer step.", ge=1)
     learning_rate: float = _opt(5e-5, "Peak learning rate (LoRA typically 1e-4 to 2e-4, full fine-tuning 1e-5).", gt=0)
     weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and norms).", ge=0)
@@ -61,48 +63,60 @@ class TrainingConfig(_Config):
     model_dtype: str = _opt("auto", "dtype to load the base weights in: auto (the checkpoint's), float32, bfloat16, float16.",
                             choices=("auto", "float32", "bfloat16", "float16"))
     max_seq_length: int = _opt(1024, "Samples are truncated to this many tokens (see DataConfig.truncation).", ge=8)
-    gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory (~20-30% slower).")
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory (~20-30% slower).",
+                                        trajectory=False)
     neftune_noise_alpha: Union[float, None] = _opt(
         None, "NEFTune: add uniform noise of scale alpha / sqrt(seq_len * hidden_size) to the input embeddings "
               "while training (5-15 is typical); null: off.", gt=0)
-    logging_steps: int = _opt(10, "Log loss, learning rate and grad norm every N optimizer steps.", ge=1)
+    logging_steps: int = _opt(10, "Log loss, learning rate and grad norm every N optimizer steps.", ge=1,
+                              trajectory=False)
     eval_strategy: str = _opt("steps", "When to evaluate if an eval dataset is given: no, steps (every eval_steps), epoch.",
-                              choices=("no", "steps", "epoch"))
-    eval_steps: int = _opt(500, "Evaluate every N optimizer steps (eval_strategy=steps).", ge=1)
-    eval_on_start: bool = _opt(False, "Evaluate once before training; reported as eval_loss_before in the metrics.")
-    save_strategy: str = _opt("steps", "When to write checkpoints: no, steps, epoch.", choices=("no", "steps", "epoch"))
-    save_steps: int = _opt(500, "Write a checkpoint every N optimizer steps (save_strategy=steps).", ge=1)
-    save_total_limit: Union[int, None] = _opt(3, "Keep at most this many checkpoints (null keeps all).", ge=1)
+                              choices=("no", "steps", "epoch"), trajectory=False)
+    eval_steps: int = _opt(500, "Evaluate every N optimizer steps (eval_strategy=steps).", ge=1, trajectory=False)
+    eval_on_start: bool = _opt(False, "Evaluate once before training; reported as eval_loss_before in the metrics.",
+                               trajectory=False)
+    save_strategy: str = _opt("steps", "When to write checkpoints: no, steps, epoch.", choices=("no", "steps", "epoch"),
+                              trajectory=False)
+    save_steps: int = _opt(500, "Write a checkpoint every N optimizer steps (save_strategy=steps).", ge=1,
+                           trajectory=False)
+    save_total_limit: Union[int, None] = _opt(3, "Keep at most this many checkpoints (null keeps all).", ge=1,
+                                              trajectory=False)
     seed: int = _opt(42, "Random seed for model init, data order and dropout.", ge=0)
     report_to: list[str] = _opt(
         help="Experiment trackers: tensorboard, wandb (through the tensorboard/wandb callbacks: TensorBoard events "
              "in $TENSORBOARD_LOGGING_DIR or OUTPUT_DIR/runs, an evaluation before training at step 0), or "
-             "transformers' integrations (mlflow, comet_ml, ...). Empty: none.", default_factory=list)
-    run_name: Union[str, None] = _opt(None, "A name for the run in trackers.")
-    deepspeed: Union[str, dict, None] = _opt(None, "Path to a DeepSpeed JSON config (or the dict); passed to the HF Trainer.")
-    fsdp: Union[str, list[str], None] = _opt(None, "FSDP options, e.g. 'full_shard auto_wrap'; passed to the HF Trainer.")
-    fsdp_config: Union[str, dict, None] = _opt(None, "FSDP config file or dict; passed to the HF Trainer.")
-    dataloader_num_workers: int = _opt(0, "Worker processes for the data loader.", ge=0)
+             "transformers' integrations (mlflow, comet_ml, ...). Empty: none.", default_factory=list, trajectory=False)
+    run_name: Union[str, None] = _opt(None, "A name for the run in trackers.", trajectory=False)
+    deepspeed: Union[str, dict, None] = _opt(None, "Path to a DeepSpeed JSON config (or the dict); passed to the HF Trainer.",
+                                             trajectory=False)
+    fsdp: Union[str, list[str], None] = _opt(None, "FSDP options, e.g. 'full_shard auto_wrap'; passed to the HF Trainer.",
+                                             trajectory=False)
+    fsdp_config: Union[str, dict, None] = _opt(None, "FSDP config file or dict; passed to the HF Trainer.",
+                                               trajectory=False)
+    dataloader_num_workers: int = _opt(0, "Worker processes for the data loader.", ge=0, trajectory=False)
     resume_from_checkpoint: Union[bool, str, None] = _opt(
-        None, "true: resume from the latest checkpoint in output_dir; a path: resume from it.")
-    trust_remote_code: bool = _opt(False, "Allow model code from the hub repository to run. Off unless you trust it.")
+        None, "true: resume from the latest checkpoint in output_dir; a path: resume from it.", trajectory=False)
+    trust_remote_code: bool = _opt(False, "Allow model code from the hub repository to run. Off unless you trust it.",
+                                   trajectory=False)
     allow_pickle_weights: bool = _opt(
         False, "Allow loading model or adapter weights stored as pickle (pytorch_model.bin, adapter_model.bin). "
                "Unpickling a file from an untrusted source can run arbitrary code; by default only safetensors "
-               "weights are loaded. Set true only for checkpoints you trust.")
-    attn_implementation: Union[str, None] = _opt(None, "Attention kernel: sdpa, eager, flash_attention_2; null: the model's default.")
-    use_cpu: bool = _opt(False, "Train on the CPU even if a GPU is present.")
-    disable_tqdm: bool = _opt(False, "Hide the progress bar.")
+               "weights are loaded. Set true only for checkpoints you trust.", trajectory=False)
+    attn_implementation: Union[str, None] = _opt(None, "Attention kernel: sdpa, eager, flash_attention_2; null: the model's default.",
+                                                 trajectory=False)
+    use_cpu: bool = _opt(False, "Train on the CPU even if a GPU is present.", trajectory=False)
+    disable_tqdm: bool = _opt(False, "Hide the progress bar.", trajectory=False)
     selective_logits: bool = _opt(
         True, "Compute the LM head and the loss only at the positions whose label is trained (same loss and "
-              "gradients, less time and memory); false: the model's own forward with labels (logits everywhere).")
+              "gradients, less time and memory); false: the model's own forward with labels (logits everywhere).",
+                                  trajectory=False)
     chunked_lm_loss: Union[bool, None] = _opt(
         None, "Compute the LM head, the cross-entropy and their gradients at the trained positions in chunks of "
               "rows, so no (trained tokens x vocab) logits tensor or its gradient is ever held (same loss and "
               "gradients, same matmuls). null: on when those float32 logits would exceed 256 MiB "
               "(e.g. 520 tokens of a 129k vocabulary); true/false: always/never. Needs selective_logits and a plain "
               "Linear LM head (not LoRA-adapted or in modules_to_save); otherwise, and under FSDP/DeepSpeed, the "
-              "plain path runs.")
+              "plain path runs.", trajectory=False)
     malloc_tuning: Union[bool, None] = _opt(
         None, "Linux/glibc: true keeps memory freed between training steps in the process (mallopt M_MMAP_MAX=0 "
               "and a high trim threshold) instead of returning it to the OS and faulting it in again every step "
@@ -111,21 +125,26 @@ class TrainingConfig(_Config):
               "allocator alone. null: on, except with "
               "gradient_checkpointing when a batch's widest activation (batch x max_seq_length x the MLP width) "
               "is over 32 MiB: there the freed memory the heap keeps outweighs what checkpointing saves (0.5B "
-              "model, batch 8 x 1024: 10.2 vs 5.7 GB peak); below it glibc keeps those blocks anyway.")
+              "model, batch 8 x 1024: 10.2 vs 5.7 GB peak); below it glibc keeps those blocks anyway.",
+                                            trajectory=False)
     compile_layers: bool = _opt(
         False, "Compile each decoder layer in place with torch.compile (dynamic sequence length; the per-document "
                "attention stays eager), fusing norms, RoPE, activations and LoRA scaling. Same losses; costs "
                "compilation at the start (minutes on a few CPU cores), so it pays on long runs; needs a C++ "
-               "compiler on the CPU. Measured in benchmarks/layer_fusion.py.")
+               "compiler on the CPU. Measured in benchmarks/layer_fusion.py.", trajectory=False)
     fused_norms: bool = _opt(
         True, "On the CPU, run each RMSNorm as one autograd function with a hand-written backward (fewer passes "
               "over memory; the same forward bits, gradients equal to rounding). A norm is switched only when a "
               "probe reproduces its own forward and backward; others (e.g. Gemma's) keep theirs, and inputs of "
               "another dtype than the probed one run the module's own forward. Off with "
-              "compile_layers (inductor fuses them) and when the weights are sharded.")
+              "compile_layers (inductor fuses them) and when the weights are sharded.", trajectory=False)
+    save_merged: bool = _opt(
+        False, "After training, also write OUTPUT_DIR/merged: the adapter merged into its base, a standalone "
+               "model (for full and freeze: a copy of model/). `sage-finetune train --merge` sets it.",
+        trajectory=False)
     plan_check: bool = _opt(
         True, "Before loading the model, predict the run's peak memory (sage-finetune plan) and warn, with what to "
-              "change, when it exceeds the memory available; false: no check.")
+              "change, when it exceeds the memory available; false: no check.", trajectory=False)
 
     def _validate(self) -> None:
         if not self.model_name_or_path:
@@ -207,12 +226,13 @@ class DataConfig(_Config):
               "mapping {path: ..., weight: W} (the sources are mixed in proportion to their weights, the mixture "
               "as large as all sources together) or {path: ..., samples: N} (exactly N examples from that "
               "source, repeated when it has fewer), and may carry its own columns mapping.")
-    eval_file: Union[str, list[str], None] = _opt(None, "Evaluation data (same forms as train_file).")
+    eval_file: Union[str, list[str], None] = _opt(None, "Evaluation data (same forms as train_file).", trajectory=False)
     columns: Union[dict, None] = _opt(
         None, "Field names of records that use other names than their format expects, as {expected: actual}, "
               "e.g. {instruction: question, output: answer} (applied to every file; a train_file entry's own "
               "columns mapping wins).")
-    loader: str = _opt("auto", "Loader name (jsonl, instruction, parquet, huggingface, ...); auto: by file extension.")
+    loader: str = _opt("auto", "Loader name (jsonl, instruction, parquet, huggingface, ...); auto: by file extension.",
+                       trajectory=False)
     format: str = _opt("auto", "Record format; auto detects it per record.", choices=DATA_FORMATS)
     split: str = _opt("train", "Split to read for hub or saved datasets.")
     eval_split_ratio: float = _opt(0.0, "Hold out this fraction of the training data for evaluation when eval_file is empty.",
@@ -254,9 +274,9 @@ class DataConfig(_Config):
               "padding them: no padding is computed and each sample attends only to itself. null: on when "
               "training on the CPU or with a flash_attention_* kernel, off otherwise (padded batches).")
     cache: bool = _opt(True, "Cache tokenized data from files (keyed by file contents, tokenizer, template and every "
-                             "rendering option) and reuse it when the same data is prepared again.")
+                             "rendering option) and reuse it when the same data is prepared again.", trajectory=False)
     cache_dir: Union[str, None] = _opt(None, "Where the tokenized-data cache lives; null: $SAGE_FINETUNE_CACHE or "
-                                              "~/.cache/isage-finetune.")
+                                              "~/.cache/isage-finetune.", trajectory=False)
     on_error: str = _opt("raise", "Bad records: raise (stop with the file:line) or skip (drop and count them).",
                          choices=("raise", "skip"))
     formatting_func: Union[str, None] = _opt(

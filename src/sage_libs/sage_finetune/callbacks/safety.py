@@ -1,21 +1,15 @@
-"""Guards every run gets: a non-finite loss stops training before anything bad is saved; Ctrl-C
-(SIGINT) and SIGTERM (what schedulers send before they kill) end the run with a checkpoint instead of
-losing the steps since the last one; resuming a finished run trains nothing."""
+"""A guard every run gets: a non-finite loss stops training before anything bad is saved (Ctrl-C and
+SIGTERM are :mod:`..run.signals`)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sys
-import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from transformers import TrainerCallback
 
 from ..errors import NonFiniteLossError, RunFinished, Terminated  # noqa: F401 (re-exported)
 
-__all__ = ["NonFiniteGuard", "InterruptCallback", "RunFinished", "Terminated", "terminate_raises"]
+__all__ = ["NonFiniteGuard", "RunFinished", "Terminated"]
 
 
 def _on_any_rank(flag: bool, device: Any) -> bool:
@@ -81,7 +75,7 @@ class NonFiniteGuard(TrainerCallback):
                        step=state.global_step)
 
     def _stop(self, args, state, what: str, step: int | None = None) -> None:
-        from ..utils.checkpoint import last_complete_checkpoint
+        from ..run.checkpoints import last_complete_checkpoint
 
         tc = self.training_config
         step = state.global_step + 1 if step is None else step
@@ -98,89 +92,3 @@ class NonFiniteGuard(TrainerCallback):
             "more warm-up and gradient clipping (training.max_grad_norm); check the data near this step "
             f"(empty, huge or corrupted samples); {precision}.", step=step,
             checkpoint=None if last is None else str(last))
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated("terminated (SIGTERM)")
-
-
-@contextlib.contextmanager
-def terminate_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (so ``finally`` blocks and atomic writes
-    clean up) instead of ending the process silently. Only in the main thread, and only when SIGTERM
-    has its default action (an application's own handler is left alone)."""
-    install = (threading.current_thread() is threading.main_thread()
-               and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
-    if not install:
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class InterruptCallback(TrainerCallback):
-    """The first Ctrl-C (or SIGTERM) asks the run to stop: the current optimizer step finishes, a
-    checkpoint is saved (whatever ``save_strategy`` says) and training ends; :meth:`BaseTrainer.train`
-    then raises :class:`TrainingInterrupted` (the CLI exits with 130, or 143 after SIGTERM). A second
-    signal stops at once, as usual, without saving. SIGTERM is what batch schedulers (Slurm,
-    Kubernetes) send before they kill a job: their grace period must cover one optimizer step and one
-    checkpoint save.
-
-    The handlers are installed only in the main thread of a single-process run, and only when the
-    signal still has Python's default handler (an application's own handler is left alone); under
-    torchrun every rank would stop at a different step, so there the default behaviour stays.
-
-    It also stops a run resumed from its final checkpoint before the HF Trainer trains a step past
-    ``max_steps`` (:class:`RunFinished`).
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.stopped_at: int | None = None
-        self.signum = int(signal.SIGINT)
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def verb(self) -> str:
-        return "terminated (SIGTERM)" if self.signum == signal.SIGTERM else "interrupted"
-
-    @contextlib.contextmanager
-    def catch_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", "1")) != 1:
-            yield
-            return
-        ours = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: (signal.SIG_DFL, _raise_terminated)}
-        for signum, defaults in ours.items():
-            current = signal.getsignal(signum)
-            if current is defaults or (isinstance(defaults, tuple) and current in defaults):
-                self._previous[signum] = signal.signal(signum, self._on_signal)
-        try:
-            yield
-        finally:
-            for signum, previous in self._previous.items():
-                signal.signal(signum, previous)
-            self._previous = {}
-
-    catch_sigint = catch_signals  # the name of earlier versions
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.requested, self.signum = True, int(signum)
-        for other, previous in self._previous.items():
-            signal.signal(other, previous)  # the next signal acts at once
-        what = "SIGTERM received" if signum == signal.SIGTERM else "Interrupted"
-        again = "a second SIGTERM" if signum == signal.SIGTERM else "Ctrl-C again"
-        print(f"\n{what}: finishing this step and saving a checkpoint ({again} stops at once, without saving)",
-              file=sys.stderr, flush=True)
-
-    def on_train_begin(self, args, state, control, **kw):
-        if state.max_steps and state.global_step >= state.max_steps:
-            raise RunFinished(f"step {state.global_step} of {state.max_steps}")
-
-    def on_step_end(self, args, state, control, **kw):
-        if self.requested and self.stopped_at is None:
-            control.should_save = True
-            control.should_training_stop = True
-            self.stopped_at = state.global_step

@@ -15,11 +15,12 @@ def run_callbacks(owner: Any, step_losses: Any, accumulated_loss: Callable[[], A
     and the :class:`.safety.InterruptCallback` among them (the run asks it how the loop ended)."""
     from transformers import TrainerCallback
 
-    from .. import run_files
+    from ..run import files as run_files
     from .bridge import CallbackBridge
     from .reporting import tracker_callbacks
     from .run_log import RunLogCallback
-    from .safety import InterruptCallback, NonFiniteGuard
+    from ..run.signals import InterruptCallback
+    from .safety import NonFiniteGuard
 
     tc = owner.training_config
     ours = [cb for cb in owner.callbacks if not isinstance(cb, TrainerCallback)]

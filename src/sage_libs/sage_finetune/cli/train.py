@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from .. import run_files
+from ..run import files as run_files
 from ..run_config import load_run_config, make_trainer
 from ..utils.processes import is_main_process
 from .common import config_epilog, print_metrics
@@ -19,35 +18,28 @@ def add_parser(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML run config (method, training, lora, data, ...)")
     p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides (the value is read as YAML)")
-    p.add_argument("--merge", action="store_true", help="also write a merged model to OUTPUT_DIR/merged")
+    p.add_argument("--merge", action="store_true", help="also write a merged model to OUTPUT_DIR/merged "
+                   "(training.save_merged=true)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..callbacks.safety import terminate_raises
+    from ..run.signals import terminate_raises
 
-    cfg = load_run_config(args.config, args.overrides)
-    trainer = make_trainer(cfg)
-    out = Path(cfg["training"].output_dir)
-    uses_lora = getattr(trainer, "uses_lora", False)
-    adapter = run_files.weights_dir(out, uses_lora)
-    # one lock for the whole run, the final save included; SIGTERM stops it cleanly at any point
-    with terminate_raises(), trainer.hold_output_dir():
-        metrics = trainer.train()
-        with trainer.disk_full_guard():  # a full disk: one line, what was kept, how to write it again
-            trainer.save_model(adapter)
-            if args.merge:
-                trainer.merge_and_save(out / run_files.MERGED)
+    overrides = [*args.overrides, *(["training.save_merged=true"] if args.merge else [])]
+    trainer = make_trainer(load_run_config(args.config, overrides))
+    with terminate_raises():  # SIGTERM stops the run cleanly at any point (the loop saves a checkpoint)
+        metrics = trainer.train()  # the whole run, the final weights included (run/recipe.py)
     if not is_main_process():  # under torchrun the main process reports, once
         return 0
+    tc = trainer.training_config
     print("\nTraining finished.")
     print_metrics(metrics)
     print("Wrote:")
-    for path in run_files.written_files(out, uses_lora, merged=args.merge):
+    for path in run_files.written_files(tc.output_dir, getattr(trainer, "uses_lora", False), merged=tc.save_merged):
         if path.exists():
             print(f"  {path}")
     return 0
-
 
 
 def resume_command(args: argparse.Namespace) -> str:
@@ -56,4 +48,5 @@ def resume_command(args: argparse.Namespace) -> str:
 
     overrides = [o for o in args.overrides if o.partition("=")[0] not in ("training.resume_from_checkpoint",
                                                                          "resume_from_checkpoint")]
-    return shlex.join(["sage-finetune", "train", args.config, *overrides, "training.resume_from_checkpoint=true"])
+    merge = ["--merge"] if args.merge else []
+    return shlex.join(["sage-finetune", "train", args.config, *overrides, *merge, "training.resume_from_checkpoint=true"])

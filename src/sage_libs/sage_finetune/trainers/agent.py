@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import run_files
+from ..run import files as run_files
 from ..utils.processes import is_main_process
 from .objective import ObjectiveTrainer
 

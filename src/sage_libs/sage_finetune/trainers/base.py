@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from .. import run_files
+from ..run import files as run_files
 from ..config import SECTIONS, DataConfig, LoRAConfig, TrainingConfig, coerce_config
 from ..errors import (  # noqa: F401 (re-exported)
     ConfigError,
@@ -306,14 +306,14 @@ class BaseTrainer(FineTuner):
         if config is not None:
             self.training_config = coerce_config(TrainingConfig, config, "config")
             self.model, self.hf_trainer, self.fast_paths = None, None, None
-        from .run import run_training
+        from ..run.recipe import run_training
 
         return run_training(self, train_dataset, eval_dataset)
 
     def hold_output_dir(self) -> Any:
         """A context holding ``output_dir``'s lock: a second live run on the folder stops at once
         (:class:`OutputDirBusy`, exit code 2). Re-entrant; the CLI holds it across train and save."""
-        from ..utils.run_lock import run_lock
+        from ..run.lock import run_lock
 
         check_output_dir(self.training_config.output_dir)
         return run_lock(self.training_config.output_dir, enabled=is_main_process())
@@ -322,7 +322,7 @@ class BaseTrainer(FineTuner):
         """A context in which a write that fails for lack of space becomes one :class:`DiskFullError`
         line: what was removed, the last complete checkpoint, how to resume (the CLI wraps the final
         save in it as well)."""
-        from ..utils.run_identity import disk_full_guard
+        from ..run.disk import disk_full_guard
 
         tc = self.training_config
         return disk_full_guard(tc.output_dir, getattr(self, "_identity", None), plain=not (tc.deepspeed or tc.fsdp),
@@ -332,15 +332,16 @@ class BaseTrainer(FineTuner):
         """Called by the HF Trainer core before it writes ``checkpoint-N``: the run's identity goes in
         first, so that every checkpoint can be attributed to the config that wrote it."""
         if getattr(self, "_identity", None) is not None and is_main_process():
-            from ..utils.run_identity import write_identity
+            from ..run.identity import write_identity
 
             os.makedirs(path, exist_ok=True)
             write_identity(path, self._identity)
 
     def resume_checkpoint(self, identity: Any = None) -> str | None:
-        """The checkpoint ``training.resume_from_checkpoint`` names (:func:`..utils.run_identity.resolve_resume`;
+        """The checkpoint ``training.resume_from_checkpoint`` names (:func:`..run.resume.resolve_resume`;
         ``identity`` None: that of this trainer's config and ``data.train_file``)."""
-        from ..utils.run_identity import RunIdentity, resolve_resume
+        from ..run.identity import RunIdentity
+        from ..run.resume import resolve_resume
 
         tc = self.training_config
         if not tc.resume_from_checkpoint:

@@ -2,15 +2,16 @@
 are called, and what is checked, locked, written and reported around them.
 
     preflight checks (no data read, no model loaded)      check_inputs -> .preflight
-    the output folder's lock                              hold_output_dir -> utils.run_lock
-    which checkpoint to resume, if any                    resume_checkpoint -> utils.run_identity
+    the output folder's lock                              hold_output_dir -> .lock
+    which checkpoint to resume, if any                    resume_checkpoint -> .resume
     tokenizer and data (errors before the model load)     prepare_dataset -> data.datasets
     will it fit? (a warning, training.plan_check)         planner.check
     model and adapter                                     setup -> load_base_model, apply_adapter
     the output folder (fresh or resumed)                  start_run_folder
     fast paths, the HF Trainer, its callbacks             build_hf_trainer -> perf, .hf_core, callbacks.wiring
-    evaluation before, the loop, evaluation after         .run_metrics
-    metrics.json and loss.png                             write_outputs -> run_files
+    evaluation before, the loop, evaluation after         .metrics
+    metrics.json and loss.png                             write_outputs -> .files
+    the weights: adapter/ or model/ (and merged/)         save_final_weights -> save_model, merge_and_save
 
 A run that fails before its first step leaves no output folder behind (when there was none); one
 that runs out of disk space says so in one line (disk_full_guard).
@@ -26,16 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import run_files
+from . import files as run_files
 from ..data.sources import MultiSource, split_records
 from ..errors import ConfigError
-from ..utils.checkpoint import move_aside_previous_run
 from ..utils.processes import is_main_process, main_process_first
-from ..utils.run_identity import write_identity
-from .preflight import warn_about_schedule
-from .run_metrics import final_evaluation, interrupted, loop_metrics
+from ..trainers.preflight import warn_about_schedule
+from .checkpoints import move_aside_previous_run
+from .identity import RunIdentity, write_identity
+from .lock import lock_only, remove_stale_temporaries
+from .metrics import final_evaluation, interrupted, loop_metrics
+from .resume import check_checkpoint_fits
 
-__all__ = ["run_training", "start_run_folder"]
+__all__ = ["run_training", "start_run_folder", "save_final_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +46,6 @@ logger = logging.getLogger(__name__)
 def run_training(trainer: Any, train_dataset: Any = None, eval_dataset: Any = None) -> dict[str, Any]:
     """Train ``trainer`` (a :class:`.base.BaseTrainer`) and return its metrics."""
     tc, dc = trainer.training_config, trainer.data_config
-    from ..utils.run_lock import lock_only, remove_stale_temporaries
-
     out = Path(tc.output_dir)
     created = is_main_process() and (not out.exists() or lock_only(out))
     trainer._loop_started = False
@@ -74,8 +75,6 @@ def run_training(trainer: Any, train_dataset: Any = None, eval_dataset: Any = No
 
 def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
     """The run, once its inputs are checked and its folder is locked."""
-    from ..utils.run_identity import RunIdentity
-
     tc = trainer.training_config
     trainer._identity = RunIdentity.from_resolved_config(trainer.resolved_config(), train_dataset)
     resume = trainer.resume_checkpoint(trainer._identity)
@@ -86,8 +85,6 @@ def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[s
         check_before_load(trainer, train_ds)
     trainer.setup()
     if resume and not (tc.deepspeed or tc.fsdp):
-        from ..utils.run_identity import check_checkpoint_fits
-
         check_checkpoint_fits(trainer.model, resume)  # lora.r 8 -> 4: exit 2 before anything is rewritten
     if is_main_process():
         start_run_folder(tc.output_dir, resume=resume, identity=trainer._identity,
@@ -108,7 +105,19 @@ def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[s
     metrics["data"] = trainer.data_stats
     if is_main_process():
         trainer.write_outputs(metrics)
+    save_final_weights(trainer)
     return metrics
+
+
+def save_final_weights(trainer: Any) -> None:
+    """The run's result: OUTPUT_DIR/adapter (adapter methods) or OUTPUT_DIR/model, and with
+    ``training.save_merged`` OUTPUT_DIR/merged. Every process calls it (under ZeRO-3 or FSDP the
+    engine gathers the shards); the main process writes."""
+    tc = trainer.training_config
+    out = Path(tc.output_dir)
+    trainer.save_model(run_files.weights_dir(out, getattr(trainer, "uses_lora", False)))
+    if tc.save_merged:
+        trainer.merge_and_save(out / run_files.MERGED)
 
 
 def _prepare_data(trainer: Any, train_dataset: Any, eval_dataset: Any) -> tuple[Any, Any]:
@@ -150,7 +159,7 @@ def _run_loop(trainer: Any, hf: Any, resume: str | None) -> tuple[Any, float]:
 def start_run_folder(output_dir: str | os.PathLike, *, resume: str | None, identity: Any,
                      resolved_config: dict[str, Any]) -> None:
     """Make ``output_dir`` this run's (main process only): a fresh run moves an earlier run's files
-    aside (utils.checkpoint) and starts an empty folder; a resumed one trims trainer_log.jsonl to its
+    aside (.checkpoints) and starts an empty folder; a resumed one trims trainer_log.jsonl to its
     checkpoint and appends to train.log. Then run_identity.json and run_config.yaml are written."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import run_files
+from . import files as run_files
 from ..errors import TrainingInterrupted
 
 __all__ = ["loop_metrics", "final_evaluation", "interrupted"]

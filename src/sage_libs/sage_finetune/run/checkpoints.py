@@ -23,7 +23,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from .. import run_files
+from . import files as run_files
 
 __all__ = ["CHECKPOINT_RE", "TRAINING_STATE_FILES", "checkpoint_problems", "find_checkpoints",
            "last_complete_checkpoint", "move_aside_previous_run", "PREVIOUS_RUNS", "RUN_OUTPUTS"]

@@ -9,9 +9,9 @@
       loss.png               the loss curve (:func:`write_outputs`)
       rewards.png            preference training: rewards, margins and accuracy (:func:`write_outputs`)
       run_config.yaml        the resolved config; itself a valid run config
-      run_identity.json      which config and data wrote this folder (utils.run_identity)
+      run_identity.json      which config and data wrote this folder (.identity)
       train.log              INFO-level log of every library (:func:`log_to_file`)
-      previous-runs/         earlier runs' files, moved aside by a fresh run (utils.checkpoint)
+      previous-runs/         earlier runs' files, moved aside by a fresh run (.checkpoints)
 
 Every file is written atomically (utils.io): a killed run never leaves a half-written one.
 """
@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .utils.io import atomic_write_json, atomic_write_text
+from ..utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["ADAPTER", "MODEL", "MERGED", "METRICS", "TRAINER_LOG", "LOSS_PLOT", "REWARDS_PLOT", "RUN_CONFIG", "RUN_IDENTITY",
            "TRAIN_LOG", "RUN_OUTPUTS", "weights_dir", "written_files", "write_metrics", "write_run_config",
@@ -71,8 +71,8 @@ def write_run_config(output_dir: str | os.PathLike, resolved: dict[str, Any]) ->
 def write_outputs(output_dir: str | os.PathLike, metrics: dict[str, Any], *, title: str) -> None:
     """metrics.json, loss.png and, when the log has preference rewards, rewards.png (from the run's
     trainer_log.jsonl)."""
-    from .callbacks.run_log import read_log
-    from .utils.plotting import plot_loss, plot_rewards
+    from ..callbacks.run_log import read_log
+    from ..utils.plotting import plot_loss, plot_rewards
 
     out = Path(output_dir)
     write_metrics(out, metrics)
@@ -100,7 +100,7 @@ def log_to_file(output_dir: str | os.PathLike, append: bool = False) -> None:
     handler = _RunLogFile(Path(output_dir) / TRAIN_LOG, mode="a" if append else "w", encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    from .utils.noise import EarlyRecords
+    from ..utils.noise import EarlyRecords
 
     EarlyRecords.drain_into(handler)  # what the command logged before the folder was this run's
     logging.getLogger().addHandler(handler)
