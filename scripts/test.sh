@@ -12,7 +12,7 @@
 #      back a release; in its own environment it cannot change the first one.
 # The canary uses .venv-latest and .venv-sage-latest, then lists what differs from the lock files. When
 # it passes, `bash scripts/lock.sh --latest` adopts its versions. Extra arguments go to pytest, e.g.
-# `bash scripts/test.sh --run-training`.
+# `bash scripts/test.sh --run-slow`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
@@ -27,10 +27,10 @@ fi
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 
 # Only the whole default suite stamps an environment as passing (scripts/lock.sh locks from stamps):
-# no stamp when pytest got a selection (files, -k, ...); flags such as --run-training are fine.
+# no stamp when pytest got a selection (files, -k, ...); flags such as --run-slow are fine.
 whole_suite=1
 for arg in "$@"; do
-  case "$arg" in --run-training|--run-slow|--gpu|-q|-v|-x|-ra) ;; *) whole_suite=0 ;; esac
+  case "$arg" in --run-slow|--gpu|-q|-v|-x|-ra) ;; *) whole_suite=0 ;; esac
 done
 
 run_pass() {  # run_pass VENV PYTEST_ARGS...: pytest in VENV; a passing whole suite stamps VENV/.suite-passed

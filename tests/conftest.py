@@ -15,8 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SAGE_FINETUNE_CACHE", __import__("tempfile").mkdtemp(prefix="sage-finetune-test-cache-"))
 
 
+from .helpers import torch_threads  # noqa: E402
+
+
 def pytest_addoption(parser):
-    parser.addoption("--run-training", action="store_true", help="run longer training tests")
     parser.addoption("--run-slow", action="store_true", help="run slow tests")
     parser.addoption("--gpu", action="store_true", help="run tests that need a CUDA GPU")
 
@@ -28,8 +30,6 @@ def pytest_collection_modifyitems(config, items):
 
         gpu_ok = torch.cuda.is_available()
     for item in items:
-        if "training" in item.keywords and not config.getoption("--run-training"):
-            item.add_marker(pytest.mark.skip(reason="long training run: pass --run-training"))
         if "slow" in item.keywords and not config.getoption("--run-slow"):
             item.add_marker(pytest.mark.skip(reason="slow: pass --run-slow"))
         if "gpu" in item.keywords and not gpu_ok:
@@ -78,13 +78,26 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def one_thread_in_reliability_tests(request):
     """Tests under reliability/ run with one torch thread, as the CLI subprocesses they compare with get
-    (OMP_NUM_THREADS=1): the tiny model gains nothing from more on a shared 2-core machine, and equal
-    thread counts keep the float results comparable."""
+    (OMP_NUM_THREADS=1)."""
     if "reliability" not in request.node.path.parts:
         yield
         return
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    pytest.importorskip("torch")
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for this test (restored after; see helpers.torch_threads)."""
+    pytest.importorskip("torch")
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """One torch thread for a whole module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    pytest.importorskip("torch")
+    with torch_threads(1):
+        yield

@@ -6,24 +6,17 @@ import yaml
 
 from sage_libs.sage_finetune.cli import load_run_config, main
 
+from . import helpers
+from .helpers import TINY_LORA
 from .paths import EXAMPLE_DATA  # noqa: E402
 
 
 def write_config(tmp_path, model_dir, **sections):
-    cfg = {
-        "method": "lora",
-        "training": {"model_name_or_path": str(model_dir), "output_dir": str(tmp_path / "out"), "max_steps": 4,
-                     "per_device_train_batch_size": 4, "learning_rate": 5e-3, "warmup_steps": 0,
-                     "logging_steps": 1, "eval_steps": 2, "disable_tqdm": True},
-        "lora": {"r": 4, "target_modules": "all-linear"},
-        "data": {"train_file": str(EXAMPLE_DATA / "alpaca_train.jsonl"),
-                 "eval_file": str(EXAMPLE_DATA / "alpaca_eval.jsonl"), "max_samples": 32},
-    }
-    for key, value in sections.items():
-        cfg[key].update(value)
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The tiny LoRA run with evaluation data, an evaluation every 2 steps, and the HF save strategy."""
+    base = {**TINY_LORA, "training": {**TINY_LORA["training"], "eval_steps": 2},
+            "data": {**TINY_LORA["data"], "eval_file": str(EXAMPLE_DATA / "alpaca_eval.jsonl")}}
+    del base["training"]["save_strategy"]
+    return helpers.write_config(tmp_path, model_dir, base=base, **sections)
 
 
 def test_train_writes_everything(tmp_path, tiny_model_dir, capsys):

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 from sage_libs.sage_finetune import DataConfig, LoRAConfig, TrainingConfig, create_loader, create_trainer  # noqa: E402
 from sage_libs.sage_finetune.data.render import FALLBACK_CHAT_TEMPLATE  # noqa: E402
 
+from .helpers import torch_threads
 from .paths import REPO  # noqa: E402
 
 EXAMPLE_DATA = REPO / "examples" / "data"
@@ -55,8 +56,6 @@ def records(n=16):
 
 @pytest.fixture(scope="module", params=["template-file", "fallback"])
 def run(request, base_without_template, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp(request.param)
     template = None
     if request.param == "template-file":
@@ -70,10 +69,10 @@ def run(request, base_without_template, tmp_path_factory):
                              lora_config=LoRAConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                                                     # the new end-of-turn token's output row must learn
                                                     modules_to_save=["lm_head"]))
-    trainer.train(records())
-    adapter = trainer.save_model(out / "adapter")
-    merged = trainer.merge_and_save(out / "merged")
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        trainer.train(records())
+        adapter = trainer.save_model(out / "adapter")
+        merged = trainer.merge_and_save(out / "merged")
     yield {"kind": request.param, "trainer": trainer, "adapter": Path(adapter), "merged": Path(merged),
            "template": TEMPLATE if template else FALLBACK_CHAT_TEMPLATE}
 

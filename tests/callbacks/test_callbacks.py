@@ -306,19 +306,12 @@ def test_callbacks_by_name():
 
 
 def _yaml_config(tmp_path, model_dir, callbacks):
-    import yaml
+    from ..helpers import write_config
 
-    cfg = {"method": "lora",
-           "training": {"model_name_or_path": str(model_dir), "output_dir": str(tmp_path / "out"), "max_steps": 6,
-                        "per_device_train_batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 0,
-                        "logging_steps": 1, "eval_steps": 1, "save_strategy": "no", "disable_tqdm": True},
-           "lora": {"r": 4},
-           "data": {"train_file": str(EXAMPLE_DATA / "alpaca_train.jsonl"),
-                    "eval_file": str(EXAMPLE_DATA / "alpaca_eval.jsonl"), "max_samples": 16},
-           "callbacks": callbacks}
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_config(tmp_path, model_dir, training={"max_steps": 6, "learning_rate": 1e-2, "eval_steps": 1},
+                        lora={"r": 4, "target_modules": None},
+                        data={"eval_file": str(EXAMPLE_DATA / "alpaca_eval.jsonl"), "max_samples": 16},
+                        callbacks=callbacks)
 
 
 def test_callbacks_from_yaml(tiny_model_dir, tmp_path):

@@ -43,8 +43,9 @@ def _step(model, batch, chunked):
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_checkpointing_with_padding_free_doc_attention_equals_no_checkpointing(tiny_model_dir, monkeypatch, chunked):
-    torch.set_num_threads(1)  # one reduction order for both runs
+def test_checkpointing_with_padding_free_doc_attention_equals_no_checkpointing(tiny_model_dir, monkeypatch, chunked,
+                                                                                 one_thread):
+    # one_thread: one reduction order for both runs
     model = _lora_model(tiny_model_dir)
     model.train()
     assert doc_attention.install_doc_attention(model)
@@ -80,12 +81,11 @@ def test_checkpointing_with_padding_free_doc_attention_equals_no_checkpointing(t
     _assert_grads_close(grads_ckpt, grads_plain, rtol=1e-5, atol=1e-6)
 
 
-def test_checkpointing_with_several_padding_free_rows(tiny_model_dir):
+def test_checkpointing_with_several_padding_free_rows(tiny_model_dir, one_thread):
     """Two rows of packed documents (PackedCollator without flatten, right-padded): the same with
     and without checkpointing."""
     from sage_libs.sage_finetune.data.packing import pack_columns
 
-    torch.set_num_threads(1)
     model = _lora_model(tiny_model_dir)
     model.train()
     assert doc_attention.install_doc_attention(model)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from sage_libs.sage_finetune.planner import constants as C
 from sage_libs.sage_finetune.planner.batches import Lengths, largest_batch
@@ -399,15 +398,10 @@ def test_planning_imports_no_torch():
 # trainer.plan(), the CLI, and the check in train
 # ------------------------------------------------------------------------------------------------
 def _config(tmp_path, model_dir, **training):
-    cfg = {"method": "lora",
-           "training": {"model_name_or_path": str(model_dir), "output_dir": str(tmp_path / "out"), "max_steps": 2,
-                        "per_device_train_batch_size": 4, "max_seq_length": 256, "disable_tqdm": True,
-                        "use_cpu": True, **training},
-           "lora": {"r": 4, "target_modules": "all-linear"},
-           "data": {"train_file": str(EXAMPLE_DATA / "alpaca_train.jsonl"), "max_samples": 32}}
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    from ..helpers import write_config
+
+    return write_config(tmp_path, model_dir, training={"max_steps": 2, "max_seq_length": 256, "use_cpu": True,
+                                                       **training})
 
 
 def test_trainer_plan_from_python(tmp_path, tiny_model_dir):

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import yaml
 
+from .. import helpers
 from ..paths import EXAMPLE_DATA  # noqa: F401 (used by the reliability tests)
 
 # Pickle-format files the HF Trainer puts in checkpoint-N folders: optimizer, scheduler, AMP scaler and
@@ -23,27 +23,20 @@ TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
+# a small LoRA run on the chat example data, no dropout: two runs of it compare number for number
+RELIABILITY_RUN = {
+    "method": "lora",
+    "training": {"max_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 5e-3, "warmup_steps": 0,
+                 "max_seq_length": 64, "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True,
+                 "weight_decay": 0.0},
+    "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+    "data": {"train_file": str(EXAMPLE_DATA / "chat_train.jsonl"), "max_samples": 8},
+}
+
+
 def write_config(tmp_path: Path, model_dir: Path, name: str = "run.yaml", **sections) -> Path:
-    """A small LoRA run on the example data; ``sections`` update (or, with None, remove) sections."""
-    cfg = {
-        "method": "lora",
-        "training": {"model_name_or_path": str(model_dir), "output_dir": str(tmp_path / "out"), "max_steps": 4,
-                     "per_device_train_batch_size": 2, "learning_rate": 5e-3, "warmup_steps": 0,
-                     "max_seq_length": 64, "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True,
-                     "weight_decay": 0.0},
-        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "data": {"train_file": str(EXAMPLE_DATA / "chat_train.jsonl"), "max_samples": 8},
-    }
-    for key, value in sections.items():
-        if value is None:
-            cfg.pop(key, None)
-        elif isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    """:data:`RELIABILITY_RUN`; ``sections`` update (or, with None, remove) sections (helpers.write_config)."""
+    return helpers.write_config(tmp_path, model_dir, name, base=RELIABILITY_RUN, **sections)
 
 
 def start_cli(args: list[str], log_dir: Path, runner: Path | None = None) -> subprocess.Popen:

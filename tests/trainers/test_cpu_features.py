@@ -23,12 +23,7 @@ from ..paths import EXAMPLE_DATA  # noqa: E402
 HAS_AVX512_BF16 = "avx512_bf16=yes" in cpu_flags()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see helpers.torch_threads
 
 
 @pytest.fixture(params=["this-cpu", "avx512-bf16-simulated"])

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..paths import EXAMPLE_DATA, REPO  # noqa: E402
+from .. import helpers
+from ..paths import REPO  # noqa: E402
 
 
 def free_port() -> int:
@@ -21,16 +22,12 @@ def free_port() -> int:
 
 
 def write_config(tmp_path, model_dir, name="run.yaml", **training):
-    cfg = {"method": "lora",
-           "training": {"model_name_or_path": str(model_dir), "output_dir": str(tmp_path / "single"), "max_steps": 4,
-                        "per_device_train_batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 0,
-                        "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True, "use_cpu": True,
-                        "seed": 7, **training},
-           "lora": {"r": 4, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-           "data": {"train_file": str(EXAMPLE_DATA / "alpaca_train.jsonl"), "max_samples": 48}}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """A LoRA run without dropout (see EPOCHS) writing to tmp_path/single; ``training`` updates it."""
+    return helpers.write_config(tmp_path, model_dir, name,
+                                training={"output_dir": str(tmp_path / "single"), "learning_rate": 1e-2,
+                                          "use_cpu": True, "seed": 7, **training},
+                                lora={"lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+                                data={"max_samples": 48})
 
 
 _CRASH_LINES = ("rror", "Traceback", "Signal", "abort", "terminate", "free(", "corrupt", "gloo")

@@ -17,13 +17,7 @@ from .test_trainers import LORA, METHODS, is_lora_matrix, weight_values
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """As in test_trainers.py: the tiny model gains nothing from intra-op threads on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # see helpers.torch_threads
 
 
 # name -> (method, preference options, trainer kwargs, training changes, which parameters train)

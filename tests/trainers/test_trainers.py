@@ -29,14 +29,7 @@ PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\nT
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy 2-core machine torch's
-    threads spin against other processes: measured 14 s vs 0.4 s for the 6 QLoRA steps below."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # see helpers.torch_threads
 
 
 @pytest.fixture(scope="module")
