@@ -107,3 +107,16 @@ def test_the_run_identity_is_derived_from_each_options_metadata():
     assert identity(per_device_train_batch_size=2, gradient_accumulation_steps=2) == \
         identity(per_device_train_batch_size=4, gradient_accumulation_steps=1)
     assert identity(per_device_train_batch_size=8) != identity(per_device_train_batch_size=4)
+
+
+def test_one_answer_to_which_device(monkeypatch):
+    import torch
+
+    from sage_libs.sage_finetune.config import TrainingConfig
+    from sage_libs.sage_finetune.utils.processes import run_device
+
+    tc = TrainingConfig(model_name_or_path="m", output_dir="o")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert run_device(tc) == "cuda" and run_device(tc.replace(use_cpu=True)) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_device(tc) == "cpu"

@@ -173,7 +173,6 @@ def resolve_padding_free(data_config: Any, training_config: Any, model: Any) -> 
     impl = str(getattr(base_causal_lm(model).config, "_attn_implementation", "") or "")
     if impl.startswith("flash_attention") or impl == DOC_ATTENTION:
         return True
-    import torch
+    from ..utils.processes import run_device
 
-    on_cpu = bool(getattr(training_config, "use_cpu", False)) or not torch.cuda.is_available()
-    return on_cpu and doc_attention_supported(model) is None
+    return run_device(training_config) == "cpu" and doc_attention_supported(model) is None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..perf import malloc_tuning_for, resolve_group_by_length, widest_activation_bytes
+from ..utils.processes import run_device
 from . import constants as C
 from .batches import Lengths, largest_batch, lengths_of
 from .memory import plan_memory
@@ -294,7 +295,7 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
         raise ConfigError(f"plan: training.model_name_or_path: {exc}") from None
     spec = ModelSpec.from_config(config)
     if device is None:
-        device = _default_device(tc)
+        device = run_device(tc)
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"plan: --device {device!r}: expected cpu or cuda")
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
@@ -340,12 +341,3 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
                              suggest=suggest, preference=preference)
 
 
-def _default_device(tc: Any) -> str:
-    if tc.use_cpu:
-        return "cpu"
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
-        return "cpu"

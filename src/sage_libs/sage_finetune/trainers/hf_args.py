@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import TrainingConfig
 from ..errors import ConfigError
-from ..utils.processes import is_main_process, world_size
+from ..utils.processes import is_main_process, run_device, world_size
 
 __all__ = ["training_arguments", "check_precision", "check_optimizer_name", "use_cpu", "optimizer_class_and_kwargs"]
 
@@ -26,7 +26,7 @@ def check_precision(tc: TrainingConfig) -> None:
                           "set fp16: false (or bf16: true with use_cpu: true on a CPU with bfloat16 support)")
     if not tc.bf16:
         return
-    if torch.cuda.is_available() and not tc.use_cpu:
+    if run_device(tc) == "cuda":
         if not torch.cuda.is_bf16_supported():
             raise ConfigError("training.bf16: this GPU has no bfloat16 support (it needs compute capability "
                               "8.0 or newer, such as A100, H100, RTX 30xx); use fp16: true instead")
@@ -58,9 +58,7 @@ def use_cpu(tc: TrainingConfig) -> bool:
     all the data, as N separate jobs."""
     if tc.use_cpu:
         return True
-    import torch
-
-    if world_size() > 1 and not torch.cuda.is_available():
+    if world_size() > 1 and run_device(tc) == "cpu":
         if is_main_process():
             logger.info("%s processes and no GPU: training as one DDP job on the CPU (gloo), as with "
                         "training.use_cpu: true", world_size())

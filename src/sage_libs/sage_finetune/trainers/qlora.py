@@ -91,9 +91,9 @@ class QLoRATrainer(LoRATrainer):
                               "pip install bitsandbytes (the [qlora] extra: pip install -e '.[qlora]' in a checkout)")
 
     def _use_cuda(self) -> bool:
-        import torch
+        from ..utils.processes import run_device
 
-        return torch.cuda.is_available() and not self.training_config.use_cpu
+        return run_device(self.training_config) == "cuda"
 
     def compute_dtype(self) -> Any:
         """The dtype the 4-bit layers compute in (``bnb_4bit_compute_dtype``, or a default that
