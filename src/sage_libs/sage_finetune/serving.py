@@ -29,17 +29,15 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
     """``(model, tokenizer)`` from a merged/full model directory, or from an adapter directory
     applied to ``base`` (default: the base recorded in the adapter). The tokenizer comes from the
     directory (it carries the training template), else from the base."""
-    import torch
     from transformers import AutoTokenizer
 
-    from .trainers.loading import load_causal_lm
+    from .trainers.loading import load_causal_lm, load_kwargs
     from .utils.model_files import adapter_base, base_option, check_adapter_dir, check_model_dir
 
     p = Path(path)
     if not p.is_dir():
         raise ConfigError(f"chat: {p} is not a directory; expected a saved adapter, model or merged model")
-    load_kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype),
-                   "trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle_weights else True}
+    kwargs = load_kwargs(dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
     has_tokenizer = (p / "tokenizer_config.json").exists()
     if (p / "adapter_config.json").exists():
         from peft import PeftModel
@@ -47,13 +45,13 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
         check_adapter_dir(p, allow_pickle_weights=allow_pickle_weights, option="chat")
         option = base_option(p, base, command="chat")
         base = adapter_base(p, base, command="chat", allow_pickle_weights=allow_pickle_weights)
-        base_model = load_causal_lm(base, load_kwargs, allow_pickle_weights=allow_pickle_weights, option=option,
+        base_model = load_causal_lm(base, kwargs, allow_pickle_weights=allow_pickle_weights, option=option,
                                     training=False)
         model = PeftModel.from_pretrained(base_model, str(p))
         tokenizer_dir = str(p) if has_tokenizer else base
     else:
         check_model_dir(str(p), allow_pickle_weights=allow_pickle_weights, option="chat")
-        model = load_causal_lm(str(p), load_kwargs, allow_pickle_weights=allow_pickle_weights, option="chat",
+        model = load_causal_lm(str(p), kwargs, allow_pickle_weights=allow_pickle_weights, option="chat",
                                training=False)
         tokenizer_dir = str(p)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["load_tokenizer", "model_load_kwargs", "load_causal_lm", "load_saved_model"]
+__all__ = ["load_tokenizer", "load_kwargs", "model_load_kwargs", "load_causal_lm", "load_saved_model"]
 
 
 def load_tokenizer(tc: Any) -> Any:
@@ -31,17 +31,25 @@ def load_tokenizer(tc: Any) -> Any:
     return tokenizer
 
 
-def model_load_kwargs(tc: Any) -> dict[str, Any]:
-    """``from_pretrained`` keyword arguments of a training config."""
+def load_kwargs(*, dtype: str = "auto", trust_remote_code: bool = False, allow_pickle_weights: bool = False,
+                attn_implementation: str | None = None) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments, the one place they are decided (training, ``chat``,
+    ``merge``): safetensors only unless pickled weights are explicitly allowed (None: prefer
+    safetensors), no remote code unless asked."""
     import torch
 
-    kwargs: dict[str, Any] = {"trust_remote_code": tc.trust_remote_code}
-    # safetensors only, unless pickled weights are explicitly allowed (None: prefer safetensors)
-    kwargs["use_safetensors"] = None if tc.allow_pickle_weights else True
-    kwargs["dtype"] = "auto" if tc.model_dtype == "auto" else getattr(torch, tc.model_dtype)
-    if tc.attn_implementation:
-        kwargs["attn_implementation"] = tc.attn_implementation
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code,
+                              "use_safetensors": None if allow_pickle_weights else True,
+                              "dtype": "auto" if dtype == "auto" else getattr(torch, dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     return kwargs
+
+
+def model_load_kwargs(tc: Any) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments of a training config (:func:`load_kwargs`)."""
+    return load_kwargs(dtype=tc.model_dtype, trust_remote_code=tc.trust_remote_code,
+                       allow_pickle_weights=tc.allow_pickle_weights, attn_implementation=tc.attn_implementation)
 
 
 def load_causal_lm(name_or_path: str, kwargs: dict[str, Any], *, allow_pickle_weights: bool = False,
@@ -63,7 +71,7 @@ def load_causal_lm(name_or_path: str, kwargs: dict[str, Any], *, allow_pickle_we
 
 def load_saved_model(model_path: str | os.PathLike, tc: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """The tokenizer and model of a directory written by ``save_model`` / ``merge_and_save``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from ..utils.model_files import check_model_dir
 
@@ -72,4 +80,5 @@ def load_saved_model(model_path: str | os.PathLike, tc: Any, kwargs: dict[str, A
         raise ConfigError(f"load_model: {path} is not a directory")
     check_model_dir(str(path), allow_pickle_weights=tc.allow_pickle_weights, option="load_model")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=tc.trust_remote_code)
-    return tokenizer, AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return tokenizer, load_causal_lm(str(path), kwargs, allow_pickle_weights=tc.allow_pickle_weights,
+                                     option="load_model", training=False)
