@@ -3,7 +3,7 @@ the same values."""
 
 from __future__ import annotations
 
-__all__ = ["CHUNK_BYTES", "AUTO_LOGITS_BYTES", "GLIBC_MMAP_THRESHOLD_MAX"]
+__all__ = ["CHUNK_BYTES", "AUTO_LOGITS_BYTES", "GLIBC_MMAP_THRESHOLD_MAX", "DOC_ATTENTION"]
 
 CHUNK_BYTES = 128 * 2**20
 """Budget of one chunk's float32 logits in the chunked LM loss (:mod:`.chunked_ce`): 128 MiB, i.e.
@@ -21,3 +21,6 @@ GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
 is freed, up to 32 MiB on 64-bit systems. :func:`malloc_tuning_for` keeps the speed setting for runs
 whose widest activation is below it; with ``malloc_tuning`` off the threshold is fixed lower
 (:data:`.allocator.RETURNED_BLOCK_BYTES`)."""
+
+DOC_ATTENTION = "sage_doc_sdpa"
+"""The attention implementation name per-document attention registers (:mod:`.doc_attention`)."""

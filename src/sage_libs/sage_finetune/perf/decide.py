@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .constants import GLIBC_MMAP_THRESHOLD_MAX
+from .constants import DOC_ATTENTION, GLIBC_MMAP_THRESHOLD_MAX
 
-__all__ = ["FastPaths", "plan_fast_paths", "resolve_group_by_length", "malloc_tuning_for", "widest_activation_bytes"]
+__all__ = ["FastPaths", "plan_fast_paths", "padding_free_for", "resolve_padding_free", "resolve_group_by_length",
+           "malloc_tuning_for", "widest_activation_bytes"]
 
 
 def widest_activation_bytes(training_config: Any, hidden_size: int, intermediate_size: int) -> int:
@@ -71,6 +72,36 @@ class FastPaths:
         return "; ".join(flags) + (f" ({'; '.join(self.notes)})" if self.notes else "")
 
 
+def resolve_padding_free(data_config: Any, training_config: Any, model: Any) -> bool:
+    """``data.padding_free`` for a run of the loaded ``model`` (:func:`padding_free_for`, the rule the
+    planner applies to config.json)."""
+    from ..utils.processes import run_device
+    from .doc_attention import doc_attention_supported
+    from .selective_logits import base_causal_lm
+
+    if model is None:
+        return bool(getattr(data_config, "padding_free", None))
+    impl = str(getattr(base_causal_lm(model).config, "_attn_implementation", "") or "")
+    return padding_free_for(data_config, attn_implementation=impl, device=run_device(training_config),
+                            doc_attention_ok=doc_attention_supported(model) is None)
+
+
+def padding_free_for(data_config: Any, *, attn_implementation: str, device: str, doc_attention_ok: bool) -> bool:
+    """``data.padding_free`` for a run, from facts the trainer reads off the loaded model and the
+    planner off config.json: an explicit true/false wins; null turns it on when each document's
+    attention stays cheap, i.e. flash-attention kernels (varlen from position_ids) or sdpa on the CPU,
+    where per-document attention replaces it (``doc_attention_ok``: the model qualifies,
+    :func:`.doc_attention.doc_attention_supported`). Elsewhere sdpa/eager would build a
+    block-diagonal mask over the whole batch, so padded batches stay the default there."""
+    explicit = getattr(data_config, "padding_free", None)
+    if explicit is not None:
+        return bool(explicit)
+    impl = str(attn_implementation or "")
+    if impl.startswith("flash_attention") or impl == DOC_ATTENTION:
+        return True
+    return device == "cpu" and doc_attention_ok
+
+
 def resolve_group_by_length(data_config: Any, padding_free: bool) -> bool:
     """``data.group_by_length`` for a run: an explicit true/false wins; null turns it on for padded
     batches, where sorting samples of similar length into one batch is what cuts the padding computed
@@ -89,7 +120,7 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
     are sharded across processes (FSDP, DeepSpeed), where the head's weight is gathered for its own
     forward and backward only, so the chunked loss is off. ``packing_or_flat_rows``: the batches
     carry ``position_ids`` and no ``attention_mask`` (None: decide padding-free here)."""
-    from .doc_attention import doc_attention_supported, resolve_padding_free
+    from .doc_attention import doc_attention_supported
     from .selective_logits import base_causal_lm, model_device_type, probe_model
 
     tc, notes = training_config, []
@@ -126,7 +157,6 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
 
 
 def _uses_doc_attention(model: Any) -> bool:
-    from .doc_attention import DOC_ATTENTION
     from .selective_logits import base_causal_lm
 
     return getattr(base_causal_lm(model).config, "_attn_implementation", None) == DOC_ATTENTION

@@ -13,14 +13,14 @@ import logging
 import weakref
 from typing import Any
 
+from .constants import DOC_ATTENTION  # the name, in the module that imports nothing (decide.py reads it)
 from .selective_logits import base_causal_lm, model_device_type
 
 __all__ = ["DOC_ATTENTION", "doc_attention_forward", "doc_attention_mask", "doc_attention_supported",
-           "install_doc_attention", "resolve_padding_free"]
+           "install_doc_attention"]
 
 logger = logging.getLogger(__name__)
 
-DOC_ATTENTION = "sage_doc_sdpa"
 
 
 _segments_memo: tuple[Any, ...] = (None, None, None, None)  # (weakref, version, key, segments): one atomic swap
@@ -158,21 +158,3 @@ def install_doc_attention(model: Any) -> bool:
     _register()
     base_causal_lm(model).set_attn_implementation(DOC_ATTENTION)
     return True
-
-
-def resolve_padding_free(data_config: Any, training_config: Any, model: Any) -> bool:
-    """``data.padding_free`` for this run: an explicit true/false wins; null turns it on when each
-    document's attention stays cheap, i.e. flash-attention kernels (varlen from position_ids) or
-    sdpa on the CPU, where :data:`DOC_ATTENTION` replaces it. Elsewhere sdpa/eager would build a
-    block-diagonal mask over the whole batch, so padded batches stay the default there."""
-    explicit = getattr(data_config, "padding_free", None)
-    if explicit is not None:
-        return bool(explicit)
-    if model is None:
-        return False
-    impl = str(getattr(base_causal_lm(model).config, "_attn_implementation", "") or "")
-    if impl.startswith("flash_attention") or impl == DOC_ATTENTION:
-        return True
-    from ..utils.processes import run_device
-
-    return run_device(training_config) == "cpu" and doc_attention_supported(model) is None

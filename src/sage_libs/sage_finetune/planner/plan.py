@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..perf import malloc_tuning_for, resolve_group_by_length, widest_activation_bytes
+from ..perf.decide import padding_free_for
 from ..utils.processes import run_device
 from . import constants as C
 from .batches import Lengths, largest_batch, lengths_of
@@ -135,10 +136,8 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
     wdtype = spec.dtype if tc.model_dtype == "auto" else tc.model_dtype
     autocast = 2 if (tc.bf16 or tc.fp16) else None
     attn = tc.attn_implementation or "sdpa"
-    padding_free = dc.padding_free
-    if padding_free is None:
-        padding_free = attn.startswith("flash_attention") or (
-            device == "cpu" and attn == "sdpa" and _doc_attention_ok(spec, model_config))
+    padding_free = padding_free_for(dc, attn_implementation=attn, device=device,
+                                    doc_attention_ok=attn == "sdpa" and _doc_attention_ok(spec, model_config))
     attention = attn
     if padding_free or dc.packing:
         if device == "cpu" and attn == "sdpa" and _doc_attention_ok(spec, model_config):
