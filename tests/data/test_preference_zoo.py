@@ -217,3 +217,41 @@ def test_preference_zoo(tiny_model_dir, spec, kind):
     failures, counts = check_template(tok, spec)
     assert not failures, "\n".join(failures)
     assert counts["exact"] + counts["refused"] == len(PAIRS)
+
+
+def test_preference_rendering_honours_reasoning_and_source_mixing(tiny_model_dir, tmp_path):
+    """The preference path renders with the run's options, not only its template: data.reasoning
+    (train, mask, drop) applies to the scored replies, and weighted data.train_file entries are mixed
+    as in SFT."""
+    import json
+
+    from sage_libs.sage_finetune import DataConfig, TrainingConfig, create_trainer
+
+    from .test_render_templates import _tok, _trl
+
+    tok = _tok(tiny_model_dir, template=_trl("qwen3"))
+    pair = {"prompt": [{"role": "user", "content": "What is 2+2?"}],
+            "chosen": [{"role": "assistant", "content": "It is 4.", "reasoning_content": "Two plus two is four."}],
+            "rejected": [{"role": "assistant", "content": "It is 5."}]}
+    scored = {}
+    for mode in ("train", "mask", "drop"):
+        columns, _ = tokenize_preference_records([pair], tok, reasoning=mode)
+        scored[mode] = trained(tok, columns["chosen_input_ids"][0], columns["chosen_labels"][0])
+        if mode == "drop":
+            assert "Two plus" not in tok.decode(columns["chosen_input_ids"][0])
+    assert scored["train"] == ["<think>\nTwo plus two is four.\n</think>\n\nIt is 4.<|im_end|>"]
+    assert scored["mask"] == ["<think>\n", "\n</think>\n\nIt is 4.<|im_end|>"]
+    assert scored["drop"] == ["<think>\n\n</think>\n\nIt is 4.<|im_end|>"]
+    columns, _ = tokenize_unpaired_records([{**pair, "completion": pair["chosen"], "label": True}], tok,
+                                           reasoning="drop")
+    assert "Two plus" not in tok.decode(columns["completion_input_ids"][0])
+
+    path = tmp_path / "pairs.jsonl"
+    plain = {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Go away."}
+    path.write_text("".join(json.dumps({**plain, "chosen": f"Hi {i}!"}) + "\n" for i in range(4)))
+    trainer = create_trainer("dpo", training_config=TrainingConfig(model_name_or_path=str(tiny_model_dir),
+                                                                   output_dir=str(tmp_path / "out")),
+                             data_config=DataConfig(train_file=[{"path": str(path), "samples": 7}]))
+    trainer.setup_tokenizer()
+    dataset = trainer.prepare_dataset(trainer.data_config.train_file, "train")
+    assert len(dataset) == 7 and trainer.data_stats["train"]["mixture"][0]["used"] == 7

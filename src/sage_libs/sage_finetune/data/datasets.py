@@ -27,8 +27,6 @@ def prepare_split(record_collections: list[Any], split: str, *, tokenizer: Any, 
     from datasets import Dataset, concatenate_datasets
 
     from .pipeline import PrepareStats, is_tokenized, prepare_records
-    from .sources import mixture_indices
-
     parts, stats_parts, mixes, sources = [], [], [], []
     for records in record_collections:
         mixes.append(getattr(records, "mix", None))
@@ -44,15 +42,27 @@ def prepare_split(record_collections: list[Any], split: str, *, tokenizer: Any, 
         require_examples(len(dataset), stats, getattr(records, "source", None) or f"{split} data")
         parts.append(dataset)
     summary: dict[str, Any] = PrepareStats.merge(stats_parts).to_dict() if stats_parts else {}
-    if split == "train" and any(mixes):  # weighted / counted sources (data.train_file entries)
+    dataset = mix_sources(parts, mixes, sources, seed, summary) if split == "train" else \
+        (parts[0] if len(parts) == 1 else concatenate_datasets(parts))
+    if split == "train" and data_config.packing:
+        dataset = pack_dataset(dataset, max_seq_length, summary)
+    return dataset, summary
+
+
+def mix_sources(parts: list[Any], mixes: list[Any], sources: list[Any], seed: int, summary: dict[str, Any]) -> Any:
+    """One training dataset from the tokenized sources: weighted / counted ``data.train_file`` entries
+    (``mix``) drawn as :func:`.sources.mixture_indices` says, the draw recorded in ``summary``. The SFT
+    and the preference paths both mix here."""
+    from datasets import concatenate_datasets
+
+    from .sources import mixture_indices
+
+    if any(mixes):
         picks = mixture_indices([len(p) for p in parts], mixes, seed)
         summary["mixture"] = [{"source": src, "examples": len(part), "used": len(idx), **(mix or {})}
                               for src, part, idx, mix in zip(sources, parts, picks, mixes)]
         parts = [part.select(idx) for part, idx in zip(parts, picks)]
-    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-    if split == "train" and data_config.packing:
-        dataset = pack_dataset(dataset, max_seq_length, summary)
-    return dataset, summary
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 
 def pack_dataset(dataset: Any, capacity: int, summary: dict[str, Any]) -> Any:

@@ -242,13 +242,16 @@ def _check_distinct(chosen: tuple[list[int], list[int], bool], rejected: tuple[l
 
 def tokenize_preference_records(records: Any, tokenizer: Any, *, chat_template: str | None = None,
                                 max_seq_length: int | None = None, system_prompt: str | None = None,
-                                on_error: str = "raise", locate: Any = None) -> tuple[dict[str, list], PreferenceStats]:
+                                on_error: str = "raise", locate: Any = None, reasoning: str = "train",
+                                control_tokens_in_content: str = "text") -> tuple[dict[str, list], PreferenceStats]:
     """Preference records -> columns :data:`PREFERENCE_COLUMNS` (+ ``length``) and statistics.
 
     ``locate(records, index)`` names a record in error messages (default: ``record N``). Pairs
     whose chosen or rejected reply lost every scored token to ``max_seq_length`` (keep-start
     truncation) are dropped and counted."""
-    renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length, mask_history=True)
+    # only the last reply is scored (mask_history by construction); reasoning and control-token text as in SFT
+    renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length, mask_history=True,
+                            reasoning=reasoning, control_tokens_in_content=control_tokens_in_content)
     columns: dict[str, list] = {name: [] for name in (*PREFERENCE_COLUMNS, "length")}
     stats = PreferenceStats()
     for index, record in enumerate(records):
@@ -362,11 +365,13 @@ def to_unpaired_examples(record: Any, *, where: str = "record",
 
 def tokenize_unpaired_records(records: Any, tokenizer: Any, *, chat_template: str | None = None,
                               max_seq_length: int | None = None, system_prompt: str | None = None,
-                              on_error: str = "raise", locate: Any = None) -> tuple[dict[str, list], UnpairedStats]:
+                              on_error: str = "raise", locate: Any = None, reasoning: str = "train",
+                              control_tokens_in_content: str = "text") -> tuple[dict[str, list], UnpairedStats]:
     """Unpaired (or paired, see :func:`to_unpaired_examples`) records -> columns
     :data:`UNPAIRED_COLUMNS` (+ ``length``) and statistics; masks and truncation as
     :func:`tokenize_preference_records` (only the completion and its end-of-turn scored)."""
-    renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length, mask_history=True)
+    renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length, mask_history=True,
+                            reasoning=reasoning, control_tokens_in_content=control_tokens_in_content)
     columns: dict[str, list] = {name: [] for name in (*UNPAIRED_COLUMNS, "length")}
     stats = UnpairedStats()
     for index, record in enumerate(records):

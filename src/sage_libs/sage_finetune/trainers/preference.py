@@ -136,8 +136,10 @@ class _PreferenceMixin:
         kto = self.preference_config.loss_type == "kto"
         wanted, tokenize = (UNPAIRED_COLUMNS, tokenize_unpaired_records) if kto else \
             (PREFERENCE_COLUMNS, tokenize_preference_records)
-        parts, totals = [], {}
+        parts, totals, mixes, sources = [], {}, [], []
         for records in self._record_sets(data, split):
+            mixes.append(getattr(records, "mix", None))
+            sources.append(getattr(records, "source", None))
             names = getattr(records, "column_names", None)
             if names is not None and all(c in names for c in wanted):
                 parts.append(records)  # already tokenized
@@ -146,7 +148,8 @@ class _PreferenceMixin:
             columns, stats = tokenize(
                 records, self.tokenizer, chat_template=options.chat_template.text,
                 max_seq_length=self.training_config.max_seq_length, system_prompt=options.system_prompt,
-                on_error=options.on_error, locate=record_location)
+                on_error=options.on_error, locate=record_location, reasoning=options.reasoning,
+                control_tokens_in_content=options.control_tokens_in_content)
             if (stats.examples if kto else stats.pairs) == 0:
                 source = getattr(records, "source", None) or f"{split} data"
                 what = "unpaired preference examples" if kto else "preference pairs"
@@ -164,7 +167,11 @@ class _PreferenceMixin:
                                        pc.undesirable_weight)
             if advice:
                 logger.warning(advice)
-        return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        if split != "train":
+            return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        from ..data.datasets import mix_sources  # weighted data.train_file entries, as in SFT
+
+        return mix_sources(parts, mixes, sources, self.training_config.seed, totals)
 
     def data_collator(self) -> Any:
         from ..data.preference_collate import PreferenceCollator, UnpairedPreferenceCollator
