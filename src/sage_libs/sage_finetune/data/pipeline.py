@@ -21,7 +21,7 @@ from ..errors import (
 from ..utils.input_checks import formatting_func_error, template_error
 from .conversation import Conversation
 from .formats import detect_format, record_text, to_conversation
-from .render import IGNORE_INDEX, ChatRenderer
+from .render import IGNORE_INDEX, ChatRenderer, renderer_templates
 
 __all__ = ["PrepareStats", "MixedFormatError", "tokenize_records", "prepare_records", "columns_to_dataset",
            "is_tokenized", "record_location"]
@@ -402,8 +402,8 @@ def prepare_records(records: Any, tokenizer: Any, *, cache: bool = True, cache_d
     key = root = None
     if cache and options.get("formatting_func") is None:
         cache_options = {k: v for k, v in options.items() if k != "formatting_func"}
-        chosen = ChatRenderer(tokenizer, chat_template=options.get("chat_template"))
-        cache_options["chat_template"] = chosen.templates or chosen.template
+        templates, template = renderer_templates(tokenizer, options.get("chat_template"))
+        cache_options["chat_template"] = templates or template
         try:
             key = _cache.cache_key(records, tokenizer, cache_options)
         except Exception as exc:  # noqa: BLE001 - no cache rather than no run

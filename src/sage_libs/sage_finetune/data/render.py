@@ -80,7 +80,7 @@ from .render_job import RenderJob
 from .turn_locator import TurnLocator
 
 __all__ = ["IGNORE_INDEX", "FALLBACK_CHAT_TEMPLATE", "ChatRenderer", "RenderResult", "TemplateError",
-           "REASONING_MODES", "CONTROL_TOKEN_MODES", "select_named_template"]
+           "REASONING_MODES", "CONTROL_TOKEN_MODES", "select_named_template", "renderer_templates"]
 
 
 REASONING_MODES = ("train", "mask", "drop")
@@ -137,6 +137,20 @@ def select_named_template(templates: Any, name: str | None = None, *, tools: boo
                      "set data.chat_template to the one to train with")
 
 
+def renderer_templates(tokenizer: Any, chat_template: Any = None) -> tuple[dict[str, str] | None, str]:
+    """``(named templates or None, the default template)`` a :class:`ChatRenderer` renders with:
+    ``chat_template`` (text, a dict of named templates, or the name of one of the tokenizer's), else
+    the tokenizer's own, else :data:`FALLBACK_CHAT_TEMPLATE`. A run resolves its template first
+    (``data.rendering.resolve_chat_template``) and passes the text; the tokenized-data cache keys on
+    this without building a renderer."""
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(chat_template, str) and isinstance(own, dict) and chat_template in own:
+        chat_template = own[chat_template]  # the name of one of the tokenizer's templates
+    source = chat_template or own
+    templates = dict(source) if isinstance(source, dict) else None
+    return templates, select_named_template(source) if templates else (source or FALLBACK_CHAT_TEMPLATE)
+
+
 class ChatRenderer(TurnLocator, ControlTextEncoding):
     """Turns conversations into token ids and labels with one tokenizer and template."""
 
@@ -149,12 +163,7 @@ class ChatRenderer(TurnLocator, ControlTextEncoding):
             raise ValueError(f"control_tokens_in_content={control_tokens_in_content!r}: expected one of "
                              f"{', '.join(CONTROL_TOKEN_MODES)}")
         self.tokenizer = tokenizer
-        own = getattr(tokenizer, "chat_template", None)
-        if isinstance(chat_template, str) and isinstance(own, dict) and chat_template in own:
-            chat_template = own[chat_template]  # the name of one of the tokenizer's templates
-        source = chat_template or own
-        self.templates: dict[str, str] | None = dict(source) if isinstance(source, dict) else None
-        self.template: str = select_named_template(source) if self.templates else (source or FALLBACK_CHAT_TEMPLATE)
+        self.templates, self.template = renderer_templates(tokenizer, chat_template)
         if self.template == FALLBACK_CHAT_TEMPLATE and getattr(tokenizer, "eos_token", None) is None:
             raise TemplateError(
                 "the tokenizer has no chat template and no eos token: the fallback template closes every "
