@@ -120,3 +120,26 @@ def test_one_answer_to_which_device(monkeypatch):
     assert run_device(tc) == "cuda" and run_device(tc.replace(use_cpu=True)) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert run_device(tc) == "cpu"
+
+
+def test_hf_arguments_come_from_each_options_metadata():
+    """Every option marked hf reaches TrainingArguments under its name, with its value; every name
+    exists there (a renamed HF field would fail here, not silently)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from sage_libs.sage_finetune.config import TrainingConfig
+    from sage_libs.sage_finetune.trainers.hf_args import hf_options, training_arguments
+
+    tc = TrainingConfig(model_name_or_path="m", output_dir="o", num_train_epochs=2, learning_rate=3e-4,
+                        weight_decay=0.05, warmup_steps=3, max_grad_norm=0.5, logging_steps=7, save_steps=9,
+                        seed=11, gradient_checkpointing=True, use_cpu=True, per_device_eval_batch_size=3)
+    args = training_arguments(tc, has_eval=True)
+    hf_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    options = hf_options(tc)
+    assert "activation_checkpointing" in options and "gradient_checkpointing" not in options
+    assert len(options) >= 24 and set(options) <= hf_fields, set(options) - hf_fields
+    for name, value in options.items():
+        assert getattr(args, name) == value, name
+    assert args.data_seed == 11 and args.use_cpu and args.eval_strategy == "steps"

@@ -44,56 +44,58 @@ class TrainingConfig(_Config):
 
     model_name_or_path: str = _opt(help="Hub id (e.g. 'Qwen/Qwen2.5-7B-Instruct') or a local model directory.")
     output_dir: str = _opt(help="Where checkpoints, the adapter, metrics.json, trainer_log.jsonl and loss.png go.",
-                           trajectory=False)
-    num_train_epochs: float = _opt(3, "Passes over the training data (ignored when max_steps > 0).", gt=0)
-    max_steps: int = _opt(-1, "Stop after this many optimizer steps; -1 means use num_train_epochs.", ge=-1)
-    per_device_train_batch_size: int = _opt(4, "Samples per device per forward pass during training.", ge=1)
+                           trajectory=False, hf=True)
+    num_train_epochs: float = _opt(3, "Passes over the training data (ignored when max_steps > 0).", gt=0, hf=True)
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps; -1 means use num_train_epochs.", ge=-1, hf=True)
+    per_device_train_batch_size: int = _opt(4, "Samples per device per forward pass during training.", ge=1, hf=True)
     per_device_eval_batch_size: int = _opt(4, "Samples per device per forward pass during evaluation.", ge=1,
-                                           trajectory=False)
-    gradient_accumulation_steps: int = _opt(1, "Forward/backward passes per optimizer step.", ge=1)
-    learning_rate: float = _opt(5e-5, "Peak learning rate (LoRA typically 1e-4 to 2e-4, full fine-tuning 1e-5).", gt=0)
-    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and norms).", ge=0)
+                                           trajectory=False, hf=True)
+    gradient_accumulation_steps: int = _opt(1, "Forward/backward passes per optimizer step.", ge=1, hf=True)
+    learning_rate: float = _opt(5e-5, "Peak learning rate (LoRA typically 1e-4 to 2e-4, full fine-tuning 1e-5).", gt=0,
+                                hf=True)
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and norms).", ge=0, hf=True)
     warmup_steps: Union[int, float] = _opt(
-        500, "Linear warm-up: an integer number of steps, or a float in [0, 1) as a ratio of all steps.", ge=0)
-    lr_scheduler_type: str = _opt("linear", "Learning-rate schedule after warm-up.", choices=SCHEDULERS)
-    max_grad_norm: float = _opt(1.0, "Gradient clipping norm; 0 disables clipping.", ge=0)
-    optim: str = _opt("adamw_torch", "Optimizer name as understood by HF TrainingArguments.optim.")
-    fp16: bool = _opt(False, "Mixed precision with float16 (needs a CUDA GPU).")
-    bf16: bool = _opt(False, "Mixed precision with bfloat16 (CUDA GPU, or a CPU with bf16 support).")
+        500, "Linear warm-up: an integer number of steps, or a float in [0, 1) as a ratio of all steps.", ge=0, hf=True)
+    lr_scheduler_type: str = _opt("linear", "Learning-rate schedule after warm-up.", choices=SCHEDULERS, hf=True)
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm; 0 disables clipping.", ge=0, hf=True)
+    optim: str = _opt("adamw_torch", "Optimizer name as understood by HF TrainingArguments.optim.", hf=True)
+    fp16: bool = _opt(False, "Mixed precision with float16 (needs a CUDA GPU).", hf=True)
+    bf16: bool = _opt(False, "Mixed precision with bfloat16 (CUDA GPU, or a CPU with bf16 support).", hf=True)
     model_dtype: str = _opt("auto", "dtype to load the base weights in: auto (the checkpoint's), float32, bfloat16, float16.",
                             choices=("auto", "float32", "bfloat16", "float16"))
     max_seq_length: int = _opt(1024, "Samples are truncated to this many tokens (see DataConfig.truncation).", ge=8)
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory (~20-30% slower).",
-                                        trajectory=False)
+                                        trajectory=False, hf="activation_checkpointing")
     neftune_noise_alpha: Union[float, None] = _opt(
         None, "NEFTune: add uniform noise of scale alpha / sqrt(seq_len * hidden_size) to the input embeddings "
-              "while training (5-15 is typical); null: off.", gt=0)
+              "while training (5-15 is typical); null: off.", gt=0, hf=True)
     logging_steps: int = _opt(10, "Log loss, learning rate and grad norm every N optimizer steps.", ge=1,
-                              trajectory=False)
+                              trajectory=False, hf=True)
     eval_strategy: str = _opt("steps", "When to evaluate if an eval dataset is given: no, steps (every eval_steps), epoch.",
                               choices=("no", "steps", "epoch"), trajectory=False)
-    eval_steps: int = _opt(500, "Evaluate every N optimizer steps (eval_strategy=steps).", ge=1, trajectory=False)
+    eval_steps: int = _opt(500, "Evaluate every N optimizer steps (eval_strategy=steps).", ge=1, trajectory=False,
+                           hf=True)
     eval_on_start: bool = _opt(False, "Evaluate once before training; reported as eval_loss_before in the metrics.",
                                trajectory=False)
     save_strategy: str = _opt("steps", "When to write checkpoints: no, steps, epoch.", choices=("no", "steps", "epoch"),
-                              trajectory=False)
+                              trajectory=False, hf=True)
     save_steps: int = _opt(500, "Write a checkpoint every N optimizer steps (save_strategy=steps).", ge=1,
-                           trajectory=False)
+                           trajectory=False, hf=True)
     save_total_limit: Union[int, None] = _opt(3, "Keep at most this many checkpoints (null keeps all).", ge=1,
-                                              trajectory=False)
-    seed: int = _opt(42, "Random seed for model init, data order and dropout.", ge=0)
+                                              trajectory=False, hf=True)
+    seed: int = _opt(42, "Random seed for model init, data order and dropout.", ge=0, hf=True)
     report_to: list[str] = _opt(
         help="Experiment trackers: tensorboard, wandb (through the tensorboard/wandb callbacks: TensorBoard events "
              "in $TENSORBOARD_LOGGING_DIR or OUTPUT_DIR/runs, an evaluation before training at step 0), or "
              "transformers' integrations (mlflow, comet_ml, ...). Empty: none.", default_factory=list, trajectory=False)
-    run_name: Union[str, None] = _opt(None, "A name for the run in trackers.", trajectory=False)
+    run_name: Union[str, None] = _opt(None, "A name for the run in trackers.", trajectory=False, hf=True)
     deepspeed: Union[str, dict, None] = _opt(None, "Path to a DeepSpeed JSON config (or the dict); passed to the HF Trainer.",
                                              trajectory=False)
     fsdp: Union[str, list[str], None] = _opt(None, "FSDP options, e.g. 'full_shard auto_wrap'; passed to the HF Trainer.",
                                              trajectory=False)
     fsdp_config: Union[str, dict, None] = _opt(None, "FSDP config file or dict; passed to the HF Trainer.",
                                                trajectory=False)
-    dataloader_num_workers: int = _opt(0, "Worker processes for the data loader.", ge=0, trajectory=False)
+    dataloader_num_workers: int = _opt(0, "Worker processes for the data loader.", ge=0, trajectory=False, hf=True)
     resume_from_checkpoint: Union[bool, str, None] = _opt(
         None, "true: resume from the latest checkpoint in output_dir; a path: resume from it.", trajectory=False)
     trust_remote_code: bool = _opt(False, "Allow model code from the hub repository to run. Off unless you trust it.",
@@ -105,7 +107,7 @@ class TrainingConfig(_Config):
     attn_implementation: Union[str, None] = _opt(None, "Attention kernel: sdpa, eager, flash_attention_2; null: the model's default.",
                                                  trajectory=False)
     use_cpu: bool = _opt(False, "Train on the CPU even if a GPU is present.", trajectory=False)
-    disable_tqdm: bool = _opt(False, "Hide the progress bar.", trajectory=False)
+    disable_tqdm: bool = _opt(False, "Hide the progress bar.", trajectory=False, hf=True)
     selective_logits: bool = _opt(
         True, "Compute the LM head and the loss only at the positions whose label is trained (same loss and "
               "gradients, less time and memory); false: the model's own forward with labels (logits everywhere).",

@@ -20,12 +20,14 @@ __all__ = ["coerce_config", "config_help"]
 
 def _opt(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = None,
          choices: tuple | None = None, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, trajectory: bool = True):
+         le: float | None = None, lt: float | None = None, trajectory: bool = True, hf: bool | str = False):
     """A dataclass field with a help string and optional validation metadata. ``trajectory``: whether
     the option changes what is trained (the run identity fingerprints those, run/identity.py); false
     for where and how often outputs are written, logging, and execution details that compute the same
-    numbers."""
-    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "trajectory": trajectory}
+    numbers. ``hf``: the option is passed to ``transformers.TrainingArguments`` as it is (true) or
+    under another name (a string); trainers/hf_args.py reads this."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "trajectory": trajectory,
+            "hf": hf}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)

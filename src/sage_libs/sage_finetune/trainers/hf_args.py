@@ -12,7 +12,7 @@ from ..config import TrainingConfig
 from ..errors import ConfigError
 from ..utils.processes import is_main_process, run_device, world_size
 
-__all__ = ["training_arguments", "check_precision", "check_optimizer_name", "use_cpu", "optimizer_class_and_kwargs"]
+__all__ = ["training_arguments", "hf_options", "check_precision", "check_optimizer_name", "use_cpu", "optimizer_class_and_kwargs"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,18 @@ def use_cpu(tc: TrainingConfig) -> bool:
     return False
 
 
+def hf_options(tc: TrainingConfig) -> dict[str, Any]:
+    """The options marked ``hf`` in their metadata, under their TrainingArguments names."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(tc):
+        name = f.metadata.get("hf")
+        if name:
+            out[f.name if name is True else name] = getattr(tc, f.name)
+    return out
+
+
 def training_arguments(tc: TrainingConfig, *, has_eval: bool, group_by_length: bool = False) -> Any:
     """``TrainingArguments`` for a run of ``tc`` (``has_eval``: the run has evaluation data)."""
     import torch
@@ -74,22 +86,12 @@ def training_arguments(tc: TrainingConfig, *, has_eval: bool, group_by_length: b
     from ..callbacks.reporting import hf_report_to  # tensorboard and wandb: our callbacks (reporting.py)
 
     check_precision(tc)
-    kwargs: dict[str, Any] = dict(
-        output_dir=tc.output_dir, num_train_epochs=tc.num_train_epochs, max_steps=tc.max_steps,
-        per_device_train_batch_size=tc.per_device_train_batch_size,
-        per_device_eval_batch_size=tc.per_device_eval_batch_size,
-        gradient_accumulation_steps=tc.gradient_accumulation_steps, learning_rate=tc.learning_rate,
-        weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps, lr_scheduler_type=tc.lr_scheduler_type,
-        max_grad_norm=tc.max_grad_norm, optim=tc.optim, fp16=tc.fp16, bf16=tc.bf16,
-        logging_steps=tc.logging_steps, logging_first_step=True,
-        eval_strategy=tc.eval_strategy if has_eval else "no", eval_steps=tc.eval_steps,
-        save_strategy=tc.save_strategy, save_steps=tc.save_steps, save_total_limit=tc.save_total_limit,
-        seed=tc.seed, data_seed=tc.seed, report_to=hf_report_to(tc.report_to) or "none", run_name=tc.run_name,
-        dataloader_num_workers=tc.dataloader_num_workers, dataloader_pin_memory=torch.cuda.is_available(),
-        activation_checkpointing=tc.gradient_checkpointing,
+    kwargs = hf_options(tc)  # the options passed as they are (their metadata says so, config.py)
+    kwargs.update(  # and what a run derives
+        logging_first_step=True, eval_strategy=tc.eval_strategy if has_eval else "no", data_seed=tc.seed,
+        report_to=hf_report_to(tc.report_to) or "none", dataloader_pin_memory=torch.cuda.is_available(),
         activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
-        use_cpu=use_cpu(tc), disable_tqdm=tc.disable_tqdm, remove_unused_columns=False,
-        neftune_noise_alpha=tc.neftune_noise_alpha,
+        use_cpu=use_cpu(tc), remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", label_names=["labels"],
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         length_column_name="length",
