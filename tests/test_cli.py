@@ -419,3 +419,35 @@ def test_python_train_writes_what_the_cli_writes(tmp_path, tiny_model_dir, capsy
     names = {p.relative_to(tmp_path / "cli").as_posix() for p in (tmp_path / "cli").rglob("*")}
     assert {"adapter/adapter_model.safetensors", "merged/model.safetensors", "metrics.json", "loss.png"} <= names
     assert names == {p.relative_to(tmp_path / "py").as_posix() for p in (tmp_path / "py").rglob("*")}
+
+
+def test_importing_installs_nothing_and_a_run_leaves_the_process_as_it_was(tmp_path, tiny_model_dir):
+    """No warning filter or logger filter from importing the package; a run drops the known noise
+    while it runs and puts the filters back; the speed allocator setting is undone at its end."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import logging, warnings
+        before = list(warnings.filters)
+        import sage_libs.sage_finetune as f
+        from sage_libs.sage_finetune.utils.noise import NOISE
+        assert warnings.filters == before, "import changed the warnings filters"
+        assert not any(logging.getLogger(n).filters for n in NOISE), "import added logger filters"
+        from sage_libs.sage_finetune.run_config import load_run_config, make_trainer
+        from sage_libs.sage_finetune.perf import allocator
+        trainer = make_trainer(load_run_config({str(write_config(tmp_path, tiny_model_dir))!r},
+                                               ["training.max_steps=1", "training.malloc_tuning=true"]))
+        trainer.train()
+        from sage_libs.sage_finetune.utils.noise import WARNINGS
+        ours = [m for _, m in WARNINGS]
+        left = [f for f in warnings.filters if f[1] is not None and f[1].pattern in ours]
+        assert not left, ("a run left its warnings filters behind", left)
+        assert not any(logging.getLogger(n).filters for n in NOISE), "a run left logger filters behind"
+        assert allocator._mode is None, allocator._mode
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -39,10 +39,6 @@ from .registry import (
     unregister_strategy,
     unregister_trainer,
 )
-from .utils.noise import install_log_filters as _install_log_filters
-
-_install_log_filters()
-
 # Heavy classes, imported on first attribute access (PEP 562).
 _LAZY = {
     "BaseTrainer": "trainers.base",

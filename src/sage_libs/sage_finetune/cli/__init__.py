@@ -32,6 +32,7 @@ from ..config import SECTIONS  # noqa: F401 (re-exported)
 from ..errors import ConfigError, UsageError  # noqa: F401 (UsageError re-exported)
 from ..run_config import load_run_config  # noqa: F401 (re-exported)
 from . import chat, data_inspect, eval, merge, options, plan, tiny_model, train
+from ..utils.noise import known_noise_dropped
 from .console import quiet_libraries
 
 __all__ = ["main", "load_run_config", "build_parser", "DESCRIPTION", "command_names"]
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     # Exit codes: 2 bad input (nothing was started), 1 training failed (e.g. the loss became NaN) or an
     # unexpected error, 130 interrupted (Ctrl-C).
     try:
-        return args.func(args)
+        with known_noise_dropped():
+            return args.func(args)
     except (ConfigError, DataFormatError, FineTuneRegistryError) as exc:
         if args.debug:
             raise

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["tune_malloc", "return_freed_memory", "RETURNED_BLOCK_BYTES"]
+__all__ = ["tune_malloc", "return_freed_memory", "restore_allocator", "RETURNED_BLOCK_BYTES"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _GLIBC_MMAP_MAX_DEFAULT = 65536
+_GLIBC_TRIM_THRESHOLD_DEFAULT = 128 * 1024
 RETURNED_BLOCK_BYTES = 4 * 2**20
 """With ``malloc_tuning`` off, freed blocks larger than this go back to the OS (a fixed mmap threshold,
 which also stops glibc from raising it)."""
@@ -77,3 +78,26 @@ def return_freed_memory() -> bool:
     leaves the allocator alone."""
     return _apply("memory", [(_M_MMAP_MAX, _GLIBC_MMAP_MAX_DEFAULT), (_M_MMAP_THRESHOLD, RETURNED_BLOCK_BYTES),
                              (_M_TRIM_THRESHOLD, 2 * RETURNED_BLOCK_BYTES)])
+
+
+def restore_allocator() -> bool:
+    """At the end of a run: undo :func:`tune_malloc` (glibc's mmap count and trim threshold back to
+    their defaults, and the heap trimmed), so that a process that goes on after ``train()`` does not
+    keep every freed block. :func:`return_freed_memory` stays: it only returns memory, and glibc has
+    no call that makes its mmap threshold dynamic again. Returns whether anything was undone."""
+    global _mode
+    if _mode != "speed":
+        return False
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX_DEFAULT)
+    mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD_DEFAULT)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - mallopt exists, so malloc_trim does
+        pass
+    _mode = None
+    return True

@@ -30,6 +30,8 @@ from typing import Any
 from . import files as run_files
 from ..data.sources import MultiSource, split_records
 from ..errors import ConfigError
+from ..perf.allocator import restore_allocator
+from ..utils.noise import known_noise_dropped
 from ..utils.processes import is_main_process, main_process_first
 from ..trainers.preflight import warn_about_schedule
 from .checkpoints import move_aside_previous_run
@@ -57,7 +59,7 @@ def run_training(trainer: Any, train_dataset: Any = None, eval_dataset: Any = No
         if eval_dataset is None and dc.eval_file:
             eval_dataset = dc.eval_file
         trainer.check_inputs(train_dataset, eval_dataset)
-        with trainer.hold_output_dir():
+        with known_noise_dropped(), trainer.hold_output_dir():
             if is_main_process():
                 for path in remove_stale_temporaries(out):
                     logger.warning("removed %s, left behind by a run that was killed while writing it", path)
@@ -71,6 +73,7 @@ def run_training(trainer: Any, train_dataset: Any = None, eval_dataset: Any = No
         raise
     finally:
         run_files.stop_log_file()
+        restore_allocator()  # the speed setting keeps freed memory in the process: not past the run
 
 
 def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:

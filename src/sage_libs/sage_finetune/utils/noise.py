@@ -2,14 +2,18 @@
 
 One place for these decisions: a filter matches a logger name and the start of a message, never a
 whole module or category, so a correctness warning from the same library still reaches the user.
-Installing the filters imports nothing (a logger can be configured before its module exists).
+Nothing is installed when the package is imported: a run and a command drop the noise while they
+last (:func:`known_noise_dropped`); it imports nothing (a logger can be configured before its module
+exists).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Iterator
 
-__all__ = ["install_log_filters", "NOISE", "WARNINGS", "CONSOLE_LOGGERS", "ConsoleLoggers", "EarlyRecords"]
+__all__ = ["known_noise_dropped", "NOISE", "WARNINGS", "CONSOLE_LOGGERS", "ConsoleLoggers", "EarlyRecords"]
 
 # logger name -> message prefixes to drop, each with the reason it is noise
 NOISE: dict[str, tuple[str, ...]] = {
@@ -97,13 +101,34 @@ class _DropPrefixes(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
-def install_log_filters() -> None:
-    """Attach the filters (idempotent)."""
+@contextlib.contextmanager
+def known_noise_dropped() -> Iterator[None]:
+    """Within the block (a run, a command), the known noise is dropped: :data:`NOISE`'s log records
+    and :data:`WARNINGS`' Python warnings. Nothing is installed by importing the package, and the
+    block leaves the logger filters and the warnings filters as they were (nested blocks too)."""
     import warnings
 
+    added = []
     for name, prefixes in NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
-            logger.addFilter(_DropPrefixes(prefixes))
+            noise = _DropPrefixes(prefixes)
+            logger.addFilter(noise)
+            added.append((logger, noise))
+    ours = []
     for category, message in WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+        ours.append(warnings.filters[0])
+    try:
+        yield
+    finally:
+        for logger, noise in added:
+            logger.removeFilter(noise)
+        # only our entries: catch_warnings() would also drop the filters that libraries imported
+        # during the block installed for themselves
+        for entry in ours:
+            if entry in warnings.filters:
+                warnings.filters.remove(entry)
+        mutated = getattr(warnings, "_filters_mutated", None)  # the warnings module's cache (CPython)
+        if mutated is not None:
+            mutated()
