@@ -83,7 +83,8 @@ class BaseTrainer(FineTuner):
         self.model: Any = None
         self.tokenizer: Any = None
         self.hf_trainer: Any = None
-        self.fast_paths: Any = None
+        self.fast_paths: Any = None  # installed (install_fast_paths)
+        self._fast_path_plan: Any = None  # decided (plan_fast_paths)
         self.data_stats: dict[str, Any] = {}
         # more top-level run_config.yaml entries, set by whoever wraps this trainer (the agent
         # trainer, the CLI's callbacks section) so that the file can reproduce the run
@@ -223,13 +224,25 @@ class BaseTrainer(FineTuner):
         return self.render_options().tools
 
     def plan_fast_paths(self) -> Any:
-        """Decide and install this run's fast paths (:mod:`..perf`) once the model is loaded."""
-        from ..perf import install_fast_paths, plan_fast_paths
+        """This run's fast paths, decided once the model is loaded (:mod:`..perf.decide`: pure, read
+        by the collator and the sampler; :meth:`install_fast_paths` applies them)."""
+        from ..perf import plan_fast_paths
+
+        if self.fast_paths is not None:
+            return self.fast_paths
+        if self._fast_path_plan is None:
+            tc = self.training_config
+            self._fast_path_plan = plan_fast_paths(self.model, tc, self.data_config,
+                                                   sharded=bool(tc.deepspeed or tc.fsdp))
+        return self._fast_path_plan
+
+    def install_fast_paths(self) -> Any:
+        """Apply the decided fast paths to the model and the process (:mod:`..perf.install`), once:
+        :meth:`build_hf_trainer` calls it before anything reads them."""
+        from ..perf import install_fast_paths
 
         if self.fast_paths is None:
-            tc = self.training_config
-            self.fast_paths = install_fast_paths(
-                self.model, plan_fast_paths(self.model, tc, self.data_config, sharded=bool(tc.deepspeed or tc.fsdp)))
+            self.fast_paths = install_fast_paths(self.model, self.plan_fast_paths())
         return self.fast_paths
 
     def data_collator(self) -> Any:
@@ -275,6 +288,7 @@ class BaseTrainer(FineTuner):
         from .hf_core import StepLosses
 
         self.setup()
+        fast_paths = self.install_fast_paths()  # decided, then installed once, before anything reads them
         optimizer = self.create_optimizer(self.model)
         core, extra = self.hf_trainer_core()
         step_losses = StepLosses() if self.callbacks else None  # a .item() per micro-batch: only when someone listens
@@ -282,7 +296,7 @@ class BaseTrainer(FineTuner):
             model=self.model, args=self.training_arguments(eval_dataset is not None),
             train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=self.data_collator(),
             processing_class=self.tokenizer, callbacks=self._hf_callbacks(step_losses),
-            optimizers=(optimizer, None), fast_paths=self.plan_fast_paths(), step_losses=step_losses,
+            optimizers=(optimizer, None), fast_paths=fast_paths, step_losses=step_losses,
             before_checkpoint=self._before_checkpoint, **extra)
         # our console output instead of HF's log dicts and nested bars (see callbacks/console.py)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -305,7 +319,7 @@ class BaseTrainer(FineTuner):
         """
         if config is not None:
             self.training_config = coerce_config(TrainingConfig, config, "config")
-            self.model, self.hf_trainer, self.fast_paths = None, None, None
+            self.model, self.hf_trainer, self.fast_paths, self._fast_path_plan = None, None, None, None
         from ..run.recipe import run_training
 
         return run_training(self, train_dataset, eval_dataset)
