@@ -28,6 +28,7 @@ torch = pytest.importorskip("torch")
 from sage_libs.sage_finetune import ConfigError, LoRAConfig, TrainingConfig, create_loader, create_trainer  # noqa: E402
 from sage_libs.sage_finetune.cli import main  # noqa: E402
 from sage_libs.sage_finetune.run.checkpoints import checkpoint_problems, find_checkpoints  # noqa: E402
+from sage_libs.sage_finetune.run.resume import resume_checkpoint  # noqa: E402
 
 from ._helpers import EXAMPLE_DATA  # noqa: E402
 
@@ -155,12 +156,12 @@ def test_resume_skips_a_half_written_newest_checkpoint(three_checkpoints, tiny_m
     corrupt(out / "checkpoint-3")
     trainer = same_run(tiny_model_dir, out, resume_from_checkpoint=True)
     with caplog.at_level(logging.WARNING):
-        assert trainer.resume_checkpoint() == str(out / "checkpoint-2")
+        assert resume_checkpoint(trainer) == str(out / "checkpoint-2")
     assert "not resuming from" in caplog.text and "checkpoint-3" in caplog.text and problem in caplog.text
     # naming the broken checkpoint explicitly is an error, not a silent fallback
     trainer = same_run(tiny_model_dir, out, resume_from_checkpoint=str(out / "checkpoint-3"))
     with pytest.raises(ConfigError, match=r"checkpoint-3 is incomplete \(.*" + re.escape(problem)):
-        trainer.resume_checkpoint()
+        resume_checkpoint(trainer)
 
 
 def test_resume_when_no_checkpoint_is_complete(three_checkpoints, tiny_model_dir, tmp_path):
@@ -169,7 +170,7 @@ def test_resume_when_no_checkpoint_is_complete(three_checkpoints, tiny_model_dir
     for c in find_checkpoints(out):
         (c / "optimizer.pt").unlink()
     with pytest.raises(ConfigError, match=r"no checkpoint in .* is complete \(checkpoint-3: no optimizer.pt; "):
-        same_run(tiny_model_dir, out, resume_from_checkpoint=True).resume_checkpoint()
+        resume_checkpoint(same_run(tiny_model_dir, out, resume_from_checkpoint=True))
 
 
 def test_training_resumes_past_a_half_written_checkpoint(three_checkpoints, tiny_model_dir, tmp_path):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .identity import RunIdentity
 from .resume import last_own_checkpoint
 
-__all__ = ["disk_full_guard", "disk_full_details"]
+__all__ = ["disk_full_guard", "disk_full_details", "run_disk_guard"]
 
 
 def disk_full_details(message: str, output_dir: str | os.PathLike, identity: RunIdentity | None, *,
@@ -46,3 +46,13 @@ def disk_full_guard(output_dir: str | os.PathLike, identity: RunIdentity | None,
             raise
         text, last = disk_full_details(message, output_dir, identity, plain=plain, remove_incomplete=main_process)
         raise DiskFullError(text, checkpoint=last) from exc
+
+
+def run_disk_guard(trainer: Any) -> Any:
+    """:func:`disk_full_guard` for ``trainer``'s run: what was removed, the last complete checkpoint of
+    this run's identity, how to resume."""
+    from ..utils.processes import is_main_process
+
+    tc = trainer.training_config
+    return disk_full_guard(tc.output_dir, getattr(trainer, "_identity", None), plain=not (tc.deepspeed or tc.fsdp),
+                           main_process=is_main_process())

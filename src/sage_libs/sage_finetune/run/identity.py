@@ -30,7 +30,7 @@ from ..utils.processes import world_size
 from . import files as run_files
 
 __all__ = ["IDENTITY_FILE", "RunIdentity", "read_identity", "write_identity", "identity_differences",
-           "data_fingerprint", "model_fingerprint"]
+           "data_fingerprint", "model_fingerprint", "write_checkpoint_identity"]
 
 _log = logging.getLogger("sage_libs.sage_finetune.trainers.base")
 
@@ -201,3 +201,13 @@ def identity_differences(old: dict[str, Any] | None, new: RunIdentity, limit: in
     if len(changed) > limit:
         parts.append(f"and {len(changed) - limit} more")
     return ", ".join(dict.fromkeys(parts)) or "the same fields, another fingerprint"
+
+
+def write_checkpoint_identity(trainer: Any, path: str) -> None:
+    """Called by the HF Trainer core before it writes ``checkpoint-N``: the run's identity goes in
+    first, so that every checkpoint can be attributed to the config that wrote it."""
+    from ..utils.processes import is_main_process
+
+    if getattr(trainer, "_identity", None) is not None and is_main_process():
+        os.makedirs(path, exist_ok=True)
+        write_identity(path, trainer._identity)

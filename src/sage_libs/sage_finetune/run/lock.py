@@ -172,3 +172,14 @@ def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
                     path.unlink()
             removed.append(path)
     return removed
+
+
+def hold_output_dir(trainer: Any) -> Any:
+    """A context holding the lock of ``trainer``'s output_dir for its run: a second live run on the
+    folder stops at once (:class:`OutputDirBusy`, exit code 2). Re-entrant; only the main process
+    locks."""
+    from ..trainers.preflight import check_output_dir
+    from ..utils.processes import is_main_process
+
+    check_output_dir(trainer.training_config.output_dir)
+    return run_lock(trainer.training_config.output_dir, enabled=is_main_process())

@@ -2,8 +2,8 @@
 are called, and what is checked, locked, written and reported around them.
 
     preflight checks (no data read, no model loaded)      check_inputs -> .preflight
-    the output folder's lock                              hold_output_dir -> .lock
-    which checkpoint to resume, if any                    resume_checkpoint -> .resume
+    the output folder's lock                              .lock.hold_output_dir
+    which checkpoint to resume, if any                    .resume.resume_checkpoint
     tokenizer and data (errors before the model load)     prepare_dataset -> data.datasets
     will it fit? (a warning, training.plan_check)         planner.check
     model and adapter                                     setup -> load_base_model, apply_adapter
@@ -36,9 +36,10 @@ from ..utils.processes import is_main_process, main_process_first
 from ..trainers.preflight import warn_about_schedule
 from .checkpoints import move_aside_previous_run
 from .identity import RunIdentity, write_identity
-from .lock import lock_only, remove_stale_temporaries
+from .disk import run_disk_guard
+from .lock import hold_output_dir, lock_only, remove_stale_temporaries
 from .metrics import final_evaluation, interrupted, loop_metrics
-from .resume import check_checkpoint_fits
+from .resume import check_checkpoint_fits, resume_checkpoint
 
 __all__ = ["run_training", "start_run_folder", "save_final_weights"]
 
@@ -59,11 +60,11 @@ def run_training(trainer: Any, train_dataset: Any = None, eval_dataset: Any = No
         if eval_dataset is None and dc.eval_file:
             eval_dataset = dc.eval_file
         trainer.check_inputs(train_dataset, eval_dataset)
-        with known_noise_dropped(), trainer.hold_output_dir():
+        with known_noise_dropped(), hold_output_dir(trainer):
             if is_main_process():
                 for path in remove_stale_temporaries(out):
                     logger.warning("removed %s, left behind by a run that was killed while writing it", path)
-            with trainer.disk_full_guard():  # whichever write hits a full disk: one line, what to do
+            with run_disk_guard(trainer):  # whichever write hits a full disk: one line, what to do
                 return _train_locked(trainer, train_dataset, eval_dataset)
     except BaseException:
         # nothing worth keeping was written yet: a run that fails before its first step leaves no
@@ -80,7 +81,7 @@ def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[s
     """The run, once its inputs are checked and its folder is locked."""
     tc = trainer.training_config
     trainer._identity = RunIdentity.from_resolved_config(trainer.resolved_config(), train_dataset)
-    resume = trainer.resume_checkpoint(trainer._identity)
+    resume = resume_checkpoint(trainer, trainer._identity)
     train_ds, eval_ds = _prepare_data(trainer, train_dataset, eval_dataset)
     if tc.plan_check and is_main_process():  # the planner: warn before a model that will not fit is loaded
         from ..planner.check import check_before_load

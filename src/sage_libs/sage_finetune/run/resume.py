@@ -11,7 +11,7 @@ from typing import Any
 
 from .identity import RunIdentity, identity_differences, read_identity
 
-__all__ = ["resolve_resume", "choose_checkpoint", "last_own_checkpoint", "checkpoint_shape_problems",
+__all__ = ["resume_checkpoint", "resolve_resume", "choose_checkpoint", "last_own_checkpoint", "checkpoint_shape_problems",
            "check_checkpoint_fits", "warn_if_written_by_another"]
 
 _log = logging.getLogger("sage_libs.sage_finetune.trainers.base")
@@ -166,3 +166,15 @@ def resolve_resume(value: Any, output_dir: str | os.PathLike, identity: RunIdent
                           "checkpoint, or use true to pick the newest complete one")
     warn_if_written_by_another(value, identity)
     return str(value)
+
+
+def resume_checkpoint(trainer: Any, identity: RunIdentity | None = None) -> str | None:
+    """The checkpoint ``trainer``'s ``training.resume_from_checkpoint`` names (:func:`resolve_resume`;
+    ``identity`` None: that of its config and ``data.train_file``)."""
+    tc = trainer.training_config
+    if not tc.resume_from_checkpoint:
+        return None
+    if identity is None:
+        identity = RunIdentity.from_resolved_config(trainer.resolved_config(), trainer.data_config.train_file)
+    # DeepSpeed and FSDP save weights and optimizer state in their own sharded layouts
+    return resolve_resume(tc.resume_from_checkpoint, tc.output_dir, identity, plain=not (tc.deepspeed or tc.fsdp))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from ..run import files as run_files
+from ..run.identity import write_checkpoint_identity
 from ..config import SECTIONS, DataConfig, LoRAConfig, TrainingConfig, coerce_config
 from ..errors import (  # noqa: F401 (re-exported)
     ConfigError,
@@ -30,7 +31,7 @@ from ..errors import (  # noqa: F401 (re-exported)
 from ..interface import FineTuner
 from ..utils.io import atomic_dir, follow_umask, tree_state
 from ..utils.processes import is_main_process
-from .preflight import check_output_dir, check_run_inputs
+from .preflight import check_run_inputs
 
 __all__ = ["BaseTrainer", "TrainingError", "NonFiniteLossError", "TrainingInterrupted", "DiskFullError"]
 
@@ -297,7 +298,7 @@ class BaseTrainer(FineTuner):
             train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=self.data_collator(),
             processing_class=self.tokenizer, callbacks=self._hf_callbacks(step_losses),
             optimizers=(optimizer, None), fast_paths=fast_paths, step_losses=step_losses,
-            before_checkpoint=self._before_checkpoint, **extra)
+            before_checkpoint=lambda path: write_checkpoint_identity(self, path), **extra)
         # our console output instead of HF's log dicts and nested bars (see callbacks/console.py)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -315,7 +316,7 @@ class BaseTrainer(FineTuner):
         """Train on ``train_dataset`` (records, a path, or tokenized data); returns metrics.
 
         ``config`` optionally replaces the training config for this call (SAGE's signature).
-        The run holds its output folder's lock throughout (see :meth:`hold_output_dir`).
+        The run holds its output folder's lock throughout (:func:`..run.lock.hold_output_dir`).
         """
         if config is not None:
             self.training_config = coerce_config(TrainingConfig, config, "config")
@@ -323,47 +324,6 @@ class BaseTrainer(FineTuner):
         from ..run.recipe import run_training
 
         return run_training(self, train_dataset, eval_dataset)
-
-    def hold_output_dir(self) -> Any:
-        """A context holding ``output_dir``'s lock: a second live run on the folder stops at once
-        (:class:`OutputDirBusy`, exit code 2). Re-entrant; the CLI holds it across train and save."""
-        from ..run.lock import run_lock
-
-        check_output_dir(self.training_config.output_dir)
-        return run_lock(self.training_config.output_dir, enabled=is_main_process())
-
-    def disk_full_guard(self) -> Any:
-        """A context in which a write that fails for lack of space becomes one :class:`DiskFullError`
-        line: what was removed, the last complete checkpoint, how to resume (the CLI wraps the final
-        save in it as well)."""
-        from ..run.disk import disk_full_guard
-
-        tc = self.training_config
-        return disk_full_guard(tc.output_dir, getattr(self, "_identity", None), plain=not (tc.deepspeed or tc.fsdp),
-                               main_process=is_main_process())
-
-    def _before_checkpoint(self, path: str) -> None:
-        """Called by the HF Trainer core before it writes ``checkpoint-N``: the run's identity goes in
-        first, so that every checkpoint can be attributed to the config that wrote it."""
-        if getattr(self, "_identity", None) is not None and is_main_process():
-            from ..run.identity import write_identity
-
-            os.makedirs(path, exist_ok=True)
-            write_identity(path, self._identity)
-
-    def resume_checkpoint(self, identity: Any = None) -> str | None:
-        """The checkpoint ``training.resume_from_checkpoint`` names (:func:`..run.resume.resolve_resume`;
-        ``identity`` None: that of this trainer's config and ``data.train_file``)."""
-        from ..run.identity import RunIdentity
-        from ..run.resume import resolve_resume
-
-        tc = self.training_config
-        if not tc.resume_from_checkpoint:
-            return None
-        if identity is None:
-            identity = RunIdentity.from_resolved_config(self.resolved_config(), self.data_config.train_file)
-        # DeepSpeed and FSDP save weights and optimizer state in their own sharded layouts
-        return resolve_resume(tc.resume_from_checkpoint, tc.output_dir, identity, plain=not (tc.deepspeed or tc.fsdp))
 
     def check_inputs(self, train_data: Any = None, eval_data: Any = None) -> None:
         """Everything that can be checked before the data is read and the model is loaded
@@ -469,9 +429,6 @@ class BaseTrainer(FineTuner):
             out[self.extra_section] = getattr(self, self.section_option()).to_dict()
         out.update(self.run_config_extra)
         return out
-
-    def write_run_config(self, output_dir: Path) -> None:
-        run_files.write_run_config(output_dir, self.resolved_config())
 
     def write_outputs(self, metrics: dict[str, Any]) -> None:
         """metrics.json and loss.png."""
