@@ -15,7 +15,7 @@ def quiet_libraries() -> None:
     from ..utils.noise import ConsoleLoggers, EarlyRecords
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:  # a run lowers our logger to INFO for train.log (run_files)
+    for handler in logging.getLogger().handlers:  # a run lowers our logger to INFO for train.log (run/files.py)
         if handler.level == logging.NOTSET:
             handler.setLevel(logging.WARNING)
         console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)

@@ -40,7 +40,7 @@ def register(target: Any) -> Any:
         return _register_typer(target)
     if _is_click_group(target):
         return _register_click(target)
-    raise TypeError(f"sage_libs.sage_finetune.sage_cli.register: cannot add the 'finetune' command to a "
+    raise TypeError(f"sage_libs.sage_finetune.cli.sage_plugin.register: cannot add the 'finetune' command to a "
                     f"{type(target).__module__}.{type(target).__name__}; expected a Typer app, a click group or "
                     "an argparse sub-parser group")
 

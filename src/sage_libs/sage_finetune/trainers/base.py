@@ -1,13 +1,14 @@
-"""The one trainer base: it owns the run; variants change small hooks only.
+"""The one trainer base: the hooks a method changes, and the FineTuner API around them.
 
     load_tokenizer()      -> tokenizer        (rarely overridden)
     load_base_model()     -> model            (QLoRA: quantized loading)
     apply_adapter(model)  -> model            (LoRA/DoRA/...: PEFT; full: unfreeze)
     create_optimizer(m)   -> optimizer|None   (LoRA+: per-matrix learning rates)
 
-A run (:meth:`BaseTrainer.train`): preflight checks (:mod:`.preflight`) -> output folder lock ->
+A run (:meth:`BaseTrainer.train`) is :mod:`..run.recipe`: preflight checks -> output folder lock ->
 resume decision -> tokenizer and data (:mod:`..data.datasets`) -> model -> fast paths (:mod:`..perf`)
--> the HF Trainer (:mod:`.hf_core`, arguments from :mod:`.hf_args`) -> outputs (:mod:`..run_files`).
+-> the HF Trainer (:mod:`.hf_core`, arguments from :mod:`.hf_args`) -> outputs (:mod:`..run.files`)
+-> the final weights.
 """
 
 from __future__ import annotations
