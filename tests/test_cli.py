@@ -451,3 +451,37 @@ def test_importing_installs_nothing_and_a_run_leaves_the_process_as_it_was(tmp_p
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_python_warnings_of_indirect_libraries_go_to_train_log_only(tmp_path, tiny_model_dir):
+    """The command line captures Python warnings as log records: one from a package installed
+    beside the others (here a stand-in in a site-packages folder) reaches train.log only; one from
+    the user's own code reaches the console too."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "fakelib.py").write_text("import warnings\n\ndef hello():\n"
+                                     "    warnings.warn('FAKELIB-WARNING from an indirect library')\n")
+    (tmp_path / "my_format.py").write_text(textwrap.dedent('''
+        import warnings
+        import fakelib
+        def to_text(record):
+            fakelib.hello()
+            warnings.warn("USER-WARNING from my formatting function")
+            return record["instruction"] + " " + record["output"]
+    '''))
+    cfg = write_config(tmp_path, tiny_model_dir, training={"max_steps": 1, "eval_steps": 1},
+                       data={"formatting_func": "my_format.py:to_text", "eval_file": None, "max_samples": 4})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(cfg)],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "USER-WARNING from my formatting function" in result.stderr
+    assert "FAKELIB-WARNING" not in result.stderr + result.stdout
+    run_log = (tmp_path / "out" / "train.log").read_text()
+    assert "FAKELIB-WARNING from an indirect library" in run_log and "USER-WARNING" in run_log

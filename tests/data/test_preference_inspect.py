@@ -137,3 +137,23 @@ def test_inspect_sample_with_no_examples_left_is_an_error(tiny_model_dir, tmp_pa
     assert "records 1  examples 0" in capsys.readouterr().out
     assert main(["data", "inspect", str(config), "--sample", "3", "--png", ""]) == 2
     assert "data inspect --sample 3: no examples to show" in capsys.readouterr().err
+
+
+def test_inspect_renders_preference_data_with_the_runs_options(tiny_model_dir, tmp_path, capsys):
+    """data.reasoning reaches the preference renderer in data inspect as in training: a reply with
+    reasoning_content that the ChatML template cannot render is an error with the default (train) and
+    inspects with drop (RenderOptions.preference_kwargs, one place for both)."""
+    import yaml
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": [{"role": "user", "content": "What is 2+2?"}],
+                                 "chosen": [{"role": "assistant", "content": "4.", "reasoning_content": "2+2=4"}],
+                                 "rejected": [{"role": "assistant", "content": "5."}]}) + "\n")
+    config = tmp_path / "dpo.yaml"
+    config.write_text(yaml.safe_dump({
+        "method": "dpo", "training": {"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "o")},
+        "data": {"train_file": str(pairs)}}))
+    assert main(["data", "inspect", str(config), "--png", ""]) == 2
+    assert "data.reasoning: drop" in capsys.readouterr().err
+    out, summary = _inspect(capsys, str(config), "data.reasoning=drop")
+    assert summary["pairs"] == 1 and "2+2=4" not in out

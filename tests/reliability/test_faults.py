@@ -235,3 +235,20 @@ def test_exploding_learning_rate_never_saves_non_finite_weights(tiny_model_dir, 
         for name, tensor in adapter_weights(checkpoint).items():
             assert torch.isfinite(tensor).all(), (checkpoint, name)
     assert not (out / "metrics.json").exists()
+
+
+def test_a_resumed_runs_tokens_per_second_counts_its_own_tokens(three_checkpoints, tiny_model_dir, tmp_path):
+    """train_tokens is the whole run's; train_tokens_per_second divides only the tokens this session
+    trained by its time (it used to divide the whole run's tokens, restored from the checkpoint)."""
+    import json
+
+    out = tmp_path / "out"
+    shutil.copytree(three_checkpoints, out)
+    for name in ("checkpoint-3", "checkpoint-2"):
+        shutil.rmtree(out / name)
+    before = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["num_input_tokens_seen"]
+    whole = json.loads((three_checkpoints / "metrics.json").read_text())
+    metrics = same_run(tiny_model_dir, out, resume_from_checkpoint=True).train()
+    assert metrics["global_step"] == 3 and metrics["train_tokens"] == whole["train_tokens"] > before > 0
+    session = metrics["train_tokens"] - before
+    assert metrics["train_tokens_per_second"] == pytest.approx(session / metrics["train_runtime"], rel=0.01)

@@ -22,5 +22,8 @@ def quiet_libraries() -> None:
         if console and not any(isinstance(f, ConsoleLoggers) for f in handler.filters):
             handler.addFilter(ConsoleLoggers())
     EarlyRecords.install()  # until a run opens train.log (run_files.log_to_file)
+    # Python warnings become log records: train.log gets them all, the console those of the
+    # libraries above and of the user's code (ConsoleLoggers)
+    logging.captureWarnings(True)
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -95,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
         file_view = preference_view(records) if view == "auto" else view
         if file_view is not None:
             report = build_preference_report(records, tokenizer, unpaired=file_view == "unpaired", sample_index=None,
-                                             chat_template=options.chat_template.text, max_seq_length=max_len,
-                                             system_prompt=options.system_prompt, on_error=options.on_error,
-                                             locate=record_location)
+                                             locate=record_location, **options.preference_kwargs())
         else:
             report = build_report(records, tokenizer, sample_index=None, **options.tokenize_kwargs())
         reports.append((file, records, report))

@@ -122,6 +122,15 @@ class RenderOptions:
                     agent_format=self.agent_format, tools=self.tools, reasoning=self.reasoning,
                     control_tokens_in_content=self.control_tokens_in_content)
 
+    def preference_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`.preference.tokenize_preference_records` /
+        ``tokenize_unpaired_records``: every option preference scoring honours (training and
+        ``data inspect`` both pass these). The others are refused by the preference trainer
+        (train_on_prompt, formatting_func) or are what it does anyway (mask_history: the last reply)."""
+        return dict(chat_template=self.chat_template.text, max_seq_length=self.max_seq_length,
+                    system_prompt=self.system_prompt, on_error=self.on_error, reasoning=self.reasoning,
+                    control_tokens_in_content=self.control_tokens_in_content)
+
 
 def render_options(data_config: Any, tokenizer: Any, *, max_seq_length: int | None,
                    formatting_func: Callable | None = None,

@@ -29,7 +29,7 @@ from ..utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["ADAPTER", "MODEL", "MERGED", "METRICS", "TRAINER_LOG", "LOSS_PLOT", "REWARDS_PLOT", "RUN_CONFIG", "RUN_IDENTITY",
            "TRAIN_LOG", "RUN_OUTPUTS", "weights_dir", "written_files", "write_metrics", "write_run_config",
-           "write_outputs", "log_to_file", "stop_log_file", "trim_log", "checkpoint_step", "perplexity"]
+           "write_outputs", "log_to_file", "stop_log_file", "trim_log", "checkpoint_step", "tokens_seen", "perplexity"]
 
 ADAPTER, MODEL, MERGED = "adapter", "model", "merged"
 METRICS = "metrics.json"
@@ -114,6 +114,15 @@ def checkpoint_step(path: str | os.PathLike) -> int | None:
         return int(json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def tokens_seen(checkpoint: str | os.PathLike) -> int:
+    """The tokens a run had trained on when it saved ``checkpoint`` (0: unknown)."""
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+        return int(state.get("num_input_tokens_seen") or 0)
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def trim_log(output_dir: str | os.PathLike, step: int | None) -> None:

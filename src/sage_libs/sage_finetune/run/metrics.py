@@ -12,15 +12,21 @@ from ..errors import TrainingInterrupted
 __all__ = ["loop_metrics", "final_evaluation", "interrupted"]
 
 
-def loop_metrics(trainer: Any, result: Any, runtime: float, n_samples: int, model: Any) -> dict[str, Any]:
-    """``result``: what ``Trainer.train`` returned (None: the loop had no step left to run)."""
+def loop_metrics(trainer: Any, result: Any, runtime: float, n_samples: int, model: Any,
+                 resumed_from: str | None = None) -> dict[str, Any]:
+    """``result``: what ``Trainer.train`` returned (None: the loop had no step left to run).
+    ``resumed_from``: the checkpoint this session started from. ``train_tokens`` counts the whole
+    run; ``train_runtime`` and ``train_tokens_per_second`` this session (the tokens it trained, over
+    its time), and ``train_loss``, as the HF Trainer reports it, the mean over this session's steps."""
     state = trainer.state
     tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+    before = run_files.tokens_seen(resumed_from) if resumed_from else 0
     losses = [e["loss"] for e in state.log_history if "loss" in e]
+    rate = round((tokens - before) / runtime, 2) if runtime > 0 and result and tokens >= before else None
     return dict(
         train_loss=result.training_loss if result else (sum(losses) / len(losses) if losses else None),
         train_runtime=round(runtime, 3), global_step=state.global_step, epoch=state.epoch, train_samples=n_samples,
-        train_tokens=tokens, train_tokens_per_second=round(tokens / runtime, 2) if runtime > 0 and result else None,
+        train_tokens=tokens, train_tokens_per_second=rate,
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
 

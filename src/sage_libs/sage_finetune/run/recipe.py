@@ -100,7 +100,7 @@ def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[s
         before = hf.evaluate()
         metrics.update(eval_loss_before=before["eval_loss"], perplexity_before=run_files.perplexity(before["eval_loss"]))
     result, runtime = _run_loop(trainer, hf, resume)
-    metrics.update(loop_metrics(hf, result, runtime, len(train_ds), trainer.model))
+    metrics.update(loop_metrics(hf, result, runtime, len(train_ds), trainer.model, resumed_from=resume))
     if eval_ds is not None:
         metrics.update(final_evaluation(hf, len(eval_ds)))
     for callback in trainer.callbacks:  # what a callback reports about the run (early_stop: stopped_early)

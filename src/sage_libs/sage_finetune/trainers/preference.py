@@ -145,11 +145,7 @@ class _PreferenceMixin:
                 parts.append(records)  # already tokenized
                 continue
             options = self.render_options()
-            columns, stats = tokenize(
-                records, self.tokenizer, chat_template=options.chat_template.text,
-                max_seq_length=self.training_config.max_seq_length, system_prompt=options.system_prompt,
-                on_error=options.on_error, locate=record_location, reasoning=options.reasoning,
-                control_tokens_in_content=options.control_tokens_in_content)
+            columns, stats = tokenize(records, self.tokenizer, locate=record_location, **options.preference_kwargs())
             if (stats.examples if kto else stats.pairs) == 0:
                 source = getattr(records, "source", None) or f"{split} data"
                 what = "unpaired preference examples" if kto else "preference pairs"

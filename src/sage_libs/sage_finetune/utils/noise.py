@@ -50,10 +50,25 @@ USER_CODE_PREFIX = "_sage_finetune_user_"
 
 class ConsoleLoggers(logging.Filter):
     """A handler filter: records of :data:`CONSOLE_LOGGERS` (and their children) and of the user's
-    own code pass."""
+    own code pass. Python warnings (``py.warnings``, the command line captures them) pass when they
+    come from one of those libraries or from outside installed packages (the user's code)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "py.warnings":
+            package = warning_package(record.getMessage())
+            return package is None or package in CONSOLE_LOGGERS
         return record.name.split(".", 1)[0] in CONSOLE_LOGGERS or record.name.startswith(USER_CODE_PREFIX)
+
+
+def warning_package(text: str) -> str | None:
+    """The installed package a formatted warning (``path:line: Category: message``) came from, or
+    None when its file is not in site-packages / dist-packages."""
+    path = text.split(":", 1)[0].replace("\\", "/")
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in path:
+            first = path.split(marker, 1)[1].split("/", 1)[0]
+            return first[:-3] if first.endswith(".py") else first
+    return None
 
 
 class EarlyRecords(logging.Handler):
