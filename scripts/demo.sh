@@ -9,7 +9,7 @@ make_venv .venv requirements/constraints.txt -e .
 . .venv/bin/activate
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 if [ ! -f tiny-model/config.json ]; then
-  # A 1.7M-parameter Llama, pre-trained for 300 steps on the corpus text so it acts as a base model.
+  # A 0.85M-parameter Llama (hidden 128, 4 layers), pre-trained for 300 steps on the corpus text so it acts as a base model.
   sage-finetune tiny-model ./tiny-model --corpus examples/data/*.jsonl \
     --hidden-size 128 --layers 4 --pretrain-steps 300
 fi

@@ -211,7 +211,7 @@ CASES: dict[str, Case] = {
         "data": {"train_file": data_file(t, '{"instruction": "Add", "output": 5}\n')}}),
     "mixed formats in one file": Case("data.jsonl:2: this record is in the text format but", prepare=lambda t, m: {
         "data": {"train_file": data_file(t, R + '{"text": "plain"}\n')}}),
-    "no training data": Case("no training data; pass train_dataset or set data.train_file",
+    "no training data": Case("no training data: set data.train_file in the config (or pass train_dataset to train() in Python)",
                              sections={"data": {"train_file": None}}),
     "nothing left to train": Case("no trainable examples (8 records, 0 invalid, 8 with every trained token cut",
                                   sections={"training": {"max_seq_length": 8}}),

@@ -84,10 +84,11 @@ class TrainingConfig(_Config):
     save_total_limit: Union[int, None] = _opt(3, "Keep at most this many checkpoints (null keeps all).", ge=1,
                                               trajectory=False, hf=True)
     seed: int = _opt(42, "Random seed for model init, data order and dropout.", ge=0, hf=True)
-    report_to: list[str] = _opt(
+    report_to: Union[str, list[str]] = _opt(
         help="Experiment trackers: tensorboard, wandb (through the tensorboard/wandb callbacks: TensorBoard events "
              "in $TENSORBOARD_LOGGING_DIR or OUTPUT_DIR/runs, an evaluation before training at step 0), or "
-             "transformers' integrations (mlflow, comet_ml, ...). Empty: none.", default_factory=list, trajectory=False)
+             "transformers' integrations (mlflow, comet_ml, ...); one name or a list. Empty or none: none.",
+        default_factory=list, trajectory=False)
     run_name: Union[str, None] = _opt(None, "A name for the run in trackers.", trajectory=False, hf=True)
     deepspeed: Union[str, dict, None] = _opt(None, "Path to a DeepSpeed JSON config (or the dict); passed to the HF Trainer.",
                                              trajectory=False)
@@ -158,6 +159,8 @@ class TrainingConfig(_Config):
         if isinstance(self.warmup_steps, float) and self.warmup_steps >= 1:
             raise ConfigError("TrainingConfig.warmup_steps: a float is a ratio and must be < 1; "
                               f"use an integer for a step count, got {self.warmup_steps!r}")
+        if isinstance(self.report_to, str):  # as in TrainingArguments: one name, "none" or "all"
+            self.report_to = [] if self.report_to in ("", "none") else [self.report_to]
         bad = [r for r in self.report_to if r not in ("tensorboard", "wandb", "none", "all", "mlflow",
                                                       "comet_ml", "trackio", "swanlab", "clearml")]
         if bad:

@@ -143,9 +143,21 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
         try:
             out[section] = cls.from_dict(body or {}, where=f"{where} [{section}]")
         except ConfigError as exc:
-            raise ConfigError(f"{where} [{section}]: {exc}") from None
+            raise ConfigError(_blame(str(exc), cls, section, list(overrides), where)) from None
     out["callbacks"] = _callback_specs(raw.get("callbacks"), where)
     return out
+
+
+def _blame(message: str, cls: type, section: str, overrides: list[str], where: str) -> str:
+    """A section's error, named after what set the option: a ``section.key=value`` override on the
+    command line, else the config file."""
+    for item in reversed(overrides):  # the last override of an option is the one that counts
+        key = item.partition("=")[0]
+        name = key.partition(".")[2] if "." in key else key
+        if key.partition(".")[0] in (section, name) and message.startswith(f"{cls.__name__}.{name}:"):
+            return f"override {item!r}: {message}"
+    place = f"{where} [{section}]"
+    return message if place in message else f"{place}: {message}"  # named once
 
 
 def _callback_specs(raw: Any, where: str) -> list[dict[str, Any]]:

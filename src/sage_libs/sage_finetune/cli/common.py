@@ -9,7 +9,7 @@ __all__ = ["print_metrics", "config_epilog"]
 
 def print_metrics(metrics: dict[str, Any]) -> None:
     keys = ["eval_loss_before", "eval_loss", "perplexity_before", "perplexity", "train_loss", "train_runtime",
-            "train_tokens_per_second", "global_step", "trainable_parameters"]
+            "train_tokens_per_second", "global_step", "trainable_parameters", "eval_samples"]
     width = max(len(k) for k in keys)
     for k in keys:
         if k in metrics:

@@ -34,5 +34,4 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("eval: set data.eval_file (or data.train_file)")
     metrics = trainer.evaluate(data)
     print_metrics(metrics)
-    print(f"  eval_samples  {metrics['eval_samples']}")
     return 0

@@ -193,10 +193,15 @@ def identity_differences(old: dict[str, Any] | None, new: RunIdentity, limit: in
         return "written by an earlier version, without a record of its config"
     a, b = _flatten(old["fields"]), _flatten(new.fields)
     names = {"train_data": "the training data", "training.model_name_or_path": "the model"}
+    global_batch = "training.global_train_batch_size"  # not an option: what the identity keys (see above)
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     parts = []
     for key in changed[:limit]:
         label = next((v for k, v in names.items() if key == k or key.startswith(k + ".")), None)
+        if key == global_batch:
+            parts.append(f"the global batch (per_device_train_batch_size x gradient_accumulation_steps x processes) "
+                         f"{_short(a.get(key))} -> {_short(b.get(key))}")
+            continue
         parts.append(f"{label} changed" if label else f"{key} {_short(a.get(key))} -> {_short(b.get(key))}")
     if len(changed) > limit:
         parts.append(f"and {len(changed) - limit} more")

@@ -52,15 +52,18 @@ def run_training(trainer: Any, train_dataset: Any = None, eval_dataset: Any = No
     out = Path(tc.output_dir)
     created = is_main_process() and (not out.exists() or lock_only(out))
     trainer._loop_started = False
+    holding = False  # whether this run took the folder's lock: only then is the folder its to remove
     try:
         if train_dataset is None:
             if not dc.train_file:
-                raise ConfigError("train(): no training data; pass train_dataset or set data.train_file")
+                raise ConfigError("no training data: set data.train_file in the config (or pass train_dataset to "
+                                  "train() in Python)")
             train_dataset = dc.train_file
         if eval_dataset is None and dc.eval_file:
             eval_dataset = dc.eval_file
         trainer.check_inputs(train_dataset, eval_dataset)
         with known_noise_dropped(), hold_output_dir(trainer):
+            holding = True
             if is_main_process():
                 for path in remove_stale_temporaries(out):
                     logger.warning("removed %s, left behind by a run that was killed while writing it", path)
@@ -68,8 +71,9 @@ def run_training(trainer: Any, train_dataset: Any = None, eval_dataset: Any = No
                 return _train_locked(trainer, train_dataset, eval_dataset)
     except BaseException:
         # nothing worth keeping was written yet: a run that fails before its first step leaves no
-        # output directory behind (when it did not exist before)
-        if created and not trainer._loop_started:
+        # output directory behind (when it did not exist before). A run refused by another's lock
+        # (two started on a new folder at once) never removes it: the folder is the other run's.
+        if created and holding and not trainer._loop_started:
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:

@@ -43,6 +43,12 @@ class LoRATrainer(BaseTrainer):
         The live (possibly quantized) training model is left untouched, so training or
         generation can go on after this call.
         """
+        from ..utils.noise import known_noise_dropped
+
+        with known_noise_dropped():  # called from Python as well as from a run
+            return self._merge_and_save(output_dir)
+
+    def _merge_and_save(self, output_dir: str | os.PathLike) -> str:
         from peft import PeftModel
 
         self.setup()
