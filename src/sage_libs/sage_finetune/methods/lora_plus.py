@@ -30,7 +30,8 @@ def _with_the_decay_rule(model: Any, groups: list[dict[str, Any]]) -> list[dict[
     magnitudes) moved to a copy of its group with ``weight_decay`` 0."""
     from .optim import decay_parameter_names
 
-    decay = {id(p) for n, p in model.named_parameters() if n in set(decay_parameter_names(model))}
+    names = set(decay_parameter_names(model))  # once: it walks every module of the model
+    decay = {id(p) for n, p in model.named_parameters() if n in names}
     out = []
     for group in groups:
         kept = [p for p in group["params"] if not group.get("weight_decay") or id(p) in decay]
