@@ -377,13 +377,23 @@ def test_an_adapter_records_its_base_as_an_absolute_path(tmp_path, tiny_model_di
             assert "training.model_name_or_path" not in err
 
 
+def train_in_a_process(cfg, cwd, **env):
+    """``sage-finetune train CFG`` in a fresh process (its console as a user sees it); must succeed."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    result = subprocess.run([sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(cfg)],
+                            capture_output=True, text=True, timeout=300, env=full_env, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_lines_logged_before_the_run_folder_exists_reach_train_log(tmp_path, tiny_model_dir):
     """Data and model are prepared before train.log opens: an indirect library's warning from then
     (kernels while bitsandbytes loads, here simulated from the user's formatting function) is in
     train.log, and the user's own logger reaches the console."""
-    import os
-    import subprocess
-    import sys
     import textwrap
 
     (tmp_path / "my_format.py").write_text(textwrap.dedent('''
@@ -395,10 +405,7 @@ def test_lines_logged_before_the_run_folder_exists_reach_train_log(tmp_path, tin
     '''))
     cfg = write_config(tmp_path, tiny_model_dir, training={"max_steps": 1, "eval_steps": 1},
                        data={"formatting_func": "my_format.py:to_text", "eval_file": None})
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(cfg)],
-                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = train_in_a_process(cfg, tmp_path)
     assert "USER-WARNING from my formatting function" in result.stderr
     assert "KERNELS-WARNING" not in result.stderr + result.stdout
     run_log = (tmp_path / "out" / "train.log").read_text()
@@ -458,8 +465,6 @@ def test_python_warnings_of_indirect_libraries_go_to_train_log_only(tmp_path, ti
     beside the others (here a stand-in in a site-packages folder) reaches train.log only; one from
     the user's own code reaches the console too."""
     import os
-    import subprocess
-    import sys
     import textwrap
 
     site = tmp_path / "site-packages"
@@ -476,11 +481,8 @@ def test_python_warnings_of_indirect_libraries_go_to_train_log_only(tmp_path, ti
     '''))
     cfg = write_config(tmp_path, tiny_model_dir, training={"max_steps": 1, "eval_steps": 1},
                        data={"formatting_func": "my_format.py:to_text", "eval_file": None, "max_samples": 4})
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(cfg)],
-                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = train_in_a_process(cfg, tmp_path,
+                                PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     assert "USER-WARNING from my formatting function" in result.stderr
     assert "FAKELIB-WARNING" not in result.stderr + result.stdout
     run_log = (tmp_path / "out" / "train.log").read_text()
