@@ -14,10 +14,4 @@
 
 from __future__ import annotations
 
-__all__ = ["run_training"]
-
-
-def run_training(trainer, train_dataset=None, eval_dataset=None):  # noqa: ANN001, ANN201 (see recipe.run_training)
-    from .recipe import run_training as run
-
-    return run(trainer, train_dataset, eval_dataset)
+__all__: list[str] = []  # the modules are the API: run.recipe.run_training, run.files, ...
