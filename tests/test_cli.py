@@ -335,7 +335,7 @@ def test_descriptions_name_every_method_and_sage_lists_every_command():
     assert project["description"] == DESCRIPTION
     for method in ("LoRA", "QLoRA", "DoRA", "LoRA+", "full", "freeze", "agent SFT", "DPO", "KTO"):
         assert method in DESCRIPTION
-    assert command_names() == ["train", "eval", "options", "merge", "data inspect", "chat", "tiny-model", "plan"]
+    assert command_names() == ["train", "eval", "options", "merge", "export", "data inspect", "chat", "tiny-model", "plan"]
     assert command_help().endswith(": " + ", ".join(command_names()) + ".")
 
 

@@ -5,6 +5,7 @@
     sage-finetune eval CONFIG.yaml [section.key=value ...] [--adapter DIR] cli/eval.py
     sage-finetune options [SECTION | SECTION.OPTION]                       cli/options.py
     sage-finetune merge --adapter DIR --output DIR [--base MODEL]          cli/merge.py
+    sage-finetune export SOURCE --gguf OUT.gguf [--type f16|q8_0|...]      cli/export.py
     sage-finetune data inspect CONFIG_OR_FILE [--sample N]                 cli/data_inspect.py
     sage-finetune chat MODEL_OR_ADAPTER_DIR [--prompt TEXT]                cli/chat.py
     sage-finetune tiny-model DIR [--arch llama|qwen2] [--corpus FILE ...]  cli/tiny_model.py
@@ -31,7 +32,7 @@ from .._version import __version__
 from ..config import SECTIONS  # noqa: F401 (re-exported)
 from ..errors import ConfigError, UsageError  # noqa: F401 (UsageError re-exported)
 from ..run_config import load_run_config  # noqa: F401 (re-exported)
-from . import chat, data_inspect, eval, merge, options, plan, tiny_model, train
+from . import chat, data_inspect, eval, export, merge, options, plan, tiny_model, train
 from ..utils.noise import known_noise_dropped
 from .console import quiet_libraries
 
@@ -42,7 +43,7 @@ DESCRIPTION = ("Fine-tune LLMs: LoRA, QLoRA, DoRA, LoRA+, full and freeze fine-t
                "trajectories, preference training (DPO, IPO, ORPO, SimPO, KTO).")
 
 # in the order --help lists them
-COMMANDS = (train, eval, options, merge, data_inspect, chat, tiny_model, plan)
+COMMANDS = (train, eval, options, merge, export, data_inspect, chat, tiny_model, plan)
 
 
 def build_parser() -> argparse.ArgumentParser:
