@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sage_libs.sage_finetune import DataConfig, LoRAConfig, TrainingConfig, create_loader, create_trainer  # noqa: E402
-from sage_libs.sage_finetune.data.render import FALLBACK_CHAT_TEMPLATE  # noqa: E402
+from sage_libs.sage_finetune.data.templates import FALLBACK_CHAT_TEMPLATE  # noqa: E402
 
 from .helpers import torch_threads
 from .paths import REPO  # noqa: E402
@@ -170,7 +170,7 @@ def test_named_templates_of_a_tokenizer(tiny_model_dir, tmp_path):
     another; the one used is what the saved tokenizer carries."""
     from transformers import AutoTokenizer
 
-    from sage_libs.sage_finetune.data.rendering import resolve_chat_template
+    from sage_libs.sage_finetune.data.templates import resolve_chat_template
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = {"default": TEMPLATE, "tool_use": TEMPLATE.replace("<|im_start|>", "<|im_start|>tool-")}

@@ -7,7 +7,8 @@ import json
 
 from sage_libs.sage_finetune import create_loader
 from sage_libs.sage_finetune.cli import main
-from sage_libs.sage_finetune.data.preference import tokenize_preference_records, tokenize_unpaired_records
+from sage_libs.sage_finetune.data.preference import tokenize_preference_records
+from sage_libs.sage_finetune.data.unpaired import tokenize_unpaired_records
 
 from ..paths import REPO
 
@@ -142,7 +143,7 @@ def test_inspect_sample_with_no_examples_left_is_an_error(tiny_model_dir, tmp_pa
 def test_inspect_renders_preference_data_with_the_runs_options(tiny_model_dir, tmp_path, capsys):
     """data.reasoning reaches the preference renderer in data inspect as in training: a reply with
     reasoning_content that the ChatML template cannot render is an error with the default (train) and
-    inspects with drop (RenderOptions.preference_kwargs, one place for both)."""
+    inspects with drop (one RenderOptions for both)."""
     import yaml
 
     pairs = tmp_path / "pairs.jsonl"

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import pytest
 
-from sage_libs.sage_finetune.data.preference import tokenize_preference_records, tokenize_unpaired_records
+from sage_libs.sage_finetune.data.preference import tokenize_preference_records
+from sage_libs.sage_finetune.data.unpaired import tokenize_unpaired_records
 from sage_libs.sage_finetune.data.render import IGNORE_INDEX
 
 from .test_render_templates import trained

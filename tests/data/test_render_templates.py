@@ -9,13 +9,9 @@ import pytest
 from sage_libs.sage_finetune.data.conversation import DataFormatError
 from sage_libs.sage_finetune.data.formats import to_conversation
 from sage_libs.sage_finetune.data.pipeline import tokenize_records
-from sage_libs.sage_finetune.data.render import (
-    FALLBACK_CHAT_TEMPLATE,
-    IGNORE_INDEX,
-    ChatRenderer,
-    TemplateError,
-    select_named_template,
-)
+from sage_libs.sage_finetune.data.render import IGNORE_INDEX, ChatRenderer, TemplateError
+from sage_libs.sage_finetune.data.templates import FALLBACK_CHAT_TEMPLATE, resolve_chat_template
+from sage_libs.sage_finetune.errors import ConfigError
 from sage_libs.sage_finetune.utils.tiny import CHATML_TEMPLATE
 
 from ..paths import TEMPLATES as ASSETS  # noqa: E402
@@ -118,15 +114,20 @@ def test_named_templates_dict(tiny_model_dir):
     assert renderer.template == CHATML_TEMPLATE
     res = renderer(to_conversation(MULTI_TURN))
     assert trained(tok, res.input_ids, res.labels) == ["Hello!<|im_end|>", "It is 4.<|im_end|>"]
+    # one template for every conversation of a run, as training installs it (not tool_use when tools are passed)
     with_tools = renderer(to_conversation({**MULTI_TURN, "tools": TOOLS}))
-    assert "TOOLS" in tok.decode(with_tools.input_ids)  # like apply_chat_template: tool_use for tool conversations
-    assert ChatRenderer(tok, chat_template="tool_use").template == tool_template  # a name picks that entry
+    assert "TOOLS" not in tok.decode(with_tools.input_ids)
+    named = ChatRenderer(tok, chat_template="tool_use")  # a name picks that entry
+    assert named.template == tool_template and named.options.chat_template.user_set
+    assert "TOOLS" in tok.decode(named(to_conversation({**MULTI_TURN, "tools": TOOLS})).input_ids)
+    assert ChatRenderer(tok, chat_template="tool_use").template == resolve_chat_template("tool_use", tok).text
     tok.chat_template = {"a": CHATML_TEMPLATE, "b": tool_template}
-    with pytest.raises(ValueError, match=r"several named chat templates \(a, b\) and none is called 'default'"):
+    with pytest.raises(ConfigError, match=r"several chat templates \(a, b\) and none is called 'default'"):
         ChatRenderer(tok)
-    assert select_named_template({"only": "T"}) == "T" and select_named_template("T") == "T"
-    with pytest.raises(ValueError, match="no chat template named 'x'; its named templates are a, b"):
-        select_named_template({"a": "1", "b": "2"}, "x")
+    tok.chat_template = {"only": tool_template}
+    assert ChatRenderer(tok).template == tool_template
+    with pytest.raises(ConfigError, match="chat_template: x: no such file; .* the tokenizer's named templates: only"):
+        ChatRenderer(tok, chat_template="x")
 
 
 # 4. on_error when the template refuses one record ------------------------------------------------------
@@ -143,7 +144,8 @@ def test_template_refusing_one_record_names_it_and_skip_skips_only_it(tiny_model
 
 def test_template_syntax_error_is_not_a_record_error(tiny_model_dir):
     tok = _tok(tiny_model_dir, template="{% for m in messages %}{{ m['content'] }")
-    with pytest.raises(ValueError, match="the chat template does not compile"):
+    with pytest.raises(ConfigError, match=r"^the tokenizer's chat template \(set data.chat_template to override it\): "
+                                          r"line 1 of the template: Jinja syntax error"):
         tokenize_records([NO_SYSTEM], tok, on_error="skip")
 
 

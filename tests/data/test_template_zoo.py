@@ -264,7 +264,7 @@ def oracle(tok, spec: Template, record: dict, opts: dict) -> Expected | None:
         chat = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in chat]
     template = tok.chat_template
     if spec.family == "fallback":
-        from sage_libs.sage_finetune.data.render import FALLBACK_CHAT_TEMPLATE as template
+        from sage_libs.sage_finetune.data.templates import FALLBACK_CHAT_TEMPLATE as template
     text = tok.apply_chat_template(chat, tools=conv.tools, chat_template=template, tokenize=False)
     opener = re.compile(fam.open)
     turn_spans: list[tuple[int, int] | None] = []
@@ -327,7 +327,7 @@ def control_text_oracle(tok, spec: Template, record: dict) -> Expected:
     conv = to_conversation(record)
     template = tok.chat_template
     if spec.family == "fallback":
-        from sage_libs.sage_finetune.data.render import FALLBACK_CHAT_TEMPLATE as template
+        from sage_libs.sage_finetune.data.templates import FALLBACK_CHAT_TEMPLATE as template
     ids = list(tok.apply_chat_template(conv.to_chat(), chat_template=template, tokenize=True, return_dict=False,
                                        sanitize_control_tokens=True))
     if spec.leaves_last_open:

@@ -9,7 +9,7 @@ import pytest
 
 from sage_libs.sage_finetune.config import ConfigError, PreferenceConfig
 from sage_libs.sage_finetune.data.conversation import DataFormatError
-from sage_libs.sage_finetune.data.preference import to_unpaired_examples, tokenize_unpaired_records
+from sage_libs.sage_finetune.data.unpaired import to_unpaired_examples, tokenize_unpaired_records
 from sage_libs.sage_finetune.data.preference_collate import UnpairedPreferenceCollator, kl_partners
 
 from .test_preference import REWARD_ATOL, _grads, _tokens

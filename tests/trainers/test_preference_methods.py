@@ -76,7 +76,8 @@ def test_shipped_preference_data_is_regenerated_exactly_and_parses(tmp_path, tin
     import subprocess
     import sys
 
-    from sage_libs.sage_finetune.data.preference import tokenize_preference_records, tokenize_unpaired_records
+    from sage_libs.sage_finetune.data.preference import tokenize_preference_records
+    from sage_libs.sage_finetune.data.unpaired import tokenize_unpaired_records
     from sage_libs.sage_finetune.loaders.jsonl import JSONLLoader
 
     shipped = REPO / "examples" / "preference"

@@ -62,7 +62,7 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
 def stop_token_ids(tokenizer: Any, model: Any = None, chat_template: str | None = None) -> list[int]:
     """Where a reply ends: the template's end-of-turn token(s), the tokenizer's eos and the
     model's ``generation_config.eos_token_id``."""
-    from .data.rendering import end_of_turn_token_ids, resolve_chat_template
+    from .data.templates import end_of_turn_token_ids, resolve_chat_template
 
     template = chat_template or resolve_chat_template(None, tokenizer).text
     ids = list(end_of_turn_token_ids(tokenizer, template))
@@ -93,7 +93,7 @@ def generate_reply(model: Any, tokenizer: Any, messages: list[dict[str, Any]], *
     tokenizer's, else the fallback, exactly as training resolves it), greedy unless sampling
     options are given, stopped at :func:`stop_token_ids`. ``on_text`` receives the reply as it
     is generated."""
-    from .data.rendering import resolve_chat_template
+    from .data.templates import resolve_chat_template
 
     template = chat_template or resolve_chat_template(None, tokenizer).text
     text = tokenizer.apply_chat_template(messages, chat_template=template, tools=tools, tokenize=False,

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from transformers import TrainerCallback
 
-__all__ = ["ConsoleCallback"]
+__all__ = ["ConsoleCallback", "label_standalone_evaluation"]
 
 
 def _duration(seconds: float) -> str:
@@ -120,3 +120,11 @@ class ConsoleCallback(TrainerCallback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def label_standalone_evaluation(hf_trainer: Any) -> None:
+    """A standalone evaluation (``evaluate``, ``sage-finetune eval``) is printed as "evaluation",
+    not as eval_on_start's "before training"."""
+    for callback in hf_trainer.callback_handler.callbacks:
+        if isinstance(callback, ConsoleCallback):
+            callback.standalone_evaluation()

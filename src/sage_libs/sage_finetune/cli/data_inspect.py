@@ -75,8 +75,13 @@ def run(args: argparse.Namespace) -> int:
         files, tokenizer_path, max_len = [str(source)], args.tokenizer, args.max_seq_length or 1024
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    from ..utils.model_files import resolve_model
+
+    from_config = source.suffix in (".yaml", ".yml") and not args.tokenizer
+    try:  # a GGUF file: the tokenizer of its conversion
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(
+            tokenizer_path, training.gguf_file if from_config else None,
+            option="training.model_name_or_path" if from_config else "--tokenizer", weights=False))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load a tokenizer from {tokenizer_path!r}: {exc}") from None
     formatting_func = None
@@ -94,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
         file = entry["path"] if isinstance(entry, dict) else entry
         file_view = preference_view(records) if view == "auto" else view
         if file_view is not None:
-            report = build_preference_report(records, tokenizer, unpaired=file_view == "unpaired", sample_index=None,
-                                             locate=record_location, **options.preference_kwargs())
+            report = build_preference_report(records, tokenizer, options, unpaired=file_view == "unpaired",
+                                             sample_index=None, locate=record_location)
         else:
-            report = build_report(records, tokenizer, sample_index=None, **options.tokenize_kwargs())
+            report = build_report(records, tokenizer, options, sample_index=None)
         reports.append((file, records, report))
     counts = [report.count for _file, _records, report in reports]
     if any(counts):

@@ -11,6 +11,8 @@ from .text_spans import _map_strings, _strings
 
 if TYPE_CHECKING:
     from .render_job import RenderJob
+    from .rendering import RenderOptions
+    from .special_tokens import SpecialTokens
 
 __all__ = ["ControlTextEncoding"]
 
@@ -20,10 +22,15 @@ _PLACEHOLDER = "\ue00f"  # stands in for each character of control-token text in
 class ControlTextEncoding:
     """The control-token-text methods of :class:`.render.ChatRenderer`."""
 
+    # what they read, set by ChatRenderer.__init__
+    options: "RenderOptions"
+    specials: "SpecialTokens"
+    tokenizer: Any
+
     def _control_text(self, job: "RenderJob") -> list[tuple[int, str]]:
         """(message index, token) for control-token text inside the messages; records it in the
         conversation's meta (for the data report) and refuses the record when so configured."""
-        search = self._special_re.search
+        search = self.specials.regex.search
         hits = []
         for i, message in enumerate(job.chat):
             content = message.get("content")
@@ -37,22 +44,22 @@ class ControlTextEncoding:
             return hits
         i, token = hits[0]
         what = f"message {i} ({job.chat[i].get('role')}) contains the text of the control token {token!r}"
-        if self.control_tokens_in_content == "refuse":
+        if self.options.control_tokens_in_content == "refuse":
             raise DataFormatError(f"{job.where}: {what}; refused (data.control_tokens_in_content: refuse). Use 'text' "
                                   "to tokenize it as ordinary text or 'control' to keep it a control token")
         meta = job.conv.meta
         meta["control_text"] = hits
-        how = "tokenized as text" if self.control_tokens_in_content == "text" else "kept as a control token"
+        how = "tokenized as text" if self.options.control_tokens_in_content == "text" else "kept as a control token"
         meta.setdefault("warnings", []).append(f"{job.where}: {what}; {how} (data.control_tokens_in_content)")
         return hits
 
     def _literal_spans(self, job: "RenderJob", full: str) -> list[tuple[int, int]]:
         """The character spans of control-token text in ``full`` that comes from the messages (not
         from the template): found by rendering again with that text replaced by placeholders."""
-        blanked = [_map_strings(m, lambda s: self._special_re.sub(lambda t: _PLACEHOLDER * len(t.group()), s))
+        blanked = [_map_strings(m, lambda s: self.specials.regex.sub(lambda t: _PLACEHOLDER * len(t.group()), s))
                    for m in job.chat]
         other = job.render_messages(blanked)
-        literal = [m.span() for m in self._special_re.finditer(full)
+        literal = [m.span() for m in self.specials.regex.finditer(full)
                    if other[m.start():m.end()] == _PLACEHOLDER * (m.end() - m.start())]
         pos, same = 0, len(other) == len(full)
         for s, e in literal:

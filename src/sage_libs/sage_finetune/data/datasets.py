@@ -35,8 +35,7 @@ def prepare_split(record_collections: list[Any], split: str, *, tokenizer: Any, 
             parts.append(records if isinstance(records, Dataset) else Dataset.from_list([dict(x) for x in records]))
             continue
         dataset, stats = prepare_records(  # through the tokenized-data cache (data.cache, data.cache_dir)
-            records, tokenizer, cache=data_config.cache, cache_dir=data_config.cache_dir,
-            **render_options.tokenize_kwargs())
+            records, tokenizer, render_options, cache=data_config.cache, cache_dir=data_config.cache_dir)
         stats.skipped_invalid += getattr(records, "skipped", 0)  # lines the loader could not parse
         stats_parts.append(stats)
         require_examples(len(dataset), stats, getattr(records, "source", None) or f"{split} data")

@@ -19,7 +19,8 @@ from ..errors import (
 from ..utils.input_checks import formatting_func_error, template_error
 from .conversation import Conversation
 from .formats import detect_format, record_text, to_conversation
-from .render import IGNORE_INDEX, ChatRenderer, renderer_templates
+from .render import IGNORE_INDEX, ChatRenderer
+from .rendering import RenderOptions
 from .stats import PrepareStats
 
 __all__ = ["PrepareStats", "MixedFormatError", "tokenize_records", "prepare_records", "columns_to_dataset",
@@ -153,18 +154,14 @@ def _cut_calls(calls: Any, budget: int) -> Any:
     return out
 
 
-def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: str = "auto",
-                     max_seq_length: int | None = None, train_on_prompt: bool = False,
-                     mask_history: bool = False, chat_template: str | None = None,
-                     system_prompt: str | None = None, formatting_func: Callable | None = None,
-                     on_error: str = "raise", agent_format: str = "auto",
-                     tools: list[dict[str, Any]] | None = None, reasoning: str = "train",
-                     control_tokens_in_content: str = "text") -> tuple[dict[str, list], PrepareStats]:
+def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, options: RenderOptions | None = None,
+                     **settings: Any) -> tuple[dict[str, list], PrepareStats]:
     """Render every record; returns columns ``input_ids``, ``labels``, ``length`` and stats.
 
-    ``reasoning`` and ``control_tokens_in_content``: see :mod:`.render` (``DataConfig`` documents
-    them). Records whose messages contain control-token text are counted in
-    ``stats.control_token_text`` and named in the warnings.
+    ``options`` (:class:`.rendering.RenderOptions`, what a run passes), or its fields as keyword
+    arguments: ``tokenize_records(records, tokenizer, max_seq_length=512, mask_history=True)``.
+    Records whose messages contain control-token text are counted in ``stats.control_token_text``
+    and named in the warnings.
 
     A file whose records mix formats is an error (it is almost always two datasets concatenated
     by mistake, and the masks would differ between them); pass ``fmt`` explicitly to force one.
@@ -172,12 +169,11 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
     Records are rendered and tokenized in batches (:meth:`ChatRenderer.render_many`); errors are
     still handled one record at a time, in record order, exactly as a record-by-record pass would.
     """
-    renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length,
-                            train_on_prompt=train_on_prompt, mask_history=mask_history, reasoning=reasoning,
-                            control_tokens_in_content=control_tokens_in_content)
-    from .trajectory import resolve_agent_format
-
-    style = resolve_agent_format(agent_format, renderer.template)
+    renderer = ChatRenderer(tokenizer, options, **settings)
+    options = renderer.options
+    fmt, max_seq_length, formatting_func, on_error = (options.fmt, options.max_seq_length, options.formatting_func,
+                                                      options.on_error)
+    system_prompt, style, tools = options.system_prompt, options.agent_format, options.tools
     budget = char_budget(tokenizer, max_seq_length)
     stats = PrepareStats()
     columns: dict[str, list] = {"input_ids": [], "labels": [], "length": []}
@@ -214,7 +210,7 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
         for k, (_where, item, record_fmt) in enumerate(chunk):
             result = item if isinstance(item, BaseException) else by_index[k]
             if isinstance(result, BaseException):
-                fail(template_error(result, _where, user_template=chat_template is not None))
+                fail(template_error(result, _where, user_template=options.chat_template.user_set))
                 continue
             stats.formats[record_fmt] += 1
             meta = getattr(item, "meta", {})
@@ -296,8 +292,8 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, *, fmt: 
     if stats.control_token_text:
         logger.warning("%d records contain control-token text inside their messages (%s, "
                        "data.control_tokens_in_content=%s)", stats.control_token_text,
-                       "tokenized as text" if control_tokens_in_content == "text" else "kept as control tokens",
-                       control_tokens_in_content)
+                       "tokenized as text" if options.control_tokens_in_content == "text" else "kept as control tokens",
+                       options.control_tokens_in_content)
     return columns, stats
 
 
@@ -340,20 +336,18 @@ def _dataset_from_table(table: Any) -> Any:
     return Dataset(InMemoryTable(table))
 
 
-def prepare_records(records: Any, tokenizer: Any, *, cache: bool = True, cache_dir: str | None = None,
-                    **options: Any) -> tuple[Any, PrepareStats]:
+def prepare_records(records: Any, tokenizer: Any, options: RenderOptions | None = None, *, cache: bool = True,
+                    cache_dir: str | None = None, **settings: Any) -> tuple[Any, PrepareStats]:
     """:func:`tokenize_records` as a ``datasets.Dataset``, through the tokenized-data cache
-    (:mod:`.cache`): the same records, tokenizer, template and options prepared again are read
-    back instead of rendered. ``options`` are :func:`tokenize_records`'s keyword arguments."""
+    (:mod:`.cache`): the same records, tokenizer and options prepared again are read back instead
+    of rendered. ``options`` / ``settings``: as :func:`tokenize_records`."""
     from . import cache as _cache
 
+    options = RenderOptions.build(tokenizer, options, **settings)
     key = root = None
-    if cache and options.get("formatting_func") is None:
-        cache_options = {k: v for k, v in options.items() if k != "formatting_func"}
-        templates, template = renderer_templates(tokenizer, options.get("chat_template"))
-        cache_options["chat_template"] = templates or template
+    if cache and options.formatting_func is None:
         try:
-            key = _cache.cache_key(records, tokenizer, cache_options)
+            key = _cache.cache_key(records, tokenizer, options.cache_fields())
         except Exception as exc:  # noqa: BLE001 - no cache rather than no run
             logger.debug("tokenized-data cache: no key (%s)", exc)
             key = None
@@ -364,7 +358,7 @@ def prepare_records(records: Any, tokenizer: Any, *, cache: bool = True, cache_d
                 dataset, state = hit
                 logger.info("tokenized data read from the cache (%s)", root / "tokenized" / key)
                 return dataset, PrepareStats.from_state(state)
-    columns, stats = tokenize_records(records, tokenizer, **options)
+    columns, stats = tokenize_records(records, tokenizer, options)
     table = _columns_table(columns)
     if key is not None and stats.examples:
         entry = _cache.store_cached(root, key, table, stats.state())

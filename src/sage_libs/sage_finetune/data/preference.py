@@ -14,11 +14,7 @@ Record shapes (the preference formats TRL documents, plus raw HH-RLHF text):
 After the prompt, each side must be exactly one assistant message (text and/or ``tool_calls``).
 ``tools`` (a list of tool schemas) is passed to the chat template as in SFT records.
 
-Unpaired records (KTO, TRL's unpaired preference format): ``{"prompt": ..., "completion": ...,
-"label": true | false}``, prompt and completion as above (the completion: one assistant message, or
-the whole conversation beginning with the prompt); ``label`` says whether the completion is
-desirable. For KTO a paired record counts as two unpaired ones (chosen: true, rejected: false), as
-TRL's KTOTrainer unpairs paired data.
+Unpaired records (KTO): :mod:`.unpaired`.
 
 Tokens: each side is rendered as ``prompt + [reply]`` with :class:`.render.ChatRenderer` (the same
 template and rules as SFT), and only the last assistant turn is labelled: the reply's tokens and
@@ -34,6 +30,7 @@ Pure Python apart from the tokenizer; no torch. Batches of these columns:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,13 +38,12 @@ from typing import Any
 from ..errors import DataFormatError, TemplateError
 from .conversation import Conversation, Message
 from .render import IGNORE_INDEX, ChatRenderer
+from .rendering import RenderOptions, refuse_for_preference
 
-__all__ = ["PreferencePair", "PreferenceStats", "is_preference_record", "to_preference_pair",
-           "tokenize_preference_records", "PREFERENCE_COLUMNS", "UnpairedExample", "UnpairedStats",
-           "is_unpaired_record", "to_unpaired_examples", "tokenize_unpaired_records", "UNPAIRED_COLUMNS"]
+__all__ = ["PreferencePair", "PreferenceStats", "is_preference_record", "is_unpaired_record", "to_preference_pair",
+           "tokenize_preference_records", "PREFERENCE_COLUMNS"]
 
 PREFERENCE_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
-UNPAIRED_COLUMNS = ("completion_input_ids", "completion_labels", "label")
 
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 
@@ -240,31 +236,39 @@ def _check_distinct(chosen: tuple[list[int], list[int], bool], rejected: tuple[l
             "them (data.chat_template)")
 
 
-def tokenize_preference_records(records: Any, tokenizer: Any, *, chat_template: str | None = None,
-                                max_seq_length: int | None = None, system_prompt: str | None = None,
-                                on_error: str = "raise", locate: Any = None, reasoning: str = "train",
-                                control_tokens_in_content: str = "text") -> tuple[dict[str, list], PreferenceStats]:
+def _scoring_renderer(tokenizer: Any, options: RenderOptions | None, settings: dict[str, Any]
+                      ) -> tuple[RenderOptions, ChatRenderer]:
+    """The options (refusing those preference scoring cannot honour) and a renderer that scores
+    only the last reply (``mask_history`` by construction; reasoning and control-token text as in SFT)."""
+    options = RenderOptions.build(tokenizer, options, **settings)
+    refuse_for_preference(train_on_prompt=options.train_on_prompt, formatting_func=options.formatting_func)
+    return options, ChatRenderer(tokenizer, dataclasses.replace(options, mask_history=True))
+
+
+def tokenize_preference_records(records: Any, tokenizer: Any, options: RenderOptions | None = None, *,
+                                locate: Any = None, **settings: Any) -> tuple[dict[str, list], PreferenceStats]:
     """Preference records -> columns :data:`PREFERENCE_COLUMNS` (+ ``length``) and statistics.
 
-    ``locate(records, index)`` names a record in error messages (default: ``record N``). Pairs
-    whose chosen or rejected reply lost every scored token to ``max_seq_length`` (keep-start
-    truncation) are dropped and counted."""
-    # only the last reply is scored (mask_history by construction); reasoning and control-token text as in SFT
-    renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length, mask_history=True,
-                            reasoning=reasoning, control_tokens_in_content=control_tokens_in_content)
+    ``options`` (or ``settings``, :class:`.rendering.RenderOptions` fields) as in SFT: the chat
+    template, system prompt, max_seq_length, on_error, reasoning and control-token text (the
+    format, agent format and dataset-wide tools are for agent trajectories, which preference
+    records are not). ``locate(records, index)`` names a record in error
+    messages (default: ``record N``). Pairs whose chosen or rejected reply lost every scored token to
+    ``max_seq_length`` (keep-start truncation) are dropped and counted."""
+    options, renderer = _scoring_renderer(tokenizer, options, settings)
     columns: dict[str, list] = {name: [] for name in (*PREFERENCE_COLUMNS, "length")}
     stats = PreferenceStats()
     for index, record in enumerate(records):
         stats.records += 1
         where = locate(records, index) if locate is not None else f"record {index}"
         try:
-            pair = to_preference_pair(record, where=where, system_prompt=system_prompt)
+            pair = to_preference_pair(record, where=where, system_prompt=options.system_prompt)
             sides = [_scored_side(renderer, conv, where, side)
                      for conv, side in zip(pair.conversations(), ("chosen", "rejected"))]
             if all(sides):
                 _check_distinct(*sides, where)
         except DataFormatError as exc:
-            if on_error != "skip":
+            if options.on_error != "skip":
                 raise
             stats.skipped_invalid += 1
             stats.errors.append(str(exc))
@@ -282,126 +286,4 @@ def tokenize_preference_records(records: Any, tokenizer: Any, *, chat_template: 
         columns["rejected_input_ids"].append(r_ids)
         columns["rejected_labels"].append(r_labels)
         columns["length"].append(len(c_ids) + len(r_ids))
-    return columns, stats
-
-
-# -- unpaired records (KTO) -------------------------------------------------------------------------
-@dataclass
-class UnpairedExample:
-    """A prompt, one assistant reply to it, and whether that reply is desirable."""
-
-    prompt: list[Message]
-    completion: Message
-    label: bool
-    tools: list[dict[str, Any]] | None = None
-
-    def conversation(self) -> Conversation:
-        return Conversation([*self.prompt, self.completion], tools=self.tools)
-
-
-@dataclass
-class UnpairedStats(_StatsDict):
-    records: int = 0
-    examples: int = 0
-    desirable: int = 0
-    undesirable: int = 0
-    skipped_invalid: int = 0
-    truncated: int = 0
-    dropped_no_scored_tokens: int = 0
-    tokens: int = 0
-    scored_tokens: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
-def _completion(prompt: list[Message], raw: Any, where: str) -> Message:
-    """The one assistant message of an unpaired record's ``completion`` (given alone, or as the whole
-    conversation beginning with the prompt messages)."""
-    side = _messages(raw, where, "completion", "assistant")
-    if side[0].role != "assistant":
-        k = len(prompt)
-        if len(side) <= k or not all(_same(a, b) for a, b in zip(side[:k], prompt)):
-            raise DataFormatError(f"{where}: 'completion' starts with a {side[0].role} message that is not the "
-                                  "prompt's; give the reply only, or the whole conversation beginning with the "
-                                  "prompt messages")
-        side = side[k:]
-    if len(side) != 1 or side[0].role != "assistant":
-        raise DataFormatError(f"{where}: after the prompt, 'completion' must be one assistant message; got "
-                              f"{len(side)} message(s) ({_describe(side)})")
-    return side[0]
-
-
-def to_unpaired_examples(record: Any, *, where: str = "record",
-                         system_prompt: str | None = None) -> list[UnpairedExample]:
-    """One record -> validated :class:`UnpairedExample` s: one for an unpaired record
-    (``prompt``, ``completion``, ``label``), two for a preference pair (chosen: desirable, rejected:
-    undesirable)."""
-    if is_preference_record(record) and not is_unpaired_record(record):
-        pair = to_preference_pair(record, where=where, system_prompt=system_prompt)
-        return [UnpairedExample(pair.prompt, pair.chosen, True, pair.tools),
-                UnpairedExample(pair.prompt, pair.rejected, False, pair.tools)]
-    if not isinstance(record, dict):
-        raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    missing = [k for k in ("prompt", "completion", "label") if k not in record]
-    if missing:
-        keys = ", ".join(sorted(map(str, record))) or "none"
-        raise DataFormatError(f"{where}: missing field {missing[0]!r}; an unpaired preference record (KTO) needs "
-                              "'prompt', 'completion' and 'label' (true: a desirable completion, false: an "
-                              f"undesirable one), or give pairs with 'chosen' and 'rejected'; record fields: {keys}")
-    label = record["label"]
-    if not isinstance(label, bool):  # 0/1 or "true" are more often a mistake (a score column) than a label
-        raise DataFormatError(f"{where}: field 'label' must be true or false, got {label!r} "
-                              f"({type(label).__name__})")
-    tools = record.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise DataFormatError(f"{where}: field 'tools' must be a list of tool schemas")
-    prompt = _messages(record["prompt"], where, "prompt", "user")
-    completion = _completion(prompt, record["completion"], where)
-    if system_prompt and prompt[0].role != "system":
-        prompt = [Message("system", system_prompt), *prompt]
-    example = UnpairedExample(prompt, completion, label, tools=tools or None)
-    example.conversation().validate(where)
-    return [example]
-
-
-def tokenize_unpaired_records(records: Any, tokenizer: Any, *, chat_template: str | None = None,
-                              max_seq_length: int | None = None, system_prompt: str | None = None,
-                              on_error: str = "raise", locate: Any = None, reasoning: str = "train",
-                              control_tokens_in_content: str = "text") -> tuple[dict[str, list], UnpairedStats]:
-    """Unpaired (or paired, see :func:`to_unpaired_examples`) records -> columns
-    :data:`UNPAIRED_COLUMNS` (+ ``length``) and statistics; masks and truncation as
-    :func:`tokenize_preference_records` (only the completion and its end-of-turn scored)."""
-    renderer = ChatRenderer(tokenizer, chat_template=chat_template, max_seq_length=max_seq_length, mask_history=True,
-                            reasoning=reasoning, control_tokens_in_content=control_tokens_in_content)
-    columns: dict[str, list] = {name: [] for name in (*UNPAIRED_COLUMNS, "length")}
-    stats = UnpairedStats()
-    for index, record in enumerate(records):
-        stats.records += 1
-        where = locate(records, index) if locate is not None else f"record {index}"
-        try:
-            examples = to_unpaired_examples(record, where=where, system_prompt=system_prompt)
-            names = ("chosen", "rejected") if len(examples) == 2 else ("completion",)  # a pair, or one example
-            sides = [_scored_side(renderer, ex.conversation(), where, name) for ex, name in zip(examples, names)]
-            if len(sides) == 2 and all(sides):
-                _check_distinct(*sides, where)
-        except DataFormatError as exc:
-            if on_error != "skip":
-                raise
-            stats.skipped_invalid += 1
-            stats.errors.append(str(exc))
-            continue
-        for example, side in zip(examples, sides):
-            if side is None:
-                stats.dropped_no_scored_tokens += 1
-                continue
-            ids, labels, cut = side
-            stats.truncated += bool(cut)
-            stats.examples += 1
-            stats.desirable += example.label
-            stats.undesirable += not example.label
-            stats.tokens += len(ids)
-            stats.scored_tokens += sum(lab != IGNORE_INDEX for lab in labels)
-            columns["completion_input_ids"].append(ids)
-            columns["completion_labels"].append(labels)
-            columns["label"].append(example.label)
-            columns["length"].append(len(ids))
     return columns, stats

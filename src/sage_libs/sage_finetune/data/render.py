@@ -68,7 +68,6 @@ fast path (step 3) or need step 4 render more.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,34 +76,11 @@ from .control_text import ControlTextEncoding
 from .conversation import IGNORE_INDEX, Conversation  # noqa: F401 (re-exported)
 from .text_spans import _backend_clean, _encode_batch, _labels_from_spans, _plain_chat, _plain_json
 from .render_job import RenderJob
+from .rendering import RenderOptions
+from .special_tokens import SpecialTokens
 from .turn_locator import TurnLocator
 
-__all__ = ["IGNORE_INDEX", "FALLBACK_CHAT_TEMPLATE", "ChatRenderer", "RenderResult", "TemplateError",
-           "REASONING_MODES", "CONTROL_TOKEN_MODES", "select_named_template", "renderer_templates"]
-
-
-REASONING_MODES = ("train", "mask", "drop")
-CONTROL_TOKEN_MODES = ("text", "control", "refuse")
-
-# Used when the tokenizer has no chat template. Plain-text role headers, each ending in a newline
-# (not a space: a trailing space would merge with the reply's first word and blur the boundary);
-# the end of each assistant turn is the tokenizer's eos token, so the model learns to stop.
-FALLBACK_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{{ 'System:\n' + message['content'] + '\n\n' }}"
-    "{%- elif message['role'] == 'user' -%}{{ 'User:\n' + message['content'] + '\n\n' }}"
-    "{%- elif message['role'] == 'tool' -%}{{ 'Tool:\n' + message['content'] + '\n\n' }}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{ 'Assistant:\n' + message['content'] }}"
-    "{%- if message.get('tool_calls') -%}{%- for call in message['tool_calls'] -%}"
-    "{{ '\n<tool_call>' + (call['function'] | tojson) + '</tool_call>' }}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{ eos_token + '\n\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'Assistant:\n' }}{%- endif -%}"
-)
-
+__all__ = ["IGNORE_INDEX", "ChatRenderer", "RenderResult", "TemplateError"]
 
 
 @dataclass
@@ -114,85 +90,18 @@ class RenderResult:
     truncated: bool
 
 
-def select_named_template(templates: Any, name: str | None = None, *, tools: bool = False) -> str:
-    """One template out of a tokenizer's named templates (``{"default": ..., "tool_use": ...}``).
-
-    ``name`` picks that entry; without it, ``tool_use`` when ``tools`` and the entry exists (what
-    ``apply_chat_template`` does for a conversation with tools), else ``default``, else the only
-    entry. A plain string is returned as it is."""
-    if not isinstance(templates, dict):
-        return templates
-    names = ", ".join(sorted(map(str, templates))) or "(none)"
-    if name is not None:
-        if name not in templates:
-            raise ValueError(f"the tokenizer has no chat template named {name!r}; its named templates are {names}")
-        return templates[name]
-    if tools and "tool_use" in templates:
-        return templates["tool_use"]
-    if "default" in templates:
-        return templates["default"]
-    if len(templates) == 1:
-        return next(iter(templates.values()))
-    raise ValueError(f"the tokenizer has several named chat templates ({names}) and none is called 'default'; "
-                     "set data.chat_template to the one to train with")
-
-
-def renderer_templates(tokenizer: Any, chat_template: Any = None) -> tuple[dict[str, str] | None, str]:
-    """``(named templates or None, the default template)`` a :class:`ChatRenderer` renders with:
-    ``chat_template`` (text, a dict of named templates, or the name of one of the tokenizer's), else
-    the tokenizer's own, else :data:`FALLBACK_CHAT_TEMPLATE`. A run resolves its template first
-    (``data.rendering.resolve_chat_template``) and passes the text; the tokenized-data cache keys on
-    this without building a renderer."""
-    own = getattr(tokenizer, "chat_template", None)
-    if isinstance(chat_template, str) and isinstance(own, dict) and chat_template in own:
-        chat_template = own[chat_template]  # the name of one of the tokenizer's templates
-    source = chat_template or own
-    templates = dict(source) if isinstance(source, dict) else None
-    return templates, select_named_template(source) if templates else (source or FALLBACK_CHAT_TEMPLATE)
-
-
 class ChatRenderer(TurnLocator, ControlTextEncoding):
     """Turns conversations into token ids and labels with one tokenizer and template."""
 
-    def __init__(self, tokenizer: Any, *, chat_template: Any = None, max_seq_length: int | None = None,
-                 train_on_prompt: bool = False, mask_history: bool = False, reasoning: str = "train",
-                 control_tokens_in_content: str = "text") -> None:
-        if reasoning not in REASONING_MODES:
-            raise ValueError(f"reasoning={reasoning!r}: expected one of {', '.join(REASONING_MODES)}")
-        if control_tokens_in_content not in CONTROL_TOKEN_MODES:
-            raise ValueError(f"control_tokens_in_content={control_tokens_in_content!r}: expected one of "
-                             f"{', '.join(CONTROL_TOKEN_MODES)}")
+    def __init__(self, tokenizer: Any, options: RenderOptions | None = None, **settings: Any) -> None:
+        """``options`` (:class:`.rendering.RenderOptions`), or its fields as ``settings``
+        (``chat_template=``, ``max_seq_length=``, ``train_on_prompt=``, ``mask_history=``,
+        ``reasoning=``, ``control_tokens_in_content=``...)."""
         self.tokenizer = tokenizer
-        self.templates, self.template = renderer_templates(tokenizer, chat_template)
-        if self.template == FALLBACK_CHAT_TEMPLATE and getattr(tokenizer, "eos_token", None) is None:
-            raise TemplateError(
-                "the tokenizer has no chat template and no eos token: the fallback template closes every "
-                "assistant reply with the eos token (so the model learns to stop). Set data.chat_template, or "
-                "give the tokenizer an eos token (tokenizer.eos_token = ...)")
-        self.max_seq_length = max_seq_length
-        self.train_on_prompt = train_on_prompt
-        self.mask_history = mask_history
-        self.reasoning = reasoning
-        self.control_tokens_in_content = control_tokens_in_content
-        specials = set(getattr(tokenizer, "all_special_tokens", None) or ())
-        for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
-            if getattr(added, "special", False):
-                specials.add(str(added))
-        specials.discard("")
-        self._specials = frozenset(specials)
-        self._special_lengths = sorted({len(t) for t in specials}, reverse=True)
-        self._special_firsts = frozenset(t[0] for t in specials)
-        self._last_length = self._special_lengths[0] if self._special_lengths else 1
-        self._special_re = re.compile("|".join(map(re.escape, sorted(specials, key=len, reverse=True))) or "(?!)")
-        self._eos = getattr(tokenizer, "eos_token", None)
+        self.options = RenderOptions.build(tokenizer, options, **settings)
+        self.template = self.options.chat_template.text
+        self.specials = SpecialTokens(tokenizer)
         self._text_tokenizer: Any = None
-
-    def template_for(self, tools: Any) -> str:
-        """The template a conversation is rendered with (``tool_use`` for one with tools, when the
-        tokenizer has such a named template)."""
-        if self.templates is not None and tools:
-            return select_named_template(self.templates, tools=True)
-        return self.template
 
     # -- text level ---------------------------------------------------------------------------
     def _render(self, messages: list[dict], tools: Any, add_generation_prompt: bool,
@@ -259,14 +168,14 @@ class ChatRenderer(TurnLocator, ControlTextEncoding):
 
     def _chat(self, conv: Conversation) -> list[dict]:
         chat = conv.to_chat()
-        if self.reasoning == "drop":
+        if self.options.reasoning == "drop":
             chat = [{k: v for k, v in m.items() if k != "reasoning_content"} if "reasoning_content" in m else m
                     for m in chat]
         return chat
 
     def _job(self, conv: Conversation, where: str, chat: list[dict] | None = None) -> RenderJob:
         chat = self._chat(conv) if chat is None else chat
-        return RenderJob(self, conv, chat, conv.tools, self.template_for(conv.tools), where, _plain_chat(chat))
+        return RenderJob(self, conv, chat, conv.tools, self.template, where, _plain_chat(chat))
 
     def render_text(self, conv: Conversation, where: str = "record") -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans of the trained assistant replies."""
@@ -299,7 +208,7 @@ class ChatRenderer(TurnLocator, ControlTextEncoding):
     def _trained_turns(self, chat: list[dict]) -> list[int]:
         turns = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
         # train_on_prompt: only the last turn matters (it may need closing, see the module docstring)
-        return turns[-1:] if (self.mask_history or self.train_on_prompt) else turns
+        return turns[-1:] if (self.options.mask_history or self.options.train_on_prompt) else turns
 
     def _prerender(self, jobs: list[RenderJob]) -> None:
         """Fill the render caches of one group of conversations with three batched renderer calls."""
@@ -329,7 +238,7 @@ class ChatRenderer(TurnLocator, ControlTextEncoding):
                 literal: list[tuple[int, int]] | None) -> RenderResult | None:
         if literal:
             ids, offsets = self._encode_literal(ids, [tuple(o) for o in offsets], text, literal)
-        labels = list(ids) if self.train_on_prompt else _labels_from_spans(ids, offsets, spans)
+        labels = list(ids) if self.options.train_on_prompt else _labels_from_spans(ids, offsets, spans)
         return self._finish(ids, labels)
 
     def render_many(self, items: list[Any], wheres: list[str]) -> list[Any]:
@@ -399,8 +308,9 @@ class ChatRenderer(TurnLocator, ControlTextEncoding):
             # Nothing precedes the first token, so it is never a prediction target; marking it
             # keeps the trained-token count (the loss normaliser) exact, packed or not.
             labels[0] = IGNORE_INDEX
-        if self.max_seq_length is not None and len(ids) > self.max_seq_length:
-            ids, labels, truncated = ids[: self.max_seq_length], labels[: self.max_seq_length], True
+        limit = self.options.max_seq_length
+        if limit is not None and len(ids) > limit:
+            ids, labels, truncated = ids[:limit], labels[:limit], True
         if all(lab == IGNORE_INDEX for lab in labels):
             return None
         return RenderResult(ids, labels, truncated)

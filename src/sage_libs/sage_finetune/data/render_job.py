@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DataFormatError, TemplateError
+from ..utils.input_checks import template_error
 from .conversation import Conversation
 
 __all__ = ["RenderJob"]
@@ -45,22 +46,20 @@ class RenderJob:
         except DataFormatError:
             raise
         except Exception as exc:
-            _raise_template_problem(exc, self.where)
+            _raise_template_problem(exc, self.where, self.renderer.options.chat_template.user_set)
             raise  # pragma: no cover - _raise_template_problem always raises
 
 
-def _raise_template_problem(exc: Exception, where: str) -> None:
-    """A template that does not compile is a configuration error (every record fails); one that
-    refuses a conversation (raise_exception, a missing field) is that record's error."""
+def _raise_template_problem(exc: Exception, where: str, user_template: bool) -> None:
+    """A template that does not compile or that the sandbox stops is a configuration error naming
+    the template's origin (every record fails: :func:`..utils.input_checks.template_error`); one
+    that refuses a conversation (raise_exception, a missing field) is that record's error."""
     try:
         import jinja2
     except ImportError:  # pragma: no cover - transformers needs jinja2
         jinja2 = None
-    if jinja2 is not None and isinstance(exc, jinja2.TemplateSyntaxError):
-        raise ValueError(f"the chat template does not compile (line {exc.lineno}: {exc.message}); check "
-                         "data.chat_template or the tokenizer's chat template") from exc
-    if jinja2 is not None and isinstance(exc, jinja2.exceptions.SecurityError):
-        raise exc  # the template is wrong for every record: utils.input_checks.template_error names the option
+    if jinja2 is not None and isinstance(exc, (jinja2.TemplateSyntaxError, jinja2.exceptions.SecurityError)):
+        raise template_error(exc, where, user_template) from exc
     if jinja2 is not None and isinstance(exc, jinja2.TemplateError) and type(exc) is jinja2.TemplateError:
         reason = str(exc)  # the template's own raise_exception message
     else:

@@ -66,15 +66,18 @@ class DataReport:
         return {**self.stats.to_dict(), "max_seq_length": self.max_seq_length, **length_summary(self.lengths)}
 
 
-def build_report(records: Any, tokenizer: Any, *, sample_index: int | None = 0, **render_options: Any) -> DataReport:
-    """Tokenize ``records`` like training would (``render_options`` as for
+def build_report(records: Any, tokenizer: Any, options: Any = None, *, sample_index: int | None = 0,
+                 **settings: Any) -> DataReport:
+    """Tokenize ``records`` like training would (``options`` / ``settings`` as for
     :func:`.pipeline.tokenize_records`) and collect the report, with example ``sample_index``
     picked (negative counts from the end; None: none yet, see :func:`locate_sample`)."""
     from .pipeline import tokenize_records
+    from .rendering import RenderOptions
 
-    columns, stats = tokenize_records(records, tokenizer, **render_options)
-    report = DataReport(stats=stats, lengths=list(columns["length"]),
-                        max_seq_length=render_options.get("max_seq_length"), columns=columns)
+    options = RenderOptions.build(tokenizer, options, **settings)
+    columns, stats = tokenize_records(records, tokenizer, options)
+    report = DataReport(stats=stats, lengths=list(columns["length"]), max_seq_length=options.max_seq_length,
+                        columns=columns)
     if sample_index is not None and report.count:
         report.pick_sample(locate_sample(sample_index, [report.count], report.noun)[1])
     return report
@@ -166,18 +169,21 @@ class PreferenceReport:
         return lines
 
 
-def build_preference_report(records: Any, tokenizer: Any, *, unpaired: bool, sample_index: int | None = 0,
-                            **tokenize_options: Any) -> PreferenceReport:
-    """Tokenize preference ``records`` like preference training would (``tokenize_options`` as for
-    :func:`.preference.tokenize_preference_records`; ``unpaired``: KTO's view, see
-    :func:`.preference.tokenize_unpaired_records`) and collect the report."""
-    from .preference import tokenize_preference_records, tokenize_unpaired_records
+def build_preference_report(records: Any, tokenizer: Any, options: Any = None, *, unpaired: bool,
+                            sample_index: int | None = 0, locate: Any = None, **settings: Any) -> PreferenceReport:
+    """Tokenize preference ``records`` like preference training would (``options`` / ``settings``
+    as for :func:`.preference.tokenize_preference_records`; ``unpaired``: KTO's view, see
+    :func:`.unpaired.tokenize_unpaired_records`) and collect the report."""
+    from .preference import tokenize_preference_records
+    from .rendering import RenderOptions
+    from .unpaired import tokenize_unpaired_records
 
+    options = RenderOptions.build(tokenizer, options, **settings)
     tokenize = tokenize_unpaired_records if unpaired else tokenize_preference_records
-    columns, stats = tokenize(records, tokenizer, **tokenize_options)
+    columns, stats = tokenize(records, tokenizer, options, locate=locate)
     sides = ["completion"] if unpaired else ["chosen", "rejected"]
     lengths = [len(ids) for side in sides for ids in columns[f"{side}_input_ids"]]
-    report = PreferenceReport(stats, unpaired, lengths, tokenize_options.get("max_seq_length"), columns=columns)
+    report = PreferenceReport(stats, unpaired, lengths, options.max_seq_length, columns=columns)
     if sample_index is not None and report.count:
         report.pick_sample(locate_sample(sample_index, [report.count], report.noun)[1])
     return report

@@ -6,13 +6,15 @@ options and control-token tables."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MaskError, TemplateError
 from .text_spans import _MUTANTS, _diff, _lcp, _lcs, _mutated, _rstrip_end, _tail
 
 if TYPE_CHECKING:
     from .render_job import RenderJob
+    from .rendering import RenderOptions
+    from .special_tokens import SpecialTokens
 
 __all__ = ["TurnLocator"]
 
@@ -21,6 +23,11 @@ _PROBE_USER = {"role": "user", "content": "?"}
 
 class TurnLocator:
     """The span-locating methods of :class:`.render.ChatRenderer`."""
+
+    # what they read, set by ChatRenderer.__init__
+    options: "RenderOptions"
+    specials: "SpecialTokens"
+    tokenizer: Any
 
     def _prepare(self, job: "RenderJob") -> tuple[str, list[tuple[int, int]], list[tuple[int, int]] | None]:
         """(text, trained spans, control-token text to tokenize as text) of one conversation."""
@@ -36,21 +43,21 @@ class TurnLocator:
             if prefix is not None and upto is not None and upto.startswith(prefix) and full.startswith(upto):
                 start = len(prefix)
                 end = _rstrip_end(upto, start, len(upto))
-                if end > start and self._ends_with_special(upto, end) and "reasoning_content" not in chat[i] \
-                        and not self._blank(upto, start, end):
+                if end > start and self.specials.ends_with(upto, end) and "reasoning_content" not in chat[i] \
+                        and not self.specials.blank(upto, start, end):
                     spans.append((start, end))
                     continue
             try:
                 turn_spans, turn_insert = self._turn(job, i)
             except MaskError:
-                if self.train_on_prompt:  # every token is trained anyway
+                if self.options.train_on_prompt:  # every token is trained anyway
                     continue
                 raise
             spans.extend(turn_spans)
             insert = turn_insert or insert
         text = full if insert is None else full[:insert[0]] + insert[1] + full[insert[0]:]
         literal = None
-        if hits and self.control_tokens_in_content == "text":
+        if hits and self.options.control_tokens_in_content == "text":
             literal = self._literal_spans(job, full)
         return text, spans, literal
 
@@ -65,10 +72,10 @@ class TurnLocator:
             start, end, shift = len(prefix), _rstrip_end(upto, len(prefix), len(upto)), 0
         else:
             start, end, shift = self._locate(job, i, prefix, upto)
-        if end <= start or self._blank(upto, start, end):
+        if end <= start or self.specials.blank(upto, start, end):
             return [], None
         insert = None
-        if not self._ends_with_special(upto, end):
+        if not self.specials.ends_with(upto, end):
             marker = self._closing_marker(job, i, upto, end, shift)
             if marker:
                 if i == len(job.chat) - 1:  # full is upto here, and upto[end:] is the whitespace the marker starts with
@@ -88,7 +95,7 @@ class TurnLocator:
                 f"{job.where}: message {i} (assistant) has reasoning_content, but the chat template does not render "
                 "it in this reply, so it would be silently dropped. Set data.reasoning: drop to train the reply "
                 "without its reasoning, or use a chat template that renders reasoning_content (e.g. Qwen3's)")
-        if self.reasoning != "mask":
+        if self.options.reasoning != "mask":
             return [span]
         stop = found + len(reasoning.strip())
         return [s for s in ((span[0], found), (stop, span[1])) if s[1] > s[0]]
@@ -111,10 +118,10 @@ class TurnLocator:
             return start, end, 0
         # 2. text written after the last message only (Phi-3: the eos when no generation prompt follows)
         continued = job.render(i + 1, True)
-        cut = self._safe_cut(upto, continued, _lcp(upto, continued))
+        cut = self.specials.safe_cut(upto, continued, _lcp(upto, continued))
         closing = upto[cut:]
         if start < cut < len(upto) and closing.strip() and full.endswith(closing) \
-                and self._special_at(upto, cut + len(closing) - len(closing.lstrip())):
+                and self.specials.at(upto, cut + len(closing) - len(closing.lstrip())):
             end = _rstrip_end(upto, start, cut)
             if full.startswith(upto[:end]):
                 return start, end, 0
@@ -143,7 +150,7 @@ class TurnLocator:
             except TemplateError:
                 other = ""
             cut = min(cut, _lcp(prompt, other[len(bare):])) if other.startswith(bare) else 0
-            cut = self._safe_cut(prompt, turn, cut)
+            cut = self.specials.safe_cut(prompt, turn, cut)
         if cut == 0:
             raise MaskError(
                 f"{job.where}: assistant turn {i}: the chat template's generation prompt {prompt!r} is not how it "
@@ -211,64 +218,14 @@ class TurnLocator:
                 return ""
             if not follow.startswith(upto[:end]):
                 return ""
-            marker = self._marker_at(follow, end)
+            marker = self.specials.marker_at(follow, end)
         else:
-            marker = self._marker_at(job.full, end + shift)
+            marker = self.specials.marker_at(job.full, end + shift)
         if marker is None:
             return ""
-        if marker.lstrip() == self._eos:
+        if marker.lstrip() == self.specials.eos:
             return marker
         continued = job.render(i + 1, True)
-        if continued.startswith(upto[:end]) and self._marker_at(continued, end) == marker:
+        if continued.startswith(upto[:end]) and self.specials.marker_at(continued, end) == marker:
             return marker
         return ""  # the next message's header, not an end-of-turn token
-
-    # -- control tokens ---------------------------------------------------------------------------
-    def _ends_with_special(self, text: str, end: int) -> bool:
-        specials = self._specials
-        n = self._last_length  # replies usually end with the same token: try its length first
-        if n <= end and text[end - n:end] in specials:
-            return True
-        for n in self._special_lengths:
-            if n <= end and text[end - n:end] in specials:
-                self._last_length = n
-                return True
-        return False
-
-    def _special_at(self, text: str, pos: int) -> str | None:
-        specials = self._specials
-        for n in self._special_lengths:
-            if text[pos:pos + n] in specials:
-                return text[pos:pos + n]
-        return None
-
-    def _marker_at(self, text: str, pos: int) -> str | None:
-        """Whitespace then a control token at ``text[pos:]``: that text, or None."""
-        j = pos
-        while j < len(text) and text[j].isspace():
-            j += 1
-        token = self._special_at(text, j)
-        return text[pos:j + len(token)] if token else None
-
-    def _blank(self, text: str, start: int, end: int) -> bool:
-        """``text[start:end]`` is only whitespace and control tokens."""
-        while start < end and text[start].isspace():
-            start += 1
-        if start == end:
-            return True
-        if text[start] not in self._special_firsts or end - start > 256:
-            return False
-        return not self._special_re.sub("", text[start:end]).strip()
-
-    def _safe_cut(self, a: str, b: str, cut: int) -> int:
-        """``cut`` moved back so that it splits no control token in ``a`` or ``b``."""
-        moved = True
-        while moved:
-            moved = False
-            for text in (a, b):
-                for n in self._special_lengths:
-                    for p in range(max(0, cut - n + 1), min(cut, len(text) - n + 1)):
-                        if text[p:p + n] in self._specials:
-                            cut, moved = p, True
-                            break
-        return cut

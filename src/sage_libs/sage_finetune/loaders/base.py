@@ -155,16 +155,16 @@ class FileLoader(DatasetLoader):
         without the cache). Statistics are kept in ``self.last_stats``."""
         from ..data.datasets import require_examples
         from ..data.pipeline import prepare_records
-        from ..data.rendering import resolve_chat_template
+        from ..data.rendering import RenderOptions
 
-        # a template file, Jinja text, a named template of the tokenizer, or its own / the fallback
-        chat_template = resolve_chat_template(chat_template, tokenizer, option="chat_template").text
-        prepared, stats = prepare_records(
-            dataset, tokenizer, cache=False, fmt=self.format, max_seq_length=max_seq_length,
-            train_on_prompt=train_on_prompt, mask_history=mask_history, chat_template=chat_template,
-            system_prompt=system_prompt, formatting_func=formatting_func, on_error=self.on_error,
-            agent_format=agent_format, tools=tools if tools is not None else self.options.get("tools"),
-            reasoning=reasoning, control_tokens_in_content=control_tokens_in_content)
+        # chat_template: a template file, Jinja text, a named template of the tokenizer, or unset
+        options = RenderOptions.build(
+            tokenizer, fmt=self.format, max_seq_length=max_seq_length, train_on_prompt=train_on_prompt,
+            mask_history=mask_history, chat_template=chat_template, system_prompt=system_prompt,
+            formatting_func=formatting_func, on_error=self.on_error, agent_format=agent_format,
+            tools=tools if tools is not None else self.options.get("tools"), reasoning=reasoning,
+            control_tokens_in_content=control_tokens_in_content)
+        prepared, stats = prepare_records(dataset, tokenizer, options, cache=False)
         self.last_stats = stats
         require_examples(len(prepared), stats, getattr(dataset, "source", None) or "dataset")
         return prepared

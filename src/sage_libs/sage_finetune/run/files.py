@@ -23,12 +23,13 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.io import atomic_dir, atomic_write_json, atomic_write_text, follow_umask, tree_state
+from ..utils.processes import is_main_process
 
 __all__ = ["ADAPTER", "MODEL", "MERGED", "METRICS", "TRAINER_LOG", "LOSS_PLOT", "REWARDS_PLOT", "RUN_CONFIG", "RUN_IDENTITY",
-           "TRAIN_LOG", "RUN_OUTPUTS", "weights_dir", "written_files", "write_metrics", "write_run_config",
+           "TRAIN_LOG", "RUN_OUTPUTS", "weights_dir", "written_files", "save_weights", "write_metrics", "write_run_config",
            "write_outputs", "log_to_file", "stop_log_file", "trim_log", "checkpoint_step", "tokens_seen", "perplexity"]
 
 ADAPTER, MODEL, MERGED = "adapter", "model", "merged"
@@ -56,6 +57,25 @@ def written_files(output_dir: str | os.PathLike, uses_lora: bool, merged: bool =
     files += [out / REWARDS_PLOT] if (out / REWARDS_PLOT).is_file() else []  # preference runs only
     files += [out / RUN_CONFIG, out / TRAIN_LOG]
     return files + ([out / MERGED] if merged else [])
+
+
+def save_weights(output_dir: str | os.PathLike, write_weights: Callable[[str], None], tokenizer: Any,
+                 hf_trainer: Any = None) -> str:
+    """``write_weights(folder)`` and the tokenizer into ``output_dir``, atomically, by the main
+    process. Under DeepSpeed ZeRO-3 or FSDP the weights are sharded across processes: every process
+    calls this, the engine gathers them and its main process writes (in place, not atomically)."""
+    if hf_trainer is not None and (hf_trainer.is_deepspeed_enabled or hf_trainer.is_fsdp_enabled):
+        before = tree_state(output_dir) if is_main_process() else {}
+        hf_trainer.save_model(str(output_dir))
+        if is_main_process():
+            tokenizer.save_pretrained(str(output_dir))
+            follow_umask(output_dir, written_since=before)
+        return str(output_dir)
+    if is_main_process():
+        with atomic_dir(output_dir) as tmp:
+            write_weights(tmp)
+            tokenizer.save_pretrained(tmp)
+    return str(output_dir)
 
 
 def write_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:

@@ -30,8 +30,6 @@ from ..errors import (  # noqa: F401 (re-exported)
     did_you_mean,
 )
 from ..interface import FineTuner
-from ..utils.io import atomic_dir, follow_umask, tree_state
-from ..utils.processes import is_main_process
 from .preflight import check_run_inputs
 
 __all__ = ["BaseTrainer", "TrainingError", "NonFiniteLossError", "TrainingInterrupted", "DiskFullError"]
@@ -108,9 +106,7 @@ class BaseTrainer(FineTuner):
             cls = SECTIONS[self.extra_section]
             setattr(self, option, coerce_config(cls, given.get(option), option) or cls())
 
-    # ----------------------------------------------------------------------------------------
-    # Hooks
-    # ----------------------------------------------------------------------------------------
+    # -- Hooks ---------------------------------------------------------------------------------------
     def load_tokenizer(self) -> Any:
         from .loading import load_tokenizer
 
@@ -138,9 +134,7 @@ class BaseTrainer(FineTuner):
         """Return an optimizer, or None to let the HF Trainer build AdamW from the config."""
         return None
 
-    # ----------------------------------------------------------------------------------------
-    # Model life cycle
-    # ----------------------------------------------------------------------------------------
+    # -- Model life cycle ----------------------------------------------------------------------------
     def setup_tokenizer(self) -> None:
         """Load the tokenizer and decide how conversations render (:meth:`render_options`). The
         training template becomes the tokenizer's own, so everything that saves it carries it."""
@@ -151,7 +145,8 @@ class BaseTrainer(FineTuner):
         """Use ``tokenizer`` from now on: resolve the rendering against it and install the template
         it renders with. ``saved``: read back from a saved run (:meth:`load_model`), whose own
         template is the one it trained with and wins over ``data.chat_template``."""
-        from ..data.rendering import install_chat_template, render_options
+        from ..data.rendering import render_options
+        from ..data.templates import install_chat_template
 
         data_config = self.data_config
         if saved and isinstance(getattr(tokenizer, "chat_template", None), str):
@@ -169,7 +164,7 @@ class BaseTrainer(FineTuner):
 
     def end_of_turn_token_ids(self) -> list[int]:
         """The tokens that end a reply: the template's end-of-turn token(s) and the eos."""
-        from ..data.rendering import end_of_turn_token_ids
+        from ..data.templates import end_of_turn_token_ids
 
         self.setup_tokenizer()
         ids = end_of_turn_token_ids(self.tokenizer, self.render_options().chat_template.text)
@@ -196,9 +191,7 @@ class BaseTrainer(FineTuner):
 
         return plan_trainer(self, train_dataset, **options)
 
-    # ----------------------------------------------------------------------------------------
-    # Data
-    # ----------------------------------------------------------------------------------------
+    # -- Data ----------------------------------------------------------------------------------------
     def _record_sets(self, data: Any, split: str) -> list[Any]:
         """A path, a list of paths, or in-memory data -> one or more record collections."""
         from ..data.sources import record_sets
@@ -256,9 +249,7 @@ class BaseTrainer(FineTuner):
             return PackedCollator(pad_token_id=self.tokenizer.pad_token_id, flatten=flat)
         return PaddingCollator(pad_token_id=self.tokenizer.pad_token_id)
 
-    # ----------------------------------------------------------------------------------------
-    # The HF Trainer
-    # ----------------------------------------------------------------------------------------
+    # -- The HF Trainer ------------------------------------------------------------------------------
     def training_arguments(self, has_eval: bool) -> Any:
         from .hf_args import training_arguments
 
@@ -310,9 +301,7 @@ class BaseTrainer(FineTuner):
         self.hf_trainer.add_callback(ConsoleCallback(bar=not self.training_config.disable_tqdm))
         return self.hf_trainer
 
-    # ----------------------------------------------------------------------------------------
-    # Public API
-    # ----------------------------------------------------------------------------------------
+    # -- Public API ----------------------------------------------------------------------------------
     def train(self, train_dataset: Any = None, eval_dataset: Any = None, config: Any = None) -> dict[str, Any]:
         """Train on ``train_dataset`` (records, a path, or tokenized data); returns metrics.
 
@@ -336,22 +325,15 @@ class BaseTrainer(FineTuner):
         is the mean over samples of each evaluation batch's loss (its mean over the batch's trained
         tokens), so it moves slightly with ``per_device_eval_batch_size``; the batches follow the
         dataset's order whatever the training sampler (``SFTTrainerCore._get_eval_sampler``)."""
+        from ..callbacks.console import label_standalone_evaluation
+
         eval_ds = self.prepare_dataset(eval_dataset, "eval")
         if self.hf_trainer is None:
             self.build_hf_trainer(None, eval_ds)
-        self.label_console_evaluation()
+        label_standalone_evaluation(self.hf_trainer)
         ev = self.hf_trainer.evaluate(eval_dataset=eval_ds)
         return {"eval_loss": ev["eval_loss"], "perplexity": run_files.perplexity(ev["eval_loss"]),
                 "eval_samples": len(eval_ds), "eval_runtime": ev.get("eval_runtime")}
-
-    def label_console_evaluation(self) -> None:
-        """A standalone evaluation (``evaluate``, ``sage-finetune eval``) is printed as "evaluation",
-        not as eval_on_start's "before training"."""
-        from ..callbacks.console import ConsoleCallback
-
-        for callback in self.hf_trainer.callback_handler.callbacks:
-            if isinstance(callback, ConsoleCallback):
-                callback.standalone_evaluation()
 
     def save_model(self, output_dir: str | os.PathLike) -> str:
         """Write the model (an adapter for PEFT methods) and tokenizer atomically, in safetensors.
@@ -363,19 +345,7 @@ class BaseTrainer(FineTuner):
         self.setup()
         if not self.uses_lora:  # a whole model is written: it stops where its replies end
             self.set_generation_stops(self.model)
-        hf = self.hf_trainer
-        if hf is not None and (hf.is_deepspeed_enabled or hf.is_fsdp_enabled):
-            before = tree_state(output_dir) if is_main_process() else {}
-            hf.save_model(str(output_dir))
-            if is_main_process():
-                self.tokenizer.save_pretrained(str(output_dir))
-                follow_umask(output_dir, written_since=before)
-            return str(output_dir)
-        if is_main_process():
-            with atomic_dir(output_dir) as tmp:
-                self.write_weights(tmp)
-                self.tokenizer.save_pretrained(tmp)
-        return str(output_dir)
+        return run_files.save_weights(output_dir, self.write_weights, self.tokenizer, self.hf_trainer)
 
     def set_generation_stops(self, model: Any) -> None:
         """The template's end-of-turn token(s) into ``model.generation_config.eos_token_id``
@@ -416,9 +386,7 @@ class BaseTrainer(FineTuner):
         return continue_ids(self.model, tok, tok(prompt, return_tensors="pt")["input_ids"],
                             max_new_tokens=max_new_tokens, **kwargs)
 
-    # ----------------------------------------------------------------------------------------
-    # Outputs
-    # ----------------------------------------------------------------------------------------
+    # -- Outputs -------------------------------------------------------------------------------------
     def resolved_config(self) -> dict[str, Any]:
         from .._version import __version__
 

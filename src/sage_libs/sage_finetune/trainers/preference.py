@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..data.rendering import refuse_for_preference
 from ..errors import ConfigError
 from .objective import ObjectiveTrainer
 
@@ -107,11 +108,7 @@ class _PreferenceMixin:
         if dc.packing:
             raise ConfigError("data.packing: preference training does not pack pairs; set data.packing: false "
                               "(data.padding_free puts a batch's sequences in one row without padding)")
-        if dc.train_on_prompt:
-            raise ConfigError("data.train_on_prompt: preference training scores the replies only; set it to false")
-        if self.formatting_func is not None:
-            raise ConfigError("formatting_func: not used by preference training; give records with prompt, chosen "
-                              "and rejected fields (see the README section on preference training)")
+        refuse_for_preference(train_on_prompt=dc.train_on_prompt, formatting_func=self.formatting_func)
         if self.preference_config.loss_type == "kto" and self.training_config.per_device_train_batch_size < 2:
             raise ConfigError("training.per_device_train_batch_size: KTO needs at least 2 examples per batch; its KL "
                               "estimate scores each prompt with another example's completion (with 1 it would be the "
@@ -124,12 +121,8 @@ class _PreferenceMixin:
         from datasets import Dataset, concatenate_datasets
 
         from ..data.pipeline import record_location
-        from ..data.preference import (
-            PREFERENCE_COLUMNS,
-            UNPAIRED_COLUMNS,
-            tokenize_preference_records,
-            tokenize_unpaired_records,
-        )
+        from ..data.preference import PREFERENCE_COLUMNS, tokenize_preference_records
+        from ..data.unpaired import UNPAIRED_COLUMNS, tokenize_unpaired_records
 
         if data is None:
             return None
@@ -145,7 +138,7 @@ class _PreferenceMixin:
                 parts.append(records)  # already tokenized
                 continue
             options = self.render_options()
-            columns, stats = tokenize(records, self.tokenizer, locate=record_location, **options.preference_kwargs())
+            columns, stats = tokenize(records, self.tokenizer, locate=record_location, options=options)
             if (stats.examples if kto else stats.pairs) == 0:
                 source = getattr(records, "source", None) or f"{split} data"
                 what = "unpaired preference examples" if kto else "preference pairs"
@@ -181,10 +174,12 @@ class _PreferenceMixin:
     # -- outputs ------------------------------------------------------------------------------------
     def evaluate(self, eval_dataset: Any) -> dict[str, Any]:
         """``eval_loss`` (the preference loss) and the reward metrics on held-out pairs."""
+        from ..callbacks.console import label_standalone_evaluation
+
         eval_ds = self.prepare_dataset(eval_dataset, "eval")
         if self.hf_trainer is None:
             self.build_hf_trainer(None, eval_ds)
-        self.label_console_evaluation()
+        label_standalone_evaluation(self.hf_trainer)
         if self.preference_config.precompute_ref_log_probs:
             eval_ds = self.hf_trainer.precompute_reference(eval_ds, self.training_config.per_device_eval_batch_size)
         ev = self.hf_trainer.evaluate(eval_dataset=eval_ds)
