@@ -5,9 +5,14 @@ environment where ``llama_cpp`` imports."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_per_module")]
+HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_per_module"),
+              pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python is not installed here; "
+                                 "scripts/llama_cpp_tier.sh builds it and runs this tier")]
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers."]
 NEW_TOKENS = 16
