@@ -51,9 +51,12 @@ class TrainingConfig(_Config):
     """Hyper-parameters of a run. Field names follow SAGE's ``TrainingConfig`` and HF
     ``TrainingArguments``, so a config from either maps over unchanged."""
 
-    model_name_or_path: str = _opt(help="Hub id (e.g. 'Qwen/Qwen2.5-7B-Instruct') or a local model directory.")
+    model_name_or_path: str = _opt(help="Hub id (e.g. 'Qwen/Qwen2.5-7B-Instruct'), a local model directory, or a "
+                                        "GGUF file (dequantized once into a trainable model; see docs/models.md).")
     output_dir: str = _opt(help="Where checkpoints, the adapter, metrics.json, trainer_log.jsonl and loss.png go.",
                            trajectory=False, hf=True)
+    gguf_file: Union[str, None] = _opt(None, "A GGUF file inside the local folder model_name_or_path to train from (as "
+                                          "transformers' gguf_file=); or set model_name_or_path to the .gguf file.")
     num_train_epochs: float = _opt(3, "Passes over the training data (ignored when max_steps > 0).", gt=0, hf=True)
     max_steps: int = _opt(-1, "Stop after this many optimizer steps; -1 means use num_train_epochs.", ge=-1, hf=True)
     per_device_train_batch_size: int = _opt(4, "Samples per device per forward pass during training.", ge=1, hf=True)

@@ -32,7 +32,7 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
     from transformers import AutoTokenizer
 
     from .trainers.loading import load_causal_lm, load_kwargs
-    from .utils.model_files import adapter_base, base_option, check_adapter_dir, check_model_dir
+    from .utils.model_files import adapter_base, base_option, check_adapter_dir, check_model_dir, resolve_model
 
     p = Path(path)
     if not p.is_dir():
@@ -48,7 +48,7 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
         base_model = load_causal_lm(base, kwargs, allow_pickle_weights=allow_pickle_weights, option=option,
                                     training=False)
         model = PeftModel.from_pretrained(base_model, str(p))
-        tokenizer_dir = str(p) if has_tokenizer else base
+        tokenizer_dir = str(p) if has_tokenizer else resolve_model(base, option=option, weights=False)
     else:
         check_model_dir(str(p), allow_pickle_weights=allow_pickle_weights, option="chat")
         model = load_causal_lm(str(p), kwargs, allow_pickle_weights=allow_pickle_weights, option="chat",

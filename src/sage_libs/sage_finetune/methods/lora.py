@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -80,11 +81,33 @@ def apply_lora(model: Any, lora_config: Any) -> tuple[Any, Any]:
 def save_lora_adapter(model: Any, output_dir: str | os.PathLike, initial: Any = None) -> None:
     """Write the adapter in safetensors; a PiSSA/OLoRA adapter (``initial`` from :func:`apply_lora`)
     converted so that it applies to the original base."""
-    from ..utils.model_files import absolute_local_path
+    import warnings
 
+    from ..utils.model_files import absolute_local_path, gguf_source
+
+    bases = set()
     for config in getattr(model, "peft_config", {}).values():  # a relative base would load only from here
         config.base_model_name_or_path = absolute_local_path(config.base_model_name_or_path)
+        bases.add(config.base_model_name_or_path)
     kwargs: dict[str, Any] = {}
     if initial is not None:
         kwargs["path_initial_model_for_weight_conversion"] = os.path.join(initial.name, "initial")
-    model.save_pretrained(str(output_dir), safe_serialization=True, **kwargs)
+    gguf = next((b for b in bases if b and gguf_source(b) is not None), None)
+    with warnings.catch_warnings():
+        if gguf is not None:
+            # PEFT tells a resized vocabulary by the base's config.json, which a GGUF file keeps in its
+            # conversion: compared there, and PEFT's "could not find a config file" is not the user's concern
+            warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning)
+            if _vocabulary_resized(model, gguf):
+                kwargs["save_embedding_layers"] = True
+        model.save_pretrained(str(output_dir), safe_serialization=True, **kwargs)
+
+
+def _vocabulary_resized(model: Any, gguf: str) -> bool:
+    import json
+
+    from ..utils.model_files import resolve_model
+
+    config = json.loads((Path(resolve_model(gguf, weights=False)) / "config.json").read_text(encoding="utf-8"))
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return bool(vocab_size and config.get("vocab_size") and vocab_size != config["vocab_size"])

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..perf import malloc_tuning_for, resolve_group_by_length, widest_activation_bytes
 from ..perf.decide import padding_free_for
+from ..utils.model_files import gguf_source
 from ..utils.processes import run_device
 from . import constants as C
 from .batches import Lengths, largest_batch, lengths_of
@@ -143,7 +144,8 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
         if device == "cpu" and attn == "sdpa" and _doc_attention_ok(spec, model_config):
             attention = "doc"
     stage, offload = _zero(tc.deepspeed)
-    mmap = wdtype == spec.dtype and Path(str(tc.model_name_or_path)).expanduser().is_dir()
+    mmap = wdtype == spec.dtype and (Path(str(tc.model_name_or_path)).expanduser().is_dir()
+                                     or gguf_source(str(tc.model_name_or_path), tc.gguf_file) is not None)
     run = RunShape(method=method, device=device, processes=max(int(processes), 1),
                    weight_bytes=dtype_bytes(wdtype), autocast_bytes=autocast,
                    gradient_checkpointing=tc.gradient_checkpointing, selective_logits=tc.selective_logits,
@@ -281,15 +283,17 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
     throughput (~2 s) for the time estimate; ``tflops``: use this matmul throughput instead;
     ``dataset``: the already prepared training dataset (skips data preparation)."""
     from ..config import ConfigError
-    from ..utils.model_files import check_local_path_exists
+    from ..utils.model_files import check_local_path_exists, resolve_model
     from .probe import run_probe
     from .spec import read_model_config
 
     inner = getattr(trainer, "inner", trainer)
     tc, dc = inner.training_config, inner.data_config
     check_local_path_exists(tc.model_name_or_path)  # the message train gives for a missing model folder
+    # a GGUF base: the config.json of its conversion (tokenizer and config only, unless converted already)
+    model_dir = resolve_model(tc.model_name_or_path, tc.gguf_file, weights=False)
     try:
-        config = read_model_config(tc.model_name_or_path)
+        config = read_model_config(model_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"plan: training.model_name_or_path: {exc}") from None
     spec = ModelSpec.from_config(config)
@@ -336,7 +340,7 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
                              grad_accum=tc.gradient_accumulation_steps, budget=budget, budget_source=source,
                              throughput=throughput, epochs=tc.num_train_epochs, max_steps=tc.max_steps,
                              seed=tc.seed, group_by_length=resolve_group_by_length(dc, run.padding_free),
-                             weights_file=weights_file_bytes(tc.model_name_or_path), model=tc.model_name_or_path,
+                             weights_file=weights_file_bytes(model_dir), model=tc.model_name_or_path,
                              suggest=suggest, preference=preference)
 
 

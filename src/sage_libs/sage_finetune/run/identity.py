@@ -6,8 +6,8 @@ checkpoint can be attributed to the config that wrote it. ``resume_from_checkpoi
 only a checkpoint of the same identity; one written by another config is never continued silently.
 
 The fingerprint covers the method, the model (its name or path, and for a local folder its
-``config.json`` and the sizes of its weight files), the data (every option that changes what is
-trained on, and the content of the data files or in-memory records), the LoRA, quantization and
+``config.json`` and the sizes of its weight files; for a GGUF file its content), the data (every
+option that changes what is trained on, and the content of the data files or in-memory records), the LoRA, quantization and
 other method settings, and the training hyper-parameters (learning rate, schedule, steps, batch
 size, seed, ...; the batch as the global number of samples per optimizer step, however it is split
 over processes and accumulation). It leaves out what does not change the trajectory: where and how often outputs
@@ -104,7 +104,20 @@ def data_fingerprint(data: Any) -> Any:
     return {"records": digest or "unhashable"}
 
 
-def model_fingerprint(name_or_path: str) -> dict[str, Any]:
+def model_fingerprint(name_or_path: str, gguf_file: str | None = None) -> dict[str, Any]:
+    """The model of a run: a GGUF file by its content (the sha256 the conversion cache is keyed by);
+    a local folder by its config.json and weight file sizes; a hub id by its name."""
+    from ..errors import ConfigError
+    from ..utils.model_files import gguf_source
+
+    try:
+        gguf = gguf_source(name_or_path, gguf_file)
+    except ConfigError:  # a missing file is the preflight's to report; the name stands for it
+        gguf = None
+    if gguf is not None:
+        from ..utils.gguf_base import file_digest
+
+        return {"path": str(gguf.resolve()), "sha256": file_digest(gguf)}
     p = Path(name_or_path).expanduser()
     if not p.is_dir():
         return {"name": name_or_path}
@@ -133,7 +146,7 @@ class RunIdentity:
                 continue
             if key == "training":
                 value = {k: v for k, v in value.items() if k not in _TRAINING_EXCLUDED}
-                value["model_name_or_path"] = model_fingerprint(value["model_name_or_path"])
+                value["model_name_or_path"] = model_fingerprint(value["model_name_or_path"], value.get("gguf_file"))
                 # How a global batch is split (processes x per-device batch x accumulation) does not
                 # change which samples a step trains on (data/sampling.py): a run interrupted under 2
                 # processes resumes under 1 with twice the accumulation.

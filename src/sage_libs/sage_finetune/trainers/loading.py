@@ -1,5 +1,7 @@
 """Loading the tokenizer and the model for training, and a saved run back: safetensors only unless
-``training.allow_pickle_weights``, ``trust_remote_code`` off unless asked, errors that name the option."""
+``training.allow_pickle_weights``, ``trust_remote_code`` off unless asked, errors that name the option.
+A GGUF base (``model_name_or_path: x.gguf``, or a folder and ``training.gguf_file``) loads from the
+folder it is converted into (:func:`..utils.model_files.resolve_model`)."""
 
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ def load_tokenizer(tc: Any) -> Any:
     """The tokenizer of ``training.model_name_or_path``, padding on the right (with eos if it has no pad)."""
     from transformers import AutoTokenizer
 
-    from ..utils.model_files import check_model_dir
+    from ..utils.model_files import check_model_dir, resolve_model
 
-    check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights)
+    check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights, gguf_file=tc.gguf_file)
+    source = resolve_model(tc.model_name_or_path, tc.gguf_file, weights=False)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tc.model_name_or_path, trust_remote_code=tc.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=tc.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"training.model_name_or_path: cannot load a tokenizer from "
                           f"{tc.model_name_or_path!r}: {exc}") from exc
@@ -47,23 +50,37 @@ def load_kwargs(*, dtype: str = "auto", trust_remote_code: bool = False, allow_p
 
 
 def model_load_kwargs(tc: Any) -> dict[str, Any]:
-    """``from_pretrained`` keyword arguments of a training config (:func:`load_kwargs`)."""
-    return load_kwargs(dtype=tc.model_dtype, trust_remote_code=tc.trust_remote_code,
-                       allow_pickle_weights=tc.allow_pickle_weights, attn_implementation=tc.attn_implementation)
+    """``from_pretrained`` keyword arguments of a training config (:func:`load_kwargs`); with
+    ``training.gguf_file``, ``gguf_file`` as transformers spells it (:func:`load_causal_lm` resolves it)."""
+    kwargs = load_kwargs(dtype=tc.model_dtype, trust_remote_code=tc.trust_remote_code,
+                         allow_pickle_weights=tc.allow_pickle_weights, attn_implementation=tc.attn_implementation)
+    if getattr(tc, "gguf_file", None):
+        kwargs["gguf_file"] = tc.gguf_file
+    return kwargs
 
 
 def load_causal_lm(name_or_path: str, kwargs: dict[str, Any], *, allow_pickle_weights: bool = False,
                    option: str = "training.model_name_or_path", training: bool = True) -> Any:
     """``AutoModelForCausalLM.from_pretrained``; ``training``: without the KV cache (a model loaded
-    to be merged and saved keeps its config as it was)."""
+    to be merged and saved keeps its config as it was). A GGUF file (``name_or_path`` itself, or
+    ``kwargs["gguf_file"]`` in that folder) loads from its converted folder, and the model names the
+    file as where it came from: an adapter trained on it records the file as its base."""
     from transformers import AutoModelForCausalLM
 
+    from ..utils.model_files import gguf_source, resolve_model
+
+    kwargs = dict(kwargs)
+    gguf_file = kwargs.pop("gguf_file", None)
+    gguf = gguf_source(name_or_path, gguf_file, option=option)
+    source = resolve_model(name_or_path, gguf_file, option=option) if gguf is not None else name_or_path
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         hint = ("; only safetensors weights are loaded unless training.allow_pickle_weights is true"
                 if "safetensors" in str(exc) and not allow_pickle_weights else "")
         raise ConfigError(f"{option}: cannot load a model from {name_or_path!r}: {exc}{hint}") from exc
+    if gguf is not None:
+        model.name_or_path = model.config._name_or_path = str(gguf.resolve())
     if training:
         model.config.use_cache = False  # the KV cache is useless in training and breaks packed position_ids
     return model

@@ -22,18 +22,22 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 def check_run_inputs(trainer: Any, train_data: Any = None, eval_data: Any = None) -> None:
     """The checks of one run of ``trainer`` (a :class:`..base.BaseTrainer`) on this data."""
     from ..utils.input_checks import check_chat_template, check_data_argument, check_lora_rank
-    from ..utils.model_files import check_model_dir, max_positions
+    from ..utils.model_files import check_model_dir, gguf_source, max_positions, resolve_model
     from .hf_args import check_optimizer_name
 
     tc, dc = trainer.training_config, trainer.data_config
     check_output_dir(tc.output_dir)
-    check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights)
-    limit, rope_scaled = max_positions(tc.model_name_or_path)
+    check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights, gguf_file=tc.gguf_file)
+    # a GGUF base: its config and tokenizer, converted once (seconds; the weights wait for the model load)
+    model_dir = resolve_model(tc.model_name_or_path, tc.gguf_file, weights=False)
+    gguf = gguf_source(tc.model_name_or_path, tc.gguf_file)
+    limit, rope_scaled = max_positions(model_dir)
     if limit is not None and not rope_scaled and tc.max_seq_length > limit:
         what = "packed rows (data.packing)" if dc.packing else "samples"
+        where = f"the context length of {gguf}" if gguf is not None else f"in {tc.model_name_or_path}/config.json"
         raise ConfigError(
             f"training.max_seq_length: {tc.max_seq_length} is more than the model's max_position_embeddings "
-            f"({limit}, in {tc.model_name_or_path}/config.json); {what} that long would use positions the model "
+            f"({limit}, {where}); {what} that long would use positions the model "
             f"never learned; set max_seq_length to at most {limit}")
     for option, data in (("data.train_file", train_data), ("data.eval_file", eval_data)):
         check_data_argument("train(): " + ("train_dataset" if "train" in option else "eval_dataset"), data)
@@ -47,7 +51,7 @@ def check_run_inputs(trainer: Any, train_data: Any = None, eval_data: Any = None
                           "the template text itself")
     check_chat_template(template)
     if trainer.lora_config is not None and trainer.uses_lora:
-        check_lora_rank(trainer.lora_config.r, tc.model_name_or_path)
+        check_lora_rank(trainer.lora_config.r, model_dir)
     if dc.tools_file and not os.path.isfile(dc.tools_file):
         raise ConfigError(f"data.tools_file: {dc.tools_file}: no such file; expected a JSON list of tool schemas")
     if tc.deepspeed:

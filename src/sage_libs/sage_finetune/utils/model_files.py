@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["TOKENIZER_FILES", "looks_like_local_path", "pickle_weight_files", "check_model_dir", "adapter_base",
-           "base_option",
+           "base_option", "gguf_source", "resolve_model",
            "absolute_local_path",
            "check_local_path_exists", "check_adapter_dir", "max_positions"]
 
@@ -51,24 +51,71 @@ def _pickle_refusal(option: str, path: Path, file: str) -> ConfigError:
 def check_local_path_exists(name_or_path: str, *, option: str = "training.model_name_or_path") -> None:
     """A ConfigError when ``name_or_path`` looks like a local path (``./x``, ``/x``, ``~/x``) and does
     not exist; a hub id passes. The one message for a missing model folder, for train and plan."""
+    if not Path(name_or_path).expanduser().exists() and Path(name_or_path).suffix.lower() == ".gguf":
+        raise ConfigError(f"{option}: {name_or_path}: no such file; expected a GGUF file, a local model directory "
+                          "or a hub id")
     if not Path(name_or_path).expanduser().exists() and looks_like_local_path(name_or_path):
         raise ConfigError(f"{option}: {name_or_path}: no such directory; expected a local model directory "
                           "(config.json, *.safetensors and the tokenizer files) or a hub id such as "
                           "Qwen/Qwen2.5-0.5B-Instruct")
 
 
+def gguf_source(name_or_path: str, gguf_file: str | None = None, *,
+                option: str = "training.model_name_or_path") -> Path | None:
+    """The GGUF file a model option names, or None: THE place that decides whether a base model is a
+    GGUF file. Either ``name_or_path`` is the file itself (a ``.gguf`` suffix, or any file starting
+    with the GGUF magic), or ``gguf_file`` (``training.gguf_file``, like transformers' ``gguf_file=``)
+    names a file inside the local folder ``name_or_path``."""
+    from .gguf_base import is_gguf_file
+
+    if gguf_file:
+        folder = Path(name_or_path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"training.gguf_file: {gguf_file!r} is looked up in training.model_name_or_path, which "
+                              f"must then be a local folder; {name_or_path!r} is not one (download a hub's GGUF file "
+                              "first, or set training.model_name_or_path to the .gguf file itself)")
+        path = folder / gguf_file
+        if not path.is_file():
+            raise ConfigError(f"training.gguf_file: {path}: no such file")
+        return path
+    p = Path(name_or_path).expanduser()
+    if p.is_file() and (p.suffix.lower() == ".gguf" or is_gguf_file(p)):
+        return p
+    return None
+
+
+def resolve_model(name_or_path: str, gguf_file: str | None = None, *, option: str = "training.model_name_or_path",
+                  weights: bool = True) -> str:
+    """What to hand ``from_pretrained``: ``name_or_path`` itself, or for a GGUF file
+    (:func:`gguf_source`) the Hugging Face folder it is converted into, once (``weights`` False:
+    its tokenizer and config.json only; see :mod:`.gguf_base`)."""
+    source = gguf_source(name_or_path, gguf_file, option=option)
+    if source is None:
+        return name_or_path
+    from .gguf_base import converted_dir
+
+    return str(converted_dir(source, option="training.gguf_file" if gguf_file else option, weights=weights))
+
+
 def check_model_dir(name_or_path: str, *, allow_pickle_weights: bool = False,
-                    option: str = "training.model_name_or_path") -> None:
+                    option: str = "training.model_name_or_path", gguf_file: str | None = None) -> None:
     """Raise a ConfigError naming what is missing when ``name_or_path`` is a local path that cannot
     be loaded: no such directory, a file, no config.json, no tokenizer, no weights, or weights only
-    as pickle (unless allowed). A hub id passes untouched (it is checked when it is downloaded)."""
+    as pickle (unless allowed). A hub id passes untouched (it is checked when it is downloaded). A
+    GGUF file (:func:`gguf_source`) has its header checked (:func:`.gguf_base.read_header`)."""
+    source = gguf_source(name_or_path, gguf_file, option=option)
+    if source is not None:
+        from .gguf_base import read_header
+
+        read_header(source, "training.gguf_file" if gguf_file else option)
+        return
     p = Path(name_or_path).expanduser()
     if not p.exists():
         check_local_path_exists(name_or_path, option=option)
         return
     if not p.is_dir():
         raise ConfigError(f"{option}: {p} is a file; expected a model directory (config.json, *.safetensors and "
-                          "the tokenizer files) or a hub id")
+                          "the tokenizer files), a GGUF file or a hub id")
     names = {f.name for f in p.iterdir()}
     if "config.json" not in names:
         if "adapter_config.json" in names:
@@ -130,10 +177,11 @@ def base_option(adapter_dir: str | os.PathLike, base: str | None, *, command: st
 
 
 def absolute_local_path(name_or_path: str) -> str:
-    """A relative path to an existing local folder, made absolute (what an adapter records as its
-    base, so that it loads from any directory); a hub id or an absolute path as it is."""
+    """A relative path to an existing local folder or file (a GGUF base), made absolute (what an
+    adapter records as its base, so that it loads from any directory); a hub id or an absolute path
+    as it is."""
     p = Path(name_or_path).expanduser()
-    return str(p.resolve()) if name_or_path and not p.is_absolute() and p.is_dir() else name_or_path
+    return str(p.resolve()) if name_or_path and not p.is_absolute() and p.exists() else name_or_path
 
 
 def max_positions(name_or_path: str) -> tuple[int | None, bool]:
