@@ -335,7 +335,26 @@ def test_the_run_identity_fingerprints_the_gguf_file(tiny_gguf, tiny_model_dir, 
     assert identity_differences(first.to_json(), second) == "the model changed"
 
 
-def test_plan_reads_a_gguf_base(tiny_gguf, tiny_model_dir, tmp_path, capsys):
+def test_a_resumed_run_refuses_another_gguf_file_of_the_same_name(tiny_gguf, tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(tiny_gguf.read_bytes())
+    cfg = helpers.write_config(tmp_path, path, training={"max_steps": 2, "save_strategy": "steps", "save_steps": 2})
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", str(cfg)]) == 0
+    # peft's "no config.json beside the base" on every checkpoint of a GGUF base is known noise
+    assert not [w for w in caught if "Could not find a config file" in str(w.message)]
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
+    write_llama_gguf(tiny_model_dir, path, f32=True)  # replaced: same name, other content
+    capsys.readouterr()
+    assert main(["train", str(cfg), "training.resume_from_checkpoint=true"]) == 2
+    err = capsys.readouterr().err
+    assert "were written by another run (the model changed)" in err, err
+
+
+def test_plan_and_data_inspect_read_a_gguf_base(tiny_gguf, tiny_model_dir, tmp_path, capsys):
     cfg = helpers.write_config(tmp_path, tiny_gguf)
     assert main(["plan", str(cfg), "--tflops", "1"]) == 0
     gguf_plan = capsys.readouterr().out
@@ -347,6 +366,11 @@ def test_plan_reads_a_gguf_base(tiny_gguf, tiny_model_dir, tmp_path, capsys):
     # the same model: the same parameter count and memory lines
     assert gguf_plan.split("(", 1)[1].split(")")[0] == folder_plan.split("(", 1)[1].split(")")[0]
     assert gguf_plan.split("\n", 1)[1] == folder_plan.split("\n", 1)[1]
+    # data inspect tokenizes with the file's tokenizer and template, as training does
+    assert main(["data", "inspect", str(cfg)]) == 0
+    gguf_report = capsys.readouterr().out
+    assert main(["data", "inspect", str(folder_cfg)]) == 0
+    assert gguf_report.startswith("chat template: the tokenizer's template") and gguf_report == capsys.readouterr().out
 
 
 def test_docs_say_how_to_train_from_a_gguf_file():

@@ -30,6 +30,10 @@ NOISE: dict[str, tuple[str, ...]] = {
 WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # transformers 5 deprecates the attribute that peft and the Trainer still read; nothing to do for users
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    # peft, saving an adapter (each checkpoint) on a GGUF base: it looks for the base's config.json beside
+    # the .gguf file to tell a resized vocabulary; runs never resize it, and the final adapter's save
+    # checks against the converted config instead (methods/lora.py)
+    (UserWarning, r"Could not find a config file in .*\.gguf - will assume that the vocabulary was not modified"),
 )
 
 
