@@ -130,6 +130,12 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
                                             "differ where defaults changed", where, written_by, __version__)
     raw = apply_overrides(raw, list(overrides))
     method = raw.get("method", "lora")
+    if not isinstance(method, str):  # `method: []` or `method=[x]`: a name is looked up in the registry
+        from .registry import registered_trainers
+
+        by = next((f"override {o!r}" for o in reversed(list(overrides)) if o.partition("=")[0] == "method"), where)
+        raise UsageError(f"{by}: 'method' must be the name of a method (one of {', '.join(registered_trainers())}); "
+                         f"got {method!r} ({type(method).__name__})")
     out: dict[str, Any] = {"method": method}
     for section, cls in SECTIONS.items():
         body = raw.get(section)

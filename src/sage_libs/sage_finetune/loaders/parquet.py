@@ -25,14 +25,28 @@ class ParquetLoader(FileLoader):
         try:
             pf = pq.ParquetFile(p)
         except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
-            raise DataFileError(f"{p}: not a readable Parquet file ({exc})") from None
+            raise DataFileError(f"{p}: not a readable Parquet file ({_one_line(exc)})") from None
         row = 0
-        for batch in pf.iter_batches(batch_size=self.batch_size):
-            for record in batch.to_pylist():
+        batches = pf.iter_batches(batch_size=self.batch_size)
+        while True:
+            try:  # a file whose footer reads but whose pages are corrupt fails here, batch by batch
+                batch = next(batches, None)
+                records = None if batch is None else batch.to_pylist()
+            except Exception as exc:
+                raise DataFileError(f"{p}: not a readable Parquet file (the rows after row {row}: "
+                                    f"{_one_line(exc)})") from None
+            if records is None:
+                break
+            for record in records:
                 row += 1
                 yield row, _drop_nulls(record)
         if row == 0:
             raise DataFileError(f"{Path(p)}: the file has no rows")
+
+
+def _one_line(exc: Exception) -> str:
+    """pyarrow's messages can span lines (thrift's); an error message is one line."""
+    return " ".join(str(exc).split())
 
 
 def _drop_nulls(record: dict[str, Any]) -> dict[str, Any]:
