@@ -162,7 +162,9 @@ def test_chat_command_errors(tmp_path, capsys):
 
     assert main(["chat", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
-    assert main(["chat", str(tmp_path), "--max-new-tokens", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:  # a usage error, before anything is loaded
+        main(["chat", str(tmp_path), "--max-new-tokens", "0"])
+    assert exc.value.code == 2 and "argument --max-new-tokens: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_named_templates_of_a_tokenizer(tiny_model_dir, tmp_path):

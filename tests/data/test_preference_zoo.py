@@ -91,10 +91,9 @@ def record_forms(name: str) -> dict[str, dict]:
 
 # (template, pair) -> what the refusal message must say. Every other case must be exact.
 # Templates that refuse these conversations refuse them as the zoo's SFT scenarios do (a system
-# message, a tool message); templates that write no tool call render the tool-call reply as nothing,
-# or the two tool-call replies with the same text as the same tokens.
-_NOTHING = "renders nothing to train for the chosen reply"
-_SAME = "chosen and rejected render to the same tokens"
+# message, a tool message); templates that write no tool call refuse a reply with one, as SFT does
+# (it would render as nothing, or the two tool-call replies with the same text as the same tokens).
+_NO_CALL = "assistant turn 2: the chat template does not render its tool call 'get_weather'"
 EXPECTED_REFUSALS: dict[tuple[str, str], str] = {}
 for _template in ("gemma", "gemma_training", "mistral_v0.1"):
     for _pair in ("system", "tool_call_reply", "tool_call_with_text", "reply_after_tool_result"):
@@ -103,8 +102,8 @@ for _template in ("gemma3", "gemma3_training"):
     EXPECTED_REFUSALS[(_template, "reply_after_tool_result")] = SFT_REFUSALS[(_template, "tools")]
 for _template in ("llama3", "llama3_training", "gemma3", "gemma3_training", "phi3", "phi3_training",
                   "deepseek_r1_distill", "deepseek_r1_distill_training", "qwen1.5_chat", "vllm_chatml"):
-    EXPECTED_REFUSALS[(_template, "tool_call_reply")] = _NOTHING
-    EXPECTED_REFUSALS[(_template, "tool_call_with_text")] = _SAME
+    EXPECTED_REFUSALS[(_template, "tool_call_reply")] = _NO_CALL
+    EXPECTED_REFUSALS[(_template, "tool_call_with_text")] = _NO_CALL
 
 
 # -- the oracle ----------------------------------------------------------------------------------------

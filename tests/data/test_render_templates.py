@@ -150,16 +150,18 @@ def test_template_syntax_error_is_not_a_record_error(tiny_model_dir):
 
 
 # 5. mask_history when the last reply renders empty -------------------------------------------------------
-def test_mask_history_drops_a_sample_whose_last_reply_renders_empty(tiny_model_dir):
+def test_a_last_reply_the_template_renders_empty_is_refused_not_dropped(tiny_model_dir):
+    """Before (issue 31): with mask_history the sample was dropped and only counted, so an agent
+    dataset on such a template lost every tool call; now the record is refused by name."""
     tok = _tok(tiny_model_dir, template=(ASSETS / "qwen1.5_chat.jinja").read_text(encoding="utf-8"))
     record = {"messages": NO_SYSTEM["messages"][:2] + [
         {"role": "user", "content": "Add 2 and 2"}, {"role": "assistant", "content": "", "tool_calls": [CALL]}]}
-    # the template ignores tool calls: the last reply renders as nothing, so nothing is trained
-    assert ChatRenderer(tok, mask_history=True)(to_conversation(record)) is None
-    columns, stats = tokenize_records([record], tok, mask_history=True)
-    assert stats.dropped_no_trained_tokens == 1 and not columns["input_ids"]
-    res = ChatRenderer(tok)(to_conversation(record))  # without mask_history: the first reply only
-    assert trained(tok, res.input_ids, res.labels) == ["Hello!<|im_end|>"]
+    # the template ignores tool calls: the last reply renders as nothing
+    with pytest.raises(TemplateError, match=r"^record: assistant turn 3: the chat template does not render its tool "
+                                            r"call 'calculator'"):
+        ChatRenderer(tok, mask_history=True)(to_conversation(record))
+    columns, stats = tokenize_records([record], tok, mask_history=True, on_error="skip")
+    assert stats.skipped_invalid == 1 and stats.dropped_no_trained_tokens == 0 and not columns["input_ids"]
 
 
 # 6. the fallback template needs an eos token -----------------------------------------------------------

@@ -236,8 +236,14 @@ EXPECTED_REFUSALS.update({("qwen3", s): _HISTORY for s in ("multi_turn", "system
                                                           "whitespace", "unicode", "truncation",
                                                           "control_token_text")})
 # DeepSeek's original templates concatenate the arguments as a string (TRL's training copy applies tojson)
-# (R1-Distill renders no tool call when the content is set, so it does not fail there: those replies are blank)
 EXPECTED_REFUSALS.update({(t, "tools"): _DICT_ARGS for t in ("deepseekv3", "deepseekv3_plain_prompt")})
+# templates that write only a message's text, not its tool calls: a reply with one is refused (it would
+# be trained as an empty turn, or as the text beside the call) unless the template refused it earlier
+_NO_CALL = "the chat template does not render its tool call 'get_weather'"
+for _t in ("llama3", "llama3_training", "phi3", "phi3_training", "deepseek_r1_distill", "deepseek_r1_distill_training",
+           "qwen1.5_chat", "vllm_chatml", "gemma", "gemma_training", "gemma3", "gemma3_training", "mistral_v0.1"):
+    for _s in ("tools", "tools_json_arguments", "mask_history_tool_call_last"):
+        EXPECTED_REFUSALS.setdefault((_t, _s), _NO_CALL)
 # templates that do not render reasoning_content: training it would lose it silently
 for _t in TEMPLATES:
     if _t.name not in ("qwen3", "qwen3_training"):

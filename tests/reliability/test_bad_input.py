@@ -146,6 +146,13 @@ CASES: dict[str, Case] = {
         "training": {"output_dir": data_file(t, "x", "outfile")}}),
     "output_dir under a file": Case("is a file, not a directory", prepare=lambda t, m: {
         "training": {"output_dir": data_file(t, "x", "afile") + "/out"}}),
+    "output_dir a dangling symlink": Case("training.output_dir: {tmp}/link is a symbolic link to {tmp}/gone, which "
+                                          "does not exist; create that folder", prepare=lambda t, m: {
+        "training": {"output_dir": str(__import__("os").symlink(t / "gone", t / "link") or t / "link")}}),
+    "previous-runs is a file": Case("training.output_dir: {tmp}/used/previous-runs is not a folder; a fresh run moves",
+                                    prepare=lambda t, m: {"training": {"output_dir": str(
+                                        data_file((t / "used").mkdir() or t / "used", "x", "previous-runs")
+                                        and t / "used")}}),
     "resume without a checkpoint": Case("resume_from_checkpoint: true, but", sections={
         "training": {"resume_from_checkpoint": True}}),
     "resume from a non-checkpoint": Case("is not a checkpoint folder", sections={
@@ -169,6 +176,8 @@ CASES: dict[str, Case] = {
         sections={"data": {"formatting_func": __import__("json").__file__ + ":loads"}}),
     "chat template syntax error": Case("data.chat_template: line 1 of the template: Jinja syntax error (unexpected '}}')",
                                        sections={"data": {"chat_template": "{% for m in messages %}{{ m.content }"}}),
+    "chat template file empty": Case("data.chat_template: {tmp}/empty.jinja is empty; expected a Jinja chat template",
+                                     prepare=lambda t, m: {"data": {"chat_template": data_file(t, "", "empty.jinja")}}),
     "chat template file syntax error": Case("t.jinja:3: Jinja syntax error", prepare=lambda t, m: {"data": {
         "chat_template": data_file(t, "{% for m in messages %}\n{{ m.content }}\n{% endfor %\n", "t.jinja")}}),
     "chat template sandbox refusal": Case(
@@ -191,6 +200,12 @@ CASES: dict[str, Case] = {
     "train_file is a directory": Case("d.jsonl is a directory; expected a .jsonl, .json, .parquet file",
                                       prepare=lambda t, m: {"data": {"train_file": str((t / "d.jsonl").mkdir() or
                                                                                        t / "d.jsonl")}}),
+    "train_file is a FIFO": Case("fifo.jsonl: is a named pipe (FIFO), not a regular file; the data is read more than "
+                                 "once", prepare=lambda t, m: {"data": {"train_file": str(
+                                     __import__("os").mkfifo(t / "fifo.jsonl") or t / "fifo.jsonl")}}),
+    "train_file a folder without data": Case("dirdata: a folder with no data files the datasets library reads",
+                                             prepare=lambda t, m: {"data": {"train_file": str(
+                                                 (t / "dirdata").mkdir() or t / "dirdata")}}),
     "eval_file missing": Case("data.eval_file: {tmp}/ev.jsonl: no such file",
                               prepare=lambda t, m: {"data": {"eval_file": str(t / "ev.jsonl")}}),
     "empty data file": Case("data.jsonl: the file is empty",
@@ -346,3 +361,20 @@ def test_a_raising_formatting_func_is_a_record_error_that_on_error_skip_skips(ti
     columns, stats = tokenize_records(records, tiny_tokenizer, formatting_func=fmt, on_error="skip")
     assert stats.skipped_invalid == 1 and len(columns["input_ids"]) == 2
     assert "record 1: formatting_func" in stats.errors[0]
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["chat", "m", "--temperature", "-1"], "argument --temperature: must be >= 0, got -1"),
+    (["chat", "m", "--max-new-tokens", "0"], "argument --max-new-tokens: must be >= 1, got 0"),
+    (["plan", "run.yaml", "--tflops", "nan"], "argument --tflops: expected a finite number, got 'nan'"),
+    (["plan", "run.yaml", "--processes", "two"], "argument --processes: expected an integer, got 'two'"),
+    (["data", "inspect", "d.jsonl", "--max-seq-length", "-5"], "argument --max-seq-length: must be >= 1, got -5"),
+    (["tiny-model", "out", "--layers", "0"], "argument --layers: must be >= 1, got 0"),
+])
+def test_numeric_arguments_out_of_range_are_usage_errors(argv, expect, capsys):
+    """Before: transformers' ValueError from generate() after the model had loaded (exit 1)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and [line for line in err.splitlines() if "error:" in line] == [
+        f"sage-finetune {' '.join(argv[:2] if argv[0] == 'data' else argv[:1])}: error: {expect}"], err

@@ -173,6 +173,57 @@ def test_resume_when_no_checkpoint_is_complete(three_checkpoints, tiny_model_dir
         resume_checkpoint(same_run(tiny_model_dir, out, resume_from_checkpoint=True))
 
 
+def test_a_checkpoint_without_its_run_identity_is_resumed_only_when_named(three_checkpoints, tiny_model_dir,
+                                                                          tmp_path, caplog):
+    """Before: the output folder's run_identity.json stood in for the checkpoint's, so a checkpoint
+    whose own record was deleted resumed without a word."""
+    out = tmp_path / "out"
+    shutil.copytree(three_checkpoints, out)
+    (out / "checkpoint-3" / "run_identity.json").unlink()
+    with pytest.raises(ConfigError, match=r"checkpoint-3 has no run_identity.json \(deleted, or written by another "
+                                          r"tool\), so nothing shows that this config wrote it; set "
+                                          r"resume_from_checkpoint to .*checkpoint-3 to continue it anyway"):
+        resume_checkpoint(same_run(tiny_model_dir, out, resume_from_checkpoint=True))
+    named = str(out / "checkpoint-3")
+    with caplog.at_level(logging.WARNING):
+        assert resume_checkpoint(same_run(tiny_model_dir, out, resume_from_checkpoint=named)) == named
+    assert "resuming " + named + " as asked, although it has no run_identity.json" in caplog.text
+
+
+@pytest.mark.parametrize("change,expect", [
+    ("tokenizer", "the model's tokenizer (tokenizer.json) changed"),
+    ("template", "the model's tokenizer (chat_template.jinja) changed"),
+    ("weights", "the model's weights (model.safetensors) changed"),
+])
+def test_the_run_identity_notices_a_replaced_tokenizer_or_retrained_weights(tiny_model_dir, tmp_path, change, expect):
+    """Before: the identity covered config.json and the weight files' sizes only, so a run resumed
+    silently onto another tokenizer or other weights of the same shapes."""
+    from sage_libs.sage_finetune.run.identity import RunIdentity, identity_differences
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+
+    def identity():
+        trainer = same_run(model, tmp_path / "out")
+        return RunIdentity.from_resolved_config(trainer.resolved_config(), trainer.data_config.train_file)
+
+    before = identity()
+    assert identity().fingerprint == before.fingerprint  # stable when nothing changes
+    if change == "tokenizer":
+        data = json.loads((model / "tokenizer.json").read_text())
+        data["added_tokens"][0]["content"] = "<|other|>"
+        (model / "tokenizer.json").write_text(json.dumps(data))
+    elif change == "template":
+        (model / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    else:  # the same shapes and size, other values: a byte in the middle of the tensor data
+        weights = bytearray((model / "model.safetensors").read_bytes())
+        weights[len(weights) // 2] ^= 0xFF
+        (model / "model.safetensors").write_bytes(bytes(weights))
+    after = identity()
+    assert after.fingerprint != before.fingerprint
+    assert identity_differences({"fields": before.fields}, after) == expect
+
+
 def test_training_resumes_past_a_half_written_checkpoint(three_checkpoints, tiny_model_dir, tmp_path):
     """End to end: the newest checkpoint is cut short; resume takes the one before and finishes."""
     out = tmp_path / "out"

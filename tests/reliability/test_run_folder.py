@@ -319,3 +319,29 @@ def test_sigterm_before_training_stops_at_once_and_leaves_nothing(tiny_model_dir
     assert "sage-finetune train: terminated (SIGTERM)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is restored
+
+
+def test_sigterm_after_the_last_step_finishes_the_run_and_says_so(tiny_model_dir, tmp_path, capsys, caplog):
+    """SIGTERM between the last optimizer step and the end of the loop: before, "saving a checkpoint" was
+    printed and none was saved; now the run is complete, its outputs are written and it says so."""
+    import os
+
+    from transformers import TrainerCallback
+
+    from sage_libs.sage_finetune.run_config import load_run_config, make_trainer
+
+    class SigtermAfterLastStep(TrainerCallback):
+        def on_log(self, args, state, control, **kwargs):
+            if state.global_step == state.max_steps and not getattr(self, "sent", False):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = make_trainer(load_run_config(str(write_config(tmp_path, tiny_model_dir))))
+    trainer.callbacks.append(SigtermAfterLastStep())
+    metrics = trainer.train()
+    err = capsys.readouterr().err
+    assert "SIGTERM received: after the last step: the run is complete, writing its outputs" in err
+    assert "SIGTERM after the last step (4 of 4): the run is complete" in caplog.text
+    assert metrics["global_step"] == 4 and (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -280,7 +280,8 @@ class DataConfig(_Config):
                                      "(OpenAI tool calls through the chat template), auto (tool_calls when the "
                                      "template supports them).", choices=("auto", "react", "tool_calls"))
     tools_file: Union[str, None] = _opt(None, "JSON file with the tool schemas (OpenAI function format) for "
-                                              "trajectories whose records carry no 'tools'.")
+                                              "every record (trajectory, messages, preference) that carries no "
+                                              "'tools' of its own; the chat template renders them.")
     packing: bool = _opt(False, "Pack several samples into rows of training.max_seq_length tokens (best-fit "
                                 "decreasing, per-document position_ids, no attention across samples).")
     group_by_length: Union[bool, None] = _opt(

@@ -9,6 +9,7 @@ from typing import Any
 import sys
 
 from ..errors import UsageError
+from .common import number
 
 __all__ = ["add_parser", "run"]
 
@@ -25,8 +26,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--base", help="base model for an adapter (default: the one recorded in the adapter)")
     p.add_argument("--system", help="system message for the conversation")
     p.add_argument("--prompt", help="ask this one question, print the reply and exit")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (default 0: greedy)")
+    p.add_argument("--max-new-tokens", type=number(int, ge=1), default=256, help="longest reply in tokens (default 256)")
+    p.add_argument("--temperature", type=number(float, ge=0), default=0.0,
+                   help="sample at this temperature (default 0: greedy)")
     p.set_defaults(func=run)
 
 

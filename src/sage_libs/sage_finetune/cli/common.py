@@ -1,10 +1,33 @@
-"""What several commands share: the metrics table and the config epilog of their help."""
+"""What several commands share: the metrics table, the config epilog of their help, and checked
+numeric arguments."""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import math
+from typing import Any, Callable
 
-__all__ = ["print_metrics", "config_epilog"]
+__all__ = ["print_metrics", "config_epilog", "number"]
+
+
+def number(kind: type, *, ge: float | None = None, gt: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type``: an int or a finite float within bounds, so that ``--temperature -1``
+    is a usage error (exit 2, naming the option) instead of a library's exception mid-run."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if ge is not None and value < ge:
+            raise argparse.ArgumentTypeError(f"must be >= {ge:g}, got {text}")
+        if gt is not None and value <= gt:
+            raise argparse.ArgumentTypeError(f"must be > {gt:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:

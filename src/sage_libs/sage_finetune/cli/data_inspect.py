@@ -13,6 +13,7 @@ from typing import Any
 from ..config import DataConfig
 from ..errors import UsageError
 from ..run_config import load_run_config
+from .common import number
 
 __all__ = ["add_parser", "run"]
 
@@ -32,7 +33,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides (with a config)")
     p.add_argument("--tokenizer", help="model or tokenizer to render with (default: the config's model)")
     p.add_argument("--format", help="record format for a data file (default: auto)")
-    p.add_argument("--max-seq-length", type=int, help="truncation length (default: the config's, else 1024)")
+    p.add_argument("--max-seq-length", type=number(int, ge=1), help="truncation length (default: the config's, else 1024)")
     p.add_argument("--sample", type=int, default=0, help="index of the sample to show")
     p.add_argument("--png", default="", help="also write the length histogram as a PNG here (default: none; the "
                    "text histogram is always printed)")
@@ -195,9 +196,10 @@ def _print_preference_report(report: Any, records: Any, file: str, tokenizer: An
               f"desirable {summary['desirable']}  undesirable {summary['undesirable']}")
     else:
         print(f"preference pairs: records {summary['records']}  pairs {summary['pairs']}")
+    same = "" if unpaired else f"  dropped (replies cut to the same tokens) {summary['dropped_same_after_truncation']}"
     print(f"invalid (skipped) {summary['skipped_invalid'] + getattr(records, 'skipped', 0)}  "
           f"truncated {summary['truncated']}  dropped (no scored token left) "
-          f"{summary['dropped_no_scored_tokens']}  at max_seq_length {max_len}")
+          f"{summary['dropped_no_scored_tokens']}{same}  at max_seq_length {max_len}")
     for error in summary["first_errors"][:3]:
         print(f"  {error}")
     print(f"tokens {summary['tokens']}  scored {summary['scored_tokens']}  "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
+from .common import number
 
 __all__ = ["add_parser", "run"]
 
@@ -24,8 +25,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], help="plan for this device (default: where train would run)")
     p.add_argument("--memory", help="memory budget per device, e.g. 24GB, 80GiB, 512MB (GB = GiB = 2**30 bytes; "
                                     "default: what is available now)")
-    p.add_argument("--processes", type=int, default=None, help="data-parallel processes (default: $WORLD_SIZE or 1)")
-    p.add_argument("--tflops", type=float, default=None,
+    p.add_argument("--processes", type=number(int, ge=1), default=None, help="data-parallel processes (default: $WORLD_SIZE or 1)")
+    p.add_argument("--tflops", type=number(float, gt=0), default=None,
                    help="the device's matmul throughput in TFLOP/s, instead of measuring it (e.g. planning a GPU "
                         "run on a machine without one)")
     p.add_argument("--no-probe", action="store_true", help="skip the throughput probe (no time estimate)")

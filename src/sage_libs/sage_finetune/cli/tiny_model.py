@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from .common import number
 
 __all__ = ["add_parser", "run"]
 
@@ -18,11 +19,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("output", help="directory to write")
     p.add_argument("--arch", default="llama", choices=["llama", "qwen2"])
     p.add_argument("--corpus", nargs="*", default=[], help="JSON/JSONL/text files to train the tokenizer on")
-    p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--hidden-size", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrain-steps", type=int, default=0,
+    p.add_argument("--vocab-size", type=number(int, ge=16), default=1024)
+    p.add_argument("--hidden-size", type=number(int, ge=8), default=64)
+    p.add_argument("--layers", type=number(int, ge=1), default=2)
+    p.add_argument("--seed", type=number(int, ge=0), default=0)
+    p.add_argument("--pretrain-steps", type=number(int, ge=0), default=0,
                    help="first train it as a plain LM on the corpus for N steps (a small 'base' model)")
     p.set_defaults(func=run)
 

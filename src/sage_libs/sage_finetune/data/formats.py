@@ -165,8 +165,8 @@ def to_conversation(record: Any, fmt: str = "auto", *, where: str = "record",
     """Map one record to a validated :class:`Conversation`.
 
     ``fmt='text'`` records have no conversation; use :func:`record_text` for them.
-    ``agent_format`` (react or tool_calls) and ``tools`` (a dataset-wide schema used when a record
-    has none) apply to trajectory records.
+    ``agent_format`` (react or tool_calls) applies to trajectory records; ``tools`` (the dataset-wide
+    schemas of ``data.tools_file``) to every record that has none of its own.
     """
     if fmt == "auto":
         fmt = detect_format(record, where)
@@ -187,6 +187,8 @@ def to_conversation(record: Any, fmt: str = "auto", *, where: str = "record",
         return trajectory_to_conversation(record, where=where, style=agent_format, tools=tools,
                                           system_prompt=system_prompt)
     conv = _CONVERTERS[fmt](record, where)
+    if tools and conv.tools is None:
+        conv.tools = tools
     if system_prompt and conv.messages and conv.messages[0].role != "system":
         conv.messages.insert(0, Message("system", system_prompt))
     return conv.validate(where)

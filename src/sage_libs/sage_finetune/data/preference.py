@@ -31,6 +31,7 @@ Pure Python apart from the tokenizer; no torch. Batches of these columns:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,8 @@ from .rendering import RenderOptions, refuse_for_preference
 
 __all__ = ["PreferencePair", "PreferenceStats", "is_preference_record", "is_unpaired_record", "to_preference_pair",
            "tokenize_preference_records", "PREFERENCE_COLUMNS"]
+
+logger = logging.getLogger(__name__)
 
 PREFERENCE_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
 
@@ -80,6 +83,7 @@ class PreferenceStats(_StatsDict):
     skipped_invalid: int = 0
     truncated: int = 0
     dropped_no_scored_tokens: int = 0
+    dropped_same_after_truncation: int = 0  # max_seq_length cut both replies to the same tokens
     tokens: int = 0
     scored_tokens: int = 0
     errors: list[str] = field(default_factory=list)
@@ -132,8 +136,10 @@ def _describe(messages: list[Message]) -> str:
     return ", ".join(m.role for m in messages) or "nothing"
 
 
-def to_preference_pair(record: Any, *, where: str = "record", system_prompt: str | None = None) -> PreferencePair:
-    """One preference record -> a validated :class:`PreferencePair` (see the module docstring)."""
+def to_preference_pair(record: Any, *, where: str = "record", system_prompt: str | None = None,
+                       tools: list[dict[str, Any]] | None = None) -> PreferencePair:
+    """One preference record -> a validated :class:`PreferencePair` (see the module docstring);
+    ``tools``: the dataset-wide schemas (``data.tools_file``) for a record without its own."""
     if not isinstance(record, dict):
         raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
     missing = [k for k in ("chosen", "rejected") if k not in record]
@@ -144,8 +150,8 @@ def to_preference_pair(record: Any, *, where: str = "record", system_prompt: str
         raise DataFormatError(f"{where}: missing field {missing[0]!r}; a preference record needs 'chosen' and "
                               f"'rejected' (and 'prompt' unless both are full conversations); record fields: {keys}"
                               f"{hint}")
-    tools = record.get("tools")
-    if tools is not None and not isinstance(tools, list):
+    own_tools = record.get("tools")
+    if own_tools is not None and not isinstance(own_tools, list):
         raise DataFormatError(f"{where}: field 'tools' must be a list of tool schemas")
     raw_c, raw_r = record["chosen"], record["rejected"]
     prompt_raw = record.get("prompt")
@@ -194,7 +200,7 @@ def to_preference_pair(record: Any, *, where: str = "record", system_prompt: str
                               "different replies")
     if system_prompt and prompt and prompt[0].role != "system":
         prompt = [Message("system", system_prompt), *prompt]
-    pair = PreferencePair(prompt, chosen_rest[0], rejected_rest[0], tools=tools or None)
+    pair = PreferencePair(prompt, chosen_rest[0], rejected_rest[0], tools=own_tools or tools or None)
     for name, conv in zip(("chosen", "rejected"), pair.conversations()):
         try:
             conv.validate(where)
@@ -250,11 +256,12 @@ def tokenize_preference_records(records: Any, tokenizer: Any, options: RenderOpt
     """Preference records -> columns :data:`PREFERENCE_COLUMNS` (+ ``length``) and statistics.
 
     ``options`` (or ``settings``, :class:`.rendering.RenderOptions` fields) as in SFT: the chat
-    template, system prompt, max_seq_length, on_error, reasoning and control-token text (the
-    format, agent format and dataset-wide tools are for agent trajectories, which preference
+    template, system prompt, dataset-wide tools, max_seq_length, on_error, reasoning and
+    control-token text (the format and agent format are for agent trajectories, which preference
     records are not). ``locate(records, index)`` names a record in error
     messages (default: ``record N``). Pairs whose chosen or rejected reply lost every scored token to
-    ``max_seq_length`` (keep-start truncation) are dropped and counted."""
+    ``max_seq_length`` (keep-start truncation), or whose two replies it cut to the same tokens (a pair
+    that teaches nothing), are dropped, counted and logged."""
     options, renderer = _scoring_renderer(tokenizer, options, settings)
     columns: dict[str, list] = {name: [] for name in (*PREFERENCE_COLUMNS, "length")}
     stats = PreferenceStats()
@@ -262,7 +269,7 @@ def tokenize_preference_records(records: Any, tokenizer: Any, options: RenderOpt
         stats.records += 1
         where = locate(records, index) if locate is not None else f"record {index}"
         try:
-            pair = to_preference_pair(record, where=where, system_prompt=options.system_prompt)
+            pair = to_preference_pair(record, where=where, system_prompt=options.system_prompt, tools=options.tools)
             sides = [_scored_side(renderer, conv, where, side)
                      for conv, side in zip(pair.conversations(), ("chosen", "rejected"))]
             if all(sides):
@@ -277,6 +284,12 @@ def tokenize_preference_records(records: Any, tokenizer: Any, options: RenderOpt
             stats.dropped_no_scored_tokens += 1
             continue
         (c_ids, c_labels, c_cut), (r_ids, r_labels, r_cut) = sides
+        if c_ids == r_ids:  # _check_distinct refused untruncated ones: max_seq_length made them equal
+            stats.dropped_same_after_truncation += 1
+            if len(stats.errors) < 20:
+                stats.errors.append(f"{where}: chosen and rejected are the same {len(c_ids)} tokens after "
+                                    f"truncation to max_seq_length {options.max_seq_length}: dropped")
+            continue
         stats.truncated += bool(c_cut or r_cut)
         stats.pairs += 1
         stats.tokens += len(c_ids) + len(r_ids)
@@ -286,4 +299,9 @@ def tokenize_preference_records(records: Any, tokenizer: Any, options: RenderOpt
         columns["rejected_input_ids"].append(r_ids)
         columns["rejected_labels"].append(r_labels)
         columns["length"].append(len(c_ids) + len(r_ids))
+    if stats.dropped_same_after_truncation:
+        logger.warning("dropped %d preference pairs whose chosen and rejected replies max_seq_length=%s cut to the "
+                       "same tokens (first: %s); raise max_seq_length to keep them",
+                       stats.dropped_same_after_truncation, options.max_seq_length,
+                       next(e for e in stats.errors if "same" in e and "after truncation" in e))
     return columns, stats

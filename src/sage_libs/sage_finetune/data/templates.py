@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["FALLBACK_CHAT_TEMPLATE", "ChatTemplate", "resolve_chat_template", "install_chat_template",
+__all__ = ["FALLBACK_CHAT_TEMPLATE", "ChatTemplate", "read_template_file", "resolve_chat_template", "install_chat_template",
            "end_of_turn_token_ids"]
 
 # Used when the tokenizer has no chat template. Plain-text role headers, each ending in a newline
@@ -62,6 +62,19 @@ class ChatTemplate:
     user_set: bool = False  # chosen by data.chat_template (error messages blame that option)
 
 
+def read_template_file(path: str, option: str = "data.chat_template") -> str:
+    """The text of a chat template file; an unreadable or empty one (a 0-byte file would render every
+    conversation as nothing, and be saved so with the model) is a :class:`ConfigError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{option}: cannot read {path}: {exc}") from None
+    if not text.strip():
+        raise ConfigError(f"{option}: {path} is empty; expected a Jinja chat template (the text that renders "
+                          "the messages)")
+    return text
+
+
 def resolve_chat_template(setting: "str | ChatTemplate | None", tokenizer: Any,
                           option: str = "data.chat_template") -> ChatTemplate:
     """The template a conversation is rendered with (see the module docstring for the order); a
@@ -71,10 +84,7 @@ def resolve_chat_template(setting: "str | ChatTemplate | None", tokenizer: Any,
     own = getattr(tokenizer, "chat_template", None)
     if setting:
         if os.path.isfile(setting):
-            try:
-                return ChatTemplate(Path(setting).read_text(encoding="utf-8"), f"file {setting}", True)
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{option}: cannot read {setting}: {exc}") from None
+            return ChatTemplate(read_template_file(setting, option), f"file {setting}", True)
         if "{" in setting:
             return ChatTemplate(setting, f"{option} (inline)", True)
         if isinstance(own, dict) and setting in own:

@@ -45,6 +45,7 @@ class TurnLocator:
                 end = _rstrip_end(upto, start, len(upto))
                 if end > start and self.specials.ends_with(upto, end) and "reasoning_content" not in chat[i] \
                         and not self.specials.blank(upto, start, end):
+                    _check_tool_calls_rendered(chat[i], [full[start:end]], job.where, i)
                     spans.append((start, end))
                     continue
             try:
@@ -53,6 +54,7 @@ class TurnLocator:
                 if self.options.train_on_prompt:  # every token is trained anyway
                     continue
                 raise
+            _check_tool_calls_rendered(chat[i], [full[s:e] for s, e in turn_spans], job.where, i)
             spans.extend(turn_spans)
             insert = turn_insert or insert
         text = full if insert is None else full[:insert[0]] + insert[1] + full[insert[0]:]
@@ -229,3 +231,21 @@ class TurnLocator:
         if continued.startswith(upto[:end]) and self.specials.marker_at(continued, end) == marker:
             return marker
         return ""  # the next message's header, not an end-of-turn token
+
+
+def _check_tool_calls_rendered(message: dict, texts: list[str], where: str, i: int) -> None:
+    """A trained reply's tool calls must be in what is trained: many templates (Llama-3.0, Phi-3,
+    Gemma, Mistral v0.1, Qwen1.5's ChatML...) write only a message's text, so an agent dataset would
+    lose every call without a word (an empty turn not trained, or only the text beside the call)."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return
+    rendered = "".join(texts)
+    for call in calls:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if isinstance(name, str) and name and name not in rendered:
+            raise TemplateError(
+                f"{where}: assistant turn {i}: the chat template does not render its tool call {name!r} (it "
+                "writes only the message text), so the call would not be trained; use a chat template that "
+                "renders tool_calls (data.chat_template), or agent trajectories with data.agent_format: react")

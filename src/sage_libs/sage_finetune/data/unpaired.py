@@ -79,13 +79,13 @@ def _completion(prompt: list[Message], raw: Any, where: str) -> Message:
     return side[0]
 
 
-def to_unpaired_examples(record: Any, *, where: str = "record",
-                         system_prompt: str | None = None) -> list[UnpairedExample]:
+def to_unpaired_examples(record: Any, *, where: str = "record", system_prompt: str | None = None,
+                         tools: list[dict[str, Any]] | None = None) -> list[UnpairedExample]:
     """One record -> validated :class:`UnpairedExample` s: one for an unpaired record
     (``prompt``, ``completion``, ``label``), two for a preference pair (chosen: desirable, rejected:
     undesirable)."""
     if is_preference_record(record) and not is_unpaired_record(record):
-        pair = to_preference_pair(record, where=where, system_prompt=system_prompt)
+        pair = to_preference_pair(record, where=where, system_prompt=system_prompt, tools=tools)
         return [UnpairedExample(pair.prompt, pair.chosen, True, pair.tools),
                 UnpairedExample(pair.prompt, pair.rejected, False, pair.tools)]
     if not isinstance(record, dict):
@@ -100,14 +100,14 @@ def to_unpaired_examples(record: Any, *, where: str = "record",
     if not isinstance(label, bool):  # 0/1 or "true" are more often a mistake (a score column) than a label
         raise DataFormatError(f"{where}: field 'label' must be true or false, got {label!r} "
                               f"({type(label).__name__})")
-    tools = record.get("tools")
-    if tools is not None and not isinstance(tools, list):
+    own_tools = record.get("tools")
+    if own_tools is not None and not isinstance(own_tools, list):
         raise DataFormatError(f"{where}: field 'tools' must be a list of tool schemas")
     prompt = _messages(record["prompt"], where, "prompt", "user")
     completion = _completion(prompt, record["completion"], where)
     if system_prompt and prompt[0].role != "system":
         prompt = [Message("system", system_prompt), *prompt]
-    example = UnpairedExample(prompt, completion, label, tools=tools or None)
+    example = UnpairedExample(prompt, completion, label, tools=own_tools or tools or None)
     example.conversation().validate(where)
     return [example]
 
@@ -124,7 +124,7 @@ def tokenize_unpaired_records(records: Any, tokenizer: Any, options: RenderOptio
         stats.records += 1
         where = locate(records, index) if locate is not None else f"record {index}"
         try:
-            examples = to_unpaired_examples(record, where=where, system_prompt=options.system_prompt)
+            examples = to_unpaired_examples(record, where=where, system_prompt=options.system_prompt, tools=options.tools)
             names = ("chosen", "rejected") if len(examples) == 2 else ("completion",)  # a pair, or one example
             sides = [_scored_side(renderer, ex.conversation(), where, name) for ex, name in zip(examples, names)]
             if len(sides) == 2 and all(sides):

@@ -25,6 +25,11 @@ def _check_file(path: str | os.PathLike) -> Path:
         raise DataFileError(f"{p}: no such file")
     if p.is_dir():
         raise DataFileError(f"{p}: is a directory; expected a data file")
+    if not p.is_file():  # a FIFO (or a device, a socket): read once it would be gone for the second pass
+        kind = "named pipe (FIFO)" if p.is_fifo() else "socket" if p.is_socket() else "device" \
+            if p.is_char_device() or p.is_block_device() else "special file"
+        raise DataFileError(f"{p}: is a {kind}, not a regular file; the data is read more than once (format "
+                            "detection, counting, tokenizing), so write it to a file first")
     if p.stat().st_size == 0:
         raise DataFileError(f"{p}: the file is empty")
     return p

@@ -37,6 +37,10 @@ class HFDatasetLoader(FileLoader):
                 ds = datasets.load_dataset(str(data_path), name, split=split, data_files=data_files,
                                            streaming=streaming, revision=revision, **kwargs)
             except FileNotFoundError as exc:
+                if path.is_dir():
+                    raise DataFormatError(f"{data_path}: a folder with no data files the datasets library reads "
+                                          "(.jsonl, .json, .parquet, .csv, .arrow, ...) and no saved dataset "
+                                          "(dataset_info.json); expected a data file or a dataset folder") from None
                 raise DataFormatError(f"{data_path}: cannot load the dataset ({exc})") from None
             except ValueError as exc:
                 raise DataFormatError(f"{data_path}: {exc}") from None

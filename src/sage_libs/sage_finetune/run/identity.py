@@ -104,9 +104,35 @@ def data_fingerprint(data: Any) -> Any:
     return {"records": digest or "unhashable"}
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                    "merges.txt")
+
+
+def _weights_digest(path: Path, samples: int = 64, block: int = 1 << 16) -> str:
+    """A fingerprint of a weight file's content: files up to 256 MiB hashed whole; larger ones by
+    their size, a safetensors file's header (tensor names, dtypes, shapes, offsets) and ``samples``
+    evenly spaced 64 KiB blocks (4 MiB read however large the file; retrained or replaced weights
+    change every block)."""
+    size = path.stat().st_size
+    if size <= 256 << 20:
+        return _file_digest(path)
+    h = hashlib.sha256()
+    h.update(str(size).encode())
+    with path.open("rb") as fh:
+        if path.suffix == ".safetensors":
+            header = int.from_bytes(fh.read(8), "little")
+            h.update(fh.read(min(header, 100 << 20)))
+        for k in range(samples):
+            fh.seek(k * (size - block) // (samples - 1))
+            h.update(fh.read(block))
+    return h.hexdigest()
+
+
 def model_fingerprint(name_or_path: str, gguf_file: str | None = None) -> dict[str, Any]:
     """The model of a run: a GGUF file by its content (the sha256 the conversion cache is keyed by);
-    a local folder by its config.json and weight file sizes; a hub id by its name."""
+    a local folder by its config.json, its tokenizer files (the chat template among them) and its
+    weights' content (:func:`_weights_digest`); a hub id by its name."""
     from ..errors import ConfigError
     from ..utils.model_files import gguf_source
 
@@ -125,7 +151,9 @@ def model_fingerprint(name_or_path: str, gguf_file: str | None = None) -> dict[s
     config = p / "config.json"
     if config.is_file():
         out["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()
-    out["weights"] = {f.name: f.stat().st_size for f in sorted(p.iterdir())
+    out["tokenizer"] = {name: hashlib.sha256((p / name).read_bytes()).hexdigest() for name in _TOKENIZER_FILES
+                        if (p / name).is_file()}
+    out["weights"] = {f.name: _weights_digest(f) for f in sorted(p.iterdir())
                       if f.is_file() and f.name.endswith((".safetensors", ".bin"))}
     return out
 
@@ -209,8 +237,12 @@ def identity_differences(old: dict[str, Any] | None, new: RunIdentity, limit: in
     global_batch = "training.global_train_batch_size"  # not an option: what the identity keys (see above)
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     parts = []
+    model_parts = {"tokenizer": "the model's tokenizer", "weights": "the model's weights"}
     for key in changed[:limit]:
         label = next((v for k, v in names.items() if key == k or key.startswith(k + ".")), None)
+        part, _, file = key.removeprefix("training.model_name_or_path.").partition(".")
+        if label == "the model" and part in model_parts and file:
+            label = f"{model_parts[part]} ({file})"
         if key == global_batch:
             parts.append(f"the global batch (per_device_train_batch_size x gradient_accumulation_steps x processes) "
                          f"{_short(a.get(key))} -> {_short(b.get(key))}")

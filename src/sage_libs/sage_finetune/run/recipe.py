@@ -161,6 +161,10 @@ def _run_loop(trainer: Any, hf: Any, resume: str | None) -> tuple[Any, float]:
     stop = interrupted(hf, interrupt, trainer.training_config.output_dir)
     if stop is not None:
         raise stop
+    if interrupt is not None and interrupt.requested and interrupt.stopped_at is None:
+        logger.warning("%s after the last step (%d of %d): the run is complete; its outputs are written now "
+                       "(no checkpoint is needed)", "SIGTERM" if interrupt.signum == 15 else "Ctrl-C",
+                       hf.state.global_step, hf.state.max_steps)
     return result, runtime
 
 

@@ -39,13 +39,15 @@ def choose_checkpoint(output_dir: str | os.PathLike, identity: RunIdentity, *, p
             log.warning("not resuming from %s: %s (a save that was interrupted?); trying an older checkpoint",
                         path, "; ".join(problems))
             continue
-        written_by = _written_by(path)
-        if written_by is not None and written_by["fingerprint"] != identity.fingerprint:
+        written_by = read_identity(path)  # its own record: the folder's says who started the folder, not this
+        if written_by is None:
+            raise ConfigError(
+                f"training.resume_from_checkpoint: true, but {path} has no run_identity.json (deleted, or written by "
+                "another tool), so nothing shows that this config wrote it; set resume_from_checkpoint to "
+                f"{path} to continue it anyway, or to false for a fresh run")
+        if written_by["fingerprint"] != identity.fingerprint:
             foreign.append((path, written_by))
             continue
-        if written_by is None:
-            log.warning("%s has no run_identity.json (written by an earlier version?): resuming it without being "
-                        "able to check that this config wrote it", path)
         for other, by in foreign:
             log.warning("not resuming from %s: another config wrote it (%s)", other, identity_differences(by, identity))
         return path
@@ -132,9 +134,13 @@ def check_checkpoint_fits(model: Any, checkpoint: str | os.PathLike) -> None:
 
 
 def warn_if_written_by_another(checkpoint: str | os.PathLike, identity: RunIdentity) -> None:
-    """An explicitly named checkpoint of another config is resumed as asked, with a warning."""
-    written_by = _written_by(Path(checkpoint))
-    if written_by is not None and written_by["fingerprint"] != identity.fingerprint:
+    """An explicitly named checkpoint of another config, or of no known one, is resumed as asked,
+    with a warning."""
+    written_by = read_identity(checkpoint)
+    if written_by is None:
+        _log.warning("resuming %s as asked, although it has no run_identity.json: nothing shows which config "
+                     "wrote it", checkpoint)
+    elif written_by["fingerprint"] != identity.fingerprint:
         _log.warning("resuming %s as asked, although another config wrote it (%s): the run goes on with this "
                      "config", checkpoint, identity_differences(written_by, identity))
 

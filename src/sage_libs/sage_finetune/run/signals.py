@@ -58,6 +58,7 @@ class InterruptCallback(TrainerCallback):
     def __init__(self) -> None:
         self.requested = False
         self.stopped_at: int | None = None
+        self.steps_done = False  # the last optimizer step has ended: a signal now saves nothing more
         self.signum = int(signal.SIGINT)
         self._previous: dict[int, Any] = {}
 
@@ -90,8 +91,9 @@ class InterruptCallback(TrainerCallback):
             signal.signal(other, previous)  # the next signal acts at once
         what = "SIGTERM received" if signum == signal.SIGTERM else "Interrupted"
         again = "a second SIGTERM" if signum == signal.SIGTERM else "Ctrl-C again"
-        print(f"\n{what}: finishing this step and saving a checkpoint ({again} stops at once, without saving)",
-              file=sys.stderr, flush=True)
+        doing = ("after the last step: the run is complete, writing its outputs" if self.steps_done
+                 else "finishing this step and saving a checkpoint")
+        print(f"\n{what}: {doing} ({again} stops at once, without saving)", file=sys.stderr, flush=True)
 
     def on_train_begin(self, args, state, control, **kw):
         if state.max_steps and state.global_step >= state.max_steps:
@@ -102,3 +104,4 @@ class InterruptCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
+        self.steps_done = bool(state.max_steps) and state.global_step >= state.max_steps

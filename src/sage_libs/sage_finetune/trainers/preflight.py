@@ -98,7 +98,16 @@ def check_data_file(option: str, path: str) -> None:
 
 
 def check_output_dir(path: str) -> None:
+    from ..run.checkpoints import PREVIOUS_RUNS
+
     p = Path(path).expanduser()
+    if p.is_symlink() and not p.exists():
+        raise ConfigError(f"training.output_dir: {p} is a symbolic link to {os.readlink(p)}, which does not exist; "
+                          "create that folder, or point output_dir elsewhere")
+    aside = p / PREVIOUS_RUNS
+    if (aside.exists() or aside.is_symlink()) and not aside.is_dir():
+        raise ConfigError(f"training.output_dir: {aside} is not a folder; a fresh run moves an earlier run's files "
+                          f"into {PREVIOUS_RUNS}/ there: rename or remove that file")
     if p.exists() and not p.is_dir():
         raise ConfigError(f"training.output_dir: {p} is an existing file; expected a directory (an existing one, "
                           "or a path to create)")

@@ -33,8 +33,10 @@ def check_chat_template(value: str | None, option: str = "data.chat_template") -
         return
     import jinja2
 
+    from ..data.templates import read_template_file
+
     is_file = "{" not in value and os.path.isfile(value)
-    text = Path(value).read_text(encoding="utf-8") if is_file else value
+    text = read_template_file(value, option) if is_file else value
     try:
         _compile(text)
     except jinja2.TemplateSyntaxError as exc:
