@@ -8,6 +8,7 @@ keeps the statistics a user needs to trust the data (truncated, dropped, trained
 from __future__ import annotations
 
 import logging
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -16,12 +17,12 @@ from ..errors import (
     DataFormatError,
     MixedFormatError,  # noqa: F401 (re-exported)
 )
-from ..utils.input_checks import formatting_func_error, template_error
 from .conversation import Conversation
 from .formats import detect_format, record_text, to_conversation
 from .render import IGNORE_INDEX, ChatRenderer
 from .rendering import RenderOptions
 from .stats import PrepareStats
+from .templates import template_error
 
 __all__ = ["PrepareStats", "MixedFormatError", "tokenize_records", "prepare_records", "columns_to_dataset",
            "is_tokenized", "record_location"]
@@ -152,6 +153,17 @@ def _cut_calls(calls: Any, budget: int) -> Any:
             call = {**call, "function": {**fn, "arguments": fn["arguments"][:budget]}}
         out.append(call)
     return out
+
+
+def formatting_func_error(exc: BaseException, func: Callable, where: str) -> DataFormatError:
+    """``data.jsonl:3: formatting_func to_messages (my_format.py:5) raised KeyError: 'q'``."""
+    code = getattr(func, "__code__", None)
+    home = code.co_filename if code is not None else None
+    frames = traceback.extract_tb(exc.__traceback__)
+    frame = next((f for f in reversed(frames) if f.filename == home), frames[-1] if frames else None)
+    at = f" ({frame.filename}:{frame.lineno})" if frame is not None else ""
+    name = getattr(func, "__qualname__", None) or type(func).__name__
+    return DataFormatError(f"{where}: formatting_func {name}{at} raised {type(exc).__name__}: {exc}")
 
 
 def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, options: RenderOptions | None = None,

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DataFormatError, TemplateError
-from ..utils.input_checks import template_error
 from .conversation import Conversation
+from .templates import template_error
 
 __all__ = ["RenderJob"]
 
@@ -52,7 +52,7 @@ class RenderJob:
 
 def _raise_template_problem(exc: Exception, where: str, user_template: bool) -> None:
     """A template that does not compile or that the sandbox stops is a configuration error naming
-    the template's origin (every record fails: :func:`..utils.input_checks.template_error`); one
+    the template's origin (every record fails: :func:`.templates.template_error`); one
     that refuses a conversation (raise_exception, a missing field) is that record's error."""
     try:
         import jinja2

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataFormatError
 
-__all__ = ["FALLBACK_CHAT_TEMPLATE", "ChatTemplate", "read_template_file", "resolve_chat_template", "install_chat_template",
+__all__ = ["FALLBACK_CHAT_TEMPLATE", "ChatTemplate", "read_template_file", "resolve_chat_template",
+           "check_chat_template", "template_error", "install_chat_template",
            "end_of_turn_token_ids"]
 
 # Used when the tokenizer has no chat template. Plain-text role headers, each ending in a newline
@@ -132,3 +133,48 @@ def end_of_turn_token_ids(tokenizer: Any, template: str) -> list[int]:
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
     return [i for i in ids if i in special]
+
+
+def _compile(template: str) -> None:
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # pragma: no cover - another transformers: a plain sandboxed parse
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        ImmutableSandboxedEnvironment().parse(template)
+        return
+    _compile_jinja_template(template)
+
+
+def check_chat_template(value: str | None, option: str = "data.chat_template") -> None:
+    """A template (text, or a file) that does not even parse: ``data.chat_template: FILE:LINE:
+    Jinja syntax error (...)``, before the tokenizer or the model is loaded."""
+    if not value:
+        return
+    import jinja2
+
+    is_file = "{" not in value and os.path.isfile(value)
+    text = read_template_file(value, option) if is_file else value
+    try:
+        _compile(text)
+    except jinja2.TemplateSyntaxError as exc:
+        where = f"{value}:{exc.lineno}" if is_file else f"line {exc.lineno} of the template"
+        raise ConfigError(f"{option}: {where}: Jinja syntax error ({exc.message})") from None
+
+
+def template_error(exc: BaseException, where: str, user_template: bool) -> BaseException:
+    """What a chat template raised while rendering the record at ``where``, as one line: a syntax
+    error or a sandbox refusal is a ConfigError (the template is wrong, every record would fail); a
+    template's own ``raise_exception`` or an undefined value is a DataFormatError (this record)."""
+    import jinja2
+
+    if not isinstance(exc, jinja2.TemplateError):
+        return exc
+    option = ("data.chat_template" if user_template
+              else "the tokenizer's chat template (set data.chat_template to override it)")
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return ConfigError(f"{option}: line {exc.lineno} of the template: Jinja syntax error ({exc.message})")
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return ConfigError(f"{option}: the template does something the sandbox forbids ({exc}) while rendering "
+                           f"{where}; a chat template may only format the messages")
+    return DataFormatError(f"{where}: the chat template cannot render this record: {type(exc).__name__}: {exc}")

@@ -4,6 +4,7 @@ nothing yet (:func:`check_run_inputs`, called first by ``train``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 def check_run_inputs(trainer: Any, train_data: Any = None, eval_data: Any = None) -> None:
     """The checks of one run of ``trainer`` (a :class:`..base.BaseTrainer`) on this data."""
-    from ..utils.input_checks import check_chat_template, check_data_argument, check_lora_rank
+    from ..data.templates import check_chat_template
     from ..utils.model_files import check_model_dir, gguf_source, max_positions, resolve_model
     from .hf_args import check_optimizer_name
 
@@ -128,3 +129,30 @@ def warn_about_schedule(tc: Any, n_samples: int) -> None:
     if isinstance(tc.warmup_steps, int) and tc.warmup_steps >= steps:
         logger.warning("warmup_steps=%d >= the %d optimizer steps of this run: the learning rate never "
                        "reaches its peak; use fewer steps or a ratio such as 0.03", tc.warmup_steps, steps)
+
+
+def check_data_argument(option: str, data: Any) -> None:
+    """train()/evaluate() data must be a path, a list of paths, records or a dataset."""
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return
+    if isinstance(data, (bytes, dict, int, float, bool)) or not (
+            hasattr(data, "__iter__") or hasattr(data, "__getitem__")):
+        raise ConfigError(f"{option}: expected a data file path, a list of paths, a list of records (dicts) or a "
+                          f"datasets.Dataset; got {type(data).__name__}"
+                          + (" (a single record: wrap it in a list)" if isinstance(data, dict) else ""))
+
+
+def check_lora_rank(r: int, model_name_or_path: str) -> None:
+    """``lora.r`` above the model's width (``hidden_size`` in its config.json) adds no capacity: every
+    adapted layer has the width on one side, so its update's rank cannot exceed it; it only costs
+    memory (r = 1,000,000 on a 64-wide model asks for gigabytes)."""
+    config = Path(model_name_or_path).expanduser() / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    width = data.get("hidden_size") or data.get("text_config", {}).get("hidden_size") or data.get("d_model")
+    if isinstance(width, int) and r > width:
+        raise ConfigError(f"lora.r: {r} is more than the model's hidden_size ({width}, in {config}); the update of "
+                          f"a layer of width {width} has rank at most {width}, so a higher rank adds only memory; use "
+                          f"at most {width} (8 to 64 is typical)")
