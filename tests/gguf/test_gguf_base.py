@@ -281,6 +281,13 @@ def test_lora_from_a_gguf_file_trains_saves_reloads_merges_and_chats(tiny_gguf, 
     shutil.copytree(adapter, bare, ignore=shutil.ignore_patterns("tokenizer*", "chat_template*", "special_tokens*"))
     assert not (bare / "tokenizer_config.json").exists()
     assert main(["chat", str(bare), "--prompt", "What is two plus two?", "--max-new-tokens", "3"]) == 0
+    # export finds the GGUF base as merge does: the adapter's export is the merged model's, tensor for tensor
+    from gguf import GGUFReader
+
+    assert main(["export", str(adapter), "--gguf", str(tmp_path / "a.gguf"), "--type", "f32"]) == 0
+    assert main(["export", str(tmp_path / "merged"), "--gguf", str(tmp_path / "m.gguf"), "--type", "f32"]) == 0
+    exported = [[(t.name, bytes(t.data)) for t in GGUFReader(tmp_path / name).tensors] for name in ("a.gguf", "m.gguf")]
+    assert exported[0] == exported[1] and len(exported[0]) > 10
 
 
 def test_qlora_from_a_gguf_file_trains_a_step(tiny_gguf, tmp_path):

@@ -38,7 +38,7 @@ def _model_type(config_file: Path, what: str) -> str:
 
 def check_source(source: str | Path, *, base: str | None = None, allow_pickle_weights: bool = False) -> Source:
     """A ConfigError naming what is wrong with ``source`` (and what is expected); nothing is loaded."""
-    from ..utils.model_files import adapter_base, check_adapter_dir, check_model_dir
+    from ..utils.model_files import adapter_base, check_adapter_dir, check_model_dir, resolve_model
 
     p = Path(source).expanduser()
     if not p.exists():
@@ -49,10 +49,8 @@ def check_source(source: str | Path, *, base: str | None = None, allow_pickle_we
     if (p / "adapter_config.json").is_file():
         check_adapter_dir(p, allow_pickle_weights=allow_pickle_weights, option="export")
         base_path = adapter_base(p, base, command="export", allow_pickle_weights=allow_pickle_weights)
-        base_dir = Path(base_path).expanduser()
-        if base_dir.suffix == ".gguf":
-            raise ConfigError(f"export: the adapter's base {base_path} is a GGUF file; exporting an adapter on a GGUF "
-                              "base is not supported yet: merge it onto a Hugging Face copy of the base (--base DIR)")
+        # a GGUF base: the config of the folder it converts into (weights wait for the load)
+        base_dir = Path(resolve_model(base_path, option="export --base", weights=False)).expanduser()
         if (base_dir / "config.json").is_file():
             model_type = _model_type(base_dir / "config.json", f"the adapter's base {base_path}")
         else:  # a hub id: its config is read when it is downloaded
@@ -78,7 +76,7 @@ def load_source(source: Source, *, allow_pickle_weights: bool = False) -> tuple[
     from transformers import AutoTokenizer
 
     from ..trainers.loading import load_causal_lm, load_kwargs
-    from ..utils.model_files import base_option
+    from ..utils.model_files import base_option, resolve_model
 
     kwargs = load_kwargs(dtype="auto", allow_pickle_weights=allow_pickle_weights)
     if source.adapter:
@@ -89,7 +87,8 @@ def load_source(source: Source, *, allow_pickle_weights: bool = False) -> tuple[
         base_model = load_causal_lm(source.base, kwargs, allow_pickle_weights=allow_pickle_weights, option=option,
                                     training=False)
         model = PeftModel.from_pretrained(base_model, str(source.path)).merge_and_unload()
-        tokenizer_dir = str(source.path) if (source.path / "tokenizer_config.json").is_file() else source.base
+        tokenizer_dir = str(source.path) if (source.path / "tokenizer_config.json").is_file() else \
+            resolve_model(source.base, option=option, weights=False)
     else:
         model = load_causal_lm(str(source.path), kwargs, allow_pickle_weights=allow_pickle_weights, option="export",
                                training=False)
