@@ -60,6 +60,8 @@ _LAZY = {
     "Conversation": "data.conversation",
     "Message": "data.conversation",
     "ChatSession": "serving",
+    "RenderOptions": "data.rendering",
+    "export_gguf": "export",
 }
 
 __all__ = [
