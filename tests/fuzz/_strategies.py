@@ -212,7 +212,8 @@ def config_bytes(draw: Any, model_dir: str) -> bytes:
 
 YAML_DAMAGE = [b"!!python/object/apply:os.getcwd []", b"&a [*a]", b"*missing", b"!!binary AAA=", b"? [a]\n: b",
                b"%YAML 1.2\n---", b"---\n---", b"\t", b"key: [1", b"'", b'"', b"{", b"- ", b": :", b"!!set {a}",
-               b"!!timestamp 2020-01-01", b"<<: {a: 1}"]
+               b"!!timestamp 2020-01-01", b"!!timestamp 2020-13-45", b"!!float x", b"!!int 0x", b"!!bool x",
+               b"<<: {a: 1}", b"[" * 3000 + b"]" * 3000]
 
 
 @st.composite
@@ -220,7 +221,7 @@ def damaged_bytes(draw: Any, data: bytes, yaml_text: bool = False) -> bytes:
     """``data`` with one to three byte-level injuries: a BOM, invalid UTF-8, NUL, CRLF, a cut, a
     deleted or inserted run, a repeated line (and, for YAML, tags, anchors and broken syntax)."""
     for _ in range(draw(st.integers(1, 3))):
-        how = draw(st.sampled_from(["bom", "invalid", "nul", "crlf", "cut", "delete", "insert", "dup", "utf16"]
+        how = draw(st.sampled_from(["bom", "invalid", "nul", "crlf", "cut", "delete", "insert", "dup", "utf16", "deep"]
                                    + (["yaml"] * 3 if yaml_text else [])))
         at = draw(st.integers(0, len(data)))
         if how == "bom":
@@ -241,6 +242,8 @@ def damaged_bytes(draw: Any, data: bytes, yaml_text: bool = False) -> bytes:
             lines = data.split(b"\n")
             i = draw(st.integers(0, len(lines) - 1))
             data = b"\n".join(lines[:i + 1] + lines[i:])
+        elif how == "deep":  # past the ~1000 levels Python's json and yaml parsers recurse to
+            data = data + b"\n" + b'{"text": ' + b"[" * 3000 + b"]" * 3000 + b"}\n"
         elif how == "utf16":
             data = data.decode("utf-8", "replace").encode("utf-16")
         else:

@@ -15,8 +15,12 @@ from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from . import _engine
+
+# hypothesis keeps caches in ./.hypothesis; the fuzzer writes nothing in the checkout
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="sage-finetune-hypothesis-"))
 
 TOTAL = int(os.environ.get("SAGE_FUZZ_EXAMPLES", "0") or 0)
 

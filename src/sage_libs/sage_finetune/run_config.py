@@ -39,12 +39,17 @@ TRAINER_SECTIONS = {s: f"{s}_config" for s in SECTIONS if s not in ("training", 
 TOP_LEVEL = ("method", *SECTIONS, "callbacks", "version")
 
 
+# What PyYAML raises besides YAMLError: tagged scalars (!!timestamp, !!float, !!int, !!bool) are built by
+# Python code that raises its own errors on a bad value, and deep nesting recurses
+_YAML_BUILD_ERRORS = (ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError)
+
+
 def _parse_value(text: str) -> Any:
     import yaml
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, *_YAML_BUILD_ERRORS):
         return text
 
 
@@ -110,6 +115,10 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> dict[str, An
             raise UsageError(f"{where}: invalid YAML ({problem})") from None
         except UnicodeDecodeError:
             raise UsageError(f"{path}: not UTF-8 text") from None
+        except _YAML_BUILD_ERRORS as exc:
+            what = "nested too deeply" if isinstance(exc, RecursionError) else \
+                f"a tagged value cannot be built: {type(exc).__name__}: {exc}"
+            raise UsageError(f"{path}: invalid YAML ({what})") from None
         except OSError as exc:
             raise UsageError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
         if not isinstance(raw, dict):

@@ -64,6 +64,8 @@ def iter_jsonl(path: str | os.PathLike, *, on_error: str = "raise",
                     record = json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise DataFileError(f"{p}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                except RecursionError:  # json gives up past ~1000 nested arrays/objects
+                    raise DataFileError(f"{p}:{number}: JSON nested too deeply to read") from None
                 finally:
                     del text
                 if not isinstance(record, dict):
@@ -87,6 +89,8 @@ def _read_json_array(p: Path) -> list[tuple[int, Any]]:
         raise DataFileError(f"{p}: bytes that are not UTF-8 at offset {exc.start}; save the file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DataFileError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:  # json gives up past ~1000 nested arrays/objects
+        raise DataFileError(f"{p}: JSON nested too deeply to read") from None
     if isinstance(data, dict):
         data = [data]
     if isinstance(data, list) and not data:
