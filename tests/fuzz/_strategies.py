@@ -424,7 +424,9 @@ def data_file(draw: Any, kinds: list[str]) -> DataFile:
     elif container == "json":
         data, units, name = dumps(records).encode("utf-8", "surrogatepass"), len(records), "data.json"
     elif container == "json object":
-        data, units, name = dumps(records[0]).encode("utf-8", "surrogatepass"), 1, "data.json"
+        one = records[0]  # a mutated record may be an array itself: then the file holds its items
+        data, units, name = dumps(one).encode("utf-8", "surrogatepass"), len(one) if isinstance(one, list) else 1, \
+            "data.json"
     else:
         units, name = len(records), "data.parquet"
     if draw(st.integers(0, 3)) == 0:
