@@ -56,6 +56,10 @@ CASES = {
     "JSONL record nested too deeply": ({"data": {"train_file": "data.jsonl"}}, lambda: (
         "data.jsonl", b'{"text": "a"}\n{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"), ["train", "run.yaml"],
         "data.jsonl:2: JSON nested too deeply to read"),
+    # a role that is an object: TypeError (unhashable) in the role lookup
+    "sharegpt role that is an object": ({"data": {"train_file": "data.jsonl"}}, lambda: (
+        "data.jsonl", b'{"conversations": [{"from": {"a": 1}, "value": "x"}]}\n'), ["data", "inspect", "run.yaml"],
+        "data.jsonl:1: message 0 has from={'a': 1} (dict); expected a role name such as"),
     "JSON file nested too deeply": ({"data": {"train_file": "data.json"}}, lambda: (
         "data.json", b"[" * 5000 + b"]" * 5000), ["data", "inspect", "run.yaml"], "data.json: JSON nested too deeply"),
 }

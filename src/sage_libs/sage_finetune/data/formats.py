@@ -96,6 +96,9 @@ def _message(raw: Any, where: str, i: int, role_key: str, content_key: str, role
     if role_key not in raw:
         raise DataFormatError(f"{where}: message {i} has no {role_key!r} field (fields: {', '.join(map(str, raw))})")
     role = raw[role_key]
+    if not isinstance(role, str):  # an object or a list as a role: not a role name (nor hashable)
+        raise DataFormatError(f"{where}: message {i} has {role_key}={role!r} ({type(role).__name__}); expected a role "
+                              f"name such as {', '.join(role_map or ('system', 'user', 'assistant', 'tool'))}")
     if role_map is not None:
         if role not in role_map:
             raise DataFormatError(f"{where}: message {i} has {role_key}={role!r}; expected one of "
