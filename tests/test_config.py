@@ -7,9 +7,10 @@ def tc(**kw):
     return TrainingConfig(model_name_or_path="m", output_dir="o", **kw)
 
 
-def test_defaults_follow_sage():
+def test_defaults_follow_sage_but_the_warm_up_fits_a_short_run():
     c = tc()
-    assert (c.num_train_epochs, c.per_device_train_batch_size, c.learning_rate, c.warmup_steps) == (3, 4, 5e-5, 500)
+    # SAGE declares warmup_steps=500: in a run under 500 steps the learning rate would never reach its value
+    assert (c.num_train_epochs, c.per_device_train_batch_size, c.learning_rate, c.warmup_steps) == (3, 4, 5e-5, 0.03)
     assert (c.logging_steps, c.eval_steps, c.save_steps, c.save_total_limit, c.seed) == (10, 500, 500, 3, 42)
     assert LoRAConfig().resolved_target_modules == ["q_proj", "v_proj"]
     assert LoRAConfig().to_dict()["lora_alpha"] == 16
@@ -143,3 +144,21 @@ def test_hf_arguments_come_from_each_options_metadata():
     for name, value in options.items():
         assert getattr(args, name) == value, name
     assert args.data_seed == 11 and args.use_cpu and args.eval_strategy == "steps"
+
+
+@pytest.mark.parametrize("warmup,scheduler,warns", [
+    (500, "linear", True),            # SAGE's 500 in a 25-step run: the learning rate would never reach its value
+    (500, "constant_with_warmup", True),
+    (500, "constant", False),         # no warm-up phase: nothing to warn about
+    (500, "reduce_lr_on_plateau", False),
+    (0.03, "linear", False),          # the default, a ratio: fits any length
+    (24, "cosine", False),
+])
+def test_the_warm_up_warning_is_right_for_every_schedule(warmup, scheduler, warns, caplog):
+    from sage_libs.sage_finetune.trainers.preflight import warn_about_schedule
+
+    warn_about_schedule(tc(warmup_steps=warmup, lr_scheduler_type=scheduler, per_device_train_batch_size=8,
+                           num_train_epochs=1), n_samples=200)
+    assert ("never reaches its peak" in caplog.text) == warns, caplog.text
+    if warns:
+        assert "warmup_steps=500 >= the 25 optimizer steps of this run" in caplog.text

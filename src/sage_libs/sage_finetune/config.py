@@ -67,7 +67,9 @@ class TrainingConfig(_Config):
                                 hf=True)
     weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and norms).", ge=0, hf=True)
     warmup_steps: Union[int, float] = _opt(
-        500, "Linear warm-up: an integer number of steps, or a float in [0, 1) as a ratio of all steps.", ge=0, hf=True)
+        0.03, "Linear warm-up: an integer number of steps, or a float in [0, 1) as a ratio of all steps. The default, "
+              "3% of the run, lets the learning rate reach its value in a run of any length (SAGE's TrainingConfig "
+              "declares 500 steps, which a config built from one passes on; HF's default is 0).", ge=0, hf=True)
     lr_scheduler_type: str = _opt("linear", "Learning-rate schedule after warm-up.", choices=SCHEDULERS, hf=True)
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm; 0 disables clipping.", ge=0, hf=True)
     optim: str = _opt("adamw_torch", "Optimizer name as understood by HF TrainingArguments.optim.", hf=True)

@@ -122,8 +122,15 @@ def check_output_dir(path: str) -> None:
             return
 
 
+# HF schedules that have no warm-up phase: warmup_steps changes nothing with them
+SCHEDULES_WITHOUT_WARMUP = ("constant", "reduce_lr_on_plateau")
+
+
 def warn_about_schedule(tc: Any, n_samples: int) -> None:
-    """A warm-up as long as the whole run is almost always a mistake (warmup_steps meant as a ratio)."""
+    """A warm-up as long as the whole run is almost always a mistake (warmup_steps meant as a ratio,
+    or SAGE's 500 in a short run); schedules without a warm-up phase are left alone."""
+    if tc.lr_scheduler_type in SCHEDULES_WITHOUT_WARMUP:
+        return
     per_step = tc.per_device_train_batch_size * tc.gradient_accumulation_steps
     steps = tc.max_steps if tc.max_steps > 0 else math.ceil(math.ceil(n_samples / per_step) * tc.num_train_epochs)
     if isinstance(tc.warmup_steps, int) and tc.warmup_steps >= steps:
