@@ -104,6 +104,8 @@ for _template in ("llama3", "llama3_training", "gemma3", "gemma3_training", "phi
                   "deepseek_r1_distill", "deepseek_r1_distill_training", "qwen1.5_chat", "vllm_chatml"):
     EXPECTED_REFUSALS[(_template, "tool_call_reply")] = _NO_CALL
     EXPECTED_REFUSALS[(_template, "tool_call_with_text")] = _NO_CALL
+    # a tool call in the prompt: the scored reply's context would lack it
+    EXPECTED_REFUSALS.setdefault((_template, "reply_after_tool_result"), _NO_CALL)
 
 
 # -- the oracle ----------------------------------------------------------------------------------------

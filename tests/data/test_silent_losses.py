@@ -25,8 +25,10 @@ def test_a_tool_call_the_template_does_not_write_is_refused_not_lost(tiny_tokeni
     with pytest.raises(TemplateError, match=r"^record 0: assistant turn 1: the chat template does not render its "
                                             r"tool call 'get_weather'"):
         tokenize_records([TOOL_RECORD], tiny_tokenizer, chat_template=TEXT_ONLY)
-    # the same with only the last reply trained (the call is history then: it is not trained anyway)
-    tokenize_records([TOOL_RECORD], tiny_tokenizer, chat_template=TEXT_ONLY, mask_history=True)
+    # only the last reply trained: the call is history then, and that context would lack it
+    with pytest.raises(TemplateError, match=r"^record 0: assistant turn 1: the chat template does not render its "
+                                            r"tool call 'get_weather'"):
+        tokenize_records([TOOL_RECORD], tiny_tokenizer, chat_template=TEXT_ONLY, mask_history=True)
     last_is_call = {"messages": TOOL_RECORD["messages"][:2]}
     with pytest.raises(TemplateError, match="does not render its tool call 'get_weather'"):
         tokenize_records([last_is_call], tiny_tokenizer, chat_template=TEXT_ONLY, mask_history=True)
@@ -65,3 +67,22 @@ def test_the_tools_file_reaches_every_record_without_its_own_tools(tiny_tokenize
     cols, _stats = tokenize_unpaired_records([{"prompt": "Weather?", "completion": "Sunny.", "label": True}],
                                              tiny_tokenizer, tools=TOOLS)
     assert '"get_weather"' in tiny_tokenizer.decode(cols["completion_input_ids"][0])
+
+
+def test_kto_drops_both_completions_of_a_pair_that_truncation_makes_identical(tiny_tokenizer, caplog):
+    long = "word " * 200
+    pairs = [{"prompt": "Yes or no?", "chosen": long + "yes.", "rejected": long + "no."},
+             {"prompt": "Yes or no?", "chosen": "yes.", "rejected": "no."}]
+    cols, stats = tokenize_unpaired_records(pairs, tiny_tokenizer, max_seq_length=64)
+    assert stats.examples == 2 and stats.dropped_same_after_truncation == 2 and cols["label"] == [True, False]
+    assert "cut to the same tokens" in caplog.text
+
+
+def test_tools_the_template_does_not_render_are_warned_about(tiny_tokenizer, caplog):
+    plain = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    _cols, stats = tokenize_records([plain, plain], tiny_tokenizer, chat_template=TEXT_ONLY, tools=TOOLS)
+    assert stats.examples == 2 and stats.warnings == 2
+    assert "the chat template does not render the tools given to it" in caplog.text
+    caplog.clear()
+    _cols, stats = tokenize_records([plain], tiny_tokenizer, tools=TOOLS)  # the tiny template renders them
+    assert stats.warnings == 0 and "does not render the tools" not in caplog.text

@@ -80,6 +80,36 @@ def test_a_failed_export_leaves_the_old_file_and_no_temporary(tiny_model_dir, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile", "m.gguf"]
 
 
+def test_sigterm_during_export_exits_143_and_leaves_no_temporary(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Before: the process died from the signal itself and left a .part file of the model's size."""
+    import os
+    import signal
+    import time
+
+    import gguf
+
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"old")
+    stale = tmp_path / ".m.gguf.killed.part"  # left by an export killed with -9 long ago
+    stale.write_bytes(b"x")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    calls = []
+
+    def sigterm_half_way(data, qtype):
+        calls.append(qtype)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(data, qtype)
+
+    real = gguf.quants.quantize
+    monkeypatch.setattr(gguf.quants, "quantize", sigterm_half_way)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["export", str(tiny_model_dir), "--gguf", str(out), "--type", "q8_0"]) == 143
+    assert "sage-finetune export: terminated (SIGTERM)" in capsys.readouterr().err
+    assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_modelfile_templates():
     from sage_libs.sage_finetune.export.modelfile import modelfile_text, stop_tokens, template_shape
 

@@ -147,8 +147,11 @@ CASES: dict[str, Case] = {
     "output_dir under a file": Case("is a file, not a directory", prepare=lambda t, m: {
         "training": {"output_dir": data_file(t, "x", "afile") + "/out"}}),
     "output_dir a dangling symlink": Case("training.output_dir: {tmp}/link is a symbolic link to {tmp}/gone, which "
-                                          "does not exist; create that folder", prepare=lambda t, m: {
+                                          "does not exist (or loops); create that folder", prepare=lambda t, m: {
         "training": {"output_dir": str(__import__("os").symlink(t / "gone", t / "link") or t / "link")}}),
+    "output_dir under a dangling symlink": Case("training.output_dir: {tmp}/link is a symbolic link to {tmp}/gone, "
+                                                "which does not exist", prepare=lambda t, m: {"training": {
+        "output_dir": str(__import__("os").symlink(t / "gone", t / "link") or t / "link" / "run1")}}),
     "previous-runs is a file": Case("training.output_dir: {tmp}/used/previous-runs is not a folder; a fresh run moves",
                                     prepare=lambda t, m: {"training": {"output_dir": str(
                                         data_file((t / "used").mkdir() or t / "used", "x", "previous-runs")

@@ -345,3 +345,28 @@ def test_sigterm_after_the_last_step_finishes_the_run_and_says_so(tiny_model_dir
     assert "SIGTERM after the last step (4 of 4): the run is complete" in caplog.text
     assert metrics["global_step"] == 4 and (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_sigterm_while_the_outputs_are_written_waits_for_them(tiny_model_dir, tmp_path, capsys, caplog):
+    """SIGTERM between the end of the loop and the final save: before, exit 143 left metrics.json
+    without adapter/ (a folder that looked finished); now the outputs are written first."""
+    import os
+
+    from sage_libs.sage_finetune.run_config import load_run_config, make_trainer
+
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = make_trainer(load_run_config(str(write_config(tmp_path, tiny_model_dir))))
+    real = trainer.write_outputs
+
+    def write_outputs_after_sigterm(metrics):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(metrics)
+
+    trainer.write_outputs = write_outputs_after_sigterm
+    metrics = trainer.train()
+    assert "SIGTERM received after the last step: writing the run's outputs first" in capsys.readouterr().err
+    assert "SIGTERM after the last step (4 of 4): the run is complete and its outputs are written" in caplog.text
+    out = tmp_path / "out"
+    assert metrics["global_step"] == 4 and (out / "metrics.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -196,7 +196,7 @@ def _print_preference_report(report: Any, records: Any, file: str, tokenizer: An
               f"desirable {summary['desirable']}  undesirable {summary['undesirable']}")
     else:
         print(f"preference pairs: records {summary['records']}  pairs {summary['pairs']}")
-    same = "" if unpaired else f"  dropped (replies cut to the same tokens) {summary['dropped_same_after_truncation']}"
+    same = f"  dropped (replies cut to the same tokens) {summary['dropped_same_after_truncation']}"
     print(f"invalid (skipped) {summary['skipped_invalid'] + getattr(records, 'skipped', 0)}  "
           f"truncated {summary['truncated']}  dropped (no scored token left) "
           f"{summary['dropped_no_scored_tokens']}{same}  at max_seq_length {max_len}")

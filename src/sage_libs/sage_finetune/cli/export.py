@@ -33,9 +33,11 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..export import export_gguf
+    from ..run.signals import terminate_raises
 
-    out = export_gguf(args.source, args.gguf, args.type, base=args.base, modelfile=not args.no_modelfile,
-                      allow_pickle_weights=args.allow_pickle_weights)
+    with terminate_raises():  # SIGTERM, like Ctrl-C, ends the export with its temporary files removed
+        out = export_gguf(args.source, args.gguf, args.type, base=args.base, modelfile=not args.no_modelfile,
+                          allow_pickle_weights=args.allow_pickle_weights)
     print(out)
     if not args.no_modelfile:
         print(out.parent / "Modelfile")

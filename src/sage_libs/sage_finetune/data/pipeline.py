@@ -306,6 +306,10 @@ def tokenize_records(records: Iterable[dict[str, Any]], tokenizer: Any, options:
                        "data.control_tokens_in_content=%s)", stats.control_token_text,
                        "tokenized as text" if options.control_tokens_in_content == "text" else "kept as control tokens",
                        options.control_tokens_in_content)
+    unrendered_tools = [e for e in stats.errors if "does not render the tools" in e]
+    if unrendered_tools:
+        logger.warning("records whose tools the chat template does not render (the model never sees them); first: "
+                       "%s", unrendered_tools[0].removeprefix("warning: "))
     return columns, stats
 
 

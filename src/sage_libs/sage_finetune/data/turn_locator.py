@@ -36,7 +36,15 @@ class TurnLocator:
         spans: list[tuple[int, int]] = []
         insert: tuple[int, str] | None = None
         cache, chat = job.cache, job.chat
-        for i in self._trained_turns(chat):
+        trained = self._trained_turns(chat)
+        for i, message in enumerate(chat):  # earlier calls too: the context of a trained reply must hold them
+            if i not in trained and message.get("tool_calls"):
+                _check_tool_calls_rendered(message, [full], job.where, i)
+        if job.tools and not any(name in full for name in _tool_names(job.tools)):
+            job.conv.meta.setdefault("warnings", []).append(
+                f"{job.where}: the chat template does not render the tools given to it (record 'tools' or "
+                "data.tools_file): the model is trained without seeing them")
+        for i in trained:
             # the common case inline (see _turn): prefixes agree and the reply ends with a control token
             prefix = cache.get((i, True)) if i else ""
             upto = cache.get((i + 1, False))
@@ -249,3 +257,12 @@ def _check_tool_calls_rendered(message: dict, texts: list[str], where: str, i: i
                 f"{where}: assistant turn {i}: the chat template does not render its tool call {name!r} (it "
                 "writes only the message text), so the call would not be trained; use a chat template that "
                 "renders tool_calls (data.chat_template), or agent trajectories with data.agent_format: react")
+
+
+def _tool_names(tools: list) -> list[str]:
+    names = []
+    for tool in tools:
+        fn = tool.get("function", tool) if isinstance(tool, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]:
+            names.append(fn["name"])
+    return names

@@ -9,6 +9,7 @@ and truncation as for pairs: only the completion and its end-of-turn are scored.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ from .rendering import RenderOptions
 
 __all__ = ["UnpairedExample", "UnpairedStats", "to_unpaired_examples", "tokenize_unpaired_records",
            "UNPAIRED_COLUMNS"]
+
+logger = logging.getLogger(__name__)
 
 UNPAIRED_COLUMNS = ("completion_input_ids", "completion_labels", "label")
 
@@ -57,6 +60,7 @@ class UnpairedStats(_StatsDict):
     skipped_invalid: int = 0
     truncated: int = 0
     dropped_no_scored_tokens: int = 0
+    dropped_same_after_truncation: int = 0  # a pair's two completions cut to the same tokens (both dropped)
     tokens: int = 0
     scored_tokens: int = 0
     errors: list[str] = field(default_factory=list)
@@ -135,6 +139,14 @@ def tokenize_unpaired_records(records: Any, tokenizer: Any, options: RenderOptio
             stats.skipped_invalid += 1
             stats.errors.append(str(exc))
             continue
+        if len(sides) == 2 and all(sides) and sides[0][0] == sides[1][0]:
+            # max_seq_length made a pair's desirable and undesirable completion the same tokens: as
+            # pairs do (data.preference), both are dropped, counted and logged
+            stats.dropped_same_after_truncation += 2
+            if len(stats.errors) < 20:
+                stats.errors.append(f"{where}: chosen and rejected are the same {len(sides[0][0])} tokens after "
+                                    f"truncation to max_seq_length {options.max_seq_length}: dropped")
+            continue
         for example, side in zip(examples, sides):
             if side is None:
                 stats.dropped_no_scored_tokens += 1
@@ -150,4 +162,7 @@ def tokenize_unpaired_records(records: Any, tokenizer: Any, options: RenderOptio
             columns["completion_labels"].append(labels)
             columns["label"].append(example.label)
             columns["length"].append(len(ids))
+    if stats.dropped_same_after_truncation:
+        logger.warning("dropped %d examples (pairs whose two completions max_seq_length=%s cut to the same tokens); "
+                       "raise max_seq_length to keep them", stats.dropped_same_after_truncation, options.max_seq_length)
     return columns, stats

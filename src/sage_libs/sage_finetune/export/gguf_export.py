@@ -137,6 +137,7 @@ def export_gguf(source: str | os.PathLike, out: str | os.PathLike, type: str = "
     src = check_source(source, base=base, allow_pickle_weights=allow_pickle_weights)
     with known_noise_dropped():
         model, tokenizer = load_source(src, allow_pickle_weights=allow_pickle_weights)
+    _remove_stale_parts(path)
     temps: list[Path] = []
     try:
         tmp = _temp_beside(path, temps)
@@ -156,6 +157,25 @@ def export_gguf(source: str | os.PathLike, out: str | os.PathLike, type: str = "
         for t in temps:
             t.unlink(missing_ok=True)
     return path
+
+
+_STALE_AFTER_S = 600  # a .part file nobody wrote to for this long was left by a killed export
+
+
+def _remove_stale_parts(path: Path) -> None:
+    """Temporary files of earlier exports to the same file that were killed (kill -9) while writing:
+    removed, with a warning. A concurrent export keeps writing to its own, so it stays fresh."""
+    import logging
+    import time
+
+    for pattern in (f".{path.name}.*.part", ".Modelfile.*.part"):
+        for part in path.parent.glob(pattern):
+            try:
+                if time.time() - part.stat().st_mtime > _STALE_AFTER_S:
+                    part.unlink()
+                    logging.getLogger(__name__).warning("removed %s, left behind by an export that was killed", part)
+            except OSError:
+                pass
 
 
 def _temp_beside(path: Path, temps: list[Path]) -> Path:

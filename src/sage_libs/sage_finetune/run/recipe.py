@@ -40,6 +40,7 @@ from .disk import run_disk_guard
 from .lock import hold_output_dir, lock_only, remove_stale_temporaries
 from .metrics import final_evaluation, interrupted, loop_metrics
 from .resume import check_checkpoint_fits, resume_checkpoint
+from .signals import outputs_first
 
 __all__ = ["run_training", "start_run_folder", "save_final_weights"]
 
@@ -104,16 +105,20 @@ def _train_locked(trainer: Any, train_dataset: Any, eval_dataset: Any) -> dict[s
         before = hf.evaluate()
         metrics.update(eval_loss_before=before["eval_loss"], perplexity_before=run_files.perplexity(before["eval_loss"]))
     result, runtime = _run_loop(trainer, hf, resume)
-    metrics.update(loop_metrics(hf, result, runtime, len(train_ds), trainer.model, resumed_from=resume))
-    if eval_ds is not None:
-        metrics.update(final_evaluation(hf, len(eval_ds)))
-    for callback in trainer.callbacks:  # what a callback reports about the run (early_stop: stopped_early)
-        if callable(getattr(callback, "final_metrics", None)):
-            metrics.update(callback.final_metrics())
-    metrics["data"] = trainer.data_stats
-    if is_main_process():
-        trainer.write_outputs(metrics)
-    save_final_weights(trainer)
+    with outputs_first() as late_signal:  # a signal now waits for the outputs: never metrics.json without adapter/
+        metrics.update(loop_metrics(hf, result, runtime, len(train_ds), trainer.model, resumed_from=resume))
+        if eval_ds is not None:
+            metrics.update(final_evaluation(hf, len(eval_ds)))
+        for callback in trainer.callbacks:  # what a callback reports about the run (early_stop: stopped_early)
+            if callable(getattr(callback, "final_metrics", None)):
+                metrics.update(callback.final_metrics())
+        metrics["data"] = trainer.data_stats
+        if is_main_process():
+            trainer.write_outputs(metrics)
+        save_final_weights(trainer)
+    if late_signal["signum"] is not None:
+        logger.warning("%s after the last step (%d of %d): the run is complete and its outputs are written",
+                       "SIGTERM" if late_signal["signum"] == 15 else "Ctrl-C", hf.state.global_step, hf.state.max_steps)
     return metrics
 
 

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from ..errors import RunFinished, Terminated
 
-__all__ = ["InterruptCallback", "terminate_raises"]
+__all__ = ["InterruptCallback", "terminate_raises", "outputs_first"]
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -37,6 +37,40 @@ def terminate_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def outputs_first() -> Iterator[dict[str, int | None]]:
+    """After the last step the run only evaluates and writes its outputs: a Ctrl-C or SIGTERM then
+    waits for them (a few seconds) instead of leaving metrics.json without adapter/. Yields a dict
+    whose ``signum`` says which signal came; a second signal stops at once (atomic writes clean up).
+    Only in the main thread of a single process, and only over Python's default handlers."""
+    got: dict[str, int | None] = {"signum": None}
+    if threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", "1")) != 1:
+        yield got
+        return
+    defaults = {signal.SIGINT: (signal.default_int_handler,), signal.SIGTERM: (signal.SIG_DFL, _raise_terminated)}
+    previous = {s: signal.getsignal(s) for s, ok in defaults.items() if signal.getsignal(s) in ok}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if got["signum"] is not None:  # the second one: at once
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if signum == signal.SIGTERM:
+                raise Terminated("terminated (SIGTERM)")
+            raise KeyboardInterrupt
+        got["signum"] = int(signum)
+        what = "SIGTERM received" if signum == signal.SIGTERM else "Interrupted"
+        print(f"\n{what} after the last step: writing the run's outputs first (a second one stops at once, "
+              "without them)", file=sys.stderr, flush=True)
+
+    for s in previous:
+        signal.signal(s, on_signal)
+    try:
+        yield got
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class InterruptCallback(TrainerCallback):

@@ -142,7 +142,7 @@ class _PreferenceMixin:
             if (stats.examples if kto else stats.pairs) == 0:
                 source = getattr(records, "source", None) or f"{split} data"
                 what = "unpaired preference examples" if kto else "preference pairs"
-                same = "" if kto else f", {stats.dropped_same_after_truncation} cut to identical replies"
+                same = f", {stats.dropped_same_after_truncation} cut to identical replies"
                 raise ConfigError(f"{source}: no {what} to train on ({stats.records} records, "
                                   f"{stats.skipped_invalid} invalid, {stats.dropped_no_scored_tokens} with every scored "
                                   f"token cut by max_seq_length{same})")

@@ -102,9 +102,10 @@ def check_output_dir(path: str) -> None:
     from ..run.checkpoints import PREVIOUS_RUNS
 
     p = Path(path).expanduser()
-    if p.is_symlink() and not p.exists():
-        raise ConfigError(f"training.output_dir: {p} is a symbolic link to {os.readlink(p)}, which does not exist; "
-                          "create that folder, or point output_dir elsewhere")
+    for link in (p, *p.parents):
+        if link.is_symlink() and not link.exists():
+            raise ConfigError(f"training.output_dir: {link} is a symbolic link to {os.readlink(link)}, which does not "
+                              "exist (or loops); create that folder, or point output_dir elsewhere")
     aside = p / PREVIOUS_RUNS
     if (aside.exists() or aside.is_symlink()) and not aside.is_dir():
         raise ConfigError(f"training.output_dir: {aside} is not a folder; a fresh run moves an earlier run's files "
