@@ -69,7 +69,28 @@ def score(records: list[dict[str, Any]], replies: list[str]) -> dict[str, Any]:
     n = len(records)
     return {"n": n, "exact_match": exact / n, "json_match": same_json / n, "valid_json": valid / n,
             "exact_count": exact, "json_count": same_json,
-            "field_accuracy": {k: v / n for k, v in field_hits.items()}, "replies": rows}
+            "field_accuracy": {k: v / n for k, v in field_hits.items()}, "by_phrasing": by_phrasing(rows),
+            "replies": rows}
+
+
+def by_phrasing(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Exact matches among the requests phrased as in training and among those phrased in the
+    held-out templates (make_booking_data.TEMPLATES, the last HELD_OUT of each type)."""
+    import re
+
+    sys.path.insert(0, str(HERE))
+    try:
+        import make_booking_data as gen
+    finally:
+        sys.path.remove(str(HERE))
+    patterns = [re.compile(re.sub(r"\\\{(city|date|party|name)\\\}", ".+", re.escape(t)))
+                for ts in gen.TEMPLATES.values() for t in ts[-gen.HELD_OUT:]]
+    out = {"seen_phrasing": {"exact": 0, "n": 0}, "held_out_phrasing": {"exact": 0, "n": 0}}
+    for row in rows:
+        key = "held_out_phrasing" if any(p.fullmatch(row["request"]) for p in patterns) else "seen_phrasing"
+        out[key]["n"] += 1
+        out[key]["exact"] += row["exact"]
+    return out
 
 
 def answer_all(records: list[dict[str, Any]], reply: Callable[[list[dict[str, Any]]], str]) -> list[str]:

@@ -90,6 +90,9 @@ def test_scoring_counts_exact_and_json_matches_apart():
     assert (result["exact_count"], result["json_count"]) == (1, 3)
     assert result["valid_json"] == 0.75 and [row["exact"] for row in result["replies"]] == [True, False, False, False]
     assert result["field_accuracy"]["city"] == 0.75
+    everything = _load("booking_eval.jsonl")
+    split = evaluate.score(everything, [r["messages"][-1]["content"] for r in everything])["by_phrasing"]
+    assert split == {"seen_phrasing": {"exact": 34, "n": 34}, "held_out_phrasing": {"exact": 16, "n": 16}}
 
 
 def test_the_example_config_is_a_valid_run_config():
