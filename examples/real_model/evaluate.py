@@ -104,12 +104,12 @@ def answer_all(records: list[dict[str, Any]], reply: Callable[[list[dict[str, An
 
 def library_model(path: str) -> tuple[Any, Any]:
     """(model, tokenizer) through the library: an adapter or model folder by serving.load_chat_model;
-    a GGUF file by the folder the library converts it into (utils.model_files.resolve_model)."""
+    a GGUF file by the folder the library converts it into (models.files.resolve_model)."""
     from sage_libs.sage_finetune.serving import load_chat_model
 
     p = Path(path).expanduser()
     if p.is_file():  # a GGUF base model
-        from sage_libs.sage_finetune.utils.model_files import resolve_model
+        from sage_libs.sage_finetune.models.files import resolve_model
 
         p = Path(resolve_model(str(p)))
     return load_chat_model(p, dtype="float32")

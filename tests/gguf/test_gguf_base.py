@@ -16,7 +16,7 @@ import yaml
 
 from sage_libs.sage_finetune.cli import main
 from sage_libs.sage_finetune.errors import ConfigError
-from sage_libs.sage_finetune.utils import gguf_base
+from sage_libs.sage_finetune.models import gguf as gguf_base
 
 from .. import helpers
 from ..paths import REPO
@@ -120,7 +120,7 @@ def test_the_conversion_is_reused_and_keyed_by_content(tiny_gguf, tiny_model_dir
 def test_a_killed_conversion_leaves_no_folder_and_the_next_one_cleans_up(tiny_gguf, models_cache):
     code = (
         "import os, signal, sys\n"
-        "from sage_libs.sage_finetune.utils import gguf_base\n"
+        "from sage_libs.sage_finetune.models import gguf as gguf_base\n"
         "def killed(src, out):\n"
         "    (out / 'model.safetensors').write_bytes(b'half a model')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -238,8 +238,8 @@ def test_gguf_file_names_a_file_in_a_local_folder(tiny_gguf, tmp_path, capsys):
 
 
 def test_importing_the_package_imports_neither_torch_nor_gguf():
-    code = ("import sys, sage_libs.sage_finetune, sage_libs.sage_finetune.utils.model_files, "
-            "sage_libs.sage_finetune.utils.gguf_base\nprint(sorted(m for m in ('torch', 'gguf') if m in sys.modules))")
+    code = ("import sys, sage_libs.sage_finetune, sage_libs.sage_finetune.models.files, "
+            "sage_libs.sage_finetune.models.gguf\nprint(sorted(m for m in ('torch', 'gguf') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr[-2000:]
 

@@ -31,8 +31,8 @@ def load_chat_model(path: str | os.PathLike, *, base: str | None = None, dtype: 
     directory (it carries the training template), else from the base."""
     from transformers import AutoTokenizer
 
-    from .trainers.loading import load_causal_lm, load_kwargs
-    from .utils.model_files import adapter_base, base_option, check_adapter_dir, check_model_dir, resolve_model
+    from .models.loading import load_causal_lm, load_kwargs
+    from .models.files import adapter_base, base_option, check_adapter_dir, check_model_dir, resolve_model
 
     p = Path(path)
     if not p.is_dir():

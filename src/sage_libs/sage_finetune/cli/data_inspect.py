@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         files, tokenizer_path, max_len = [str(source)], args.tokenizer, args.max_seq_length or 1024
     from transformers import AutoTokenizer
 
-    from ..utils.model_files import resolve_model
+    from ..models.files import resolve_model
 
     from_config = source.suffix in (".yaml", ".yml") and not args.tokenizer
     try:  # a GGUF file: the tokenizer of its conversion

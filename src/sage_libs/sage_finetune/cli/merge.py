@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..utils.model_files import adapter_base, base_option
+    from ..models.files import adapter_base, base_option
 
     adapter = Path(args.adapter)
     cfg_file = adapter / "adapter_config.json"

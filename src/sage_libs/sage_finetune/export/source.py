@@ -38,7 +38,7 @@ def _model_type(config_file: Path, what: str) -> str:
 
 def check_source(source: str | Path, *, base: str | None = None, allow_pickle_weights: bool = False) -> Source:
     """A ConfigError naming what is wrong with ``source`` (and what is expected); nothing is loaded."""
-    from ..utils.model_files import adapter_base, check_adapter_dir, check_model_dir, resolve_model
+    from ..models.files import adapter_base, check_adapter_dir, check_model_dir, resolve_model
 
     p = Path(source).expanduser()
     if not p.exists():
@@ -75,8 +75,8 @@ def load_source(source: Source, *, allow_pickle_weights: bool = False) -> tuple[
     adapter's when it saved one (it carries the training template), else the base's."""
     from transformers import AutoTokenizer
 
-    from ..trainers.loading import load_causal_lm, load_kwargs
-    from ..utils.model_files import base_option, resolve_model
+    from ..models.loading import load_causal_lm, load_kwargs
+    from ..models.files import base_option, resolve_model
 
     kwargs = load_kwargs(dtype="auto", allow_pickle_weights=allow_pickle_weights)
     if source.adapter:

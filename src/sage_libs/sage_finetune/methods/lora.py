@@ -83,7 +83,7 @@ def save_lora_adapter(model: Any, output_dir: str | os.PathLike, initial: Any = 
     converted so that it applies to the original base."""
     import warnings
 
-    from ..utils.model_files import absolute_local_path, gguf_source
+    from ..models.files import absolute_local_path, gguf_source
 
     bases = set()
     for config in getattr(model, "peft_config", {}).values():  # a relative base would load only from here
@@ -106,7 +106,7 @@ def save_lora_adapter(model: Any, output_dir: str | os.PathLike, initial: Any = 
 def _vocabulary_resized(model: Any, gguf: str) -> bool:
     import json
 
-    from ..utils.model_files import resolve_model
+    from ..models.files import resolve_model
 
     config = json.loads((Path(resolve_model(gguf, weights=False)) / "config.json").read_text(encoding="utf-8"))
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..perf import malloc_tuning_for, resolve_group_by_length, widest_activation_bytes
 from ..perf.decide import padding_free_for
-from ..utils.model_files import gguf_source
+from ..models.files import gguf_source
 from ..utils.processes import run_device
 from . import constants as C
 from .batches import Lengths, largest_batch, lengths_of
@@ -283,7 +283,7 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
     throughput (~2 s) for the time estimate; ``tflops``: use this matmul throughput instead;
     ``dataset``: the already prepared training dataset (skips data preparation)."""
     from ..config import ConfigError
-    from ..utils.model_files import check_local_path_exists, resolve_model
+    from ..models.files import check_local_path_exists, resolve_model
     from .probe import run_probe
     from .spec import read_model_config
 

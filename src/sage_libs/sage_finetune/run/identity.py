@@ -134,14 +134,14 @@ def model_fingerprint(name_or_path: str, gguf_file: str | None = None) -> dict[s
     a local folder by its config.json, its tokenizer files (the chat template among them) and its
     weights' content (:func:`_weights_digest`); a hub id by its name."""
     from ..errors import ConfigError
-    from ..utils.model_files import gguf_source
+    from ..models.files import gguf_source
 
     try:
         gguf = gguf_source(name_or_path, gguf_file)
     except ConfigError:  # a missing file is the preflight's to report; the name stands for it
         gguf = None
     if gguf is not None:
-        from ..utils.gguf_base import file_digest
+        from ..models.gguf import file_digest
 
         return {"path": str(gguf.resolve()), "sha256": file_digest(gguf)}
     p = Path(name_or_path).expanduser()

@@ -108,18 +108,18 @@ class BaseTrainer(FineTuner):
 
     # -- Hooks ---------------------------------------------------------------------------------------
     def load_tokenizer(self) -> Any:
-        from .loading import load_tokenizer
+        from ..models.loading import load_tokenizer
 
         return load_tokenizer(self.training_config)
 
     def model_load_kwargs(self) -> dict[str, Any]:
         """``from_pretrained`` keyword arguments (QLoRA adds its quantization)."""
-        from .loading import model_load_kwargs
+        from ..models.loading import model_load_kwargs
 
         return model_load_kwargs(self.training_config)
 
     def load_base_model(self) -> Any:
-        from .loading import load_causal_lm
+        from ..models.loading import load_causal_lm
 
         return load_causal_lm(self.training_config.model_name_or_path, self.model_load_kwargs(),
                               allow_pickle_weights=self.training_config.allow_pickle_weights)
@@ -364,7 +364,7 @@ class BaseTrainer(FineTuner):
 
     def load_model(self, model_path: str | os.PathLike) -> None:
         """Load a model directory written by :meth:`save_model` or :meth:`merge_and_save`."""
-        from .loading import load_saved_model
+        from ..models.loading import load_saved_model
 
         tokenizer, self.model = load_saved_model(model_path, self.training_config, self.model_load_kwargs())
         self.adopt_tokenizer(tokenizer, saved=True)

@@ -10,7 +10,7 @@ from typing import Any
 from ..utils.io import atomic_dir
 from ..utils.processes import is_main_process
 from .base import BaseTrainer
-from .loading import load_causal_lm
+from ..models.loading import load_causal_lm
 
 __all__ = ["LoRATrainer"]
 
@@ -67,7 +67,7 @@ class LoRATrainer(BaseTrainer):
     def load_merge_base(self) -> Any:
         """The unquantized base to merge into (QLoRA overrides nothing here: this already loads it
         in the checkpoint's own precision)."""
-        from .loading import model_load_kwargs
+        from ..models.loading import model_load_kwargs
 
         tc = self.training_config
         return load_causal_lm(tc.model_name_or_path, model_load_kwargs(tc), allow_pickle_weights=tc.allow_pickle_weights,
@@ -81,7 +81,7 @@ class LoRATrainer(BaseTrainer):
         from peft import PeftModel
         from transformers import AutoTokenizer
 
-        from ..utils.model_files import check_adapter_dir
+        from ..models.files import check_adapter_dir
 
         check_adapter_dir(path, allow_pickle_weights=self.training_config.allow_pickle_weights,
                           option="load_model")

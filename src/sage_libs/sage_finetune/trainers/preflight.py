@@ -23,7 +23,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 def check_run_inputs(trainer: Any, train_data: Any = None, eval_data: Any = None) -> None:
     """The checks of one run of ``trainer`` (a :class:`..base.BaseTrainer`) on this data."""
     from ..data.templates import check_chat_template
-    from ..utils.model_files import check_model_dir, gguf_source, max_positions, resolve_model
+    from ..models.files import check_model_dir, gguf_source, max_positions, resolve_model
     from .hf_args import check_optimizer_name
 
     tc, dc = trainer.training_config, trainer.data_config
@@ -82,7 +82,7 @@ def local_paths(data: Any) -> list[str]:
 def check_data_file(option: str, path: str) -> None:
     """A path with a data-file suffix must be a readable file (other strings may be hub ids or
     saved-dataset folders, which their loader checks)."""
-    from ..utils.model_files import looks_like_local_path
+    from ..models.files import looks_like_local_path
 
     p = Path(path)
     if p.suffix not in DATA_SUFFIXES:

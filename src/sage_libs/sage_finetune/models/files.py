@@ -66,7 +66,7 @@ def gguf_source(name_or_path: str, gguf_file: str | None = None, *,
     GGUF file. Either ``name_or_path`` is the file itself (a ``.gguf`` suffix, or any file starting
     with the GGUF magic), or ``gguf_file`` (``training.gguf_file``, like transformers' ``gguf_file=``)
     names a file inside the local folder ``name_or_path``."""
-    from .gguf_base import is_gguf_file
+    from .gguf import is_gguf_file
 
     if gguf_file:
         folder = Path(name_or_path).expanduser()
@@ -88,11 +88,11 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None, *, option: st
                   weights: bool = True) -> str:
     """What to hand ``from_pretrained``: ``name_or_path`` itself, or for a GGUF file
     (:func:`gguf_source`) the Hugging Face folder it is converted into, once (``weights`` False:
-    its tokenizer and config.json only; see :mod:`.gguf_base`)."""
+    its tokenizer and config.json only; see :mod:`.gguf`)."""
     source = gguf_source(name_or_path, gguf_file, option=option)
     if source is None:
         return name_or_path
-    from .gguf_base import converted_dir
+    from .gguf import converted_dir
 
     return str(converted_dir(source, option="training.gguf_file" if gguf_file else option, weights=weights))
 
@@ -102,10 +102,10 @@ def check_model_dir(name_or_path: str, *, allow_pickle_weights: bool = False,
     """Raise a ConfigError naming what is missing when ``name_or_path`` is a local path that cannot
     be loaded: no such directory, a file, no config.json, no tokenizer, no weights, or weights only
     as pickle (unless allowed). A hub id passes untouched (it is checked when it is downloaded). A
-    GGUF file (:func:`gguf_source`) has its header checked (:func:`.gguf_base.read_header`)."""
+    GGUF file (:func:`gguf_source`) has its header checked (:func:`.gguf.read_header`)."""
     source = gguf_source(name_or_path, gguf_file, option=option)
     if source is not None:
-        from .gguf_base import read_header
+        from .gguf import read_header
 
         read_header(source, "training.gguf_file" if gguf_file else option)
         return

@@ -1,7 +1,7 @@
 """Loading the tokenizer and the model for training, and a saved run back: safetensors only unless
 ``training.allow_pickle_weights``, ``trust_remote_code`` off unless asked, errors that name the option.
 A GGUF base (``model_name_or_path: x.gguf``, or a folder and ``training.gguf_file``) loads from the
-folder it is converted into (:func:`..utils.model_files.resolve_model`)."""
+folder it is converted into (:func:`.files.resolve_model`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def load_tokenizer(tc: Any) -> Any:
     """The tokenizer of ``training.model_name_or_path``, padding on the right (with eos if it has no pad)."""
     from transformers import AutoTokenizer
 
-    from ..utils.model_files import check_model_dir, resolve_model
+    from .files import check_model_dir, resolve_model
 
     check_model_dir(tc.model_name_or_path, allow_pickle_weights=tc.allow_pickle_weights, gguf_file=tc.gguf_file)
     source = resolve_model(tc.model_name_or_path, tc.gguf_file, weights=False)
@@ -67,7 +67,7 @@ def load_causal_lm(name_or_path: str, kwargs: dict[str, Any], *, allow_pickle_we
     file as where it came from: an adapter trained on it records the file as its base."""
     from transformers import AutoModelForCausalLM
 
-    from ..utils.model_files import gguf_source, resolve_model
+    from .files import gguf_source, resolve_model
 
     kwargs = dict(kwargs)
     gguf_file = kwargs.pop("gguf_file", None)
@@ -90,7 +90,7 @@ def load_saved_model(model_path: str | os.PathLike, tc: Any, kwargs: dict[str, A
     """The tokenizer and model of a directory written by ``save_model`` / ``merge_and_save``."""
     from transformers import AutoTokenizer
 
-    from ..utils.model_files import check_model_dir
+    from .files import check_model_dir
 
     path = Path(model_path)
     if not path.is_dir():

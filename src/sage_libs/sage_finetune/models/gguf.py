@@ -258,7 +258,7 @@ def read_header(path: str | os.PathLike, option: str = "training.model_name_or_p
 # --------------------------------------------------------------------------------------------
 def gguf_cache() -> Path:
     """Where converted GGUF files live: ``models_cache()/gguf``."""
-    from .wheel_files import models_cache
+    from ..utils.wheel_files import models_cache
 
     return models_cache() / "gguf"
 
@@ -283,7 +283,7 @@ def file_digest(path: str | os.PathLike) -> str:
             h.update(block)
     digest = h.hexdigest()
     try:
-        from .io import atomic_write_json
+        from ..utils.io import atomic_write_json
 
         memo.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(memo, {**stamp, "sha256": digest})
