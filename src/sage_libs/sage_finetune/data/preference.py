@@ -242,6 +242,18 @@ def _check_distinct(chosen: tuple[list[int], list[int], bool], rejected: tuple[l
             "them (data.chat_template)")
 
 
+def _cut_to_the_same(sides: list, where: str, max_seq_length: int | None, errors: list[str]) -> bool:
+    """Whether truncation to ``max_seq_length`` made a pair's two replies the same tokens (untruncated
+    ones were refused by :func:`_check_distinct`): a pair that teaches nothing, which the caller
+    drops and counts; named in ``errors`` (the first 20)."""
+    if len(sides) != 2 or not all(sides) or sides[0][0] != sides[1][0]:
+        return False
+    if len(errors) < 20:
+        errors.append(f"{where}: chosen and rejected are the same {len(sides[0][0])} tokens after truncation to "
+                      f"max_seq_length {max_seq_length}: dropped")
+    return True
+
+
 def _scoring_renderer(tokenizer: Any, options: RenderOptions | None, settings: dict[str, Any]
                       ) -> tuple[RenderOptions, ChatRenderer]:
     """The options (refusing those preference scoring cannot honour) and a renderer that scores
@@ -283,13 +295,10 @@ def tokenize_preference_records(records: Any, tokenizer: Any, options: RenderOpt
         if any(s is None for s in sides):
             stats.dropped_no_scored_tokens += 1
             continue
-        (c_ids, c_labels, c_cut), (r_ids, r_labels, r_cut) = sides
-        if c_ids == r_ids:  # _check_distinct refused untruncated ones: max_seq_length made them equal
+        if _cut_to_the_same(sides, where, options.max_seq_length, stats.errors):
             stats.dropped_same_after_truncation += 1
-            if len(stats.errors) < 20:
-                stats.errors.append(f"{where}: chosen and rejected are the same {len(c_ids)} tokens after "
-                                    f"truncation to max_seq_length {options.max_seq_length}: dropped")
             continue
+        (c_ids, c_labels, c_cut), (r_ids, r_labels, r_cut) = sides
         stats.truncated += bool(c_cut or r_cut)
         stats.pairs += 1
         stats.tokens += len(c_ids) + len(r_ids)

@@ -17,6 +17,7 @@ from ..errors import DataFormatError
 from .conversation import Conversation, Message
 from .preference import (
     _check_distinct,
+    _cut_to_the_same,
     _describe,
     _messages,
     _same,
@@ -139,13 +140,8 @@ def tokenize_unpaired_records(records: Any, tokenizer: Any, options: RenderOptio
             stats.skipped_invalid += 1
             stats.errors.append(str(exc))
             continue
-        if len(sides) == 2 and all(sides) and sides[0][0] == sides[1][0]:
-            # max_seq_length made a pair's desirable and undesirable completion the same tokens: as
-            # pairs do (data.preference), both are dropped, counted and logged
+        if _cut_to_the_same(sides, where, options.max_seq_length, stats.errors):  # both completions dropped
             stats.dropped_same_after_truncation += 2
-            if len(stats.errors) < 20:
-                stats.errors.append(f"{where}: chosen and rejected are the same {len(sides[0][0])} tokens after "
-                                    f"truncation to max_seq_length {options.max_seq_length}: dropped")
             continue
         for example, side in zip(examples, sides):
             if side is None:
