@@ -21,6 +21,19 @@ TINY_LORA = {
 }
 
 
+def apply_sections(cfg: dict, sections: dict) -> dict:
+    """``cfg`` changed in place by ``sections``: a mapping updates that section, None removes it,
+    anything else (a method name, a callbacks list) replaces it."""
+    for key, value in sections.items():
+        if value is None:
+            cfg.pop(key, None)
+        elif isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
 def write_config(tmp_path: Path, model_dir: Any, name: str = "run.yaml", *, base: dict | None = None,
                  **sections: Any) -> Path:
     """``tmp_path/name``: ``base`` (default :data:`TINY_LORA`) for the model in ``model_dir`` writing to
@@ -29,13 +42,7 @@ def write_config(tmp_path: Path, model_dir: Any, name: str = "run.yaml", *, base
     cfg = copy.deepcopy(TINY_LORA if base is None else base)
     cfg.setdefault("training", {})
     cfg["training"] = {"model_name_or_path": str(model_dir), "output_dir": str(tmp_path / "out"), **cfg["training"]}
-    for key, value in sections.items():
-        if value is None:
-            cfg.pop(key, None)
-        elif isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
+    apply_sections(cfg, sections)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

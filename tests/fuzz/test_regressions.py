@@ -8,6 +8,7 @@ import io
 import pytest
 import yaml
 
+from ..helpers import apply_sections
 from . import _engine
 from ._strategies import base_config
 
@@ -69,14 +70,7 @@ CASES = {
 def test_regression(name, fuzz):
     changes, data, argv, expect = CASES[name]
     with fuzz.case() as work:
-        cfg = base_config("lora (alpaca)", fuzz.model)
-        for key, value in (changes.items() if isinstance(changes, dict) else ()):
-            if value is None:
-                cfg.pop(key, None)
-            elif isinstance(value, dict) and isinstance(cfg.get(key), dict):
-                cfg[key].update(value)
-            else:
-                cfg[key] = value
+        cfg = apply_sections(base_config("lora (alpaca)", fuzz.model), changes if isinstance(changes, dict) else {})
         if data is not None:
             file, content = data()
             (work / file).write_bytes(content)
