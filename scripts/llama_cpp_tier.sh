@@ -17,7 +17,10 @@ MAIN_PY="$ROOT/.venv/bin/python"
 [ -x "$MAIN_PY" ] || { echo "no project .venv at $ROOT/.venv" >&2; exit 2; }
 
 if [ "${LLAMA_CPP_REBUILD:-0}" = 1 ]; then rm -rf "$VENV"; fi
-if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; }; then
+llama_cpp_path() {  # llama_cpp's folders in .venv-llamacpp, for the project's python (llama_cpp needs numpy, which only .venv has)
+    "$VENV/bin/python" -c "import sysconfig; p = sysconfig.get_paths(); print(p['purelib'] + ':' + p['platlib'])"
+}
+if ! { [ -x "$VENV/bin/python" ] && PYTHONPATH="$(llama_cpp_path)" "$MAIN_PY" -c "import llama_cpp" 2>/dev/null; }; then
     command -v cmake >/dev/null || echo "note: cmake not on PATH; pip brings its own through the build requirements" >&2
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --upgrade pip >/dev/null
@@ -25,8 +28,6 @@ if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import llama_cpp" 2>/
     CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" MAKEFLAGS="-j$(nproc)" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
         "$VENV/bin/pip" install --no-binary llama-cpp-python --no-deps llama-cpp-python diskcache
 fi
-SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-PLAT=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['platlib'])")
-export PYTHONPATH="$SITE:$PLAT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$(llama_cpp_path)${PYTHONPATH:+:$PYTHONPATH}"
 "$MAIN_PY" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"
 exec "$MAIN_PY" -m pytest -q --run-slow tests/export/test_llama_cpp.py "$@"
