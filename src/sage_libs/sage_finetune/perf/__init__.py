@@ -11,6 +11,7 @@ per-document attention      attention cost of each document, not of the row     
 allocator tuning            page faults of each step's activations (glibc)      ``training.malloc_tuning``
                             (off by default with gradient checkpointing)
 fused RMSNorm               passes over memory in norms (CPU)                   ``training.fused_norms``
+fused LoRA branch           LoRA dropout's kept copies: 8 -> ~1 byte/element    ``training.fused_lora``
 compiled decoder layers     non-matmul time (fused by inductor); off: compiles  ``training.compile_layers``
 ==========================  =================================================  ==========================
 

@@ -10,7 +10,7 @@ from typing import Any
 from .constants import DOC_ATTENTION, GLIBC_MMAP_THRESHOLD_MAX
 
 __all__ = ["FastPaths", "plan_fast_paths", "padding_free_for", "resolve_padding_free", "resolve_group_by_length",
-           "malloc_tuning_for", "widest_activation_bytes"]
+           "malloc_tuning_for", "widest_activation_bytes", "fused_lora_for"]
 
 
 def widest_activation_bytes(training_config: Any, hidden_size: int, intermediate_size: int) -> int:
@@ -56,6 +56,7 @@ class FastPaths:
     returns_freed_memory: bool = False  # malloc_tuning off and the fixed mmap threshold applied (glibc)
     compile_layers: bool = False
     fused_norms: bool = False  # RMSNorm modules run fused_norm.rms_norm (CPU; per module, after a probe)
+    fused_lora: bool = False  # LoRA linears with dropout run fused_lora.lora_branch (CPU; per module, after a probe)
     notes: tuple[str, ...] = ()  # why a path is off, for the log
 
     def describe(self) -> str:
@@ -68,6 +69,7 @@ class FastPaths:
                  "malloc tuning " + ("on" if self.malloc_tuning else "off (freed blocks over 4 MiB returned)"
                                      if self.returns_freed_memory else "off (glibc's defaults)"),
                  f"fused RMSNorm {'on' if self.fused_norms else 'off'}",
+                 f"fused LoRA branch {'on' if self.fused_lora else 'off'}",
                  f"compiled decoder layers {'on' if self.compile_layers else 'off'}"]
         return "; ".join(flags) + (f" ({'; '.join(self.notes)})" if self.notes else "")
 
@@ -147,13 +149,22 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
     # this was not measured
     fused_norms = bool(getattr(tc, "fused_norms", True)) and not compile_layers and not sharded \
         and model_device_type(model) == "cpu"
+    fused_lora = fused_lora_for(tc, device=model_device_type(model), compile_layers=compile_layers, sharded=sharded)
     config = getattr(base_causal_lm(model), "config", None)
     hidden = getattr(config, "hidden_size", 0) if config is not None else 0
     widest = widest_activation_bytes(tc, hidden, getattr(config, "intermediate_size", 4 * hidden)) if hidden else None
     return FastPaths(selective_logits=selective, chunked_lm_loss=chunked, padding_free=padding_free,
                      group_by_length=resolve_group_by_length(data_config, padding_free), doc_attention=doc_attention,
                      malloc_tuning=malloc_tuning_for(tc, widest), compile_layers=compile_layers,
-                     fused_norms=fused_norms, notes=tuple(notes))
+                     fused_norms=fused_norms, fused_lora=fused_lora, notes=tuple(notes))
+
+
+def fused_lora_for(training_config: Any, *, device: str, compile_layers: bool = False, sharded: bool = False) -> bool:
+    """``training.fused_lora`` for a run (the planner reads the same): on the CPU in eager mode with
+    unsharded weights. Whether a module qualifies (plain LoRA, dropout > 0) is the module's own
+    check at install time. CUDA's dropout already keeps a bool mask and draws its noise in a fused
+    kernel with another generator, which the fused branch would not reproduce."""
+    return bool(getattr(training_config, "fused_lora", True)) and device == "cpu" and not compile_layers and not sharded
 
 
 def _uses_doc_attention(model: Any) -> bool:

@@ -15,7 +15,7 @@ logger = logging.getLogger("sage_libs.sage_finetune.perf")
 
 def install_fast_paths(model: Any, paths: FastPaths) -> FastPaths:
     """Apply what changes state: switch the model to per-document attention, tune the allocator
-    (process-wide), compile the decoder layers. Returns ``paths`` with what actually applied, and
+    (process-wide), fuse norms and LoRA branches, compile the decoder layers. Returns ``paths`` with what actually applied, and
     logs it."""
     from dataclasses import replace
 
@@ -32,6 +32,10 @@ def install_fast_paths(model: Any, paths: FastPaths) -> FastPaths:
         from .fused_norm import install_fused_norms
 
         paths = replace(paths, fused_norms=install_fused_norms(model) > 0)
+    if paths.fused_lora:
+        from .fused_lora import install_fused_lora
+
+        paths = replace(paths, fused_lora=install_fused_lora(model) > 0)
     if paths.compile_layers:
         from .compiled_layers import compile_decoder_layers
 

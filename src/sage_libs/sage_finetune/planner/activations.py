@@ -44,7 +44,11 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
         saved = 0.0
         shared = False
         for n in names:
-            if n in adapted and drop:
+            if n in adapted and drop and run.fused_lora:
+                # perf/fused_lora: x kept once for all consumers, a bool dropout mask per module
+                saved += width
+                shared = True
+            elif n in adapted and drop:
                 # dropout(x) kept by lora_A, and, when a gradient flows into x, its mask: a float
                 # tensor on the CPU, bool on CUDA
                 saved += width * a + (width * (4 if run.lora_dropout_cpu else 1) if input_grad else 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..perf import malloc_tuning_for, resolve_group_by_length, widest_activation_bytes
-from ..perf.decide import padding_free_for
+from ..perf.decide import fused_lora_for, padding_free_for
 from ..models.files import gguf_source
 from ..utils.processes import run_device
 from . import constants as C
@@ -162,6 +162,10 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
         run.lora_layers = lc.layers_to_transform
         run.modules_to_save = list(lc.modules_to_save or [])
         run.lora_bias = lc.bias
+        # perf/fused_lora switches plain LoRA linears (not DoRA, not a quantized base) outside autocast
+        run.fused_lora = (fused_lora_for(tc, device=device, compile_layers=bool(tc.compile_layers), sharded=stage == 3
+                                         or bool(getattr(tc, "fsdp", None)))
+                          and not run.use_dora and method != "qlora" and not run.autocast_bytes)
     if method == "qlora":
         qc = qc or __import__("sage_libs.sage_finetune.config", fromlist=["QuantizationConfig"]).QuantizationConfig()
         run.quant_bits = 8 if qc.load_in_8bit else 4

@@ -45,6 +45,7 @@ class RunShape:
     zero_offload: bool = False
     malloc_tuning: bool = True
     lora_dropout_cpu: bool = True        # CPU dropout keeps a float mask (GPU: a bool mask)
+    fused_lora: bool = False             # perf/fused_lora: the adapted input kept once, a bool mask per module
     mmap_weights: bool = True            # CPU: the checkpoint is read at its own dtype (memory-mapped)
 
     @property
