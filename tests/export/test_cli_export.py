@@ -121,3 +121,12 @@ def test_modelfile_templates():
     assert 'PARAMETER stop "</s>"' in other and "PARAMETER num_ctx 4096" in other
     none = modelfile_text("x.gguf", {"chat_template": None, "eos_token": None})
     assert "no chat template" in none and "PARAMETER" not in none
+
+
+def test_output_suffix_is_checked_without_case(tmp_path):
+    from sage_libs.sage_finetune.errors import ConfigError
+    from sage_libs.sage_finetune.export.gguf_export import check_export_args
+
+    assert check_export_args(tmp_path / "Model.GGUF", "f16") == tmp_path / "Model.GGUF"
+    with pytest.raises(ConfigError, match="ending in .gguf"):
+        check_export_args(tmp_path / "model.gguf.bin", "f16")

@@ -230,6 +230,10 @@ def test_gguf_file_names_a_file_in_a_local_folder(tiny_gguf, tmp_path, capsys):
     cfg = helpers.write_config(tmp_path, tiny_gguf.parent, training={"gguf_file": "missing.gguf"})
     assert main(["train", str(cfg)]) == 2
     assert f"training.gguf_file: {tiny_gguf.parent / 'missing.gguf'}: no such file" in capsys.readouterr().err
+    (tiny_gguf.parent / "folder.gguf").mkdir()
+    cfg = helpers.write_config(tmp_path, tiny_gguf.parent, training={"gguf_file": "folder.gguf"})
+    assert main(["train", str(cfg)]) == 2
+    assert f"training.gguf_file: {tiny_gguf.parent / 'folder.gguf'}: is a directory" in capsys.readouterr().err
     cfg = helpers.write_config(tmp_path, "org/model", training={"gguf_file": "x.gguf"})
     assert main(["train", str(cfg)]) == 2
     assert "training.gguf_file: 'x.gguf' is looked up in training.model_name_or_path, which must then be a local " \

@@ -44,7 +44,7 @@ def check_export_args(out: str | os.PathLike, type: str) -> Path:
     if type not in GGUF_TYPES:
         raise ConfigError(f"--type {type}: unknown type; supported: {', '.join(GGUF_TYPES)}")
     path = Path(out).expanduser()
-    if path.suffix != ".gguf":
+    if path.suffix.lower() != ".gguf":  # Model.GGUF is a GGUF file name too
         raise ConfigError(f"--gguf {out}: expected a file name ending in .gguf")
     if path.is_dir():
         raise ConfigError(f"--gguf {out} is a directory; expected the path of the .gguf file to write")

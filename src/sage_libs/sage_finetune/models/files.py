@@ -76,7 +76,9 @@ def gguf_source(name_or_path: str, gguf_file: str | None = None, *,
                               "first, or set training.model_name_or_path to the .gguf file itself)")
         path = folder / gguf_file
         if not path.is_file():
-            raise ConfigError(f"training.gguf_file: {path}: no such file")
+            what = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "no such file"
+            raise ConfigError(f"training.gguf_file: {path}: {what}; expected the .gguf file inside "
+                              "training.model_name_or_path")
         return path
     p = Path(name_or_path).expanduser()
     if p.is_file() and (p.suffix.lower() == ".gguf" or is_gguf_file(p)):
