@@ -568,3 +568,10 @@ def test_cli_plan_of_preference_pairs_says_what_its_lengths_are(tmp_path, tiny_m
                     r"max_seq_length 512 per sequence\)", data_line), data_line
     assert "note: preference pairs: chosen and rejected in one forward" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_fused_lora_keeps_the_input_once_and_a_bool_mask_per_adapted_input():
+    base = plan_memory(spec(), lora(), BATCH).components["activations"]
+    fused = plan_memory(spec(), lora(lora_dropout=0.1, fused_lora=True), BATCH).components["activations"]
+    # perf/fused_lora: x shared as without dropout, plus a 1-byte mask per element of each adapted input
+    assert fused - base == T * L * (3 * H + Q + 2 * H + I)
