@@ -368,11 +368,12 @@ def test_cache_key_covers_tokenizer_and_template(tiny_tokenizer):
 
 def test_malloc_tuning_default_is_off_with_gradient_checkpointing_and_large_activations():
     """``training.malloc_tuning: null`` (the default): on, except with gradient checkpointing when the
-    widest activation is above glibc's largest mmap threshold (32 MiB), where the tuned heap's stuck
-    share of the freed activations outweighs what checkpointing saves and the untuned allocator
-    would return them; an explicit value wins. The planner reads the same decision."""
+    widest activation is above the 4 MiB over which the untuned allocator returns freed blocks, where
+    the tuned heap's stuck share of the freed activations outweighs what checkpointing saves; an
+    explicit value wins. The planner reads the same decision."""
     from sage_libs.sage_finetune import TrainingConfig
     from sage_libs.sage_finetune.perf import GLIBC_MMAP_THRESHOLD_MAX, malloc_tuning_for, widest_activation_bytes
+    from sage_libs.sage_finetune.perf.allocator import RETURNED_BLOCK_BYTES
 
     def tc(**kw):
         return TrainingConfig(model_name_or_path="m", output_dir="o", **kw)
@@ -383,8 +384,11 @@ def test_malloc_tuning_default_is_off_with_gradient_checkpointing_and_large_acti
     widest = widest_activation_bytes(qwen05b, 896, 4864)
     assert widest == 8 * 1024 * 4864 * 4 > GLIBC_MMAP_THRESHOLD_MAX
     assert malloc_tuning_for(qwen05b, widest) is False
-    small = tc(gradient_checkpointing=True, per_device_train_batch_size=16, max_seq_length=256)
-    assert malloc_tuning_for(small, widest_activation_bytes(small, 512, 1408)) is True  # 23 MiB: kept anyway
+    mid = tc(gradient_checkpointing=True, per_device_train_batch_size=16, max_seq_length=256)
+    assert malloc_tuning_for(mid, widest_activation_bytes(mid, 512, 1408)) is False  # 23 MiB: returned untuned
+    small = tc(gradient_checkpointing=True, per_device_train_batch_size=1, max_seq_length=512)
+    assert widest_activation_bytes(small, 512, 1408) == 512 * 1408 * 4 <= RETURNED_BLOCK_BYTES
+    assert malloc_tuning_for(small, widest_activation_bytes(small, 512, 1408)) is True  # kept in the heap anyway
     assert malloc_tuning_for(tc(gradient_checkpointing=True)) is False  # size unknown
     assert malloc_tuning_for(tc(gradient_checkpointing=True, malloc_tuning=True), widest) is True
     assert malloc_tuning_for(tc(malloc_tuning=False)) is False

@@ -575,3 +575,52 @@ def test_fused_lora_keeps_the_input_once_and_a_bool_mask_per_adapted_input():
     fused = plan_memory(spec(), lora(lora_dropout=0.1, fused_lora=True), BATCH).components["activations"]
     # perf/fused_lora: x shared as without dropout, plus a 1-byte mask per element of each adapted input
     assert fused - base == T * L * (3 * H + Q + 2 * H + I)
+
+
+def test_a_trained_plain_head_runs_the_chunked_loss_as_the_trainer_does():
+    """perf.selective_logits.lm_head_for_chunking takes a trained plain Linear head (full, freeze) and
+    a tied one; only LoRA's modules_to_save wrapper is not plain. The chunked loss then keeps the
+    head's float32 gradient from forward on instead of the (trained x vocab) logits."""
+    big = Batch(rows=1, row_len=100, doc_lengths=[100], trained=100)
+    full = plan_memory(spec(), RunShape(method="full", chunked_lm_loss=True), big)
+    assert full.details["chunked_lm_loss"] is True
+    plain = plan_memory(spec(), RunShape(method="full", chunked_lm_loss=False), big)
+    # plain: float32 log-softmax (4 n V) and the head's input (4 n H); chunked: grad of the hidden
+    # states (4 n H), the logsumexp (4 n) and the head's gradient buffer (4 V H)
+    n = big.trained
+    assert (full.details["activations_after_forward"] - plain.details["activations_after_forward"]
+            == (4 * n + 4 * V * H) - 4 * n * V)
+    wrapped = plan_memory(spec(), lora(modules_to_save=["lm_head"], chunked_lm_loss=True), big)
+    assert wrapped.details["chunked_lm_loss"] is False
+
+
+def test_a_tied_heads_gradient_is_counted_through_backward():
+    """The tied weight's gradient exists from the loss's backward on (the head's share), like an
+    untied head's: the backward phase holds it while the layers' gradients accumulate."""
+    from sage_libs.sage_finetune.planner.weights import _layout
+
+    tied_spec = ModelSpec.from_config({**LLAMA, "tie_word_embeddings": True})
+    lay = _layout(RunShape(method="full"), tied_spec)
+    assert lay.head_train and lay.embeddings_train
+    tied = plan_memory(tied_spec, RunShape(method="full"), BATCH)
+    untied = plan_memory(spec(), RunShape(method="full"), BATCH)
+    assert tied.details["trainable_params"] == TOTAL - V * H == untied.details["trainable_params"] - V * H
+    # (gradients, activations, transients) at backward's worst moment: the same head gradient (V x H)
+    # whether or not it is shared with the embedding
+    assert tied.details["phases"]["backward"][0] == untied.details["phases"]["backward"][0] >= 4 * V * H
+
+
+def test_untuned_allocator_prices_page_faults_of_large_blocks():
+    """malloc_tuning off: blocks over the fixed 4 MiB mmap threshold are mapped afresh every step, so
+    their bytes are faulted in each time (forward, and their gradients in backward); tuned, none."""
+    from sage_libs.sage_finetune.planner.timing import Throughput, seconds, step_cost
+
+    rows = C.RETURNED_BLOCK_BYTES // (4 * H) + 1  # a (tokens x hidden) float32 block over the threshold
+    big = Batch(rows=1, row_len=rows, doc_lengths=[rows], trained=rows // 2)
+    tuned = step_cost(spec(), lora(), big)
+    untuned = step_cost(spec(), lora(malloc_tuning=False), big)
+    assert tuned.faulted_bytes == 0 and untuned.faulted_bytes > 0
+    small = step_cost(spec(), lora(malloc_tuning=False), BATCH)  # 100 tokens: every block under the threshold
+    assert small.faulted_bytes == 0
+    tp = Throughput(matmul_flops=1e11, attention_flops=1e11, bandwidth=1e10, fault_seconds_per_byte=1e-9)
+    assert seconds(untuned, tp) - seconds(tuned, tp) == pytest.approx(untuned.faulted_bytes * 1e-9, rel=1e-9)

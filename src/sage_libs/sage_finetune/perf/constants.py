@@ -18,9 +18,9 @@ take more than this (e.g. 520 trained tokens of a 129k vocabulary)."""
 
 GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
 """glibc's dynamic mmap threshold starts at 128 KiB and rises to the size of each mmapped block that
-is freed, up to 32 MiB on 64-bit systems. :func:`malloc_tuning_for` keeps the speed setting for runs
-whose widest activation is below it; with ``malloc_tuning`` off the threshold is fixed lower
-(:data:`.allocator.RETURNED_BLOCK_BYTES`)."""
+is freed, up to 32 MiB on 64-bit systems: leaving glibc alone keeps every freed block under it in the
+heap. With ``malloc_tuning`` off the threshold is fixed lower (:data:`.allocator.RETURNED_BLOCK_BYTES`),
+which is what :func:`.decide.malloc_tuning_for` compares a checkpointed run's activations with."""
 
 DOC_ATTENTION = "sage_doc_sdpa"
 """The attention implementation name per-document attention registers (:mod:`.doc_attention`)."""

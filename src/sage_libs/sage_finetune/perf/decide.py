@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .constants import DOC_ATTENTION, GLIBC_MMAP_THRESHOLD_MAX
+from .constants import DOC_ATTENTION
 
 __all__ = ["FastPaths", "plan_fast_paths", "padding_free_for", "resolve_padding_free", "resolve_group_by_length",
            "malloc_tuning_for", "widest_activation_bytes", "fused_lora_for"]
@@ -25,22 +25,28 @@ def widest_activation_bytes(training_config: Any, hidden_size: int, intermediate
 def malloc_tuning_for(training_config: Any, widest_activation: int | None = None) -> bool:
     """``training.malloc_tuning`` for a run (the planner reads the same): an explicit true/false wins;
     null is on, except with ``gradient_checkpointing`` when the run's widest activation
-    (:func:`widest_activation_bytes`) is above :data:`GLIBC_MMAP_THRESHOLD_MAX` (unknown: off).
+    (:func:`widest_activation_bytes`) is above :data:`.allocator.RETURNED_BLOCK_BYTES`, the size over
+    which the untuned allocator returns freed blocks (unknown: off).
 
     Why: the tuned glibc heap keeps what a step frees, and part of it stays stuck below the tensors
     saved for backward: about 40% of the bytes every layer's forward frees (planner/constants.py).
     Checkpointing is chosen to save memory and frees every layer's activations; when those are large
     the stuck part dominates the peak, and the untuned allocator would hand them back to the OS
     (Qwen2-0.5B shape, 129k vocabulary, LoRA, batch 8 x 1024, three steps: training peak 10.2 GB
-    tuned, 5.7 GB not; benchmarks/results/sft_throughput_qwen0.5b_b8_len1024_phases*.json). When
-    they are below glibc's mmap threshold the untuned heap keeps them as well (the same peak,
-    measured on benchmarks/plan_accuracy.py's checkpointing rows) and only loses the tuning's speed."""
+    tuned, 5.7 GB not; benchmarks/results/sft_throughput_qwen0.5b_b8_len1024_phases*.json). The
+    untuned allocator fixes glibc's mmap threshold at 4 MiB (:func:`.allocator.return_freed_memory`),
+    so activations between 4 and 32 MiB go back to the OS as well: a Qwen3-shaped layer, 128k tied
+    vocabulary, LoRA, 2 x 1024 tokens (widest activation 25 MiB) peaked at 2.05 GB tuned and 1.33 GB
+    untuned (benchmarks/plan_validation.py, seed 1, #02). Only activations under 4 MiB stay in the
+    heap either way; there the tuning's speed is kept."""
     explicit = getattr(training_config, "malloc_tuning", None)
     if explicit is not None:
         return bool(explicit)
     if not getattr(training_config, "gradient_checkpointing", False):
         return True
-    return widest_activation is not None and widest_activation <= GLIBC_MMAP_THRESHOLD_MAX
+    from .allocator import RETURNED_BLOCK_BYTES
+
+    return widest_activation is not None and widest_activation <= RETURNED_BLOCK_BYTES
 
 
 @dataclass(frozen=True)

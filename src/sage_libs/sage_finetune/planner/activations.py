@@ -212,13 +212,17 @@ def _loss_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, batch: Batch) -> t
     """(saved, transient at the start of backward, chunked) bytes of the LM head and the loss."""
     V, H = spec.vocab_size, spec.hidden_size
     n = batch.trained if run.selective_logits else batch.tokens
-    chunkable = run.selective_logits and not lay.head_train and run.zero_stage == 0
+    # perf.selective_logits.lm_head_for_chunking: a plain Linear head, trained (full, freeze) or tied,
+    # qualifies; LoRA's modules_to_save wraps it (not plain); ZeRO-3 weights are stubs
+    chunkable = run.selective_logits and not (run.is_lora and lay.head_train) and run.zero_stage == 0
     chunked = chunkable and (run.chunked_lm_loss if run.chunked_lm_loss is not None
                              else 4 * n * V > C.CHUNKED_AUTO_LOGITS_BYTES)
     if chunked:
         rows = max(1, C.CHUNK_LOGITS_BYTES // (4 * V))
         chunk = 4 * min(rows, n) * V
         saved = n * H * run.act_bytes + 4 * n      # grad of the hidden states and logsumexp, kept from forward
+        if lay.head_train:  # the head's float32 gradient, accumulated chunk by chunk from forward on
+            saved += 4 * V * H
         transient = 2 * chunk                       # one chunk's logits and its gradient
         return saved, transient, True
     logits = 4 * n * V

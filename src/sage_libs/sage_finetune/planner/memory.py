@@ -97,7 +97,9 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
     per_layer_grad = spec.layer_params() * tb if lay.trainable_base_layers else 0
     adapter_layer_grad = (lay.adapter_params // max(len(lay.adapted_layers), 1)) * 4 if lay.adapted_layers else 0
     shard = N if stage >= 2 else 1
-    head_grad = (spec.head_params if lay.head_train and not spec.tie_word_embeddings else 0) * tb // shard
+    # the head's gradient exists from the loss's backward on; a tied head's is the embedding's
+    head_grad = (spec.embedding_params if spec.tie_word_embeddings else spec.head_params) * tb // shard \
+        if lay.head_train else 0
     fixed = fwd.fixed_transient  # a dequantized weight (qlora) or DoRA's product, at any moment
     if run.autocast_bytes and run.weight_bytes == 4 and not run.quant_bits:
         # autocast keeps a 16-bit copy of every float32 weight a matmul used, until the step ends
@@ -149,7 +151,8 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
                                "adapter_params": lay.adapter_params, "first_grad_layer": lay.first_grad_layer,
                                "optimizer": state_what, "saved_per_layer": [int(s) for s in saved_layers],
                                "forward_transients": int(fwd.freed),
-                               "activations_after_forward": int(activations)}
+                               "activations_after_forward": int(activations),
+                               "phases": {k: [int(x) for x in v] for k, v in phases.items()}}
     if run.device == "cpu" and run.quant_bits and run.mmap_weights:
         layer_linear = spec.num_layers * sum(m.in_features * m.out_features for m in spec.linears())
         details["reclaimable"] = run.weight_bytes * layer_linear

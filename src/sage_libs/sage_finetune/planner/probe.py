@@ -77,6 +77,22 @@ def _time_bernoulli(torch: Any, elems: int, dt: Any, dev: Any, sync: Any, budget
     return _median(lambda: (mask.bernoulli_(0.9), sync()), 9, budget)
 
 
+def _time_page_faults(torch: Any, nbytes: int, dev: Any, budget: float) -> float:
+    """Seconds per byte of faulting in fresh pages: filling a block that was just mapped (allocated
+    above the allocator's mmap threshold, as the untuned allocator does for large blocks) against
+    filling one already resident. CPU only."""
+    from ..perf import allocator
+
+    if dev.type != "cpu" or allocator._mode == "speed":  # the tuned heap keeps freed blocks: nothing fresh to time
+        return Throughput.fault_seconds_per_byte
+    # a 64 MiB block is over glibc's mmap threshold (at most 32 MiB): mapped afresh on every allocation
+    elems = nbytes // 4
+    warm_block = torch.empty(elems)
+    warm = _median(lambda: warm_block.fill_(1.0), 5, budget / 2)
+    fresh = _median(lambda: torch.empty(elems).fill_(1.0), 5, budget / 2)
+    return max(0.0, fresh - warm) / nbytes
+
+
 def _mini_spec(spec: ModelSpec, max_layer_params: float = 40e6) -> ModelSpec:
     """One decoder layer of ``spec`` (scaled down in width when it is very large), no vocabulary."""
     k = 1.0
@@ -103,7 +119,8 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     mini = _mini_spec(spec)
     frozen = _mostly_frozen_through(spec, run)
     key = (mini.hidden_size, mini.intermediate_size, mini.num_heads, mini.num_kv_heads, mini.head_dim, run.method,
-           run.lora_r, str(run.lora_targets), run.lora_dropout > 0, frozen, doc_length, tokens, dtype, device)
+           run.lora_r, str(run.lora_targets), run.lora_dropout > 0, frozen, doc_length, tokens, dtype, device,
+           run.malloc_tuning)
     if cache and key in _cache:
         return _cache[key]
     import torch
@@ -154,9 +171,11 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
 
     op_seconds = _median(small, 9, 0.05 * budget) / 90  # 30 forward ops, ~60 backward nodes and accumulations
     random_seconds = _time_bernoulli(torch, 2**20, dt, dev, sync, 0.03 * budget) / 2**20
+    fault_seconds = _time_page_faults(torch, 64 * 2**20, dev, 0.05 * budget) if run.device == "cpu" \
+        and not run.malloc_tuning else Throughput.fault_seconds_per_byte
     tp = Throughput(matmul_flops=matmul_rate, attention_flops=attention_rate, bandwidth=bandwidth,
                     op_seconds=op_seconds, attention_call_seconds=call_seconds, random_seconds=random_seconds,
-                    attention_row_pairs=h,
+                    attention_row_pairs=h, fault_seconds_per_byte=fault_seconds,
                     source="probe",
                     details={"matmul_shape": [rows, H, I], "threads": torch.get_num_threads(), "dtype": dtype,
                              "mini_layer": [H, I, nh, nkv, hd], "doc_length": doc_length})

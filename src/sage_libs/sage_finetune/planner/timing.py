@@ -15,7 +15,11 @@ Per micro-batch (pure arithmetic, no torch):
 * **memory traffic** of everything else (norms, activations, RoPE, residual adds, LoRA's scaling,
   the loss, dequantizing 4-bit weights): about three passes over the bytes the forward allocates;
 * **op overhead**: a fixed cost per tensor operation (dispatch, autograd bookkeeping, thread
-  wake-ups), which dominates for tiny models.
+  wake-ups), which dominates for tiny models;
+* **page faults** (CPU, ``malloc_tuning`` off): blocks over the fixed mmap threshold come from fresh
+  mappings every step and are returned when freed, so the bytes of every activation that large are
+  faulted in again each time they are allocated (forward, the recompute of gradient checkpointing,
+  and their gradients in backward).
 
 The time is ``matmul / matmul_rate + attention / attention_rate + traffic / bandwidth + ops x
 op_cost``, divided by an efficiency factor; the rates come from :mod:`.probe` (measured on this
@@ -27,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .activations import _layer_bytes
+from .constants import RETURNED_BLOCK_BYTES
 from .shapes import Batch, RunShape
 from .spec import ModelSpec
 from .weights import _layout
@@ -44,6 +49,7 @@ class Cost:
     attention_queries: float = 0.0  # 4 x width per query row and pass: the kernel's per-row work
     random_elements: float = 0.0  # dropout masks drawn (bernoulli)
     dequant_bytes: float = 0.0
+    faulted_bytes: float = 0.0  # fresh pages touched (untuned allocator: large blocks mapped every step)
     useful_flops: float = 0.0  # matmul + attention without recomputation (for MFU)
 
     def __add__(self, other: "Cost") -> "Cost":
@@ -65,6 +71,7 @@ class Throughput:
     attention_row_pairs: float = 0.0    # per query row, the kernel costs as much as this many more pairs
     random_seconds: float = 2e-9     # per random number drawn (dropout masks)
     dequant_bytes_per_s: float = 2e9  # bitsandbytes dequantization (bytes of output per second)
+    fault_seconds_per_byte: float = 0.5e-9  # faulting in a fresh page, per byte (2 us per 4 KiB page here)
     efficiency: float = 1.0          # measured step time over the model's, on the probe's mini step
     source: str = "given"
     details: dict = field(default_factory=dict)
@@ -144,6 +151,10 @@ def step_cost(spec: ModelSpec, run: RunShape, batch: Batch) -> Cost:
         if recorded and run.gradient_checkpointing:
             passes += 1
         cost.traffic_bytes += passes * per_token * T + passes * lb.fixed_transient / 2
+        if run.device == "cpu" and not run.malloc_tuning and T * H * run.act_bytes > RETURNED_BLOCK_BYTES:
+            # allocated afresh (forward, checkpointing's recompute) and their gradients in backward
+            allocations = (1 + (1 if recorded else 0) + (1 if recorded and run.gradient_checkpointing else 0))
+            cost.faulted_bytes += allocations * (lb.saved + lb.transient) * T
         cost.ops += ops * (3 if recorded else 1) * (4 / 3 if recorded and run.gradient_checkpointing else 1)
         if run.quant_bits:
             dq = sum(m.in_features * m.out_features for m in linears) * run.compute_weight_bytes
@@ -165,5 +176,5 @@ def seconds(cost: Cost, tp: Throughput) -> float:
          + (cost.attention_flops + tp.attention_row_pairs * cost.attention_queries) / tp.attention_flops
          + cost.traffic_bytes / tp.bandwidth + cost.ops * tp.op_seconds
          + cost.attention_calls * tp.attention_call_seconds + cost.random_elements * tp.random_seconds
-         + cost.dequant_bytes / tp.dequant_bytes_per_s)
+         + cost.dequant_bytes / tp.dequant_bytes_per_s + cost.faulted_bytes * tp.fault_seconds_per_byte)
     return t / tp.efficiency
