@@ -48,6 +48,15 @@ CPU_FRAG_NOGRAD = 0.2
 """Layers below the first trained one (freeze): nothing is kept, but their freed blocks sit below
 the trained layers' saved tensors."""
 
+CPU_LOSS_BLOCKS_REGROWN = 1.0
+"""With ``malloc_tuning`` the loss's large blocks (the logits at the trained positions and their
+gradients, or the chunked loss's chunk and its gradient) are allocated again in every step, but the
+holes the first step's left are partly taken by what was allocated meanwhile and lives on (weight
+gradients, optimizer states): from the second step on the heap grows by about their size.
+Measured with benchmarks/plan_validation.py --seed 1 (3 steps; peak RSS missing from the prediction
+against the loss's transient blocks): #01 205 vs 188 MB, #06 333 vs 331, #07 345 vs 400, #12 120 vs
+184. Untuned, blocks over :data:`RETURNED_BLOCK_BYTES` are mapped and returned instead."""
+
 CPU_FRAG_UNTUNED = 0.1
 """With ``malloc_tuning`` off freed blocks over :data:`RETURNED_BLOCK_BYTES` go back to the OS (a
 fixed mmap threshold, perf.allocator). Used when the widest activation is above it; below it the

@@ -147,7 +147,8 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
     notes: list[str] = []
     details: dict[str, Any] = {"tokens": T, "trained_positions": batch.trained, "rows": batch.rows,
                                "row_len": batch.row_len, "documents": len(batch.doc_lengths),
-                               "chunked_lm_loss": chunked, "trainable_params": trainable,
+                               "chunked_lm_loss": chunked, "loss_blocks": int(loss_transient),
+                               "trainable_params": trainable,
                                "adapter_params": lay.adapter_params, "first_grad_layer": lay.first_grad_layer,
                                "optimizer": state_what, "saved_per_layer": [int(s) for s in saved_layers],
                                "forward_transients": int(fwd.freed),
@@ -182,6 +183,9 @@ def _add_overheads(run: RunShape, comps: dict[str, int], fwd: _Forward, baseline
         # over it go back to the OS; activations all under it stay in the heap as with the tuning
         untuned_returns = fwd.largest_tensor > C.RETURNED_BLOCK_BYTES
         frag = C.CPU_FRAG_UNTUNED * fwd.freed if not run.malloc_tuning and untuned_returns else fwd.frag
+        loss_blocks = details.get("loss_blocks", 0)
+        if run.malloc_tuning or loss_blocks <= 2 * C.RETURNED_BLOCK_BYTES:  # the heap grows by them after step 1
+            frag += C.CPU_LOSS_BLOCKS_REGROWN * loss_blocks
         comps["allocator_overhead"] = int(frag)
         comps["process_baseline"] = int(C.CPU_PROCESS_BASELINE if baseline is None else baseline)
         return sum(comps.values())
