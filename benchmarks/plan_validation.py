@@ -209,11 +209,10 @@ def trainer_args(c: dict, paths: dict, out_dir: str, steps: int) -> tuple[str, d
 # Children
 # ------------------------------------------------------------------------------------------------
 def _status_mb(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    sys.path.insert(0, str(HERE))
+    from plan_accuracy import _status_mb as status_mb  # /proc/self/status, one reader for both scripts
+
+    return status_mb(field)
 
 
 def child(kind: str, c: dict, paths: dict, out_dir: str, steps: int) -> dict:
