@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from sage_libs.sage_finetune.planner import constants as C
-from sage_libs.sage_finetune.planner.batches import Lengths, largest_batch
+from sage_libs.sage_finetune.planner.batches import Lengths, epoch_batches, largest_batch
 from sage_libs.sage_finetune.planner.memory import Batch, RunShape, plan_memory, quantized_weight_bytes
 from sage_libs.sage_finetune.planner.plan import parse_memory, plan_from_lengths
 from sage_libs.sage_finetune.planner.spec import ModelSpec
@@ -299,6 +299,23 @@ def test_largest_batch_padding_free_and_padded():
     assert (padded.rows, padded.row_len, padded.tokens) == (3, 50, 150)
     cut = largest_batch(lens, 2, padding_free=True, max_seq_length=32)
     assert cut.row_len == 64
+
+
+def test_preference_pairs_are_cut_one_sequence_at_a_time():
+    # a pair is chosen + rejected, each up to max_seq_length long: 2 pairs of (250, 240) tokens with
+    # 200 + 190 trained positions keep all 780 trained positions, not 2 x 255 (the pair cut as one)
+    pairs = Lengths(lengths=[490, 300, 490], trained=[390, 200, 390], max_seq_length=256,
+                    doc_lengths=[[250, 240], [150, 150], [250, 240]], pairs=True)
+    flat = largest_batch(pairs, 2, padding_free=True)
+    assert (flat.rows, flat.row_len, flat.doc_lengths, flat.trained) == (1, 980, [250, 240, 250, 240], 780)
+    padded = largest_batch(pairs, 2, padding_free=False)
+    assert (padded.rows, padded.row_len, padded.trained) == (4, 250, 780)
+    cut = largest_batch(pairs, 1, padding_free=True, max_seq_length=200)
+    assert (cut.doc_lengths, cut.trained) == ([200, 200], 390)
+    shorter = largest_batch(pairs, 1, padding_free=True, max_seq_length=100)
+    assert (shorter.doc_lengths, shorter.trained) == ([100, 100], 198)
+    epoch = epoch_batches(pairs, 3, padding_free=True)
+    assert [(b.row_len, b.trained) for b in epoch] == [(1280, 980)]
 
 
 def _uniform(n=64, length=512):

@@ -30,7 +30,19 @@ class Lengths:
     packed: bool = False
     truncated: int = 0            # samples cut to max_seq_length by the preparation
     distinct_tokens: int | None = None  # token ids the data uses (rows of the input embedding it reads)
-    doc_lengths: list[list[int]] | None = None  # packed rows: the documents in each row
+    doc_lengths: list[list[int]] | None = None  # packed rows: the documents in each row; pairs: chosen, rejected
+    pairs: bool = False           # preference pairs: each sample is two sequences, each cut on its own
+
+    def cut_sample(self, i: int, cut: int) -> tuple[list[int], int]:
+        """Sample ``i``'s documents and trained positions when sequences are cut to ``cut`` tokens:
+        a preference pair's chosen and rejected are cut one by one (a pair holds up to ``2 x cut``
+        tokens), a packed row or a plain sample as a whole."""
+        if self.pairs and self.doc_lengths is not None:
+            docs = [min(d, cut) for d in self.doc_lengths[i]]
+            return docs, min(self.trained[i], len(docs) * max(cut - 1, 0))
+        if self.packed and self.doc_lengths is not None:
+            return list(self.doc_lengths[i]), min(self.trained[i], max(cut - 1, 0))
+        return [min(self.lengths[i], cut)], min(self.trained[i], max(cut - 1, 0))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -104,7 +116,7 @@ def lengths_of(dataset: Any, max_seq_length: int, *, packed: bool = False, stats
         trained = [c + r for c, r in zip(_trained_counts(table.column("chosen_labels")),
                                          _trained_counts(table.column("rejected_labels")))]
         return Lengths(lengths, trained, max_seq_length, truncated=int((stats or {}).get("truncated", 0)),
-                       doc_lengths=[[c, r] for c, r in zip(chosen, rejected)],
+                       doc_lengths=[[c, r] for c, r in zip(chosen, rejected)], pairs=True,
                        distinct_tokens=_distinct(table.column("chosen_input_ids"), table.column("rejected_input_ids")))
     else:
         rows = list(dataset)
@@ -128,25 +140,19 @@ def largest_batch(lengths: Lengths, batch_size: int, *, padding_free: bool, max_
     cut = max_seq_length or lengths.max_seq_length
     cache = lengths.__dict__.setdefault("_sorted", {})
     if cut not in cache:  # the suggestions evaluate many batch sizes: sort once per cut-off
-        pairs = sorted(((min(n, cut), min(t, max(cut - 1, 0))) for n, t in zip(lengths.lengths, lengths.trained)),
-                       reverse=True)
-        cache[cut] = (pairs, sorted((t for _, t in pairs), reverse=True))
-    pairs, trained_desc = cache[cut]
-    if not pairs:
+        samples = [lengths.cut_sample(i, cut) for i in range(len(lengths.lengths))]
+        order = sorted(range(len(samples)), key=lambda i: -sum(samples[i][0]))
+        cache[cut] = (samples, order, sorted((t for _, t in samples), reverse=True))
+    samples, order, trained_desc = cache[cut]
+    if not samples:
         return Batch(rows=1, row_len=1, doc_lengths=[1], trained=0)
-    top = pairs[:batch_size]
+    top = order[:batch_size]
     trained = sum(trained_desc[:batch_size])
-    if lengths.doc_lengths is not None:
-        order = sorted(range(len(lengths.lengths)), key=lambda i: -lengths.lengths[i])[:batch_size]
-        docs = [d for i in order for d in lengths.doc_lengths[i]]
-        row_len = max(lengths.lengths[i] for i in order) if lengths.packed else max(docs)
-        if padding_free:
-            return Batch(rows=1, row_len=sum(lengths.lengths[i] for i in order), doc_lengths=docs, trained=trained)
-        return Batch(rows=len(order) if lengths.packed else len(docs), row_len=row_len, doc_lengths=docs,
-                     trained=trained)
-    docs = [n for n, _ in top]
+    docs = [d for i in top for d in samples[i][0]]
     if padding_free:
         return Batch(rows=1, row_len=sum(docs), doc_lengths=docs, trained=trained)
+    if lengths.packed:  # a packed row is one row of its documents
+        return Batch(rows=len(top), row_len=max(sum(samples[i][0]) for i in top), doc_lengths=docs, trained=trained)
     return Batch(rows=len(docs), row_len=max(docs), doc_lengths=docs, trained=trained)
 
 
@@ -164,14 +170,10 @@ def epoch_batches(lengths: Lengths, batch_size: int, *, padding_free: bool, grou
     per_process = idx[::max(processes, 1)] if processes > 1 else idx
     out = []
     for s in range(0, len(per_process), batch_size):
-        chunk = per_process[s:s + batch_size]
-        if lengths.doc_lengths is not None:
-            docs = [d for i in chunk for d in lengths.doc_lengths[i]]
-            ns = [lengths.lengths[i] for i in chunk] if lengths.packed else docs
-        else:
-            ns = [min(lengths.lengths[i], cut) for i in chunk]
-            docs = ns
-        trained = sum(min(lengths.trained[i], max(cut - 1, 0)) for i in chunk)
+        samples = [lengths.cut_sample(i, cut) for i in per_process[s:s + batch_size]]
+        docs = [d for sample_docs, _ in samples for d in sample_docs]
+        ns = [sum(sample_docs) for sample_docs, _ in samples] if lengths.packed else docs
+        trained = sum(t for _, t in samples)
         if padding_free:
             out.append(Batch(rows=1, row_len=sum(ns), doc_lengths=docs, trained=trained))
         else:
