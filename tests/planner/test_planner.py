@@ -644,3 +644,34 @@ def test_untuned_allocator_prices_page_faults_of_large_blocks():
     assert small.faulted_bytes == 0
     tp = Throughput(matmul_flops=1e11, attention_flops=1e11, bandwidth=1e10, fault_seconds_per_byte=1e-9)
     assert seconds(untuned, tp) - seconds(tuned, tp) == pytest.approx(untuned.faulted_bytes * 1e-9, rel=1e-9)
+
+
+def test_preference_step_adds_one_forward_of_the_reference():
+    # DPO with LoRA: the policy's forward and backward, plus the reference's forward (adapter
+    # disabled, no graph): every linear once and the LM head at the scored positions once
+    from sage_libs.sage_finetune.planner.step_time import batch_cost
+
+    spec = ModelSpec.from_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+                                  "vocab_size": 1000, "tie_word_embeddings": False})
+    run = RunShape(method="lora", lora_r=4, lora_targets=["q_proj", "v_proj"])
+    batch = Batch(rows=1, row_len=100, doc_lengths=[60, 40], trained=50)
+    policy, both = batch_cost(spec, run, batch, False), batch_cost(spec, run, batch, True)
+    per_layer = 2 * 100 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128)  # q, k, v, o, gate, up, down
+    reference = 2 * per_layer + 2 * 64 * 1000 * 50
+    assert both.matmul_flops - policy.matmul_flops == pytest.approx(reference)
+
+
+def test_chunked_preference_head_runs_a_second_time_in_backward():
+    # over the chunking threshold the preference log-probabilities recompute each chunk's logits in
+    # backward (perf.chunked_ce.ChunkedLinearTokenLogps): one more head pass than the plain path
+    from sage_libs.sage_finetune.planner.step_time import batch_cost
+
+    spec = ModelSpec.from_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
+                                  "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128,
+                                  "vocab_size": 1000, "tie_word_embeddings": False})
+    batch = Batch(rows=1, row_len=100, doc_lengths=[50, 50], trained=80)
+    plain = batch_cost(spec, RunShape(method="lora", lora_r=4, chunked_lm_loss=False), batch, True)
+    chunked = batch_cost(spec, RunShape(method="lora", lora_r=4, chunked_lm_loss=True), batch, True)
+    assert chunked.matmul_flops - plain.matmul_flops == pytest.approx(2 * 64 * 1000 * 80)
+    assert chunked.useful_flops == plain.useful_flops

@@ -208,15 +208,20 @@ def _forward(run: RunShape, spec: ModelSpec, lay: _Layout, batch: Batch) -> _For
 # ------------------------------------------------------------------------------------------------
 # The loss
 # ------------------------------------------------------------------------------------------------
+def loss_is_chunked(run: RunShape, spec: ModelSpec, lay: _Layout, positions: float) -> bool:
+    """Whether the LM head and the loss run in chunks (perf.chunked_ce) for ``positions`` scored
+    positions: perf.selective_logits.lm_head_for_chunking takes a plain Linear head, trained (full,
+    freeze) or tied; LoRA's modules_to_save wraps it (not plain); ZeRO-3 weights are stubs."""
+    chunkable = run.selective_logits and not (run.is_lora and lay.head_train) and run.zero_stage == 0
+    return chunkable and (run.chunked_lm_loss if run.chunked_lm_loss is not None
+                          else 4 * positions * spec.vocab_size > C.CHUNKED_AUTO_LOGITS_BYTES)
+
+
 def _loss_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, batch: Batch) -> tuple[float, float, bool]:
     """(saved, transient at the start of backward, chunked) bytes of the LM head and the loss."""
     V, H = spec.vocab_size, spec.hidden_size
     n = batch.trained if run.selective_logits else batch.tokens
-    # perf.selective_logits.lm_head_for_chunking: a plain Linear head, trained (full, freeze) or tied,
-    # qualifies; LoRA's modules_to_save wraps it (not plain); ZeRO-3 weights are stubs
-    chunkable = run.selective_logits and not (run.is_lora and lay.head_train) and run.zero_stage == 0
-    chunked = chunkable and (run.chunked_lm_loss if run.chunked_lm_loss is not None
-                             else 4 * n * V > C.CHUNKED_AUTO_LOGITS_BYTES)
+    chunked = loss_is_chunked(run, spec, lay, n)
     if chunked:
         rows = max(1, C.CHUNK_LOGITS_BYTES // (4 * V))
         chunk = 4 * min(rows, n) * V

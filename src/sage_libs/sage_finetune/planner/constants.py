@@ -57,6 +57,14 @@ Measured with benchmarks/plan_validation.py --seed 1 (3 steps; peak RSS missing 
 against the loss's transient blocks): #01 205 vs 188 MB, #06 333 vs 331, #07 345 vs 400, #12 120 vs
 184. Untuned, blocks over :data:`RETURNED_BLOCK_BYTES` are mapped and returned instead."""
 
+CPU_OPTIMIZER_TEMPS_REGROWN = 1.0
+"""The same for the optimizer step's temporaries (single-tensor AdamW: the square root and the
+quotient of one weight, 2 x the largest trainable weight): in full fine-tuning with a large
+vocabulary (a 128k x 1024 embedding and head: two 525 MB blocks) each step allocates them anew above
+the previous step's, until glibc's trim threshold (2 GiB with the tuning) returns the top of the heap.
+Measured with benchmarks/plan_validation.py --seed 2026 #05 over 10 steps: RSS at the optimizer
+step 5.9, 6.4, 6.9, 7.9, 7.9, 6.9, 7.4, 7.4 GB with 3.4 GB of tensors before it and 4.4 GB during."""
+
 CPU_FRAG_UNTUNED = 0.1
 """With ``malloc_tuning`` off freed blocks over :data:`RETURNED_BLOCK_BYTES` go back to the OS (a
 fixed mmap threshold, perf.allocator). Used when the widest activation is above it; below it the

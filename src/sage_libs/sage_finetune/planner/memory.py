@@ -133,7 +133,9 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
     else:
         opt_temp = trainable * tb // (N if stage else 1)  # foreach AdamW: a temporary per state
     phases["optimizer"] = (float(grads_total), 0.0, float(opt_temp))
-    phase = max(phases, key=lambda k: sum(phases[k]))
+    # the tuned CPU heap also keeps the previous step's update temporaries (_add_overheads)
+    regrown_opt = C.CPU_OPTIMIZER_TEMPS_REGROWN * opt_temp if run.device == "cpu" and run.malloc_tuning else 0.0
+    phase = max(phases, key=lambda k: sum(phases[k]) + (regrown_opt if k == "optimizer" else 0.0))
     grads_at, acts_at, trans_at = phases[phase]
 
     comps: dict[str, int] = {
@@ -153,7 +155,8 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
                                "optimizer": state_what, "saved_per_layer": [int(s) for s in saved_layers],
                                "forward_transients": int(fwd.freed),
                                "activations_after_forward": int(activations),
-                               "phases": {k: [int(x) for x in v] for k, v in phases.items()}}
+                               "phases": {k: [int(x) for x in v] for k, v in phases.items()},
+                               "peak_phase": phase}
     if run.device == "cpu" and run.quant_bits and run.mmap_weights:
         layer_linear = spec.num_layers * sum(m.in_features * m.out_features for m in spec.linears())
         details["reclaimable"] = run.weight_bytes * layer_linear
@@ -186,6 +189,8 @@ def _add_overheads(run: RunShape, comps: dict[str, int], fwd: _Forward, baseline
         loss_blocks = details.get("loss_blocks", 0)
         if run.malloc_tuning or loss_blocks <= 2 * C.RETURNED_BLOCK_BYTES:  # the heap grows by them after step 1
             frag += C.CPU_LOSS_BLOCKS_REGROWN * loss_blocks
+        if run.malloc_tuning and details.get("peak_phase") == "optimizer":  # and by the update's temporaries
+            frag += C.CPU_OPTIMIZER_TEMPS_REGROWN * details["phases"]["optimizer"][2]
         comps["allocator_overhead"] = int(frag)
         comps["process_baseline"] = int(C.CPU_PROCESS_BASELINE if baseline is None else baseline)
         return sum(comps.values())

@@ -128,13 +128,16 @@ def _doc_attention_ok(spec: ModelSpec, config: dict | None) -> bool:
 def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
               model_config: dict | None = None) -> RunShape:
     """The :class:`RunShape` of a trainer's configs on ``device``."""
+    from ..models.precision import base_weights_dtype
+
     inner = getattr(trainer, "inner", trainer)
     tc, dc = inner.training_config, inner.data_config
     method = getattr(inner, "method", "lora")
     lc = getattr(inner, "lora_config", None)
     qc = getattr(inner, "quantization_config", None)
     fc = getattr(inner, "freeze_config", None)
-    wdtype = spec.dtype if tc.model_dtype == "auto" else tc.model_dtype
+    wdtype = base_weights_dtype(tc.model_dtype, bf16=tc.bf16, frozen_base=bool(getattr(inner, "frozen_base", False)))
+    wdtype = spec.dtype if wdtype == "auto" else wdtype
     autocast = 2 if (tc.bf16 or tc.fp16) else None
     attn = tc.attn_implementation or "sdpa"
     padding_free = padding_free_for(dc, attn_implementation=attn, device=device,

@@ -11,7 +11,9 @@ from . import constants as C
 from .batches import Lengths, epoch_total
 from .shapes import Batch, RunShape
 from .spec import ModelSpec
+from .activations import loss_is_chunked
 from .timing import Cost, Throughput, seconds, step_cost
+from .weights import _layout
 
 __all__ = ["TimePlan", "time_plan", "batch_cost", "optimizer_step_seconds"]
 
@@ -42,8 +44,10 @@ def time_plan(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch_size: i
     aggregate, micro = epoch_total(lengths, batch_size, run, group_by_length=group_by_length, seed=seed,
                                    max_seq_length=max_seq_length)
     empty = Batch(rows=0, row_len=0, doc_lengths=[], trained=0, pairs=0.0, docs=0)
-    total = batch_cost(spec, run, aggregate, preference) + batch_cost(spec, run, empty, preference).scaled(
-        max(micro - 1, 0))
+    # the chunked loss is decided per micro-batch: by the mean one's scored positions
+    mean_trained = aggregate.trained / max(micro, 1)
+    total = batch_cost(spec, run, aggregate, preference, mean_trained) + batch_cost(
+        spec, run, empty, preference, mean_trained).scaled(max(micro - 1, 0))
     steps_per_epoch = max(1, math.ceil(micro / grad_accum))
     opt = optimizer_step_seconds(run, trainable, tp)
     epoch = seconds(total, tp) + steps_per_epoch * opt
@@ -55,9 +59,24 @@ def time_plan(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch_size: i
                     epoch_flops=total.useful_flops, throughput=tp)
 
 
-def batch_cost(spec: ModelSpec, run: RunShape, batch: Batch, preference: bool) -> Cost:
+def batch_cost(spec: ModelSpec, run: RunShape, batch: Batch, preference: bool,
+               micro_batch_trained: float | None = None) -> Cost:
+    """``batch``'s forward and backward (a micro-batch, or an epoch's micro-batches summed, whose
+    mean scored positions ``micro_batch_trained`` decide the chunked loss); with ``preference`` also
+    the reference's forward, and the chunked head's second pass."""
     cost = step_cost(spec, run, batch)
-    if preference and run.is_lora:  # the reference: a forward with the adapter disabled, no graph
+    if not preference:
+        return cost
+    lay = _layout(run, spec)
+    scored = batch.trained if run.selective_logits else batch.tokens
+    per_batch = micro_batch_trained if micro_batch_trained is not None else scored
+    if loss_is_chunked(run, spec, lay, per_batch):
+        # the chunked log-probabilities (perf.chunked_ce.ChunkedLinearTokenLogps) compute each
+        # chunk's logits again in backward: one more pass of the head over the scored positions
+        cost = cost + Cost(matmul_flops=2.0 * spec.hidden_size * spec.vocab_size * scored)
+    if run.is_lora:
+        # the reference: a forward with the adapter disabled and no graph, which is what a run with
+        # nothing trained costs (step_cost counts no backward for it)
         cost = cost + step_cost(spec, dataclasses.replace(run, method="freeze", freeze_layers=0,
-                                                          gradient_checkpointing=False), batch).scaled(1 / 3)
+                                                          gradient_checkpointing=False), batch)
     return cost
