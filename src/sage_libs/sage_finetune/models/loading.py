@@ -49,10 +49,15 @@ def load_kwargs(*, dtype: str = "auto", trust_remote_code: bool = False, allow_p
     return kwargs
 
 
-def model_load_kwargs(tc: Any) -> dict[str, Any]:
+def model_load_kwargs(tc: Any, *, frozen_base: bool = False) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments of a training config (:func:`load_kwargs`); with
-    ``training.gguf_file``, ``gguf_file`` as transformers spells it (:func:`load_causal_lm` resolves it)."""
-    kwargs = load_kwargs(dtype=tc.model_dtype, trust_remote_code=tc.trust_remote_code,
+    ``training.gguf_file``, ``gguf_file`` as transformers spells it (:func:`load_causal_lm` resolves it).
+    ``frozen_base``: the run trains an adapter over these weights (their dtype, see
+    :func:`.precision.base_weights_dtype`)."""
+    from .precision import base_weights_dtype
+
+    dtype = base_weights_dtype(tc.model_dtype, bf16=tc.bf16, frozen_base=frozen_base)
+    kwargs = load_kwargs(dtype=dtype, trust_remote_code=tc.trust_remote_code,
                          allow_pickle_weights=tc.allow_pickle_weights, attn_implementation=tc.attn_implementation)
     if getattr(tc, "gguf_file", None):
         kwargs["gguf_file"] = tc.gguf_file

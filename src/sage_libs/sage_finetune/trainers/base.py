@@ -112,11 +112,17 @@ class BaseTrainer(FineTuner):
 
         return load_tokenizer(self.training_config)
 
+    @property
+    def frozen_base(self) -> bool:
+        """Every base weight stays frozen (an adapter trains): under bf16 they are then held in
+        bfloat16 (:func:`..models.precision.base_weights_dtype`). The base trains all of them."""
+        return False
+
     def model_load_kwargs(self) -> dict[str, Any]:
         """``from_pretrained`` keyword arguments (QLoRA adds its quantization)."""
         from ..models.loading import model_load_kwargs
 
-        return model_load_kwargs(self.training_config)
+        return model_load_kwargs(self.training_config, frozen_base=self.frozen_base)
 
     def load_base_model(self) -> Any:
         from ..models.loading import load_causal_lm

@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 def check_precision(tc: TrainingConfig) -> None:
-    """fp16 needs a CUDA GPU; bf16 needs a GPU with bfloat16 or, on the CPU, ``use_cpu``."""
+    """fp16 needs a CUDA GPU; bf16 needs a GPU with bfloat16 or, on the CPU, ``use_cpu`` and a CPU
+    with bfloat16 instructions (:func:`..models.precision.cpu_native_bf16`)."""
     import torch
 
     if tc.fp16 and not torch.cuda.is_available():
@@ -39,6 +40,13 @@ def check_precision(tc: TrainingConfig) -> None:
     if not tc.use_cpu:
         raise ConfigError("training.bf16: no CUDA GPU is available; bfloat16 mixed precision on the CPU needs "
                           "training.use_cpu: true (or set bf16: false)")
+    from ..models.precision import cpu_native_bf16
+
+    native, evidence = cpu_native_bf16()
+    if native is False:
+        raise ConfigError("training.bf16: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16, or bf16 "
+                          f"on Arm; {evidence}), so bfloat16 would be emulated and run slower than float32; set "
+                          "bf16: false")
 
 
 def check_optimizer_name(tc: TrainingConfig) -> None:

@@ -22,6 +22,11 @@ class LoRATrainer(BaseTrainer):
     uses_lora = True
     _initial_adapter: Any = None  # PiSSA/OLoRA: the adapter as initialised, for the conversion on save
 
+    @property
+    def frozen_base(self) -> bool:
+        # modules_to_save train full copies of their modules, which keep the checkpoint's precision
+        return not self.lora_config.modules_to_save
+
     def apply_adapter(self, model: Any) -> Any:
         from ..methods.lora import apply_lora
 
