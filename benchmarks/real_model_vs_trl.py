@@ -76,7 +76,13 @@ def base_folder() -> str:
 
 
 # -- TRL's side, in its own process ------------------------------------------------------------------
-def trl_child(base: str, out: Path, max_steps: int, seed: int | None = None) -> None:
+TRL_MODES = {  # name -> (sampling, bf16): TRL's padding (its default sampler), its best fp32 mode, its bf16 mode
+    "trl": ("random", False), "trl_gbl": ("group_by_length", False), "trl_bf16": ("group_by_length", True)}
+OURS_MODES = {  # name -> extra options: our default, and bf16 (a frozen base held in bfloat16, bf16 matmuls)
+    "ours": [], "ours_bf16": ["training.bf16=true", "training.use_cpu=true", "training.model_dtype=auto"]}
+
+
+def trl_child(base: str, out: Path, max_steps: int, seed: int | None = None, mode: str = "trl") -> None:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -89,13 +95,16 @@ def trl_child(base: str, out: Path, max_steps: int, seed: int | None = None) -> 
     rows = [json.loads(line)["messages"] for line in TRAIN.read_text().splitlines() if line.strip()]
     data = Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in rows])
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, s["dtype"]))
+    sampling, bf16 = TRL_MODES[mode]
+    # TRL's bf16 mode as its users run it: the model loaded in bfloat16 and bf16 autocast
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if bf16 else getattr(torch, s["dtype"]))
     args = SFTConfig(output_dir=str(out), num_train_epochs=s["num_train_epochs"], max_steps=max_steps,
                      per_device_train_batch_size=s["per_device_train_batch_size"], learning_rate=s["learning_rate"],
                      warmup_steps=s["warmup_steps"], lr_scheduler_type=s["lr_scheduler_type"],
                      weight_decay=s["weight_decay"], optim=s["optim"], max_grad_norm=s["max_grad_norm"],
                      max_length=s["max_length"], seed=s["seed"], logging_steps=s["logging_steps"],
-                     completion_only_loss=True, gradient_checkpointing=False, bf16=False, fp16=False,
+                     completion_only_loss=True, gradient_checkpointing=False, bf16=bf16, fp16=False,
+                     train_sampling_strategy=sampling,
                      save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True)
     lora = LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
                       target_modules=s["target_modules"], bias="none", task_type="CAUSAL_LM")
@@ -168,7 +177,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(RESULT), help="result JSON (default: benchmarks/results/real_model_vs_trl.json)")
     parser.add_argument("--work", default=str(ROOT / "outputs" / "real-model-vs-trl"), help="run folders")
-    parser.add_argument("--trainers", default="ours,trl", help="which to run (ours, trl or both: ours,trl)")
+    parser.add_argument("--trainers", default="ours,trl",
+                        help="which to run, in this order: ours, ours_bf16 (bf16: true, the frozen base in bfloat16), "
+                             "trl (TRL padding), trl_gbl (TRL group_by_length, its fastest float32 mode), trl_bf16 "
+                             "(TRL group_by_length, bfloat16 model and bf16 autocast); default ours,trl")
     parser.add_argument("--parallel", action="store_true",
                         help="train both at once, then evaluate both at once (a loaded machine: wall times are then "
                              "not comparable; CPU time, peak RSS, loss and accuracy are)")
@@ -180,12 +192,12 @@ def main() -> int:
                              "one after the other, and the result gets per-seed figures and their means "
                              "(default: the config's seed only)")
     parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--child-trl", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-trl", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work)
     if args.child_trl:
-        trl_child(args.base, work / "trl", args.max_steps, args.seed)
+        trl_child(args.base, work / args.child_trl, args.max_steps, args.seed, args.child_trl)
         return 0
     if args.seeds:
         return run_seeds(args, [int(x) for x in args.seeds.split(",") if x.strip()])
@@ -194,8 +206,9 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work.mkdir(parents=True, exist_ok=True)
     names = [n.strip() for n in args.trainers.split(",") if n.strip()]
-    if not names or set(names) - {"ours", "trl"}:
-        parser.error(f"--trainers {args.trainers}: expected ours, trl or ours,trl")
+    if not names or set(names) - set(OURS_MODES) - set(TRL_MODES):
+        parser.error(f"--trainers {args.trainers}: expected a comma-separated list of "
+                     f"{', '.join([*OURS_MODES, *TRL_MODES])}")
     base = base_folder()
     print(f"base model folder: {base}", flush=True)
     state_file = work / "runs.json"  # what each trainer measured so far (a split run adds to it)
@@ -209,20 +222,22 @@ def main() -> int:
     seed = int(os.environ.get("SAGE_BENCH_SEED", settings()["seed"]))
     load_before = os.getloadavg()
     commands = {
-        "ours": [sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(CONFIG),
-                 f"training.model_name_or_path={base}", f"training.output_dir={work / 'ours'}",
-                 "training.eval_strategy=no", "data.eval_file=null", "training.disable_tqdm=true",
-                 "training.plan_check=false", f"training.seed={seed}"] + ([f"training.max_steps={args.max_steps}"] if args.max_steps > 0 else []),
-        "trl": [sys.executable, __file__, "--child-trl", "--base", base, "--work", str(work),
-                "--max-steps", str(args.max_steps), "--seed", str(seed)]}
+        name: [sys.executable, "-m", "sage_libs.sage_finetune.cli", "train", str(CONFIG),
+               f"training.model_name_or_path={base}", f"training.output_dir={work / name}",
+               "training.eval_strategy=no", "data.eval_file=null", "training.disable_tqdm=true",
+               "training.plan_check=false", f"training.seed={seed}", *extra]
+        + ([f"training.max_steps={args.max_steps}"] if args.max_steps > 0 else [])
+        for name, extra in OURS_MODES.items()}
+    commands.update({name: [sys.executable, __file__, "--child-trl", name, "--base", base, "--work", str(work),
+                            "--max-steps", str(args.max_steps), "--seed", str(seed)] for name in TRL_MODES})
     if not args.eval_only:
         print(f"training: {', '.join(names)}{' (at once)' if args.parallel else ''} ...", flush=True)
         measured = run_all({n: commands[n] for n in names}, {n: work / f"{n}.log" for n in names}, args.parallel)
         for name in names:
             runs[name] = {**measured[name], "parallel": args.parallel, "load_average_before": load_before,
                           "load_average_after": os.getloadavg()}
-            runs[name].update(ours_metrics(work / "ours") if name == "ours"
-                              else json.loads((work / "trl" / "metrics.json").read_text()))
+            runs[name].update(ours_metrics(work / name) if name in OURS_MODES
+                              else json.loads((work / name / "metrics.json").read_text()))
             print(f"  {name}: {runs[name]}", flush=True)
         save()
     print(f"evaluating: {', '.join(names)} ...", flush=True)
@@ -245,11 +260,11 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{'':6s}{'wall s':>8s}{'train s':>9s}{'CPU s':>8s}{'peak RSS MB':>13s}{'train loss':>12s}{'last loss':>11s}"
+    print(f"\n{'':10s}{'wall s':>8s}{'train s':>9s}{'CPU s':>8s}{'peak RSS MB':>13s}{'train loss':>12s}{'last loss':>11s}"
           f"{'exact':>8s}{'JSON':>7s}")
     for name, r in runs.items():
         if "wall_s" in r and "n" in r:
-            print(f"{name:6s}{r['wall_s']:8.1f}{r['train_runtime'] or 0:9.1f}{r['cpu_s']:8.1f}{r['peak_rss_mb']:13d}"
+            print(f"{name:10s}{r['wall_s']:8.1f}{r['train_runtime'] or 0:9.1f}{r['cpu_s']:8.1f}{r['peak_rss_mb']:13d}"
                   f"{r['train_loss']:12.4f}{r['last_logged_loss'] or 0:11.4f}{r['exact_count']:5d}/{r['n']}"
                   f"{r['json_count']:4d}/{r['n']}")
     print(f"written: {out}")

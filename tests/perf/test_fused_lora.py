@@ -194,3 +194,34 @@ def test_training_run_is_the_same_with_and_without(tiny_model_dir, tmp_path):
                          if "loss" in json.loads(line)]
     assert len(losses[True]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_under_bf16_autocast_the_branch_runs_in_bf16_with_float32_adapter_gradients():
+    """bf16 on the CPU: a bfloat16 base, float32 A and B, autocast. The fused branch equals the LoRA
+    formula on the same mask in bfloat16 (the mask recovered from the same draws), and A's and B's
+    gradients arrive in float32."""
+    model = _lora_linears(dropout=0.25)
+    for module in fusable_lora_modules(model):
+        module.base_layer.to(torch.bfloat16)
+    assert install_fused_lora(model) == 3
+    q = model.base_model.model.q
+    a, b, s = q.lora_A["default"].weight, q.lora_B["default"].weight, q.scaling["default"]
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 32).to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(3)
+        out = q(x)
+    torch.manual_seed(3)  # the draws the branch made: torch's dropout on a bfloat16 tensor
+    noise = torch.empty_like(x).bernoulli_(0.75).div_(0.75)
+    xr = x.detach().clone().requires_grad_(True)
+    ar, br = a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+    expected = (torch.nn.functional.linear(xr, q.base_layer.weight)
+                + ((xr * noise) @ ar.to(torch.bfloat16).t() @ br.to(torch.bfloat16).t()) * s)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    grad = torch.randn(out.shape).to(torch.bfloat16)
+    got = torch.autograd.grad(out, [x, a, b], grad)
+    want = torch.autograd.grad(expected, [xr, ar, br], grad)
+    assert [g.dtype for g in got] == [torch.bfloat16, torch.float32, torch.float32]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2)

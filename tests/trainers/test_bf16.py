@@ -91,6 +91,10 @@ def test_lora_bf16_holds_the_base_in_bf16_and_trains_float32_adapters(tmp_path, 
     metrics = trainer.train(loader.load(EXAMPLE_DATA / "chat_train.jsonl", max_samples=48),
                             loader.load(EXAMPLE_DATA / "chat_eval.jsonl", max_samples=8))
     assert len(steps) == 6 and all(s == {torch.float32} for s in steps)  # AdamW's states
+    from sage_libs.sage_finetune.perf.fused_lora import _FusedLoraForward
+
+    fused = [m for m in trainer.model.modules() if isinstance(vars(m).get("forward"), _FusedLoraForward)]
+    assert len(fused) == 14  # every adapted linear of the 2 layers runs the fused branch under autocast
     assert metrics["eval_loss"] < metrics["eval_loss_before"]
     for name, p in trainer.model.named_parameters():
         if name in base:  # the frozen base is bit-identical after training
@@ -105,3 +109,20 @@ def test_modules_to_save_keep_the_checkpoints_precision(tmp_path, tiny_model_dir
     trainer = _trainer(tiny_model_dir, tmp_path / "out", modules_to_save=["lm_head"])
     trainer.setup()
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("native, bf16, frozen, expected", [
+    ((True, "amx_bf16"), False, True, "this CPU has amx_bf16: training.bf16: true (with use_cpu: true) holds the "
+                                      "frozen base in bfloat16 (0.25 GiB less)"),
+    ((False, "its widest vector flag is avx2"), False, True, None),  # no instructions: no suggestion
+    ((True, "avx512_bf16"), True, True, None),                        # already on
+    ((True, "avx512_bf16"), False, False, None),                      # full fine-tuning: the weights train
+])
+def test_plan_suggests_bf16_where_the_cpu_has_it(monkeypatch, native, bf16, frozen, expected):
+    from sage_libs.sage_finetune.planner.plan import bf16_note
+    from sage_libs.sage_finetune.planner.shapes import RunShape
+
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: native)
+    note = bf16_note(TrainingConfig(model_name_or_path="m", output_dir="o", bf16=bf16, use_cpu=bf16), RunShape(method="lora"),
+                     2**29, frozen)
+    assert (note is None) if expected is None else note.startswith(expected)

@@ -18,12 +18,15 @@ The noise is drawn exactly as torch's dropout draws it (``empty_like(x).bernoull
 same generator, in the same module order), so a run with the fused branch sees the same masks as one
 without: same losses to rounding (tests/perf/test_fused_lora.py). A module is switched only when a
 probe agrees with its own forward and backward; at call time anything else (DoRA and other variants,
-several active adapters, merged or disabled adapters, ``adapter_names``, eval mode, autocast, an
-input of another dtype) runs PEFT's own forward.
+several active adapters, merged or disabled adapters, ``adapter_names``, eval mode, an input of
+another dtype) runs PEFT's own forward. Under autocast (bf16 on the CPU, with the frozen base held in
+bfloat16) the branch runs in the compute dtype: the noise is then drawn on a bfloat16 tensor, not on
+PEFT's float32 copy of ``x``, so the masks differ from an unfused run's (same distribution).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from typing import Any
@@ -123,12 +126,21 @@ class _FusedLoraForward:
         if name not in module.lora_A or module.lora_variant.get(name) is not None:
             return own(module, x, *args, **kwargs)
         a, b, drop = module.lora_A[name], module.lora_B[name], module.lora_dropout[name]
-        if (not drop.training or not torch.is_grad_enabled() or x.dtype != a.weight.dtype
-                or b.weight.dtype != a.weight.dtype or torch.is_autocast_enabled(x.device.type)
-                or not _plain_adapter(module, name)):
+        if not drop.training or not torch.is_grad_enabled() or not _plain_adapter(module, name):
+            return own(module, x, *args, **kwargs)
+        wa, wb = a.weight, b.weight
+        if torch.is_autocast_enabled(x.device.type):
+            # bf16 on the CPU: x arrives in the compute dtype (a frozen base held in it); the branch
+            # runs in it as PEFT's does under autocast, without PEFT's float32 copy of x and float32
+            # noise per module; the float32 A and B are cast per call (their gradients flow back)
+            compute = torch.get_autocast_dtype(x.device.type)
+            if x.dtype != compute or wa.dtype != wb.dtype:
+                return own(module, x, *args, **kwargs)
+            wa, wb = wa.to(compute), wb.to(compute)
+        elif x.dtype != wa.dtype or wb.dtype != wa.dtype:
             return own(module, x, *args, **kwargs)
         result = module.base_layer(x)
-        return (result + lora_branch(x, a.weight, b.weight, drop.p, module.scaling[name])).to(result.dtype)
+        return (result + lora_branch(x, wa, wb, drop.p, module.scaling[name])).to(result.dtype)
 
     def __reduce__(self):
         return getattr, (self.module, "forward")
@@ -145,6 +157,9 @@ def _agrees(module: Any) -> bool:
     if name is None or name not in module.lora_A:
         return False
     a, b = module.lora_A[name].weight, module.lora_B[name].weight
+    if weight.dtype != a.dtype:  # a 16-bit base under float32 adapters (bf16): probe the same module in float32
+        with _base_in(module, a.dtype):
+            return _agrees(module)
     generator = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(2, 3, weight.shape[1], generator=generator).to(weight.device, a.dtype)
     grad = torch.randn(2, 3, weight.shape[0], generator=generator).to(weight.device, a.dtype)
@@ -175,6 +190,21 @@ def _agrees(module: Any) -> bool:
     tol = dict(rtol=1e-5, atol=1e-6) if a.dtype in (torch.float32, torch.float64) else dict(rtol=2e-2, atol=2e-2)
     return torch.allclose(out.float(), ref_out.float(), **tol) and all(
         torch.allclose(g.float(), r.float(), **tol) for g, r in zip(grads, ref_grads))
+
+
+@contextlib.contextmanager
+def _base_in(module: Any, dtype: Any) -> Any:
+    """``module``'s base layer computing in ``dtype`` for a while (its parameters' data swapped for
+    converted copies, then back): what the probe checks is how the module computes, not in what."""
+    params = [p for p in module.base_layer.parameters(recurse=False)]
+    saved = [p.data for p in params]
+    try:
+        for p in params:
+            p.data = p.data.to(dtype)
+        yield
+    finally:
+        for p, data in zip(params, saved):
+            p.data = data
 
 
 def install_fused_lora(model: Any) -> int:

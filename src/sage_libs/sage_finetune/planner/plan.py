@@ -343,11 +343,29 @@ def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None 
                 "plan: the throughput probe failed (%s); no time estimate (give the device's matmul throughput "
                 "instead: --tflops N, or trainer.plan(tflops=N))", exc)
     preference = getattr(inner, "preference_config", None) is not None
-    return plan_from_lengths(spec, run, lengths, batch_size=tc.per_device_train_batch_size,
+    plan = plan_from_lengths(spec, run, lengths, batch_size=tc.per_device_train_batch_size,
                              grad_accum=tc.gradient_accumulation_steps, budget=budget, budget_source=source,
                              throughput=throughput, epochs=tc.num_train_epochs, max_steps=tc.max_steps,
                              seed=tc.seed, group_by_length=resolve_group_by_length(dc, run.padding_free),
                              weights_file=weights_file_bytes(model_dir), model=tc.model_name_or_path,
                              suggest=suggest, preference=preference)
+    note = bf16_note(tc, run, plan.memory.components.get("base_weights", 0), bool(getattr(inner, "frozen_base", False)))
+    if note:
+        plan.notes.append(note)
+    return plan
+
+
+def bf16_note(tc: Any, run: RunShape, base_weight_bytes: int, frozen_base: bool) -> str | None:
+    """The suggestion of ``training.bf16`` on a CPU with bfloat16 instructions, for a frozen float32
+    base (:mod:`..models.precision`), or None."""
+    from ..models.precision import cpu_native_bf16
+
+    if run.device != "cpu" or tc.bf16 or tc.fp16 or not frozen_base or run.weight_bytes != 4 or run.quant_bits:
+        return None
+    native, flag = cpu_native_bf16()
+    if not native:
+        return None
+    return (f"this CPU has {flag}: training.bf16: true (with use_cpu: true) holds the frozen base in bfloat16 "
+            f"({base_weight_bytes / 2 / GIB:.2f} GiB less) and runs its matmuls in bfloat16 (see docs/performance.md)")
 
 
