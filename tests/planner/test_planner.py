@@ -675,3 +675,26 @@ def test_chunked_preference_head_runs_a_second_time_in_backward():
     chunked = batch_cost(spec, RunShape(method="lora", lora_r=4, chunked_lm_loss=True), batch, True)
     assert chunked.matmul_flops - plain.matmul_flops == pytest.approx(2 * 64 * 1000 * 80)
     assert chunked.useful_flops == plain.useful_flops
+
+
+def test_the_peak_can_be_a_batch_under_the_chunked_loss_threshold(monkeypatch):
+    # the loss is chunked by size: the largest batch (150 scored positions) holds one small chunk of
+    # logits, a smaller one (90, under the threshold of 100) holds all its logits and their gradient
+    import dataclasses
+
+    monkeypatch.setattr(C, "CHUNKED_AUTO_LOGITS_BYTES", 4 * 100 * 1000)
+    monkeypatch.setattr(C, "CHUNK_LOGITS_BYTES", 4 * 10 * 1000)
+    spec = ModelSpec.from_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
+                                  "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128,
+                                  "vocab_size": 1000, "tie_word_embeddings": False})
+    lengths = Lengths(lengths=[160, 100, 50, 40], trained=[150, 90, 40, 30], max_seq_length=256)
+    run = RunShape(method="lora", lora_r=4, lora_targets=["q_proj"], padding_free=True)
+    plan = plan_from_lengths(spec, run, lengths, batch_size=1, budget=2**34, suggest=False)
+    assert plan.batch.trained == 150
+    assert (plan.memory.details["chunked_lm_loss"], plan.memory.details["trained_positions"]) == (False, 90)
+    assert any("under the chunked LM loss's threshold" in n for n in plan.memory.notes)
+    # chunked for every batch (an explicit true): the largest batch is the peak
+    always = plan_from_lengths(spec, dataclasses.replace(run, chunked_lm_loss=True), lengths, batch_size=1,
+                               budget=2**34, suggest=False)
+    assert (always.memory.details["chunked_lm_loss"], always.memory.details["trained_positions"]) == (True, 150)
+    assert always.memory.peak < plan.memory.peak

@@ -48,12 +48,13 @@ def test_base_weights_dtype(model_dtype, bf16, frozen, expected):
     assert base_weights_dtype(model_dtype, bf16=bf16, frozen_base=frozen) == expected
 
 
-def _trainer(model_dir, out, *, modules_to_save=None, callbacks=None):
+def _trainer(model_dir, out, *, modules_to_save=None, bias="none", callbacks=None):
     tc = TrainingConfig(model_name_or_path=str(model_dir), output_dir=str(out), max_steps=6, bf16=True, use_cpu=True,
                         per_device_train_batch_size=8, learning_rate=1e-2, warmup_steps=0, logging_steps=1,
                         eval_on_start=True, eval_strategy="no", save_strategy="no", disable_tqdm=True,
                         max_seq_length=128)
-    lc = LoRAConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear", modules_to_save=modules_to_save)
+    lc = LoRAConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear", modules_to_save=modules_to_save,
+                    bias=bias)
     return create_trainer("lora", training_config=tc, lora_config=lc, callbacks=callbacks)
 
 
@@ -103,10 +104,11 @@ def test_lora_bf16_holds_the_base_in_bf16_and_trains_float32_adapters(tmp_path, 
             assert p.dtype == torch.float32, name
 
 
-def test_modules_to_save_keep_the_checkpoints_precision(tmp_path, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("extra", [{"modules_to_save": ["lm_head"]}, {"bias": "all"}])
+def test_trained_base_parts_keep_the_checkpoints_precision(tmp_path, tiny_model_dir, monkeypatch, extra):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: (True, "avx512_bf16"))
-    trainer = _trainer(tiny_model_dir, tmp_path / "out", modules_to_save=["lm_head"])
+    trainer = _trainer(tiny_model_dir, tmp_path / "out", **extra)
     trainer.setup()
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
 

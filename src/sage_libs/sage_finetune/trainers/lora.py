@@ -24,8 +24,9 @@ class LoRATrainer(BaseTrainer):
 
     @property
     def frozen_base(self) -> bool:
-        # modules_to_save train full copies of their modules, which keep the checkpoint's precision
-        return not self.lora_config.modules_to_save
+        # modules_to_save train full copies of their modules, and lora.bias trains the base's
+        # biases: those keep the checkpoint's precision
+        return not self.lora_config.modules_to_save and self.lora_config.bias == "none"
 
     def apply_adapter(self, model: Any) -> Any:
         from ..methods.lora import apply_lora
