@@ -202,6 +202,8 @@ def trainer_args(c: dict, paths: dict, out_dir: str, steps: int) -> tuple[str, d
         kwargs["lora_config"] = dict(r=16, lora_alpha=32, lora_dropout=c["lora_dropout"], target_modules="all-linear")
     if method == "dpo":
         kwargs.update(method="lora", preference_config={"loss_type": "sigmoid", "beta": 0.1})
+    if method == "freeze":  # freeze's default trains the last 2 layers; a 1-layer draw trains its one
+        kwargs["freeze_config"] = {"trainable_layers": min(2, c["layers"])}
     return method, kwargs
 
 
