@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -165,10 +166,15 @@ def build(c: dict, work: Path, samples: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     model_dir = work / f"model-{c['index']:02d}"
     if not (model_dir / "config.json").is_file():
+        # written to a sibling folder and renamed: a build cut short (a full disk) is never reused
         torch.manual_seed(c["index"])
         model = AutoModelForCausalLM.from_config(_model_config(c, tokenizer), dtype=torch.float32)
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        partial = work / f".model-{c['index']:02d}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        os.replace(partial, model_dir)
         del model
     lexicon = _lexicon()
     rng = random.Random(c["index"] * 7919 + c["seq"])
