@@ -134,12 +134,17 @@ def test_bitsandbytes_kernel_hub_notice_is_not_shown(caplog):
 
 
 def test_bf16_mixed_precision_trains_on_the_cpu(tiny_model_dir, tmp_path):
-    """bf16 autocast on the CPU (AMX or AVX-512 BF16 where present, emulated elsewhere) with the
-    per-document attention of padding-free batches: the loss falls and stays finite."""
+    """bf16 autocast on the CPU with the per-document attention of padding-free batches, on this
+    CPU's own instructions: where it has bfloat16 ones (AMX or AVX-512 BF16) the loss falls and stays
+    finite; elsewhere (emulated, slower than float32) the run is refused before it starts."""
     from transformers.utils import is_torch_bf16_available_on_device
+
+    from sage_libs.sage_finetune import ConfigError
+    from sage_libs.sage_finetune.models.precision import cpu_native_bf16
 
     if not is_torch_bf16_available_on_device("cpu"):
         pytest.skip(f"torch cannot compute in bfloat16 on this CPU ({cpu_flags()})")
+    native, evidence = cpu_native_bf16()
     tc = TrainingConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "run"), max_steps=6,
                         per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=1e-2,
                         warmup_steps=0, max_seq_length=64, logging_steps=1, save_strategy="no", disable_tqdm=True,
@@ -147,5 +152,9 @@ def test_bf16_mixed_precision_trains_on_the_cpu(tiny_model_dir, tmp_path):
     trainer = create_trainer("lora", training_config=tc,
                              lora_config=LoRAConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
     train, evald = data()
+    if native is False:
+        with pytest.raises(ConfigError, match="this CPU has no bfloat16 instructions"):
+            trainer.train(train, evald)
+        return
     m = trainer.train(train, evald)
-    assert m["eval_loss"] < m["eval_loss_before"] - 0.01, (m, cpu_flags())
+    assert m["eval_loss"] < m["eval_loss_before"] - 0.01, (m, cpu_flags(), evidence)
