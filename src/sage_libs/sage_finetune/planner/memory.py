@@ -136,6 +136,7 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
     # the tuned CPU heap also keeps the previous step's update temporaries (_add_overheads)
     regrown_opt = C.CPU_OPTIMIZER_TEMPS_REGROWN * opt_temp if run.device == "cpu" and run.malloc_tuning else 0.0
     phase = max(phases, key=lambda k: sum(phases[k]) + (regrown_opt if k == "optimizer" else 0.0))
+    regrown_opt = regrown_opt if phase == "optimizer" else 0.0
     grads_at, acts_at, trans_at = phases[phase]
 
     comps: dict[str, int] = {
@@ -156,7 +157,7 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
                                "forward_transients": int(fwd.freed),
                                "activations_after_forward": int(activations),
                                "phases": {k: [int(x) for x in v] for k, v in phases.items()},
-                               "peak_phase": phase}
+                               "regrown_optimizer_temps": int(regrown_opt)}
     if run.device == "cpu" and run.quant_bits and run.mmap_weights:
         layer_linear = spec.num_layers * sum(m.in_features * m.out_features for m in spec.linears())
         details["reclaimable"] = run.weight_bytes * layer_linear
@@ -189,8 +190,7 @@ def _add_overheads(run: RunShape, comps: dict[str, int], fwd: _Forward, baseline
         loss_blocks = details.get("loss_blocks", 0)
         if run.malloc_tuning or loss_blocks <= 2 * C.RETURNED_BLOCK_BYTES:  # the heap grows by them after step 1
             frag += C.CPU_LOSS_BLOCKS_REGROWN * loss_blocks
-        if run.malloc_tuning and details.get("peak_phase") == "optimizer":  # and by the update's temporaries
-            frag += C.CPU_OPTIMIZER_TEMPS_REGROWN * details["phases"]["optimizer"][2]
+        frag += details.get("regrown_optimizer_temps", 0)  # and by the update's, at an optimizer-step peak
         comps["allocator_overhead"] = int(frag)
         comps["process_baseline"] = int(C.CPU_PROCESS_BASELINE if baseline is None else baseline)
         return sum(comps.values())

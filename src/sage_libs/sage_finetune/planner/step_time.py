@@ -8,10 +8,10 @@ import math
 from dataclasses import dataclass
 
 from . import constants as C
+from .activations import loss_is_chunked
 from .batches import Lengths, epoch_total
 from .shapes import Batch, RunShape
 from .spec import ModelSpec
-from .activations import loss_is_chunked
 from .timing import Cost, Throughput, seconds, step_cost
 from .weights import _layout
 
@@ -67,13 +67,11 @@ def batch_cost(spec: ModelSpec, run: RunShape, batch: Batch, preference: bool,
     cost = step_cost(spec, run, batch)
     if not preference:
         return cost
-    lay = _layout(run, spec)
-    scored = batch.trained if run.selective_logits else batch.tokens
-    per_batch = micro_batch_trained if micro_batch_trained is not None else scored
-    if loss_is_chunked(run, spec, lay, per_batch):
+    per_batch = micro_batch_trained if micro_batch_trained is not None else batch.trained
+    if loss_is_chunked(run, spec, _layout(run, spec), per_batch):
         # the chunked log-probabilities (perf.chunked_ce.ChunkedLinearTokenLogps) compute each
         # chunk's logits again in backward: one more pass of the head over the scored positions
-        cost = cost + Cost(matmul_flops=2.0 * spec.hidden_size * spec.vocab_size * scored)
+        cost = cost + Cost(matmul_flops=2.0 * spec.hidden_size * spec.vocab_size * batch.trained)
     if run.is_lora:
         # the reference: a forward with the adapter disabled and no graph, which is what a run with
         # nothing trained costs (step_cost counts no backward for it)
