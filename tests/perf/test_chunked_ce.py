@@ -144,10 +144,10 @@ def test_no_grad_and_a_scaled_loss():
     torch.testing.assert_close(h.grad, h2.grad, rtol=RTOL, atol=ATOL)
 
 
-def test_auto_decision():
-    assert _chunked_ce.use_chunked_lm_loss(True, 1, 10) and not _chunked_ce.use_chunked_lm_loss(False, 10**6, 10**6)
-    assert not _chunked_ce.use_chunked_lm_loss(None, 100, 129280)
-    assert _chunked_ce.use_chunked_lm_loss(None, 4096, 129280)
+def test_decision_and_chunk_rows():
+    assert _chunked_ce.use_chunked_lm_loss(True) and _chunked_ce.use_chunked_lm_loss(None)
+    assert not _chunked_ce.use_chunked_lm_loss(False)
+    assert _chunked_ce.chunk_rows_for(129280) == 519  # 256 MiB of float32 logits
     assert _chunked_ce.chunk_rows_for(129280) * 129280 * 4 <= _chunked_ce.CHUNK_BYTES
 
 
@@ -259,18 +259,18 @@ def test_trainer_chunked_lm_loss_on_equals_off(tiny_model_dir, tmp_path, monkeyp
         torch.testing.assert_close(w_on[name], w_off[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_auto_setting_decides_by_logits_size(tiny_model_dir, monkeypatch):
-    """chunked=None (training.chunked_lm_loss: null): off for small logits, on above the limit."""
+def test_default_setting_chunks_any_size(tiny_model_dir, monkeypatch):
+    """chunked=None (training.chunked_lm_loss: null) is on for a batch far under one chunk, with
+    the plain path's loss."""
     model = _lora_model(tiny_model_dir)
     batch = PaddingCollator(pad_token_id=0)(_examples())
     calls = []
     real = _chunked_ce.ChunkedLinearCrossEntropy.apply
     monkeypatch.setattr(_chunked_ce.ChunkedLinearCrossEntropy, "apply", lambda *a: calls.append(1) or real(*a))
-    small, _ = _step(model, batch, None)
-    assert not calls  # ~50 tokens x 512 vocab: far below AUTO_LOGITS_BYTES
-    monkeypatch.setattr(_chunked_ce, "AUTO_LOGITS_BYTES", 0)
-    large, _ = _step(model, batch, None)
-    assert calls and large == pytest.approx(small, rel=1e-6)
+    plain, _ = _step(model, batch, False)
+    assert not calls
+    default, _ = _step(model, batch, None)
+    assert calls and default == pytest.approx(plain, rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,11 +306,28 @@ def test_token_logps_match_plain_log_softmax(chunk_rows, bias):
             torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL)
 
 
-def test_token_logps_float64_gradcheck():
+@pytest.mark.parametrize("chunk_rows", [2, 10])  # several chunks (recomputed), one (its softmax kept)
+def test_token_logps_float64_gradcheck(chunk_rows):
     hidden, weight, b, targets = _case(n=5, h=3, v=7, dtype=torch.float64, bias=True)
     args = [t.clone().requires_grad_(True) for t in (hidden, weight, b)]
     assert torch.autograd.gradcheck(
-        lambda h, w, bb: _chunked_ce.chunked_linear_token_logps(h, w, targets, bb, chunk_rows=2), args)
+        lambda h, w, bb: _chunked_ce.chunked_linear_token_logps(h, w, targets, bb, chunk_rows=chunk_rows), args)
+
+
+def test_token_logps_one_chunk_backward_twice():
+    # one chunk keeps its softmax for backward and only reads it there: a second backward through a
+    # retained graph gets the same gradients
+    hidden, weight, b, targets = _case(bias=True)
+    h = hidden.clone().requires_grad_(True)
+    upstream = torch.randn(targets.shape[0], generator=torch.Generator().manual_seed(1))
+    out = (_chunked_ce.chunked_linear_token_logps(h, weight, targets, b, chunk_rows=10**6) * upstream).sum()
+    out.backward(retain_graph=True)
+    first = h.grad.clone()
+    h.grad = None
+    out.backward()
+    torch.testing.assert_close(h.grad, first, rtol=RTOL, atol=ATOL)
+    expect = _token_logps_and_grads(_plain_token_logps, hidden, weight, b, targets, upstream)[1]
+    torch.testing.assert_close(first, expect, rtol=RTOL, atol=ATOL)
 
 
 def _preference_batch(tokenizer, flatten):

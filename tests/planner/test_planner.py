@@ -90,7 +90,9 @@ ADAPTER = R * ((H + Q) + 2 * (H + K) + (Q + H) + 2 * (H + I) + (I + H))  # per l
 
 
 def lora(**kw):
-    return RunShape(**{"method": "lora", "lora_r": R, "lora_targets": "all-linear", "lora_dropout": 0.0, **kw})
+    # the plain loss, whose tensors these tests spell out (the chunked loss, the default, has its own)
+    return RunShape(**{"method": "lora", "lora_r": R, "lora_targets": "all-linear", "lora_dropout": 0.0,
+                       "chunked_lm_loss": False, **kw})
 
 
 def _lora_layer_saved(in_grad: bool) -> int:
@@ -152,7 +154,7 @@ def test_full_logits_cost_every_position():
 
 
 def test_full_fine_tuning_components_are_exact():
-    p = plan_memory(spec(), RunShape(method="full"), BATCH)
+    p = plan_memory(spec(), RunShape(method="full", chunked_lm_loss=False), BATCH)
     c = p.components
     assert c["base_weights"] == 4 * TOTAL and c["trainable_weights"] == 0
     assert c["optimizer_states"] == 8 * TOTAL
@@ -257,9 +259,9 @@ def test_activations_match_what_autograd_saves(tiny_model_dir, method, dropout):
     elif method == "freeze":
         model.requires_grad_(False)
         model.model.layers[-1].requires_grad_(True)
-        run = RunShape(method="freeze", freeze_layers=1)
+        run = RunShape(method="freeze", freeze_layers=1, chunked_lm_loss=False)
     else:
-        run = RunShape(method="full")
+        run = RunShape(method="full", chunked_lm_loss=False)
     model.train()
     assert doc_attention.install_doc_attention(model)
     g = torch.Generator().manual_seed(0)
@@ -662,10 +664,13 @@ def test_preference_step_adds_one_forward_of_the_reference():
     assert both.matmul_flops - policy.matmul_flops == pytest.approx(reference)
 
 
-def test_chunked_preference_head_runs_a_second_time_in_backward():
-    # over the chunking threshold the preference log-probabilities recompute each chunk's logits in
-    # backward (perf.chunked_ce.ChunkedLinearTokenLogps): one more head pass than the plain path
+def test_chunked_preference_head_runs_a_second_time_in_backward(monkeypatch):
+    # over one chunk the preference log-probabilities recompute each chunk's logits in backward
+    # (perf.chunked_ce.ChunkedLinearTokenLogps): one more head pass than the plain path; in one
+    # chunk they keep its softmax instead
     from sage_libs.sage_finetune.planner.step_time import batch_cost
+
+    monkeypatch.setattr(C, "CHUNK_LOGITS_BYTES", 4 * 50 * 1000)  # 50 rows of the 1000 vocabulary
 
     spec = ModelSpec.from_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
                                   "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128,
@@ -675,26 +680,33 @@ def test_chunked_preference_head_runs_a_second_time_in_backward():
     chunked = batch_cost(spec, RunShape(method="lora", lora_r=4, chunked_lm_loss=True), batch, True)
     assert chunked.matmul_flops - plain.matmul_flops == pytest.approx(2 * 64 * 1000 * 80)
     assert chunked.useful_flops == plain.useful_flops
+    one_chunk = Batch(rows=1, row_len=60, doc_lengths=[30, 30], trained=40)
+    assert batch_cost(spec, RunShape(method="lora", lora_r=4), one_chunk, True).matmul_flops == \
+        batch_cost(spec, RunShape(method="lora", lora_r=4, chunked_lm_loss=False), one_chunk, True).matmul_flops
 
 
-def test_the_peak_can_be_a_batch_under_the_chunked_loss_threshold(monkeypatch):
-    # the loss is chunked by size: the largest batch (150 scored positions) holds one small chunk of
-    # logits, a smaller one (90, under the threshold of 100) holds all its logits and their gradient
+def test_chunked_loss_holds_one_buffer_of_min_positions_and_chunk_rows(monkeypatch):
+    # null chunks at any size: a batch under one chunk holds [positions x vocab] float32 once (the
+    # buffer its softmax and gradient are computed in), a larger one [chunk rows x vocab]; the plain
+    # path (false) holds the log-softmax and, at backward's start, the two gradients
     import dataclasses
 
-    monkeypatch.setattr(C, "CHUNKED_AUTO_LOGITS_BYTES", 4 * 100 * 1000)
-    monkeypatch.setattr(C, "CHUNK_LOGITS_BYTES", 4 * 10 * 1000)
+    monkeypatch.setattr(C, "CHUNK_LOGITS_BYTES", 4 * 100 * 1000)  # 100 rows of the 1000 vocabulary
     spec = ModelSpec.from_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
                                   "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128,
                                   "vocab_size": 1000, "tie_word_embeddings": False})
-    lengths = Lengths(lengths=[160, 100, 50, 40], trained=[150, 90, 40, 30], max_seq_length=256)
     run = RunShape(method="lora", lora_r=4, lora_targets=["q_proj"], padding_free=True)
-    plan = plan_from_lengths(spec, run, lengths, batch_size=1, budget=2**34, suggest=False)
-    assert plan.batch.trained == 150
-    assert (plan.memory.details["chunked_lm_loss"], plan.memory.details["trained_positions"]) == (False, 90)
-    assert any("under the chunked LM loss's threshold" in n for n in plan.memory.notes)
-    # chunked for every batch (an explicit true): the largest batch is the peak
-    always = plan_from_lengths(spec, dataclasses.replace(run, chunked_lm_loss=True), lengths, batch_size=1,
-                               budget=2**34, suggest=False)
-    assert (always.memory.details["chunked_lm_loss"], always.memory.details["trained_positions"]) == (True, 150)
-    assert always.memory.peak < plan.memory.peak
+    small = Batch(rows=1, row_len=64, doc_lengths=[64], trained=60)
+    large = Batch(rows=1, row_len=400, doc_lengths=[400], trained=350)
+    chunked = plan_memory(spec, run, small)
+    assert chunked.details["chunked_lm_loss"] and chunked.details["loss_blocks"] == 4 * 60 * 1000
+    assert plan_memory(spec, run, large).details["loss_blocks"] == 4 * 100 * 1000
+    plain = plan_memory(spec, dataclasses.replace(run, chunked_lm_loss=False), small)
+    assert not plain.details["chunked_lm_loss"] and plain.details["loss_blocks"] == 2 * 4 * 60 * 1000
+    # forward keeps the hidden states' gradient and a logsumexp per row, where the plain path keeps
+    # the float32 log-softmax
+    kept = chunked.details["activations_after_forward"] - plain.details["activations_after_forward"]
+    assert kept == (4 * 60 * 64 + 4 * 60) - 4 * 60 * 1000
+    # 16-bit compute: the chunk's 16-bit logits and gradient copy come on top of the float32 buffer
+    bf16 = plan_memory(spec, dataclasses.replace(run, autocast_bytes=2), small)
+    assert bf16.details["loss_blocks"] == 4 * 60 * 1000 + 2 * 60 * 1000

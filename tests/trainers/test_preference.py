@@ -218,7 +218,9 @@ def test_loss_rewards_and_lora_grads_match_trl(tiny_model_dir, tmp_path, loss_ty
             torch.testing.assert_close(torch.tensor(ours_m[key][-1]), torch.tensor(trl_m[key][-1]), rtol=1e-5,
                                        atol=REWARD_ATOL * beta)
     for n in lora:
-        torch.testing.assert_close(ours_grads[n], trl_grads[n], rtol=1e-4, atol=1e-7)
+        # atol: our chunked head (the default) and TRL's log_softmax round differently; against a
+        # float64 oracle both are within ~1.3e-6 of the largest gradient
+        torch.testing.assert_close(ours_grads[n], trl_grads[n], rtol=1e-4, atol=5e-7)
     if trl_loss != "aot":  # the whole batch in one forward: chosen and rejected concatenated
         loss = core.compute_loss(inner.model, core.data_collator([dataset[i] for i in range(len(PAIRS))]))
         loss.backward()
@@ -231,7 +233,7 @@ def test_loss_rewards_and_lora_grads_match_trl(tiny_model_dir, tmp_path, loss_ty
                                        rtol=1e-5, atol=REWARD_ATOL * beta)
         ours_g, trl_g = _grads(inner.model, lora), _grads(trl.model, lora)
         for n in lora:
-            torch.testing.assert_close(ours_g[n], trl_g[n], rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(ours_g[n], trl_g[n], rtol=1e-4, atol=5e-7)
             torch.testing.assert_close(ours_g[n], ours_grads[n], rtol=1e-4, atol=1e-7)
 
 

@@ -99,4 +99,6 @@ def test_reference_free_loss_rewards_and_lora_grads_match_trl(tiny_model_dir, tm
             torch.testing.assert_close(torch.tensor(ours_value), torch.tensor(trl_m[key][-1]), rtol=1e-5, atol=1e-7)
         ours_g, trl_g = _grads(inner.model, lora), _grads(trl.model, lora)
         for n in lora:
-            torch.testing.assert_close(ours_g[n], trl_g[n], rtol=1e-4, atol=1e-7)
+            # atol: our chunked head (the default) and TRL's log_softmax round differently; against a
+            # float64 oracle both are within ~1.3e-6 of the largest gradient
+            torch.testing.assert_close(ours_g[n], trl_g[n], rtol=1e-4, atol=5e-7)

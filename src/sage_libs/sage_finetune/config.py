@@ -130,8 +130,9 @@ class TrainingConfig(_Config):
     chunked_lm_loss: Union[bool, None] = _opt(
         None, "Compute the LM head, the cross-entropy and their gradients at the trained positions in chunks of "
               "rows, so no (trained tokens x vocab) logits tensor or its gradient is ever held (same loss and "
-              "gradients, same matmuls). null: on when those float32 logits would exceed 256 MiB "
-              "(e.g. 520 tokens of a 129k vocabulary); true/false: always/never. Needs selective_logits and a plain "
+              "gradients, same matmuls; one float32 buffer of at most 256 MiB of logits, e.g. 519 positions of a "
+              "129k vocabulary, where the plain path holds three tensors of all of them). null or true: on; "
+              "false: the plain path. Needs selective_logits and a plain "
               "Linear LM head (not LoRA-adapted or in modules_to_save); otherwise, and under FSDP/DeepSpeed, the "
               "plain path runs.", trajectory=False)
     malloc_tuning: Union[bool, None] = _opt(

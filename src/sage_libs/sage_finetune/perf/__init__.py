@@ -23,9 +23,9 @@ explicit step (:func:`install_fast_paths`), and logs the decisions. The HF Train
 
 from __future__ import annotations
 
-from .constants import AUTO_LOGITS_BYTES, CHUNK_BYTES, GLIBC_MMAP_THRESHOLD_MAX
+from .constants import CHUNK_BYTES, GLIBC_MMAP_THRESHOLD_MAX, chunk_rows_for
 from .decide import FastPaths, malloc_tuning_for, plan_fast_paths, resolve_group_by_length, widest_activation_bytes
 from .install import install_fast_paths
 
 __all__ = ["FastPaths", "plan_fast_paths", "resolve_group_by_length", "install_fast_paths", "malloc_tuning_for",
-           "widest_activation_bytes", "GLIBC_MMAP_THRESHOLD_MAX", "CHUNK_BYTES", "AUTO_LOGITS_BYTES"]
+           "widest_activation_bytes", "GLIBC_MMAP_THRESHOLD_MAX", "CHUNK_BYTES", "chunk_rows_for"]

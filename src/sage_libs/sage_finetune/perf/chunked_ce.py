@@ -23,25 +23,19 @@ from typing import Any
 import torch
 
 __all__ = ["chunked_linear_cross_entropy", "ChunkedLinearCrossEntropy", "chunked_linear_token_logps",
-           "ChunkedLinearTokenLogps", "chunk_rows_for", "use_chunked_lm_loss", "CHUNK_BYTES", "AUTO_LOGITS_BYTES"]
+           "ChunkedLinearTokenLogps", "chunk_rows_for", "use_chunked_lm_loss", "CHUNK_BYTES"]
 
 logger = logging.getLogger(__name__)
 
-from .constants import AUTO_LOGITS_BYTES, CHUNK_BYTES  # noqa: E402 (module attributes: tests may patch them here)
+from .constants import CHUNK_BYTES, chunk_rows_for  # noqa: E402, F401 (module attributes: tests may patch them here)
 
 
-def chunk_rows_for(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Rows per chunk so that a chunk's float32 logits fit ``chunk_bytes`` (at least 1)."""
-    return max(1, int(chunk_bytes) // (4 * max(int(vocab), 1)))
-
-
-def use_chunked_lm_loss(setting: bool | None, n_tokens: int, vocab: int) -> bool:
-    """The one place that decides ``training.chunked_lm_loss``: an explicit true/false wins; null is
-    on when the float32 logits of the ``n_tokens`` trained positions would exceed
-    :data:`AUTO_LOGITS_BYTES`."""
-    if setting is not None:
-        return bool(setting)
-    return 4 * int(n_tokens) * int(vocab) > AUTO_LOGITS_BYTES
+def use_chunked_lm_loss(setting: bool | None) -> bool:
+    """The one place that decides ``training.chunked_lm_loss``: false is off; true and null (the
+    default) are on. At any size: with the chunk's softmax and gradient computed in place in one
+    buffer, a batch whose trained positions fit one chunk holds one ``[positions x vocab]`` block,
+    where the plain path holds three (logits, log-softmax, gradient) for the same matmuls."""
+    return setting is not False
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
@@ -55,12 +49,51 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _chunk_grad(logits: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """d(summed loss)/d(logits) of one chunk, in place of ``logits``: softmax - onehot, zero on
-    ignored rows."""
-    g = logits.sub_(lse[:, None]).exp_()
-    g[torch.arange(g.shape[0], device=g.device), safe] -= 1
-    return g.mul_(valid.to(g.dtype)[:, None])
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """One chunk's logits ``h @ w.T + b``, written into ``out`` (float32 or float64 rows of the
+    chunk buffer). The buffer is allocated once per call and reused by every chunk: a fresh
+    ``[rows x vocab]`` block per chunk leaves holes in the heap that the small tensors allocated
+    between chunks split, and the next chunk's block then comes from fresh memory."""
+    if h.dtype == out.dtype:
+        if b is None:
+            return torch.mm(h, w.t(), out=out)
+        return torch.addmm(b, h, w.t(), out=out)
+    return out.copy_(torch.nn.functional.linear(h, w, b))  # 16-bit matmul, upcast into the buffer
+
+
+def _softmax_inplace(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's logsumexp; ``logits`` becomes the row's softmax in place (no second
+    ``[rows x vocab]`` block, and one ``exp`` pass where logsumexp-then-softmax takes two)."""
+    top = logits.amax(dim=1)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row of -inf: no nan
+    total = logits.sub_(top[:, None]).exp_().sum(dim=1)
+    logits.div_(total[:, None])
+    return top + total.log()
+
+
+def _onehot_grad_(probs: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
+    """d(CE_i)/d(logits) of one chunk's rows from their softmax, in place: softmax - onehot. (Rows
+    are weighted, ignored rows zeroed, on the hidden-size side: see :func:`_accumulate`.)"""
+    probs[torch.arange(probs.shape[0], device=probs.device), safe] -= 1
+    return probs
+
+
+def _chunk_grad(logits: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
+    """d(CE_i)/d(logits) of one chunk from its logits and logsumexp, in place of ``logits``."""
+    return _onehot_grad_(logits.sub_(lse[:, None]).exp_(), safe)
+
+
+def _row_weights(valid: torch.Tensor, scale: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
+    """Each row's weight in the gradient (``scale``, a number or one per row, and zero where the
+    row is ignored), or None when every row counts once."""
+    if scale is None and bool(valid.all()):
+        return None
+    weights = valid.to(acc)
+    return weights if scale is None else weights * scale.to(acc)
+
+
+def _chunk_buffer(n: int, chunk_rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.empty(min(chunk_rows, n), vocab, dtype=dtype, device=device)
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -92,19 +125,20 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        buf = _chunk_buffer(n, chunk_rows, weight.shape[0], acc, hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, n, chunk_rows):
                 e = min(s + chunk_rows, n)
                 h = hidden[s:e].to(cdtype)
-                logits = torch.nn.functional.linear(h, w, b).to(acc)
-                row_lse = torch.logsumexp(logits, dim=-1)
-                lse[s:e] = row_lse
+                logits = _chunk_logits(h, w, b, buf[: e - s])
                 picked = logits.gather(1, safe[s:e, None]).squeeze(1)
+                row_lse = _softmax_inplace(logits)
+                lse[s:e] = row_lse
                 total += torch.where(valid[s:e], row_lse - picked, torch.zeros_like(row_lse)).sum()
                 if eager:
-                    _accumulate(_chunk_grad(logits, row_lse, safe[s:e], valid[s:e]), h, w, s, e, cdtype, acc,
-                                grad_h, grad_w, grad_b)
-                del logits
+                    _accumulate(_onehot_grad_(logits, safe[s:e]), h, w, s, e, cdtype, acc, grad_h, grad_w, grad_b,
+                                _row_weights(valid[s:e], None, acc))
+        del buf
         ctx.cdtype, ctx.chunk_rows, ctx.recompute = cdtype, chunk_rows, not eager
         if eager:
             ctx.grad_buffers = [grad_h, grad_w, grad_b]
@@ -143,14 +177,43 @@ def _recomputed_grads(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
     grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
     scale = scale.to(acc)
+    buf = _chunk_buffer(n, chunk_rows, weight.shape[0], acc, hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
         for s in range(0, n, chunk_rows):
             e = min(s + chunk_rows, n)
             h = hidden[s:e].to(cdtype)
-            g = _chunk_grad(torch.nn.functional.linear(h, w, b).to(acc), lse[s:e], safe[s:e], valid[s:e])
-            _accumulate(g.mul_(scale if scale.dim() == 0 else scale[s:e, None]), h, w, s, e, cdtype, acc,
-                        grad_h, grad_w, grad_b)
-            del g
+            g = _chunk_grad(_chunk_logits(h, w, b, buf[: e - s]), lse[s:e], safe[s:e])
+            rows = _row_weights(valid[s:e], scale if scale.dim() == 0 else scale[s:e], acc)
+            _accumulate(g, h, w, s, e, cdtype, acc, grad_h, grad_w, grad_b, rows)
+    del buf
+    if need_w:
+        grad_w = grad_w.to(weight.dtype)
+    if need_b:
+        grad_b = grad_b.to(bias.dtype)
+    return grad_h, grad_w, grad_b
+
+
+def _kept_softmax_grads(probs: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        targets: torch.Tensor, scale: torch.Tensor, cdtype: torch.dtype,
+                        needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
+    """The gradients of :func:`_recomputed_grads` (every row valid, ``scale`` one per row) from the
+    rows' softmax ``probs`` kept from forward. The target entries (one per row) are saved, turned
+    into softmax - onehot for the matmuls and put back exactly: a second backward through a
+    retained graph gets the same result."""
+    acc = probs.dtype
+    need_h, need_w, need_b = needs
+    n = probs.shape[0]
+    grad_h = torch.empty_like(hidden) if need_h else None
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+    rows = torch.arange(n, device=probs.device)
+    at_targets = probs[rows, targets]
+    with torch.autocast(hidden.device.type, enabled=False):
+        try:
+            _accumulate(_onehot_grad_(probs, targets), hidden.to(cdtype), weight.to(cdtype), 0, n, cdtype, acc,
+                        grad_h, grad_w, grad_b, scale.to(acc))
+        finally:
+            probs[rows, targets] = at_targets
     if need_w:
         grad_w = grad_w.to(weight.dtype)
     if need_b:
@@ -161,8 +224,11 @@ def _recomputed_grads(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 class ChunkedLinearTokenLogps(torch.autograd.Function):
     """``log_softmax(hidden @ weight.T + bias)[i, targets[i]]`` for every row, ``chunk_rows`` rows at a
     time: the per-token log-probabilities that a preference loss sums per sequence. The output has
-    one number per row, so a row's gradient scale is known only in backward: Cut Cross-Entropy's
-    schedule (forward keeps each row's logsumexp, backward computes each chunk's logits again)."""
+    one number per row, so a row's gradient scale is known only in backward. Rows that fit one chunk
+    keep their softmax (the chunk's buffer) for backward: one ``[rows x vocab]`` block held, where
+    the plain path holds the logits, the log-softmax and then their gradients. More rows take Cut
+    Cross-Entropy's schedule: forward keeps each row's logsumexp, backward computes each chunk's
+    logits again (one more matmul of the head)."""
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -174,13 +240,17 @@ class ChunkedLinearTokenLogps(torch.autograd.Function):
         n = hidden.shape[0]
         lse = torch.empty(n, dtype=acc, device=hidden.device)
         logps = torch.empty(n, dtype=acc, device=hidden.device)
+        buf = _chunk_buffer(n, chunk_rows, weight.shape[0], acc, hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, n, chunk_rows):
                 e = min(s + chunk_rows, n)
-                logits = torch.nn.functional.linear(hidden[s:e].to(cdtype), w, b).to(acc)
-                lse[s:e] = torch.logsumexp(logits, dim=-1)
-                logps[s:e] = logits.gather(1, targets[s:e, None]).squeeze(1) - lse[s:e]
-                del logits
+                logits = _chunk_logits(hidden[s:e].to(cdtype), w, b, buf[: e - s])
+                picked = logits.gather(1, targets[s:e, None]).squeeze(1)
+                lse[s:e] = _softmax_inplace(logits)
+                logps[s:e] = picked - lse[s:e]
+        # one chunk, and a backward to come: its softmax is what backward needs
+        ctx.probs = buf if 0 < n <= chunk_rows and any(ctx.needs_input_grad[:3]) else None
+        del buf
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.cdtype, ctx.chunk_rows, ctx.has_bias = cdtype, chunk_rows, bias is not None
         return logps
@@ -190,26 +260,37 @@ class ChunkedLinearTokenLogps(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
-        every_row = torch.ones_like(targets, dtype=torch.bool)
         # a log-probability is minus the row's cross-entropy: the same gradients, negated
-        grads = _recomputed_grads(hidden, weight, bias, targets, every_row, lse, -grad_out, ctx.cdtype,
-                                  ctx.chunk_rows, needs)
+        if ctx.probs is not None:
+            grads = _kept_softmax_grads(ctx.probs, hidden, weight, bias, targets, -grad_out, ctx.cdtype, needs)
+        else:
+            every_row = torch.ones_like(targets, dtype=torch.bool)
+            grads = _recomputed_grads(hidden, weight, bias, targets, every_row, lse, -grad_out, ctx.cdtype,
+                                      ctx.chunk_rows, needs)
         return (*grads, None, None)
 
 
 def _accumulate(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, s: int, e: int, cdtype: torch.dtype,
-                acc: torch.dtype, grad_h: Any, grad_w: Any, grad_b: Any) -> None:
-    """Add one chunk's share (``g``: d loss / d logits, float32) to the gradient buffers."""
+                acc: torch.dtype, grad_h: Any, grad_w: Any, grad_b: Any, rows: torch.Tensor | None = None) -> None:
+    """Add one chunk's share to the gradient buffers. ``g``: d CE_i / d logits (float32) of the
+    chunk's rows; ``rows``: each row's weight (None: 1). The weights are applied on the
+    hidden-size side (to ``g @ w`` and to ``h``), never in a pass over the ``[rows x vocab]`` block."""
     if grad_b is not None:
-        grad_b += g.sum(0)
+        grad_b += g.sum(0) if rows is None else g.t() @ rows
     g = g.to(cdtype)
     if grad_h is not None:
-        grad_h[s:e] = (g @ w).to(grad_h.dtype)
-    if grad_w is not None:
-        if cdtype == acc:
-            grad_w.addmm_(g.t(), h)
+        if rows is None and grad_h.dtype == g.dtype:
+            torch.mm(g, w, out=grad_h[s:e])  # straight into the rows: no chunk-sized temporary
+        elif rows is None:
+            grad_h[s:e] = (g @ w).to(grad_h.dtype)
         else:
-            grad_w += (g.t() @ h).to(acc)
+            grad_h[s:e] = ((g @ w).to(acc) * rows[:, None]).to(grad_h.dtype)
+    if grad_w is not None:
+        hw = h if rows is None else (h.to(acc) * rows[:, None]).to(cdtype)
+        if cdtype == acc:
+            grad_w.addmm_(g.t(), hw)
+        else:
+            grad_w += (g.t() @ hw).to(acc)
 
 
 def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

@@ -54,7 +54,7 @@ class FastPaths:
     """The fast paths one run uses (see the module docstring)."""
 
     selective_logits: bool = False
-    chunked_lm_loss: bool | None = None  # None (the option's default): by size (chunked_ce.use_chunked_lm_loss)
+    chunked_lm_loss: bool | None = None  # None (the option's default): on (chunked_ce.use_chunked_lm_loss)
     padding_free: bool = False
     group_by_length: bool = False  # the sampler: length-grouped batches (data.group_by_length; resolve_group_by_length)
     doc_attention: bool = False
@@ -66,7 +66,7 @@ class FastPaths:
     notes: tuple[str, ...] = ()  # why a path is off, for the log
 
     def describe(self) -> str:
-        chunked = {None: "by size", True: "on", False: "off"}[self.chunked_lm_loss]
+        chunked = {None: "on", True: "on", False: "off"}[self.chunked_lm_loss]
         flags = [f"selective logits {'on' if self.selective_logits else 'off'}",
                  f"chunked LM loss {chunked if self.selective_logits else 'off'}",
                  f"padding-free batches {'on' if self.padding_free else 'off'}",

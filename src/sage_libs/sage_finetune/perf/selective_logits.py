@@ -149,8 +149,8 @@ def _hidden_passthrough(hidden_states: Any) -> Any:
 
 def head_to_chunk(model: Any, n_rows: int, chunked: bool | None) -> Any:
     """The LM head to run in chunks for ``n_rows`` kept positions under ``chunked``
-    (``training.chunked_lm_loss``: true, false, or null to decide by size), or None: the plain path
-    (off, small enough, or a head that does not qualify, see :func:`lm_head_for_chunking`)."""
+    (``training.chunked_lm_loss``: true, false, or null: on), or None: the plain path (off, or a head
+    that does not qualify, see :func:`lm_head_for_chunking`)."""
     from . import chunked_ce
 
     if chunked is False:
@@ -160,7 +160,7 @@ def head_to_chunk(model: Any, n_rows: int, chunked: bool | None) -> Any:
         if chunked:
             logger.debug("chunked LM head: the LM head is not a plain Linear called plainly; plain path")
         return None
-    return head if chunked_ce.use_chunked_lm_loss(chunked, n_rows, head.out_features) else None
+    return head if chunked_ce.use_chunked_lm_loss(chunked) else None
 
 
 def kept_hidden_states(model: Any, forward: dict[str, Any], keep: Any, head: Any) -> Any:
@@ -185,7 +185,7 @@ def selective_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_ba
     trained next-token positions, divided by ``num_items_in_batch`` when given, else by their count.
 
     ``chunked`` (``training.chunked_lm_loss``, as decided by :func:`..perf.plan_fast_paths`; None, the
-    option's default: by size, see :func:`.chunked_ce.use_chunked_lm_loss`): the LM head, the
+    option's default: on, see :func:`.chunked_ce.use_chunked_lm_loss`): the LM head, the
     cross-entropy and their gradients run in chunks of rows, so no ``(trained tokens, vocab)`` logits
     tensor exists; models whose head does not qualify (:func:`lm_head_for_chunking`) take the plain
     path. The default is the run's default: a caller that does not decide (a benchmark, a test)

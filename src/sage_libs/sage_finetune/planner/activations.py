@@ -4,8 +4,10 @@ forward (:func:`_layer_bytes`), what the attention kernel keeps, and the LM head
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from ..perf.constants import chunk_rows_for
 from . import constants as C
 from .shapes import Batch, RunShape
 from .spec import ModelSpec
@@ -208,27 +210,34 @@ def _forward(run: RunShape, spec: ModelSpec, lay: _Layout, batch: Batch) -> _For
 # ------------------------------------------------------------------------------------------------
 # The loss
 # ------------------------------------------------------------------------------------------------
-def loss_is_chunked(run: RunShape, spec: ModelSpec, lay: _Layout, positions: float) -> bool:
-    """Whether the LM head and the loss run in chunks (perf.chunked_ce) for ``positions`` scored
-    positions: perf.selective_logits.lm_head_for_chunking takes a plain Linear head, trained (full,
+def loss_is_chunked(run: RunShape, lay: _Layout) -> bool:
+    """Whether the LM head and the loss run in chunks (perf.chunked_ce; ``chunked_lm_loss`` null or
+    true): perf.selective_logits.lm_head_for_chunking takes a plain Linear head, trained (full,
     freeze) or tied; LoRA's modules_to_save wraps it (not plain); ZeRO-3 weights are stubs."""
     chunkable = run.selective_logits and not (run.is_lora and lay.head_train) and run.zero_stage == 0
-    return chunkable and (run.chunked_lm_loss if run.chunked_lm_loss is not None
-                          else 4 * positions * spec.vocab_size > C.CHUNKED_AUTO_LOGITS_BYTES)
+    return chunkable and run.chunked_lm_loss is not False
+
+
+def loss_chunks(spec: ModelSpec, positions: float) -> int:
+    """How many chunks the chunked loss runs for ``positions`` scored positions."""
+    return max(1, math.ceil(positions / chunk_rows_for(spec.vocab_size, C.CHUNK_LOGITS_BYTES)))
 
 
 def _loss_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, batch: Batch) -> tuple[float, float, bool]:
     """(saved, transient at the start of backward, chunked) bytes of the LM head and the loss."""
     V, H = spec.vocab_size, spec.hidden_size
     n = batch.trained if run.selective_logits else batch.tokens
-    chunked = loss_is_chunked(run, spec, lay, n)
+    chunked = loss_is_chunked(run, lay)
     if chunked:
-        rows = max(1, C.CHUNK_LOGITS_BYTES // (4 * V))
+        rows = chunk_rows_for(V, C.CHUNK_LOGITS_BYTES)
         chunk = 4 * min(rows, n) * V
         saved = n * H * run.act_bytes + 4 * n      # grad of the hidden states and logsumexp, kept from forward
         if lay.head_train:  # the head's float32 gradient, accumulated chunk by chunk from forward on
             saved += 4 * V * H
-        transient = 2 * chunk                       # one chunk's logits and its gradient
+        # one float32 chunk buffer, reused by every chunk (its softmax and gradient are computed in
+        # place; preference log-probabilities in one chunk keep it for backward: the same block);
+        # a 16-bit matmul adds its output and the gradient's 16-bit copy
+        transient = chunk + (min(rows, n) * V * run.act_bytes if run.act_bytes != 4 else 0)
         return saved, transient, True
     logits = 4 * n * V
     saved = logits                                  # float32 log-softmax

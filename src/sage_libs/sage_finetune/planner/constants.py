@@ -81,7 +81,6 @@ backward; the heap grows by about one layer's dequantized weights per layer (mea
 207M model, 2.3x on the 32M one, whose activations are larger than its weights)."""
 
 # ---- fast paths: the chunked LM loss's own numbers (perf/__init__.py, which imports no torch) --
-from ..perf import AUTO_LOGITS_BYTES as CHUNKED_AUTO_LOGITS_BYTES  # noqa: E402, F401
 from ..perf import CHUNK_BYTES as CHUNK_LOGITS_BYTES  # noqa: E402, F401
 
 # ---- time ---------------------------------------------------------------------------------------

@@ -18,15 +18,13 @@ from ..perf.decide import fused_lora_for, padding_free_for
 from ..models.files import gguf_source
 from ..utils.processes import run_device
 from . import constants as C
-from .activations import loss_is_chunked
-from .batches import Lengths, epoch_batches, largest_batch, lengths_of
+from .batches import Lengths, largest_batch, lengths_of
 from .memory import plan_memory
 from .shapes import GIB, MIB, Batch, MemoryPlan, RunShape
 from .spec import ModelSpec, dtype_bytes, weights_file_bytes
 from .step_time import TimePlan, time_plan
 from .suggest import Option, suggestions
 from .timing import Throughput
-from .weights import _layout
 
 __all__ = ["Plan", "TimePlan", "Option", "plan_trainer", "plan_from_lengths", "run_shape", "parse_memory",
            "available_memory", "format_bytes"]
@@ -263,17 +261,6 @@ def plan_from_lengths(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch
     batch = largest_batch(lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_len)
     memory = plan_memory(spec, run, batch, weights_file=weights_file, baseline=baseline,
                          embedding_rows=lengths.distinct_tokens)
-    under = _largest_plain_loss_batch(spec, run, lengths, batch_size, max_len, memory, seed=seed,
-                                      group_by_length=group_by_length)
-    if under is not None:
-        plain = plan_memory(spec, run, under, weights_file=weights_file, baseline=baseline,
-                            embedding_rows=lengths.distinct_tokens)
-        if plain.peak > memory.peak:
-            plain.notes.append(
-                f"the peak is at a batch of {under.trained} scored positions, under the chunked LM loss's "
-                f"threshold: it takes the plain loss and holds its logits, which the largest batch "
-                f"({batch.trained} positions, chunked) does not")
-            memory = plain
     time = None
     if throughput is not None:
         time = time_plan(spec, run, lengths, batch_size=batch_size, grad_accum=grad_accum, tp=throughput,
@@ -291,23 +278,6 @@ def plan_from_lengths(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch
                                    max_steps=max_steps, seed=seed, group_by_length=group_by_length,
                                    preference=preference)
     return plan
-
-
-def _largest_plain_loss_batch(spec: ModelSpec, run: RunShape, lengths: Lengths, batch_size: int, max_len: int,
-                              memory: MemoryPlan, *, seed: int, group_by_length: bool) -> Batch | None:
-    """With ``chunked_lm_loss`` decided by size, the largest batch takes the chunked loss while a
-    smaller one just under the threshold takes the plain loss and holds (positions, vocab) float32
-    logits and their gradient: that batch can be the run's peak. The epoch's batch (as
-    :func:`.batches.epoch_batches` draws them) with the most scored positions still under the
-    threshold, or None when the size does not decide."""
-    if run.chunked_lm_loss is not None or not memory.details.get("chunked_lm_loss"):
-        return None
-    lay = _layout(run, spec)
-    plain = [b for b in epoch_batches(lengths, batch_size, padding_free=run.padding_free, seed=seed,
-                                      group_by_length=group_by_length, max_seq_length=max_len,
-                                      processes=run.processes)
-             if not loss_is_chunked(run, spec, lay, b.trained)]
-    return max(plain, key=lambda b: (b.trained, b.tokens)) if plain else None
 
 
 def plan_trainer(trainer: Any, train_dataset: Any = None, *, device: str | None = None, memory: Any = None,

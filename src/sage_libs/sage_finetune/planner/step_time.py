@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 from . import constants as C
-from .activations import loss_is_chunked
+from .activations import loss_chunks, loss_is_chunked
 from .batches import Lengths, epoch_total
 from .shapes import Batch, RunShape
 from .spec import ModelSpec
@@ -44,7 +44,8 @@ def time_plan(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch_size: i
     aggregate, micro = epoch_total(lengths, batch_size, run, group_by_length=group_by_length, seed=seed,
                                    max_seq_length=max_seq_length)
     empty = Batch(rows=0, row_len=0, doc_lengths=[], trained=0, pairs=0.0, docs=0)
-    # the chunked loss is decided per micro-batch: by the mean one's scored positions
+    # preference log-probabilities over more than one chunk recompute the head in backward: decided
+    # per micro-batch, here by the mean one's scored positions
     mean_trained = aggregate.trained / max(micro, 1)
     total = batch_cost(spec, run, aggregate, preference, mean_trained) + batch_cost(
         spec, run, empty, preference, mean_trained).scaled(max(micro - 1, 0))
@@ -62,15 +63,16 @@ def time_plan(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch_size: i
 def batch_cost(spec: ModelSpec, run: RunShape, batch: Batch, preference: bool,
                micro_batch_trained: float | None = None) -> Cost:
     """``batch``'s forward and backward (a micro-batch, or an epoch's micro-batches summed, whose
-    mean scored positions ``micro_batch_trained`` decide the chunked loss); with ``preference`` also
-    the reference's forward, and the chunked head's second pass."""
+    mean scored positions are ``micro_batch_trained``); with ``preference`` also the reference's
+    forward, and the chunked head's second pass."""
     cost = step_cost(spec, run, batch)
     if not preference:
         return cost
     per_batch = micro_batch_trained if micro_batch_trained is not None else batch.trained
-    if loss_is_chunked(run, spec, _layout(run, spec), per_batch):
-        # the chunked log-probabilities (perf.chunked_ce.ChunkedLinearTokenLogps) compute each
-        # chunk's logits again in backward: one more pass of the head over the scored positions
+    if loss_is_chunked(run, _layout(run, spec)) and loss_chunks(spec, per_batch) > 1:
+        # the chunked log-probabilities (perf.chunked_ce.ChunkedLinearTokenLogps) over more than one
+        # chunk compute each chunk's logits again in backward: one more pass of the head over the
+        # scored positions (one chunk keeps its softmax for backward instead)
         cost = cost + Cost(matmul_flops=2.0 * spec.hidden_size * spec.vocab_size * batch.trained)
     if run.is_lora:
         # the reference: a forward with the adapter disabled and no graph, which is what a run with
