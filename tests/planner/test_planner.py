@@ -710,3 +710,21 @@ def test_chunked_loss_holds_one_buffer_of_min_positions_and_chunk_rows(monkeypat
     # 16-bit compute: the chunk's 16-bit logits and gradient copy come on top of the float32 buffer
     bf16 = plan_memory(spec, dataclasses.replace(run, autocast_bytes=2), small)
     assert bf16.details["loss_blocks"] == 4 * 60 * 1000 + 2 * 60 * 1000
+
+
+def test_optimizer_step_at_the_probed_rate_and_untuned_faults():
+    # the probe's per-weight rate of clipping + AdamW (memory-bound on weights larger than the
+    # caches); an untuned heap maps the update's two weight-sized temporaries afresh every step
+    from sage_libs.sage_finetune.planner.step_time import optimizer_step_seconds
+    from sage_libs.sage_finetune.planner.timing import Throughput
+
+    tp = Throughput(matmul_flops=1e11, attention_flops=1e11, bandwidth=4e10, optimizer_seconds_per_param=2e-9,
+                    fault_seconds_per_byte=0.5e-9)
+    tuned = optimizer_step_seconds(RunShape(method="full"), 10**8, tp)
+    assert tuned == pytest.approx(0.2 + C.STEP_OVERHEAD_SECONDS)
+    untuned = optimizer_step_seconds(RunShape(method="full", malloc_tuning=False), 10**8, tp)
+    assert untuned - tuned == pytest.approx(10**8 * 8 * 0.5e-9)
+    # a throughput given without a probe: 32 bytes a weight at the elementwise bandwidth
+    given = Throughput(matmul_flops=1e11, attention_flops=1e11, bandwidth=4e10)
+    assert optimizer_step_seconds(RunShape(method="full"), 10**8, given) == pytest.approx(
+        32 * 10**8 / 4e10 + C.STEP_OVERHEAD_SECONDS)

@@ -9,6 +9,8 @@ It measures the rates :func:`.timing.seconds` divides by, then an efficiency fac
   (why short documents run at a lower rate than long ones);
 * the **bandwidth** of elementwise kernels, the **cost of one small autograd operation** and of a
   random number (CPU dropout draws a mask per adapted input);
+* the **optimizer step** per weight (gradient clipping and AdamW on a 32 MiB weight: memory, not
+  the caches, bounds a full fine-tune's update);
 * the **efficiency factor**: a miniature training step, one decoder layer of this model (its
   width, heads, MLP and, for LoRA methods, adapters of the run's rank on the run's targets, with
   dropout when the run has it; a frozen layer with an input gradient when most layers the backward
@@ -69,6 +71,29 @@ def _time_add(torch: Any, elems: int, dev: Any, sync: Any, budget: float) -> flo
     x, y = torch.randn(elems, device=dev), torch.randn(elems, device=dev)
     z = torch.empty_like(x)
     return _median(lambda: (torch.add(x, y, out=z), sync()), 9, budget)
+
+
+def _time_optimizer(torch: Any, elems: int, dev: Any, sync: Any, budget: float) -> float:
+    """Seconds per weight of what a step does after backward, on one float32 weight of ``elems``
+    elements, larger than the caches as a full fine-tune's embeddings and head are (a LoRA run's
+    few weights make the term negligible): gradient clipping (a norm and a scale) and the passes of
+    single-tensor AdamW (the CPU default: decay, two moment updates, square root and quotient into
+    two weight-sized temporaries, the update). The temporaries are preallocated, as the tuned
+    heap reuses them; the untuned one faults them in every step, which the time model adds."""
+    weight, grad, avg, avg_sq, root, denom = (torch.rand(elems, device=dev) for _ in range(6))
+
+    def step() -> None:
+        torch.linalg.vector_norm(grad)
+        grad.mul_(1.0)
+        weight.mul_(1 - 1e-6)
+        avg.lerp_(grad, 0.1)
+        avg_sq.mul_(0.999).addcmul_(grad, grad, value=0.001)
+        torch.sqrt(avg_sq, out=root)
+        torch.div(root, 0.99, out=denom).add_(1e-8)
+        weight.addcdiv_(avg, denom, value=-1e-4)
+        sync()
+
+    return _median(step, 5, budget) / elems
 
 
 def _time_bernoulli(torch: Any, elems: int, dt: Any, dev: Any, sync: Any, budget: float) -> float:
@@ -171,11 +196,13 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
 
     op_seconds = _median(small, 9, 0.05 * budget) / 90  # 30 forward ops, ~60 backward nodes and accumulations
     random_seconds = _time_bernoulli(torch, 2**20, dt, dev, sync, 0.03 * budget) / 2**20
+    optimizer_seconds = _time_optimizer(torch, 8 * 2**20, dev, sync, 0.05 * budget)
     fault_seconds = _time_page_faults(torch, 64 * 2**20, dev, 0.05 * budget) if run.device == "cpu" \
         and not run.malloc_tuning else Throughput.fault_seconds_per_byte
     tp = Throughput(matmul_flops=matmul_rate, attention_flops=attention_rate, bandwidth=bandwidth,
                     op_seconds=op_seconds, attention_call_seconds=call_seconds, random_seconds=random_seconds,
                     attention_row_pairs=h, fault_seconds_per_byte=fault_seconds,
+                    optimizer_seconds_per_param=optimizer_seconds,
                     source="probe",
                     details={"matmul_shape": [rows, H, I], "threads": torch.get_num_threads(), "dtype": dtype,
                              "mini_layer": [H, I, nh, nkv, hd], "doc_length": doc_length})

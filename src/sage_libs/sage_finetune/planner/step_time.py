@@ -31,9 +31,13 @@ class TimePlan:
 
 
 def optimizer_step_seconds(run: RunShape, trainable: int, tp: Throughput) -> float:
-    """AdamW over the trainable weights (and gradient clipping): memory-bound, ~8 passes over
-    float32 weights, gradients and two states."""
-    return 32.0 * trainable / tp.bandwidth + C.STEP_OVERHEAD_SECONDS
+    """AdamW over the trainable weights (and gradient clipping): memory-bound passes over float32
+    weights, gradients and two states, at the rate the probe measured on weights larger than the
+    caches (else ~8 passes at the elementwise ``bandwidth``)."""
+    per_param = tp.optimizer_seconds_per_param or 32.0 / tp.bandwidth
+    if run.device == "cpu" and not run.malloc_tuning:
+        per_param += 8.0 * tp.fault_seconds_per_byte  # the untuned heap maps the two temporaries afresh
+    return per_param * trainable + C.STEP_OVERHEAD_SECONDS
 
 
 def time_plan(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch_size: int, grad_accum: int,

@@ -72,6 +72,8 @@ class Throughput:
     random_seconds: float = 2e-9     # per random number drawn (dropout masks)
     dequant_bytes_per_s: float = 2e9  # bitsandbytes dequantization (bytes of output per second)
     fault_seconds_per_byte: float = 0.5e-9  # faulting in a fresh page, per byte (2 us per 4 KiB page here)
+    optimizer_seconds_per_param: float = 0.0  # AdamW's update and gradient clipping per float32 weight
+    #                                          (0: 32 bytes over ``bandwidth``)
     efficiency: float = 1.0          # measured step time over the model's, on the probe's mini step
     source: str = "given"
     details: dict = field(default_factory=dict)
