@@ -367,12 +367,13 @@ def test_a_resumed_run_refuses_another_gguf_file_of_the_same_name(tiny_gguf, tin
 
 def test_plan_and_data_inspect_read_a_gguf_base(tiny_gguf, tiny_model_dir, tmp_path, capsys):
     cfg = helpers.write_config(tmp_path, tiny_gguf)
-    assert main(["plan", str(cfg), "--tflops", "1"]) == 0
+    # a fixed budget: the machine's available memory moves between the two plans
+    assert main(["plan", str(cfg), "--tflops", "1", "--memory", "24GB"]) == 0
     gguf_plan = capsys.readouterr().out
     assert f"plan: lora on {tiny_gguf} (" in gguf_plan and "float32 weights" in gguf_plan
     assert not (tmp_path / "out").exists()
     folder_cfg = helpers.write_config(tmp_path, tiny_model_dir, "folder.yaml")
-    assert main(["plan", str(folder_cfg), "--tflops", "1"]) == 0
+    assert main(["plan", str(folder_cfg), "--tflops", "1", "--memory", "24GB"]) == 0
     folder_plan = capsys.readouterr().out
     # the same model: the same parameter count and memory lines
     assert gguf_plan.split("(", 1)[1].split(")")[0] == folder_plan.split("(", 1)[1].split(")")[0]
