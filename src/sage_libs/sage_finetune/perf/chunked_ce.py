@@ -92,6 +92,22 @@ def _row_weights(valid: torch.Tensor, scale: torch.Tensor | None, acc: torch.dty
     return weights if scale is None else weights * scale.to(acc)
 
 
+def _grad_buffers(hidden: torch.Tensor, weight: torch.Tensor, acc: torch.dtype,
+                  needs: tuple[bool, bool, bool]) -> tuple[Any, Any, Any]:
+    """Empty buffers for the gradients of hidden, weight and bias (None where not needed); the
+    head's two are accumulated in ``acc`` chunk by chunk."""
+    need_h, need_w, need_b = needs
+    return (torch.empty_like(hidden) if need_h else None,
+            torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None,
+            torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None)
+
+
+def _cast_grads(grad_h: Any, grad_w: Any, grad_b: Any, weight: torch.Tensor, bias: Any) -> tuple[Any, Any, Any]:
+    """The accumulated gradients in their parameters' dtypes."""
+    return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None else grad_b.to(bias.dtype))
+
+
 def _chunk_buffer(n: int, chunk_rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(min(chunk_rows, n), vocab, dtype=dtype, device=device)
 
@@ -119,12 +135,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         valid = targets != ignore_index
         safe = torch.where(valid, targets, torch.zeros_like(targets))
         eager = not recompute and any(grads)
-        need_h, need_w, need_b = (g and eager for g in grads)
         lse = torch.empty(n, dtype=acc, device=hidden.device)
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        grad_h, grad_w, grad_b = _grad_buffers(hidden, weight, acc, tuple(g and eager for g in grads))
         buf = _chunk_buffer(n, chunk_rows, weight.shape[0], acc, hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, n, chunk_rows):
@@ -169,13 +182,10 @@ def _recomputed_grads(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     chunk's logits computed again from the saved logsumexp. ``scale``: one number (a summed loss) or
     one per row (per-token values)."""
     acc = _acc_dtype(cdtype)
-    need_h, need_w, need_b = needs
     w = weight.to(cdtype)
     b = None if bias is None else bias.to(cdtype)
     n = hidden.shape[0]
-    grad_h = torch.empty_like(hidden) if need_h else None
-    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+    grad_h, grad_w, grad_b = _grad_buffers(hidden, weight, acc, needs)
     scale = scale.to(acc)
     buf = _chunk_buffer(n, chunk_rows, weight.shape[0], acc, hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
@@ -186,11 +196,7 @@ def _recomputed_grads(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
             rows = _row_weights(valid[s:e], scale if scale.dim() == 0 else scale[s:e], acc)
             _accumulate(g, h, w, s, e, cdtype, acc, grad_h, grad_w, grad_b, rows)
     del buf
-    if need_w:
-        grad_w = grad_w.to(weight.dtype)
-    if need_b:
-        grad_b = grad_b.to(bias.dtype)
-    return grad_h, grad_w, grad_b
+    return _cast_grads(grad_h, grad_w, grad_b, weight, bias)
 
 
 def _kept_softmax_grads(probs: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -201,11 +207,8 @@ def _kept_softmax_grads(probs: torch.Tensor, hidden: torch.Tensor, weight: torch
     into softmax - onehot for the matmuls and put back exactly: a second backward through a
     retained graph gets the same result."""
     acc = probs.dtype
-    need_h, need_w, need_b = needs
     n = probs.shape[0]
-    grad_h = torch.empty_like(hidden) if need_h else None
-    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+    grad_h, grad_w, grad_b = _grad_buffers(hidden, weight, acc, needs)
     rows = torch.arange(n, device=probs.device)
     at_targets = probs[rows, targets]
     with torch.autocast(hidden.device.type, enabled=False):
@@ -214,11 +217,7 @@ def _kept_softmax_grads(probs: torch.Tensor, hidden: torch.Tensor, weight: torch
                         grad_h, grad_w, grad_b, scale.to(acc))
         finally:
             probs[rows, targets] = at_targets
-    if need_w:
-        grad_w = grad_w.to(weight.dtype)
-    if need_b:
-        grad_b = grad_b.to(bias.dtype)
-    return grad_h, grad_w, grad_b
+    return _cast_grads(grad_h, grad_w, grad_b, weight, bias)
 
 
 class ChunkedLinearTokenLogps(torch.autograd.Function):
