@@ -123,10 +123,14 @@ def test_lora_components_are_exact():
     assert p.phase == "loss"
     assert c["step_transients"] == 2 * 4 * BATCH.trained * V  # the loss's and the logits' gradients
     assert c["gradients"] == 0
-    # the tuned heap: a share of the forward's freed bytes, and the loss's blocks regrown after step 1
+    # the tuned heap: a share of the forward's freed bytes, and after step 1 the loss's blocks again,
+    # as far as what was allocated meanwhile and lives on took their holes: the adapter's gradients
+    # and AdamW states, much smaller than the blocks
     assert p.details["loss_blocks"] == 2 * 4 * BATCH.trained * V
+    kept = 4 * L * ADAPTER + 8 * L * ADAPTER
+    assert kept < p.details["loss_blocks"]
     assert c["allocator_overhead"] == int(C.CPU_FRAG_ADAPTER * p.details["forward_transients"]
-                                          + C.CPU_LOSS_BLOCKS_REGROWN * p.details["loss_blocks"])
+                                          + C.CPU_LOSS_BLOCKS_REGROWN * kept)
     assert c["process_baseline"] == C.CPU_PROCESS_BASELINE
     assert p.peak == sum(c.values())
 
@@ -166,6 +170,65 @@ def test_full_fine_tuning_components_are_exact():
     head_input = 4 * BATCH.trained * H  # the trained head keeps its input
     expected = T * (2 * per_layer + final_norm) + 2 * T * HD * 4 + 4 * BATCH.trained * V + head_input
     assert c["activations"] == expected
+
+
+def test_loss_blocks_regrow_by_what_took_their_holes(monkeypatch):
+    """After step 1 the tuned heap grows by the loss's blocks only where gradients and optimizer
+    states allocated meanwhile took their holes: all of them in a full fine-tune (its gradients and
+    states are larger than the blocks), the adapter's few bytes in a LoRA run."""
+    runs = {"full": RunShape(method="full", chunked_lm_loss=False), "lora": lora()}
+    plans = {k: plan_memory(spec(), r, BATCH) for k, r in runs.items()}
+    blocks = plans["full"].details["loss_blocks"]
+    assert plans["full"].details["kept_after_loss"] == 4 * TOTAL + 8 * TOTAL > blocks
+    assert plans["lora"].details["kept_after_loss"] == 12 * L * ADAPTER < blocks
+    monkeypatch.setattr(C, "CPU_LOSS_BLOCKS_REGROWN", 0.0)
+    regrown = {k: plans[k].components["allocator_overhead"]
+               - plan_memory(spec(), r, BATCH).components["allocator_overhead"] for k, r in runs.items()}
+    assert regrown == {"full": blocks, "lora": 12 * L * ADAPTER}
+
+
+def test_heap_regrows_by_a_later_larger_loss_block(monkeypatch):
+    """A first step with a smaller loss block than the largest batch's leaves a hole the larger
+    block does not fit: the heap grows by it, even in a LoRA run. With a random order the odds are
+    the share of batches scoring fewer positions than the largest; the plan adds the expected growth."""
+    from sage_libs.sage_finetune.planner.memory import smaller_first_loss_block as odds
+
+    plain = lora()  # chunked_lm_loss off: the block is the logits of every scored position
+    same = Lengths([50] * 8, [40] * 8, 64)
+    spread = Lengths([60, 20, 20, 20, 20, 20, 20, 20], [50, 10, 10, 10, 10, 10, 10, 10], 64)
+    assert odds(spec(), plain, same, 2) == 0.0
+    assert odds(spec(), plain, spread, 2) == 3 / 4  # 3 of 4 batches score 20 positions, the largest 60
+    assert odds(spec(), plain, spread, 2, group_by_length=True) == 3 / 4  # 8 samples: grouping is random
+    many = Lengths([60] + [20] * 63, [50] + [10] * 63, 64)
+    assert odds(spec(), plain, many, 2, group_by_length=True) == 0.0  # 8 mega-batches: the largest first
+    # chunked: every batch scoring more positions than a chunk's rows makes the same block
+    monkeypatch.setattr(C, "CHUNK_LOGITS_BYTES", 4 * V * 16)  # 16 rows a chunk
+    assert odds(spec(), lora(chunked_lm_loss=None), spread, 2) == 0.0
+    assert odds(spec(), lora(chunked_lm_loss=None), spread, 1) == 7 / 8  # 10 positions < 16 rows < 50
+    monkeypatch.undo()
+    fixed = plan_memory(spec(), plain, BATCH)
+    for p in (1.0, 0.25):
+        grown = (plan_memory(spec(), plain, BATCH, smaller_first_block=p).components["allocator_overhead"]
+                 - fixed.components["allocator_overhead"])
+        assert abs(grown - p * (fixed.details["loss_blocks"] - 12 * L * ADAPTER)) <= 1
+
+
+def test_writing_the_whole_model_reads_the_unused_embedding_rows():
+    """A frozen, memory-mapped input embedding costs the pages of the rows the data reads during
+    training; the run's last act, writing the whole model, reads every row: a freeze run's peak is
+    then its training peak plus the rest. A LoRA run writes its adapter only."""
+    from sage_libs.sage_finetune.planner.weights import touched_bytes
+
+    freeze = plan_memory(spec(), RunShape(method="freeze", freeze_layers=1), BATCH, embedding_rows=10)
+    assert freeze.phase == "save"
+    unread = 4 * V * H - touched_bytes(V, 4 * H, 10)
+    assert unread > 0 and freeze.details["unread_weights"] == unread
+    assert freeze.components["base_weights"] == 4 * TOTAL
+    assert freeze.peak == sum(freeze.components.values())
+    training = plan_memory(spec(), RunShape(method="freeze", freeze_layers=1), BATCH)  # every row read anyway
+    assert freeze.peak == training.peak and training.phase != "save"
+    adapter = plan_memory(spec(), lora(), BATCH, embedding_rows=10)
+    assert adapter.phase != "save" and adapter.components["base_weights"] == 4 * TOTAL - unread
 
 
 def test_freeze_keeps_nothing_below_the_first_trained_layer():

@@ -55,7 +55,11 @@ holes the first step's left are partly taken by what was allocated meanwhile and
 gradients, optimizer states): from the second step on the heap grows by about their size.
 Measured with benchmarks/plan_validation.py --seed 1 (3 steps; peak RSS missing from the prediction
 against the loss's transient blocks): #01 205 vs 188 MB, #06 333 vs 331, #07 345 vs 400, #12 120 vs
-184. Untuned, blocks over :data:`RETURNED_BLOCK_BYTES` are mapped and returned instead."""
+184. Untuned, blocks over :data:`RETURNED_BLOCK_BYTES` are mapped and returned instead. Since the
+chunked loss reuses one buffer for every chunk, only what lives on can take the holes: the growth is
+at most the weight gradients and optimizer states (a LoRA run of plan_validation --seed 13 #19 held
+its step-1 peak, 1474 MB, through 4 steps with a 256 MiB loss buffer; a full fine-tune, #16, grew
+from 1611 to 1905 MB in step 2)."""
 
 CPU_OPTIMIZER_TEMPS_REGROWN = 1.0
 """The same for the optimizer step's temporaries (single-tensor AdamW: the square root and the

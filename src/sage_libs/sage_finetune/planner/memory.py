@@ -39,18 +39,48 @@ from __future__ import annotations
 from typing import Any
 
 from . import constants as C
-from .activations import _Forward, _forward, _loss_bytes
+from ..perf.constants import chunk_rows_for
+from .activations import _Forward, _forward, _loss_bytes, loss_is_chunked
+from .batches import Lengths, epoch_batches, largest_batch
 from .shapes import GIB, MIB, Batch, MemoryPlan, RunShape
 from .spec import ModelSpec
 from .weights import _layout, _optimizer_bytes_per_param, _weights, quantized_weight_bytes
 
 # RunShape, Batch, MemoryPlan (:mod:`.shapes`), quantized_weight_bytes (:mod:`.weights`): re-exported
-__all__ = ["RunShape", "Batch", "MemoryPlan", "plan_memory", "quantized_weight_bytes", "GIB", "MIB"]
+__all__ = ["RunShape", "Batch", "MemoryPlan", "plan_memory", "smaller_first_loss_block", "quantized_weight_bytes", "GIB", "MIB"]
+
+
+def smaller_first_loss_block(spec: ModelSpec, run: RunShape, lengths: Lengths, batch_size: int, *,
+                             group_by_length: bool = False, seed: int = 42, max_seq_length: int | None = None) -> float:
+    """The odds that the run's first step has a smaller loss block (the chunked loss's buffer, or
+    the plain loss's logits) than its largest batch: a later step's larger block then does not fit
+    the first one's hole, and the tuned heap grows by it (:func:`_add_overheads`). With a random
+    order, the share of an epoch's micro-batches whose block is smaller than the largest one's
+    (batches scoring more positions than a chunk's rows all make the same block). Length-grouped
+    batches start with the one holding the longest sample, the top of a sorted mega-batch of up to
+    50 batches (transformers' ``get_length_grouped_indices``): nearly the largest once the data
+    holds a few such mega-batches' worth, as random as any on small data."""
+    if group_by_length and len(lengths) // max(4 * batch_size * max(run.processes, 1), 1) >= 4:
+        return 0.0
+    lay = _layout(run, spec)
+    cap = chunk_rows_for(spec.vocab_size, C.CHUNK_LOGITS_BYTES) if loss_is_chunked(run, lay) else None
+
+    def block(b: Batch) -> int:
+        n = b.trained if run.selective_logits else b.tokens
+        return min(n, cap) if cap else n
+
+    batches = epoch_batches(lengths, batch_size, padding_free=run.padding_free, seed=seed,
+                            max_seq_length=max_seq_length, processes=run.processes)
+    largest = block(largest_batch(lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_seq_length))
+    return sum(1 for b in batches if block(b) < 0.95 * largest) / max(len(batches), 1)
 
 
 def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int | None = None,
-                weights_file: int | None = None, embedding_rows: int | None = None) -> MemoryPlan:
-    """The memory plan of one process training ``batch`` (the largest micro-batch)."""
+                weights_file: int | None = None, embedding_rows: int | None = None,
+                smaller_first_block: float = 0.0) -> MemoryPlan:
+    """The memory plan of one process training ``batch`` (the largest micro-batch);
+    ``smaller_first_block``: the odds that the first step's loss block is smaller than the largest
+    one's (:func:`smaller_first_loss_block`)."""
     lay = _layout(run, spec)
     N = max(run.processes, 1)
     stage = run.zero_stage
@@ -157,13 +187,27 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
                                "forward_transients": int(fwd.freed),
                                "activations_after_forward": int(activations),
                                "phases": {k: [int(x) for x in v] for k, v in phases.items()},
-                               "regrown_optimizer_temps": int(regrown_opt)}
+                               "regrown_optimizer_temps": int(regrown_opt),
+                               "kept_after_loss": int(grads_total + opt_total),
+                               "smaller_first_block": smaller_first_block}
     if run.device == "cpu" and run.quant_bits and run.mmap_weights:
         layer_linear = spec.num_layers * sum(m.in_features * m.out_features for m in spec.linears())
         details["reclaimable"] = run.weight_bytes * layer_linear
         notes.append(f"{run.weight_bytes * layer_linear / GIB:.2f} GiB of the base weights are the checkpoint's pages, "
                      "read once to quantize: resident (counted in RSS) until the kernel needs the memory")
     peak = _add_overheads(run, comps, fwd, baseline, details, notes)
+    unread = _weights(run, spec, lay, None)[0] - base_w if run.device == "cpu" and not run.is_lora else 0
+    if unread > 0 and run.malloc_tuning:
+        # the run ends by writing the whole model (run.recipe.save_final_weights): that reads every
+        # page of the memory-mapped checkpoint, the input embedding's rows the data never used too,
+        # while the tuned heap still holds what training grew it to (plan_validation --seed 13 #18:
+        # 1593 MB before the save, 1878 MB during it, all of it file pages)
+        comps["base_weights"] += unread
+        peak += unread
+        phase = "save"
+        details["unread_weights"] = int(unread)
+        notes.append(f"the peak is the end of the run: writing the model reads the {unread / MIB:.0f} MiB of "
+                     "embedding rows the data never used (memory-mapped checkpoint pages)")
     if stage:
         notes.append(f"DeepSpeed ZeRO-{stage} over {N} processes: optimizer states"
                      + (", gradients" if stage >= 2 else "") + (" and weights" if stage >= 3 else "")
@@ -188,8 +232,14 @@ def _add_overheads(run: RunShape, comps: dict[str, int], fwd: _Forward, baseline
         untuned_returns = fwd.largest_tensor > C.RETURNED_BLOCK_BYTES
         frag = C.CPU_FRAG_UNTUNED * fwd.freed if not run.malloc_tuning and untuned_returns else fwd.frag
         loss_blocks = details.get("loss_blocks", 0)
-        if run.malloc_tuning or loss_blocks <= 2 * C.RETURNED_BLOCK_BYTES:  # the heap grows by them after step 1
-            frag += C.CPU_LOSS_BLOCKS_REGROWN * loss_blocks
+        if run.malloc_tuning or loss_blocks <= 2 * C.RETURNED_BLOCK_BYTES:
+            # after step 1 the heap grows by the loss's blocks when a later step's are larger than the
+            # first's (they do not fit its hole), else by what of the hole the weight gradients and
+            # optimizer states allocated meanwhile took (a LoRA run's are a few MB: no growth); the
+            # order is random: the expected growth
+            odds = details.get("smaller_first_block", 0.0)
+            taken = min(loss_blocks, details.get("kept_after_loss", loss_blocks))
+            frag += C.CPU_LOSS_BLOCKS_REGROWN * (odds * loss_blocks + (1 - odds) * taken)
         frag += details.get("regrown_optimizer_temps", 0)  # and by the update's, at an optimizer-step peak
         comps["allocator_overhead"] = int(frag)
         comps["process_baseline"] = int(C.CPU_PROCESS_BASELINE if baseline is None else baseline)

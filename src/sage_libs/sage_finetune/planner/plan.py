@@ -19,7 +19,7 @@ from ..models.files import gguf_source
 from ..utils.processes import run_device
 from . import constants as C
 from .batches import Lengths, largest_batch, lengths_of
-from .memory import plan_memory
+from .memory import plan_memory, smaller_first_loss_block
 from .shapes import GIB, MIB, Batch, MemoryPlan, RunShape
 from .spec import ModelSpec, dtype_bytes, weights_file_bytes
 from .step_time import TimePlan, time_plan
@@ -260,7 +260,10 @@ def plan_from_lengths(spec: ModelSpec, run: RunShape, lengths: Lengths, *, batch
     max_len = max_seq_length or lengths.max_seq_length
     batch = largest_batch(lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_len)
     memory = plan_memory(spec, run, batch, weights_file=weights_file, baseline=baseline,
-                         embedding_rows=lengths.distinct_tokens)
+                         embedding_rows=lengths.distinct_tokens,
+                         smaller_first_block=smaller_first_loss_block(
+                             spec, run, lengths, batch_size, seed=seed, group_by_length=group_by_length,
+                             max_seq_length=max_len))
     time = None
     if throughput is not None:
         time = time_plan(spec, run, lengths, batch_size=batch_size, grad_accum=grad_accum, tp=throughput,

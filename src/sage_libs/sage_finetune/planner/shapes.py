@@ -94,7 +94,7 @@ class MemoryPlan:
     components: dict[str, int]
     peak: int
     device: str
-    phase: str                       # where the peak falls: "loss", "backward", "optimizer", "load"
+    phase: str                       # where the peak falls: "loss", "backward", "optimizer", "load", "save"
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

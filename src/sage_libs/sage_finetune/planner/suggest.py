@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batches import largest_batch, truncated_at
-from .memory import plan_memory
+from .memory import plan_memory, smaller_first_loss_block
 from .step_time import time_plan
 
 
@@ -40,8 +40,10 @@ __all__ = ["suggestions"]
 def _evaluate(plan: Any, run: Any, batch_size: int, max_len: int, *, weights_file: int | None,
               baseline: int | None) -> int:
     batch = largest_batch(plan.lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_len)
+    odds = smaller_first_loss_block(plan.spec, run, plan.lengths, batch_size, group_by_length=plan.group_by_length,
+                                    max_seq_length=max_len)
     return plan_memory(plan.spec, run, batch, weights_file=weights_file, baseline=baseline,
-                       embedding_rows=plan.lengths.distinct_tokens).needed
+                       embedding_rows=plan.lengths.distinct_tokens, smaller_first_block=odds).needed
 
 
 def _step_seconds(plan: Any, run: Any, batch_size: int, grad_accum: int, max_len: int, **kw: Any) -> float | None:
