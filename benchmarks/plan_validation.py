@@ -347,7 +347,7 @@ def table(rows: list[dict]) -> str:
              "error | epoch-mean step error |", "|" + "---|" * 9]
     for r in rows:
         if "rss_err" not in r:
-            lines.append(f"| {r['config']['index']} | {label(r['config'])} | failed: {r.get('error')} |||||||")
+            lines.append(f"| {r['config']['index']} | {label(r['config'])[3:]} | failed: {r.get('error')} |||||||")
             continue
         t_err = f"{100 * r['time_err']:+.1f}%" if r.get("time_err") is not None else "n/a"
         e_err = f"{100 * r['epoch_time_err']:+.1f}%" if r.get("epoch_time_err") is not None else "n/a"
@@ -371,6 +371,8 @@ def step_errors(plan: dict, run: dict) -> dict:
     (``epoch_time_err``: with lengths spread over 30-100%, a few steps' batches are not the epoch's
     mean one, so this also measures which batches the sampler drew)."""
     measured, priced = run["step_s_all"][1:], (plan.get("steps_s") or [])[1:len(run["step_s_all"])]
+    if len(priced) != len(measured):  # a batch per step was not recorded: no like-for-like comparison
+        priced = []
     out = {"pred_step_s": statistics.mean(priced) if priced else plan["step_s"],
            "meas_step_s": statistics.mean(measured) if measured else run["step_s"],
            "pred_epoch_step_s": plan["step_s"],
@@ -433,9 +435,10 @@ def main() -> int:
             row.update(pred_rss_mb=plan["peak_mb"], meas_rss_mb=run["peak_rss_mb"],
                        rss_err=plan["peak_mb"] / run["peak_rss_mb"] - 1, **step_errors(plan, run))
             print(f"{label(c)}: RSS {plan['peak_mb']:.0f} / {run['peak_rss_mb']:.0f} MB ({100 * row['rss_err']:+.1f}%), "
-                  f"step {plan['step_s'] or float('nan'):.2f} / {run['step_s']:.2f} s, load {row['load']}", flush=True)
+                  f"step {row['pred_step_s'] or float('nan'):.2f} / {row['meas_step_s']:.2f} s, load {row['load']}",
+                  flush=True)
         else:
-            row["error"] = plan.get("error") or run.get("error")
+            row["error"] = run.get("error") or plan.get("error")  # a failed run is what to report
             print(f"{label(c)}: failed: {row['error']}", flush=True)
         rows.append(row)
     text = table(rows)

@@ -122,6 +122,44 @@ def test_keeps_the_shared_input_once_and_bool_masks():
     assert plain >= 3 * 8 * n + rank_r
 
 
+def test_forward_allocates_the_noise_and_two_outputs_only():
+    """What a module's fused forward allocates at the size of its input or output: the dropout
+    noise (scaled and multiplied by x in its own buffer), the base output (the branch is added into
+    it) and lora_B's output (scaled in place). PEFT's also allocates the dropped input, the scaled
+    branch and the sum: blocks freed between the tensors kept for backward fragment the heap."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    module = _lora_linears(r=4).base_model.model.q
+    x = torch.randn(2, 10, 32, requires_grad=True)
+    out_bytes = 2 * 10 * 24 * 4
+
+    class NewStorages(TorchDispatchMode):  # an op's output on none of its inputs' storages: allocated
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                      if isinstance(a, torch.Tensor)}
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= out_bytes \
+                        and t.untyped_storage().data_ptr() not in inputs:
+                    self.sizes.append(t.untyped_storage().nbytes())
+            return out
+
+    def allocated():
+        counter = NewStorages()
+        with counter:
+            module(x)
+        return sorted(counter.sizes)
+
+    peft = allocated()
+    install_fused_lora(module)
+    assert allocated() == [out_bytes, out_bytes, 4 * x.numel()]
+    assert len(peft) >= 6
+
+
 @pytest.mark.parametrize("case", ["dora", "no_dropout"])
 def test_modules_peft_computes_differently_are_not_switched(case):
     model = _lora_linears(use_dora=True) if case == "dora" else _lora_linears(dropout=0.0)

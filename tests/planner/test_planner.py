@@ -198,6 +198,7 @@ def test_heap_regrows_by_a_later_larger_loss_block(monkeypatch):
     spread = Lengths([60, 20, 20, 20, 20, 20, 20, 20], [50, 10, 10, 10, 10, 10, 10, 10], 64)
     assert odds(spec(), plain, same, 2) == 0.0
     assert odds(spec(), plain, spread, 2) == 3 / 4  # 3 of 4 batches score 20 positions, the largest 60
+    assert odds(spec(), plain, Lengths([60, 20], [50, 10], 64), 2) == 0.0  # one batch: no later step
     assert odds(spec(), plain, spread, 2, group_by_length=True) == 3 / 4  # 8 samples: grouping is random
     many = Lengths([60] + [20] * 63, [50] + [10] * 63, 64)
     assert odds(spec(), plain, many, 2, group_by_length=True) == 0.0  # 8 mega-batches: the largest first

@@ -47,12 +47,15 @@ def _lora_branch_function() -> Any:  # built on first use: no torch at import
             # torch's CPU dropout: noise = empty_like(x).bernoulli_(1 - p); noise /= 1 - p; x * noise
             noise = torch.empty_like(x).bernoulli_(1 - p)
             mask = noise.bool()
-            dropped = x * noise.div_(1 - p)
-            del noise
+            # in the noise's own buffer (n x is x n, bit for bit): one input-sized block per module,
+            # not two, and the scaling in place on lora_B's output: fewer blocks freed between the
+            # tensors kept for backward, which is where the heap fragments
+            dropped = noise.div_(1 - p).mul_(x)
             h = F.linear(dropped, weight_a)
+            del noise, dropped
             ctx.p, ctx.scaling = p, scaling
             ctx.save_for_backward(x, mask, weight_a, weight_b, h)
-            return F.linear(h, weight_b) * scaling
+            return F.linear(h, weight_b).mul_(scaling)
 
         @staticmethod
         def backward(ctx, grad):
@@ -140,7 +143,12 @@ class _FusedLoraForward:
         elif x.dtype != wa.dtype or wb.dtype != wa.dtype:
             return own(module, x, *args, **kwargs)
         result = module.base_layer(x)
-        return (result + lora_branch(x, wa, wb, drop.p, module.scaling[name])).to(result.dtype)
+        branch = lora_branch(x, wa, wb, drop.p, module.scaling[name])
+        if branch.dtype == result.dtype and not result._is_view() and (result.grad_fn is not None
+                                                                       or not result.requires_grad):
+            # into the base output (the frozen linear's backward does not keep it): no third block
+            return result.add_(branch)
+        return (result + branch).to(result.dtype)
 
     def __reduce__(self):
         return getattr, (self.module, "forward")

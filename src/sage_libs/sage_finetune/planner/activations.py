@@ -63,6 +63,15 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
                     shared = True
         return saved + (width * dtype if shared else 0.0)
 
+    def branch_transient(m_in: int, m_out: int) -> float:
+        """What an adapted linear's forward frees: perf/fused_lora's branch frees its dropout noise
+        (the dropped input is computed in its buffer) and lora_B's output (scaled in place, added
+        into the base output, which is the module's output); PEFT's frees the base output, lora_B's
+        output and the scaled branch (the sum is the output)."""
+        if drop and run.fused_lora:
+            return (m_in + m_out) * a
+        return 3 * m_out * a
+
     attn_in = [n for n in ("q_proj", "k_proj", "v_proj", "qkv_proj") if n in lin]
     mlp_in = [n for n in ("gate_proj", "up_proj", "gate_up_proj", "fc1") if n in lin]
     mlp_out = [n for n in ("down_proj", "fc2") if n in lin]
@@ -84,7 +93,7 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
     for n in attn_in:
         m = lin[n]
         if n in adapted:
-            out.transient += 3 * m.out_features * a  # base result, lora_B result, scaled
+            out.transient += branch_transient(m.in_features, m.out_features)
             out.saved += run.lora_r * a
             if run.use_dora:
                 out.saved += 2 * m.out_features * a
@@ -101,7 +110,7 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
     if not (full or "o_proj" in adapted) or (drop and not full):
         out.transient += Q * a  # the concatenated attention output, when nothing keeps it
     if "o_proj" in adapted:
-        out.transient += 3 * H * a
+        out.transient += branch_transient(o.in_features, o.out_features)
         out.saved += run.lora_r * a + (2 * H * a if run.use_dora else 0)
     out.transient += o.out_features * a  # o_proj result (the residual add makes a new tensor)
     h2_grad = qkv_grad or "o_proj" in adapted
@@ -121,7 +130,7 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
     for n in mlp_in:
         m = lin[n]
         if n in adapted:
-            out.transient += 3 * m.out_features * a
+            out.transient += branch_transient(m.in_features, m.out_features)
             out.saved += run.lora_r * a + (2 * m.out_features * a if run.use_dora else 0)
     if spec.gated_mlp:
         if mlp_grad:
@@ -134,7 +143,7 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
     out.saved += consumers_save(mlp_out, I, a)
     for n in mlp_out:
         if n in adapted:
-            out.transient += 3 * H * a
+            out.transient += branch_transient(lin[n].in_features, lin[n].out_features)
             out.saved += run.lora_r * a + (2 * H * a if run.use_dora else 0)
     out.transient += H * a  # down_proj result
     # --- per layer, independent of tokens

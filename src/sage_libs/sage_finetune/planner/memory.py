@@ -56,10 +56,12 @@ def smaller_first_loss_block(spec: ModelSpec, run: RunShape, lengths: Lengths, b
     the plain loss's logits) than its largest batch: a later step's larger block then does not fit
     the first one's hole, and the tuned heap grows by it (:func:`_add_overheads`). With a random
     order, the share of an epoch's micro-batches whose block is smaller than the largest one's
-    (batches scoring more positions than a chunk's rows all make the same block). Length-grouped
-    batches start with the one holding the longest sample, the top of a sorted mega-batch of up to
-    50 batches (transformers' ``get_length_grouped_indices``): nearly the largest once the data
-    holds a few such mega-batches' worth, as random as any on small data."""
+    (batches scoring more positions than a chunk's rows all make the same block); none when a
+    process has one batch (no later step). Length-grouped batches start with the one holding the
+    longest sample, the top of a sorted mega-batch of up to 50 batches (transformers'
+    ``get_length_grouped_indices``): nearly the largest once the data holds a few mega-batches'
+    worth; on small data a mega-batch is a batch or two, and the others come in random order, so
+    the share is used as for a random order."""
     if group_by_length and len(lengths) // max(4 * batch_size * max(run.processes, 1), 1) >= 4:
         return 0.0
     lay = _layout(run, spec)
@@ -71,6 +73,8 @@ def smaller_first_loss_block(spec: ModelSpec, run: RunShape, lengths: Lengths, b
 
     batches = epoch_batches(lengths, batch_size, padding_free=run.padding_free, seed=seed,
                             max_seq_length=max_seq_length, processes=run.processes)
+    if len(batches) < 2:
+        return 0.0
     largest = block(largest_batch(lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_seq_length))
     return sum(1 for b in batches if block(b) < 0.95 * largest) / max(len(batches), 1)
 
@@ -206,8 +210,9 @@ def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int |
         peak += unread
         phase = "save"
         details["unread_weights"] = int(unread)
-        notes.append(f"the peak is the end of the run: writing the model reads the {unread / MIB:.0f} MiB of "
-                     "embedding rows the data never used (memory-mapped checkpoint pages)")
+        size = f"{unread / MIB:.0f} MiB" if unread >= 10 * MIB else f"{unread / 2**10:.0f} KiB"
+        notes.append(f"the peak is the end of the run: writing the model reads the {size} of embedding rows "
+                     "the data never used (memory-mapped checkpoint pages)")
     if stage:
         notes.append(f"DeepSpeed ZeRO-{stage} over {N} processes: optimizer states"
                      + (", gradients" if stage >= 2 else "") + (" and weights" if stage >= 3 else "")

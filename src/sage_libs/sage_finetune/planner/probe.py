@@ -43,10 +43,12 @@ _cache: dict[tuple, Throughput] = {}
 _clock = time.perf_counter  # what the probe times with (wall clock; calibration scripts may use CPU time)
 
 
-def _median(fn: Any, reps: int, budget: float) -> float:
-    """The median of up to ``reps`` timed calls within ``budget`` seconds, after one warm-up."""
+def _median(fn: Any, reps: int, budget: float, warm: bool = True) -> float:
+    """The median of up to ``reps`` timed calls within ``budget`` seconds, after one warm-up call
+    (unless ``warm`` is false: ``fn`` has run before)."""
     start = _clock()
-    fn()
+    if warm:
+        fn()
     times = []
     for _ in range(reps):
         t = _clock()
@@ -154,13 +156,17 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     H, I = mini.hidden_size, mini.intermediate_size
+    # ---- matmul
+    rows = max(64, min(1024, int(1e9 / (2 * H * I))))
+    matmul_rate = 2.0 * rows * H * I / _time_matmul(torch, rows, H, I, dt, dev, sync, 0.2 * budget)
     # ---- the efficiency's mini step: one decoder layer of this run, sized to take about a tenth of
-    # the budget at a nominal rate (a fixed size: the step's efficiency depends on it, and a measured
-    # rate would move it from run to run); timed in three windows, before, between and after the
-    # rates, keeping the fastest: a machine that slows for a second or two (a neighbour on a shared host)
-    # must not set the time of a run of hours
+    # the budget at a nominal rate (a fixed size: the step's efficiency depends on it, and the
+    # measured rate moves from run to run), or at twice the measured one on a machine slower than
+    # half of it (a loaded one, a slower GPU), so the probe stays within its budget; timed in three
+    # windows, between the rates, keeping the fastest: a machine that slows for a second or two (a
+    # neighbour on a shared host) must not set the time of a run of hours
     nominal = C.PROBE_NOMINAL_FLOPS["cuda" if dev.type == "cuda" else "cpu"]
-    affordable = 0.1 * budget * nominal / (6.0 * max(mini.layer_params(), 1))
+    affordable = 0.1 * budget * min(nominal, 2 * matmul_rate) / (6.0 * max(mini.layer_params(), 1))
     tokens = int(max(32, min(tokens, affordable, 4096)))  # as many as the real batch, when affordable
     doc = min(doc_length, tokens)
     n_docs = max(1, tokens // doc)
@@ -171,9 +177,6 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
                                        train_lm_head=False)
     step = build_mini_step(torch, mini, mini_run, doc, n_docs, dt, dev, sync, input_grad=frozen)
     windows = [_median(step, 5, 0.2 * budget)]
-    # ---- matmul
-    rows = max(64, min(1024, int(1e9 / (2 * H * I))))
-    matmul_rate = 2.0 * rows * H * I / _time_matmul(torch, rows, H, I, dt, dev, sync, 0.2 * budget)
     # ---- attention: a fixed cost per call and a rate for the pairs, from two lengths
     nh, nkv, hd = mini.num_heads, mini.num_kv_heads, mini.head_dim
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -200,7 +203,7 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
     c = t2 / (p2 + h * n2)
     attention_rate = 12.0 * nh * hd / c  # forward + backward: 12 x heads x head_dim FLOPs per pair
     call_seconds = max(0.0, t0 - c * (32 * 33 / 2 + h * 32)) / 2  # a forward and a backward call
-    windows.append(_median(step, 5, 0.2 * budget))
+    windows.append(_median(step, 5, 0.2 * budget, warm=False))
     # ---- bandwidth and small autograd ops
     elems = 4 * 2**20  # 16 MiB of float32
     bandwidth = 3 * 4 * elems / _time_add(torch, elems, dev, sync, 0.05 * budget)
@@ -224,7 +227,7 @@ def run_probe(spec: ModelSpec, run: RunShape | None = None, *, doc_length: int =
                     source="probe",
                     details={"matmul_shape": [rows, H, I], "threads": torch.get_num_threads(), "dtype": dtype,
                              "mini_layer": [H, I, nh, nkv, hd], "doc_length": doc_length})
-    measured = min(windows + [_median(step, 5, 0.2 * budget)])
+    measured = min(windows + [_median(step, 5, 0.2 * budget, warm=False)])
     docs = [doc] * n_docs
     predicted = seconds(step_cost(mini, mini_run, Batch(rows=1, row_len=sum(docs), doc_lengths=docs, trained=0)), tp)
     # a one-layer step of a few hundred tokens carries overheads that a full step amortizes: on the
