@@ -214,6 +214,20 @@ def test_heap_regrows_by_a_later_larger_loss_block(monkeypatch):
         assert abs(grown - p * (fixed.details["loss_blocks"] - 12 * L * ADAPTER)) <= 1
 
 
+def test_fused_norms_and_fused_lora_free_fewer_blocks():
+    """perf/fused_norm multiplies the normalized input by the weight in place (one block fewer per
+    norm); perf/fused_lora computes the dropped input in the noise's buffer, scales lora_B's output
+    in place and adds it into the base output: per adapted module the noise and lora_B's output are
+    freed, where PEFT frees the base output, lora_B's output and the scaled branch."""
+    plain = plan_memory(spec(), lora(), BATCH).details["forward_transients"]
+    fused = plan_memory(spec(), lora(fused_norms=True), BATCH).details["forward_transients"]
+    assert plain - fused == L * 2 * 4 * H * T
+    peft = plan_memory(spec(), lora(lora_dropout=0.1), BATCH).details["forward_transients"]
+    ours = plan_memory(spec(), lora(lora_dropout=0.1, fused_lora=True), BATCH).details["forward_transients"]
+    outs, ins = Q + 2 * K + H + 2 * I + H, H + 2 * H + Q + 2 * H + I  # q k v o gate up down
+    assert peft - ours == L * 4 * T * (3 * outs - (outs + ins))
+
+
 def test_writing_the_whole_model_reads_the_unused_embedding_rows():
     """A frozen, memory-mapped input embedding costs the pages of the rows the data reads during
     training; the run's last act, writing the whole model, reads every row: a freeze run's peak is

@@ -151,10 +151,7 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
         if not doc_attention:
             notes.append(f"per-document attention: {why}")
     compile_layers = bool(getattr(tc, "compile_layers", False))
-    # eager CPU only: inductor fuses the norms itself, sharded weights cannot be probed, and on GPUs
-    # this was not measured
-    fused_norms = bool(getattr(tc, "fused_norms", True)) and not compile_layers and not sharded \
-        and model_device_type(model) == "cpu"
+    fused_norms = fused_norms_for(tc, device=model_device_type(model), compile_layers=compile_layers, sharded=sharded)
     fused_lora = fused_lora_for(tc, device=model_device_type(model), compile_layers=compile_layers, sharded=sharded)
     config = getattr(base_causal_lm(model), "config", None)
     hidden = getattr(config, "hidden_size", 0) if config is not None else 0
@@ -163,6 +160,13 @@ def plan_fast_paths(model: Any, training_config: Any, data_config: Any, *, shard
                      group_by_length=resolve_group_by_length(data_config, padding_free), doc_attention=doc_attention,
                      malloc_tuning=malloc_tuning_for(tc, widest), compile_layers=compile_layers,
                      fused_norms=fused_norms, fused_lora=fused_lora, notes=tuple(notes))
+
+
+def fused_norms_for(training_config: Any, *, device: str, compile_layers: bool = False, sharded: bool = False) -> bool:
+    """``training.fused_norms`` for a run (the planner reads the same): eager CPU only (inductor
+    fuses the norms itself, sharded weights cannot be probed, and on GPUs this was not measured)."""
+    return bool(getattr(training_config, "fused_norms", True)) and device == "cpu" and not compile_layers \
+        and not sharded
 
 
 def fused_lora_for(training_config: Any, *, device: str, compile_layers: bool = False, sharded: bool = False) -> bool:

@@ -85,8 +85,8 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
     out.transient += 4 * H  # pow(2)
     if full:
         out.saved += res * H
-    else:
-        out.transient += 4 * H  # x * rsqrt
+    elif not run.fused_norms:
+        out.transient += 4 * H  # x * rsqrt (perf/fused_norm multiplies it by the weight in place)
     # --- q, k, v
     out.saved += consumers_save(attn_in, H, res, in_grad)
     qkv_grad = in_grad or full or any(n in adapted for n in attn_in)
@@ -122,7 +122,7 @@ def _layer_bytes(run: RunShape, spec: ModelSpec, lay: _Layout, layer: int, in_gr
     out.transient += 4 * H
     if full:
         out.saved += res * H
-    else:
+    elif not run.fused_norms:
         out.transient += 4 * H
     # --- MLP
     out.saved += consumers_save(mlp_in, H, res)

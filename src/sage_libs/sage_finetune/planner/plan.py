@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..perf import malloc_tuning_for, resolve_group_by_length, widest_activation_bytes
-from ..perf.decide import fused_lora_for, padding_free_for
+from ..perf.decide import fused_lora_for, fused_norms_for, padding_free_for
 from ..models.files import gguf_source
 from ..utils.processes import run_device
 from . import constants as C
@@ -158,7 +158,9 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
                                                                                spec.intermediate_size))
                    and os.environ.get("SAGE_FINETUNE_MALLOC_TUNING", "1").lower()
                    not in ("0", "false", "no", "off"),
-                   lora_dropout_cpu=device == "cpu", mmap_weights=mmap)
+                   lora_dropout_cpu=device == "cpu", mmap_weights=mmap,
+                   fused_norms=fused_norms_for(tc, device=device, compile_layers=bool(tc.compile_layers),
+                                               sharded=stage == 3 or bool(getattr(tc, "fsdp", None))))
     if method in ("lora", "qlora", "dora", "lora_plus") and lc is not None:
         run.lora_r, run.lora_targets, run.lora_dropout = lc.r, lc.resolved_target_modules, lc.lora_dropout
         run.use_dora = bool(lc.use_dora) or method == "dora"

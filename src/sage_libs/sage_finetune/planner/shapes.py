@@ -46,6 +46,7 @@ class RunShape:
     malloc_tuning: bool = True
     lora_dropout_cpu: bool = True        # CPU dropout keeps a float mask (GPU: a bool mask)
     fused_lora: bool = False             # perf/fused_lora: the adapted input kept once, a bool mask per module
+    fused_norms: bool = False            # perf/fused_norm: RMSNorm's normalized input is its output (multiplied in place)
     mmap_weights: bool = True            # CPU: the checkpoint is read at its own dtype (memory-mapped)
 
     @property
