@@ -42,8 +42,12 @@ def main(argv: list[str]) -> int:
             from sage_libs.sage_finetune.perf.compiled_layers import decoder_layers
 
             layers = decoder_layers(model)
+            def after_forward(module: Any, _inputs: Any, _output: Any, i: int) -> None:
+                if module.training:  # an evaluation's forwards run through the same layers
+                    record(f"forward of layer {i}")
+
             for i in sorted({0, len(layers) // 3, 2 * len(layers) // 3, len(layers) - 1}):
-                layers[i].register_forward_hook(lambda *_, i=i: record(f"forward of layer {i}"))
+                layers[i].register_forward_hook(lambda m, x, y, i=i: after_forward(m, x, y, i))
                 layers[i].register_full_backward_hook(lambda *_, i=i: record(f"backward of layer {i}"))
         record(f"start of step {steps[0] + 1}")
         out = original(self, model, *args, **kwargs)
