@@ -47,7 +47,8 @@ from .spec import ModelSpec
 from .weights import _layout, _optimizer_bytes_per_param, _weights, quantized_weight_bytes
 
 # RunShape, Batch, MemoryPlan (:mod:`.shapes`), quantized_weight_bytes (:mod:`.weights`): re-exported
-__all__ = ["RunShape", "Batch", "MemoryPlan", "plan_memory", "smaller_first_loss_block", "quantized_weight_bytes", "GIB", "MIB"]
+__all__ = ["RunShape", "Batch", "MemoryPlan", "plan_memory", "smaller_first_loss_block", "quantized_weight_bytes",
+           "GIB", "MIB"]
 
 
 def smaller_first_loss_block(spec: ModelSpec, run: RunShape, lengths: Lengths, batch_size: int, *,
@@ -76,7 +77,7 @@ def smaller_first_loss_block(spec: ModelSpec, run: RunShape, lengths: Lengths, b
     if len(batches) < 2:
         return 0.0
     largest = block(largest_batch(lengths, batch_size, padding_free=run.padding_free, max_seq_length=max_seq_length))
-    return sum(1 for b in batches if block(b) < 0.95 * largest) / max(len(batches), 1)
+    return sum(1 for b in batches if block(b) < 0.95 * largest) / len(batches)
 
 
 def plan_memory(spec: ModelSpec, run: RunShape, batch: Batch, *, baseline: int | None = None,

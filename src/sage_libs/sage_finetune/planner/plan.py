@@ -147,6 +147,7 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
         if device == "cpu" and attn == "sdpa" and _doc_attention_ok(spec, model_config):
             attention = "doc"
     stage, offload = _zero(tc.deepspeed)
+    sharded = stage == 3 or bool(getattr(tc, "fsdp", None))  # weights split over processes: no per-module fusion
     mmap = wdtype == spec.dtype and (Path(str(tc.model_name_or_path)).expanduser().is_dir()
                                      or gguf_source(str(tc.model_name_or_path), tc.gguf_file) is not None)
     run = RunShape(method=method, device=device, processes=max(int(processes), 1),
@@ -160,7 +161,7 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
                    not in ("0", "false", "no", "off"),
                    lora_dropout_cpu=device == "cpu", mmap_weights=mmap,
                    fused_norms=fused_norms_for(tc, device=device, compile_layers=bool(tc.compile_layers),
-                                               sharded=stage == 3 or bool(getattr(tc, "fsdp", None))))
+                                               sharded=sharded))
     if method in ("lora", "qlora", "dora", "lora_plus") and lc is not None:
         run.lora_r, run.lora_targets, run.lora_dropout = lc.r, lc.resolved_target_modules, lc.lora_dropout
         run.use_dora = bool(lc.use_dora) or method == "dora"
@@ -168,8 +169,7 @@ def run_shape(trainer: Any, spec: ModelSpec, device: str, processes: int = 1,
         run.modules_to_save = list(lc.modules_to_save or [])
         run.lora_bias = lc.bias
         # perf/fused_lora switches plain LoRA linears (not DoRA, not a quantized base) outside autocast
-        run.fused_lora = (fused_lora_for(tc, device=device, compile_layers=bool(tc.compile_layers), sharded=stage == 3
-                                         or bool(getattr(tc, "fsdp", None)))
+        run.fused_lora = (fused_lora_for(tc, device=device, compile_layers=bool(tc.compile_layers), sharded=sharded)
                           and not run.use_dora and method != "qlora" and not run.autocast_bytes)
     if method == "qlora":
         qc = qc or __import__("sage_libs.sage_finetune.config", fromlist=["QuantizationConfig"]).QuantizationConfig()

@@ -14,15 +14,18 @@ It measures the rates :func:`.timing.seconds` divides by, then an efficiency fac
 * the **efficiency factor**: a miniature training step, one decoder layer of this model (its
   width, heads, MLP and, for LoRA methods, adapters of the run's rank on the run's targets, with
   dropout when the run has it; a frozen layer with an input gradient when most layers the backward
-  goes through train nothing, as in freeze tuning under gradient checkpointing) on as many tokens of the batch as the budget allows, in documents as
-  long as the data's typical ones, timed forward and backward and compared with what
+  goes through train nothing, as in freeze tuning under gradient checkpointing) on as many tokens
+  of the batch as the budget allows at a nominal rate (:data:`.constants.PROBE_NOMINAL_FLOPS`), in
+  documents as long as the data's typical ones, timed forward and backward in three windows between
+  the other timings (the fastest window counts) and compared with what
   :func:`.timing.step_cost` predicts for it from the rates above, relative to the same ratio on
   the development machine running alone (:data:`.constants.PROBE_MINI_STEP_EFFICIENCY`). The
   plan's time is the cost model's divided by this factor: on a machine shared with other jobs, or
   one whose small operations are slower, steps take longer than the rates alone say.
 
-Every timing is a median (a training run meets the machine as it is, other jobs included). Only
-this module imports torch; the planner's arithmetic does not.
+Every timing is a median (a training run meets the machine as it is, other jobs included); the mini
+step's is the fastest of three medians, since one slow second of a shared host would otherwise set
+the whole plan. Only this module imports torch; the planner's arithmetic does not.
 """
 
 from __future__ import annotations
